@@ -1,0 +1,157 @@
+"""Typed records that flow through the pipeline: activities, factors, results and dead letters.
+
+Standard library only: every other module imports this one, and it imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass
+from typing import Literal, Union
+
+#: An activity's primary key: a big integer, or a UUID in its canonical text form.
+ActivityId = Union[int, str]
+
+ActivityType = Literal["electricity", "spend", "air_travel"]
+ACTIVITY_TYPES: tuple[ActivityType, ...] = ("electricity", "spend", "air_travel")
+
+
+@dataclass(frozen=True)
+class ElectricityActivity:
+    """Purchased electricity (Scope 2, location-based)."""
+
+    id: ActivityId
+    quantity: float | None
+    unit: str | None  # Wh, kWh, MWh, GWh, MJ, GJ
+    region: str | None  # eGRID subregion acronym, or a country ISO code (alpha-2 or alpha-3)
+    country: str | None  # optional ISO country code, the fallback when region is unknown
+    activity_date: datetime.date | None
+
+
+@dataclass(frozen=True)
+class SpendActivity:
+    """Purchased goods and services by spend (Scope 3 category 1)."""
+
+    id: ActivityId
+    amount: float | None
+    currency: str | None  # ISO 4217
+    naics_code: str | None  # NAICS 2017, 6 digits
+    activity_date: datetime.date | None
+
+
+@dataclass(frozen=True)
+class AirTravelActivity:
+    """Business air travel (Scope 3 category 6)."""
+
+    id: ActivityId
+    origin: str | None  # IATA airport code
+    destination: str | None  # IATA airport code
+    cabin_class: str | None  # average, economy, premium_economy, business, first
+    passengers: int | None
+    return_trip: bool | None
+    activity_date: datetime.date | None
+    distance_km: float | None = None  # a known one-way distance; overrides the airports'
+
+
+Activity = Union[ElectricityActivity, SpendActivity, AirTravelActivity]
+
+ACTIVITY_CLASSES: dict[ActivityType, type] = {
+    "electricity": ElectricityActivity,
+    "spend": SpendActivity,
+    "air_travel": AirTravelActivity,
+}
+
+
+def activity_fields(activity_type: ActivityType) -> tuple[str, ...]:
+    """Column names of an activity type, in declaration order (``id`` first)."""
+    return tuple(f.name for f in dataclasses.fields(ACTIVITY_CLASSES[activity_type]))
+
+
+@dataclass(frozen=True)
+class FactorRow:
+    """One row of ``emission_factors``: a published value with where it came from.
+
+    ``value`` is in ``unit`` (for example ``kg CO2e/kWh``); ``kg_co2``, ``kg_ch4_co2e`` and
+    ``kg_n2o_co2e`` are the per-gas split in the same unit, where the publisher gives it.
+    Non-emission reference series (exchange rates, CPI) are rows too, so that every number a
+    result depends on is stored, versioned and referenced by id.
+    """
+
+    factor_set: str  # e.g. egrid_subregion, desnz_uk_electricity, country_grid, epa_sef, ...
+    key: str  # e.g. CAMX, GBR, 334111, long-haul|business|rf
+    year: int
+    value: float
+    unit: str
+    source: str
+    edition: str
+    source_ref: str  # the row, cell or id in the published file
+    kg_co2: float | None = None
+    kg_ch4_co2e: float | None = None
+    kg_n2o_co2e: float | None = None
+    basis: str | None = None  # combustion | lifecycle (electricity)
+    gwp_set: str | None = None  # e.g. AR5-100
+    id: int | None = None  # database id, set once loaded
+
+
+@dataclass(frozen=True)
+class EmissionResult:
+    """One computed result; everything needed to recompute it by hand.
+
+    ``kg_co2e == activity_amount * factor_value`` where ``activity_amount`` is the activity
+    expressed in the factor's unit (kWh, 2022 USD, passenger.km).
+    """
+
+    activity_type: ActivityType
+    activity_id: ActivityId
+    scope: int
+    category: int | None
+    kg_co2e: float
+    kg_co2: float | None
+    kg_ch4_co2e: float | None
+    kg_n2o_co2e: float | None
+    method: str
+    activity_amount: float
+    activity_unit: str
+    factor_id: int | None
+    factor_set: str
+    factor_key: str
+    factor_year: int
+    factor_value: float
+    factor_unit: str
+    factor_source: str
+    factor_edition: str
+    gwp_set: str | None
+    basis: str | None = None
+    region_level: str | None = None  # subregion | country
+    fallback: str | None = None  # country (an unknown subregion fell back to its country)
+    year_mismatch: bool = False
+    class_substituted: bool = False
+    distance_km: float | None = None
+    haul: str | None = None
+    cabin_class: str | None = None
+    radiative_forcing: bool | None = None
+    exchange_rate: float | None = None  # USD per unit of the activity's currency
+    fx_factor_id: int | None = None
+    cpi_deflator: float | None = None  # CPI(2022) / CPI(activity year)
+    cpi_factor_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A dead letter: an activity that could not be calculated, and why."""
+
+    activity_type: ActivityType
+    activity_id: ActivityId
+    reason_code: str  # short, stable: missing_quantity, unknown_unit, unknown_region, ...
+    reason: str  # a sentence a person understands
+    input_repr: str  # the activity as read, for the record
+
+
+class InputError(ValueError):
+    """Raised by the calculation for input it cannot or must not calculate."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
