@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 #: An activity's primary key: a big integer, or a UUID in its canonical text form.
-ActivityId = Union[int, str]
+ActivityId = int | str
 
 ActivityType = Literal["electricity", "spend", "air_travel"]
 ACTIVITY_TYPES: tuple[ActivityType, ...] = ("electricity", "spend", "air_travel")
@@ -54,7 +54,7 @@ class AirTravelActivity:
     distance_km: float | None = None  # a known one-way distance; overrides the airports'
 
 
-Activity = Union[ElectricityActivity, SpendActivity, AirTravelActivity]
+Activity = ElectricityActivity | SpendActivity | AirTravelActivity
 
 ACTIVITY_CLASSES: dict[ActivityType, type] = {
     "electricity": ElectricityActivity,
