@@ -9,13 +9,14 @@ NOTHING`` to write, one transaction per flush. Identifiers are composed with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import psycopg2
 import psycopg2.extensions
@@ -129,7 +130,7 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.UniqueConstraint("factor_set", "edition", "key", "year", name="uq_factor_identity"),
         sa.CheckConstraint("value >= 0", name="ck_factor_value_non_negative"),
     )
-    result_cols: list[sa.Column[Any]] = [
+    result_cols: list[Any] = [
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
         sa.Column("activity_type", sa.Text, nullable=False),
         activity_id("activity_id", nullable=False),
@@ -164,6 +165,7 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("fx_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
         sa.Column("cpi_deflator", sa.Float(53)),
         sa.Column("cpi_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("cpi_base_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.UniqueConstraint("activity_type", "activity_id", name="uq_result_activity"),
@@ -208,6 +210,16 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("message", sa.Text),
     )
     return md
+
+
+@contextlib.contextmanager
+def raw_connection(engine: sa.Engine) -> Iterator[psycopg2.extensions.connection]:
+    """The engine's psycopg2 connection (for COPY and cursors), returned to the pool after."""
+    pooled = engine.raw_connection()
+    try:
+        yield cast(psycopg2.extensions.connection, pooled.driver_connection)
+    finally:
+        pooled.close()
 
 
 def make_engine(url: str, **kw: Any) -> sa.Engine:
@@ -276,11 +288,16 @@ def loaded_editions(engine: sa.Engine) -> set[tuple[str, str]]:
 
 
 def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
-    """Every factor row, with its database id."""
+    """The factor rows in force, with their database ids.
+
+    Where several editions hold a value for the same set, key and year (a re-published file
+    loaded next to the old one), the one loaded last is in force.
+    """
     cols = ("id",) + _FACTOR_COLUMNS
-    query = sql.SQL("SELECT {} FROM {} ORDER BY id").format(
-        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(FACTORS_TABLE)
-    )
+    query = sql.SQL(
+        "SELECT DISTINCT ON (factor_set, key, year) {} FROM {} "
+        "ORDER BY factor_set, key, year, id DESC"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(FACTORS_TABLE))
     with conn.cursor() as cur:
         cur.execute(query)
         fetched = cur.fetchall()
@@ -312,17 +329,22 @@ def connect(url: str) -> psycopg2.extensions.connection:
 def key_bounds(
     conn: psycopg2.extensions.connection, activity_type: ActivityType
 ) -> tuple[Any, Any, str]:
-    """(min id, max id, id type) of an activity table; min and max are None when it is empty."""
-    table = ACTIVITY_TABLES[activity_type]
+    """(lowest id, highest id, id type) of an activity table; ids are None when it is empty.
+
+    Two index lookups (``min()`` is not defined for ``uuid``).
+    """
+    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
     with conn.cursor() as cur:
         cur.execute(
-            sql.SQL("SELECT min(id), max(id), pg_typeof(min(id))::text FROM {}").format(
-                sql.Identifier(table)
-            )
+            sql.SQL("SELECT id, pg_typeof(id)::text FROM {} ORDER BY id LIMIT 1").format(table)
         )
-        lo, hi, typ = cur.fetchone()  # type: ignore[misc]
+        first = cur.fetchone()
+        cur.execute(sql.SQL("SELECT id FROM {} ORDER BY id DESC LIMIT 1").format(table))
+        last = cur.fetchone()
     conn.commit()
-    return lo, hi, typ
+    if first is None or last is None:
+        return None, None, ""
+    return first[0], last[0], first[1]
 
 
 def _key_cast(key: Any) -> sql.SQL:
@@ -491,8 +513,7 @@ def count_activities(
 ) -> dict[str, dict[str, int]]:
     """Per activity type: all activities in scope, and those still pending (no result)."""
     out: dict[str, dict[str, int]] = {}
-    raw = engine.raw_connection()
-    try:
+    with raw_connection(engine) as raw:
         with raw.cursor() as cur:
             for t in activity_types:
                 query, params = pending_query(t, None, None, date_from, date_to, count_only=True)
@@ -514,8 +535,6 @@ def count_activities(
                 cur.execute(total_q, total_params)
                 out[t] = {"total": cur.fetchone()[0], "pending": pending}
         raw.commit()
-    finally:
-        raw.close()
     return out
 
 

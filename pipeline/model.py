@@ -134,7 +134,8 @@ class EmissionResult:
     exchange_rate: float | None = None  # USD per unit of the activity's currency
     fx_factor_id: int | None = None
     cpi_deflator: float | None = None  # CPI(2022) / CPI(activity year)
-    cpi_factor_id: int | None = None
+    cpi_factor_id: int | None = None  # the activity year's CPI row
+    cpi_base_factor_id: int | None = None  # the 2022 CPI row
 
 
 @dataclass(frozen=True)

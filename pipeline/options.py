@@ -151,7 +151,7 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
     return RunConfig(
         database_url=url,
         run_id=run_id,
-        activity_types=types,  # type: ignore[arg-type]
+        activity_types=types,
         partitions=options.partitions,
         write_batch_size=options.write_batch_size,
         radiative_forcing=options.radiative_forcing,

@@ -208,8 +208,7 @@ def seed(engine: sa.Engine, count: int, seed_value: int = 42) -> dict[str, int]:
     split = {t: int(count * share) for t, share in SHARES.items()}
     split["electricity"] += count - sum(split.values())
     added: dict[str, int] = {}
-    raw = engine.raw_connection()
-    try:
+    with db.raw_connection(engine) as raw:
         for activity_type, n in split.items():
             table = db.ACTIVITY_TABLES[activity_type]
             with raw.cursor() as cur:
@@ -223,8 +222,6 @@ def seed(engine: sa.Engine, count: int, seed_value: int = 42) -> dict[str, int]:
             rows = generate(activity_type, n, seed_value, first_id, id_type)
             added[activity_type] = _copy_rows(raw, table, activity_fields(activity_type), rows)
         raw.commit()
-    finally:
-        raw.close()
     return added
 
 

@@ -62,7 +62,7 @@ def _drop_database(server: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_template(pg_server_url: str) -> Callable[[db.IdType], str]:
+def database_template(pg_server_url: str) -> Iterator[Callable[[db.IdType], str]]:
     """Name of a template database with schema and factors, per id type (made once)."""
     made: dict[str, str] = {}
 
@@ -78,7 +78,7 @@ def database_template(pg_server_url: str) -> Callable[[db.IdType], str]:
             made[id_type] = name
         return made[id_type]
 
-    yield template  # type: ignore[misc]
+    yield template
     for name in made.values():
         _drop_database(pg_server_url, name)
 

@@ -123,4 +123,5 @@ def calculate_spend(activity: SpendActivity, book: FactorBook) -> EmissionResult
         fx_factor_id=fx.id,
         cpi_deflator=deflator,
         cpi_factor_id=cpi_year.id,
+        cpi_base_factor_id=cpi_base.id,
     )
