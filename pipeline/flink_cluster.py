@@ -315,6 +315,10 @@ class LocalFlinkCluster:
         (conf / "workers").write_text("localhost\n")
         for sub in ("log", "tmp"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        if self._alive_pids():
+            raise FlinkSetupError(f"this cluster's daemons already run: {self._pid_files()}")
+        for stale in self._pid_files():
+            stale.unlink()
         _run(
             [str(self.home / "bin" / "start-cluster.sh")],
             "starting the Flink cluster",
@@ -322,11 +326,11 @@ class LocalFlinkCluster:
             env=self._env(),
             cwd=self.workdir,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
             if self.healthy():
                 return
-            if len(self._alive_pids()) < 2:
+            if time.monotonic() - started > 20 and len(self._alive_pids()) < 2:
                 break  # a daemon died: its log says why
             time.sleep(1)
         details = self._log_tail()
@@ -404,7 +408,8 @@ def _is_flink(pid: int) -> bool:
     """False when ``pid`` now belongs to something else (a stale pid file, a reused pid)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
     try:
-        return b"org.apache.flink" in cmdline.read_bytes()
+        # Just started, it may still be the shell of flink-daemon.sh that then execs java.
+        return b"flink" in cmdline.read_bytes()
     except OSError:
         return not cmdline.parent.parent.joinpath("self").exists()  # no /proc: trust the file
 
@@ -442,6 +447,36 @@ def beam_args(
     if environment_config:
         args.append(f"--environment_config={environment_config}")
     return args
+
+
+def start_worker_pool(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A Beam SDK worker pool on 127.0.0.1:``port``, for ``--environment_type=EXTERNAL``.
+
+    On a real cluster one runs beside each TaskManager. The pool starts its workers as plain
+    ``python``, so this interpreter's directory goes first on ``PATH``: the workers then import
+    the project from this environment.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        pool = subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main"]
+            + [f"--service_port={port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if pool.poll() is not None:
+            raise FlinkSetupError(f"the worker pool exited ({pool.returncode}); log: {log}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return pool
+        time.sleep(0.5)
+    pool.kill()
+    raise FlinkSetupError(f"the worker pool did not listen on {port} within 60s; log: {log}")
 
 
 def _state_file() -> Path:

@@ -8,6 +8,7 @@ Central, a few minutes); any failure there fails these tests with the reason: th
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +53,25 @@ def local_flink(
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A Beam SDK worker pool, as a deployment runs beside each TaskManager: (address, log)."""
+    port = flink_cluster.free_port()
+    log = tmp_path_factory.mktemp("worker-pool") / "worker_pool.log"
+    try:
+        pool = flink_cluster.start_worker_pool(port, log)
+    except FlinkSetupError as e:
+        pytest.fail(f"could not start the Beam worker pool: {e}", pytrace=False)
+    try:
+        yield f"127.0.0.1:{port}", log
+    finally:
+        pool.terminate()
+        try:
+            pool.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pool.kill()
 
 
 @pytest.fixture
@@ -123,6 +143,8 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
     make_database: Callable[..., str],
     local_flink: LocalFlinkCluster,
     flink_args: list[str],
+    flink_job_server_jar: Path,
+    worker_pool: tuple[str, Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     direct_url = seeded(make_database)
@@ -151,10 +173,16 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
         assert numbers["errors"] == direct["by_activity_type"][activity_type]["errors"]
 
     # A rerun on Flink computes nothing new and writes nothing twice: the bad rows are read
-    # again and fail again, but their error rows already exist.
+    # again and fail again, but their error rows already exist. It runs the Python code in an
+    # EXTERNAL worker pool, the way a multi-host deployment does.
     results_before = raw_rows(flink_url, db.RESULTS_TABLE)
     errors_before = raw_rows(flink_url, db.ERRORS_TABLE)
-    again = run_pipeline(capsys, flink_url, flink_args, local_flink)
+    pool_address, pool_log = worker_pool
+    external_args = flink_cluster.beam_args(
+        local_flink.master, flink_job_server_jar, 2, "EXTERNAL", pool_address
+    )
+    again = run_pipeline(capsys, flink_url, external_args, local_flink)
+    assert "Starting worker" in pool_log.read_text(), "the worker pool ran no SDK worker"
     assert again["total_processed"] == 0
     assert again["pending"] == flink["errors"]
     assert raw_rows(flink_url, db.RESULTS_TABLE) == results_before
