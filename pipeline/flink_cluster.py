@@ -130,7 +130,10 @@ def fetch_flink(cache: Path | None = None) -> Path:
                 z.extractall(unpacked)
         else:
             with tarfile.open(libraries) as t:
-                t.extractall(unpacked, filter="data")
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                    t.extractall(unpacked, filter="data")
+                else:
+                    t.extractall(unpacked)
         deps = next(unpacked.glob("**/deps/lib")).parent
         new_home = staging / "home"
         for part in ("lib", "opt", "plugins", "licenses"):
