@@ -47,6 +47,9 @@ RESULTS_TABLE = "emission_results"
 ERRORS_TABLE = "emission_errors"
 FACTORS_TABLE = "emission_factors"
 RUNS_TABLE = "calculation_runs"
+HISTORY_TABLE = "emission_results_history"
+RESTATEMENTS_TABLE = "restatements"
+FINGERPRINTS_TABLE = "result_fingerprints"
 
 #: What a result row describes of its factor row, which ``factor_id`` points at; stored once,
 #: in ``emission_factors``, and joined back by the ``emission_results_explained`` view.
@@ -182,6 +185,44 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
     # ids are not foreign keys: factor rows are never deleted (the table is append-only), and
     # four per-row constraint triggers would cost more than the rest of the insert together.
     sa.Table(RESULTS_TABLE, md, *result_cols)
+    # A restatement never loses a result: the superseded row moves here, whole, first.
+    sa.Table(
+        HISTORY_TABLE,
+        md,
+        *[c._copy() for c in result_cols],
+        sa.Column("restatement_id", postgresql.UUID(as_uuid=False), primary_key=True),
+        sa.Column("superseded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    )
+    sa.Table(
+        RESTATEMENTS_TABLE,
+        md,
+        sa.Column("restatement_id", postgresql.UUID(as_uuid=False), primary_key=True),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("pins", postgresql.JSONB),
+        sa.Column("factor_editions", postgresql.JSONB),
+        sa.Column("code_version", sa.Text),
+        sa.Column("examined", sa.BigInteger),
+        sa.Column("changed", sa.BigInteger),
+        sa.Column("refused", sa.BigInteger),
+        sa.Column("diff", postgresql.JSONB),
+        sa.Column("message", sa.Text),
+    )
+    # The fingerprint of every result: its input row, its factor rows and the code version,
+    # taken in SQL right after the run wrote it (see pipeline/audit.py).
+    sa.Table(
+        FINGERPRINTS_TABLE,
+        md,
+        sa.Column("activity_type", sa.Text, primary_key=True),
+        activity_id("activity_id", primary_key=True),
+        sa.Column("input_fingerprint", sa.Text, nullable=False),
+        sa.Column("factor_fingerprint", sa.Text, nullable=False),
+        sa.Column("code_version", sa.Text, nullable=False),
+        sa.Column("fingerprint", sa.Text, nullable=False),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("sealed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    )
     sa.Table(
         ERRORS_TABLE,
         md,
@@ -218,8 +259,19 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("timings", postgresql.JSONB),
         sa.Column("metrics_source", sa.Text),
         sa.Column("message", sa.Text),
+        sa.Column("quality", postgresql.JSONB),
+        sa.Column("factor_editions", postgresql.JSONB),
+        sa.Column("code_version", sa.Text),
     )
     return md
+
+
+#: Columns added after a table's first release: ``create_schema`` adds them to older databases.
+_ADDED_COLUMNS = (
+    (RUNS_TABLE, "quality", "jsonb"),
+    (RUNS_TABLE, "factor_editions", "jsonb"),
+    (RUNS_TABLE, "code_version", "text"),
+)
 
 
 @contextlib.contextmanager
@@ -281,6 +333,13 @@ def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
         # One creator at a time: two runs starting together must not race on CREATE TABLE.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7355608)"))
         md.create_all(conn, checkfirst=True)
+        for table, column, col_type in _ADDED_COLUMNS:
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {validate_identifier(table)} ADD COLUMN IF NOT EXISTS "
+                    f"{validate_identifier(column)} {validate_identifier(col_type)}"
+                )
+            )
         conn.execute(sa.text(_EXPLAINED_VIEW_SQL))
     return chosen
 

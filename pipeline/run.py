@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipeline import db, graph
+from pipeline import audit, db, graph, quality
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
 from pipeline.options import EmissionsOptions, OptionsError, RunConfig, validate
@@ -209,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
                 result.wait_until_finish()
             metrics = counters(result)
         pipeline_s = time.monotonic() - started - setup_s
+        # The audit trail: fingerprint what this run wrote (in SQL), say how it was computed.
+        audit.seal(engine, config.run_id, config.activity_types)
         summary = summarise(engine, config, counts, metrics)
+        summary["quality"] = quality.coverage(engine, config.run_id)
+        summary["factor_editions"] = audit.current_editions(engine)
+        summary["code_version"] = audit.code_version()
         summary["status"] = "succeeded"
         summary["runner"] = runner
         summary["database"] = db.redact_url(config.database_url)
@@ -231,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             by_activity_type=summary["by_activity_type"],
             timings=summary["timings"],
             metrics_source=summary["metrics_source"],
+            quality=summary["quality"],
+            factor_editions=summary["factor_editions"],
+            code_version=summary["code_version"],
         )
         print(json.dumps(summary, indent=2))
         return 0

@@ -1,0 +1,114 @@
+"""Data quality and coverage: how much of the inventory rests on exact factors, and how much on
+fallbacks, substitutions or a different basis; and how much could not be computed at all.
+
+Per activity type and overall, the count and kg CO2e of results at each level, and their
+shares of the records (results + errors) and of the kg CO2e. The levels are flags, so a result
+can be at more than one (a country fallback with a year mismatch); ``exact`` is a result with
+none of them.
+
+- ``exact``: the factor of the activity's own region, year, class and a combustion basis;
+- ``country_fallback``: an unknown grid subregion fell back to its country's factor;
+- ``year_mismatch``: no factor for the activity's year (or an FX/CPI year): another year's;
+- ``class_substituted``: no DESNZ factor for the cabin class in that haul: the average row;
+- ``lifecycle_basis``: a lifecycle intensity (Ember/OWID), not combustion-only;
+- ``errors``: activities with a dead letter and no result (no kg CO2e can be given).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import db
+
+LEVELS = ("exact", "country_fallback", "year_mismatch", "class_substituted", "lifecycle_basis")
+
+_LEVEL_SQL = {
+    "exact": "fallback IS NULL AND NOT year_mismatch AND NOT class_substituted "
+    "AND coalesce(basis, '') <> 'lifecycle'",
+    "country_fallback": "fallback = 'country'",
+    "year_mismatch": "year_mismatch",
+    "class_substituted": "class_substituted",
+    "lifecycle_basis": "basis = 'lifecycle'",
+}
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
+    """Coverage of the results of one run (or of every stored result when ``run_id`` is None).
+
+    Errors are the run's dead letters (or all) whose activity still has no result.
+    """
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE {cond}), coalesce(sum(kg_co2e) FILTER (WHERE {cond}), 0)"
+        for cond in _LEVEL_SQL.values()
+    )
+    where = "WHERE run_id = :run_id" if run_id else ""
+    err_where = "AND e.run_id = :run_id" if run_id else ""
+    params = {"run_id": run_id} if run_id else {}
+    per_type: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0), {counts} "
+                f"FROM {db.RESULTS_TABLE} {where} GROUP BY activity_type"
+            ),
+            params,
+        ).all()
+        errors: dict[str, int] = dict(
+            (r[0], int(r[1]))
+            for r in conn.execute(
+                sa.text(
+                    "SELECT e.activity_type, count(DISTINCT e.activity_id) "
+                    f"FROM {db.ERRORS_TABLE} e "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {db.RESULTS_TABLE} r "
+                    "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+                    f"{err_where} GROUP BY e.activity_type"
+                ),
+                params,
+            ).all()
+        )
+    raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]] = {}
+    for row in rows:
+        levels = {
+            name: (int(row[3 + 2 * i]), float(row[4 + 2 * i])) for i, name in enumerate(LEVELS)
+        }
+        raw[row[0]] = (int(row[1]), float(row[2]), levels)
+    for t in sorted(set(raw) | set(errors)):
+        results, kg, levels = raw.get(t, (0, 0.0, {n: (0, 0.0) for n in LEVELS}))
+        per_type[t] = _describe(results, kg, levels, int(errors.get(t, 0)))
+    total_levels = {
+        n: (
+            sum(raw[t][2][n][0] for t in raw),
+            sum(raw[t][2][n][1] for t in raw),
+        )
+        for n in LEVELS
+    }
+    overall = _describe(
+        sum(v[0] for v in raw.values()),
+        sum(v[1] for v in raw.values()),
+        total_levels,
+        sum(errors.values(), 0),
+    )
+    return {"overall": overall, "by_activity_type": per_type}
+
+
+def _describe(
+    results: int, kg: float, levels: dict[str, tuple[int, float]], errors: int
+) -> dict[str, Any]:
+    records = results + errors
+    out: dict[str, Any] = {"records": records, "results": results, "kg_co2e": kg}
+    for name in LEVELS:
+        n, level_kg = levels[name]
+        out[name] = {
+            "records": n,
+            "kg_co2e": level_kg,
+            "share_of_records": _share(n, records),
+            "share_of_kg": _share(level_kg, kg),
+        }
+    out["errors"] = {"records": errors, "share_of_records": _share(errors, records)}
+    return out

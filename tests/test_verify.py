@@ -1,0 +1,98 @@
+"""Replay: fingerprints are sealed by a run, and ``verify`` finds every row that does not
+reproduce, and why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import audit, quality, run, verify
+from pipeline.seed import seed
+
+
+def run_pipeline(url: str, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
+    code = run.main(
+        ["--database-url", url, "--partitions", "2", "--progress-interval", "0", *extra]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out[out.index("{") :])
+
+
+def scalar(engine: sa.Engine, query: str, **params: object) -> object:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(query), params).scalar()
+
+
+def test_a_run_seals_every_result_and_every_result_reproduces(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 600, seed_value=11)
+    summary = run_pipeline(database_url, capsys)
+    results = scalar(engine, "SELECT count(*) FROM emission_results")
+    assert results == summary["total_processed"] > 500
+    sealed = scalar(
+        engine,
+        "SELECT count(*) FROM result_fingerprints f JOIN emission_results r "
+        "USING (activity_type, activity_id) WHERE f.run_id = r.run_id AND f.code_version = :v",
+        v=audit.code_version(),
+    )
+    assert sealed == results
+    # The summary carries the audit facts, and they are stored with the run.
+    assert summary["code_version"] == audit.code_version()
+    assert summary["factor_editions"]["desnz_air"] == ["2024 full set v1.1", "2025 flat file"]
+    assert summary["quality"] == quality.coverage(engine, summary["run_id"])
+    stored = scalar(
+        engine, "SELECT quality FROM calculation_runs WHERE run_id = :r", r=summary["run_id"]
+    )
+    assert stored == json.loads(json.dumps(summary["quality"]))
+
+    report = verify.verify(engine, sample=None)
+    assert report.examined == results
+    assert report.reproduced == results, report.mismatches[:3]
+    assert report.unsealed == 0
+
+    capsys.readouterr()
+    assert verify.main(["--database-url", database_url, "--sample", "50"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["examined"] == 150 and out["not_reproduced"] == 0
+
+
+def test_verify_names_the_tampered_rows_and_why(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 300, seed_value=12)
+    run_pipeline(database_url, capsys)
+    with engine.begin() as conn:
+        # A result altered in place.
+        tampered = conn.execute(
+            sa.text(
+                "UPDATE emission_results SET kg_co2e = kg_co2e * 1.0000001 WHERE activity_id = "
+                "(SELECT min(activity_id) FROM emission_results WHERE activity_type = 'spend') "
+                "AND activity_type = 'spend' RETURNING activity_id, kg_co2e"
+            )
+        ).one()
+        # An input corrected after its result was computed.
+        edited = conn.execute(
+            sa.text(
+                "UPDATE electricity_activities SET quantity = quantity + 1 WHERE id = "
+                "(SELECT min(activity_id) FROM emission_results WHERE activity_type = "
+                "'electricity') RETURNING id"
+            )
+        ).scalar_one()
+    report = verify.verify(engine, sample=None)
+    assert report.examined - report.reproduced == 2
+    found = {(m.activity_type, m.activity_id): m for m in report.mismatches}
+    spend = found[("spend", str(tampered[0]))]
+    assert spend.status == "not_reproduced"
+    assert list(spend.fields) == ["kg_co2e"]
+    assert spend.fields["kg_co2e"][0] == tampered[1]
+    assert spend.fields["kg_co2e"][1] != tampered[1]
+    assert found[("electricity", str(edited))].status == "input_changed"
+
+    capsys.readouterr()
+    assert verify.main(["--database-url", database_url, "--all"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["by_status"] == {"input_changed": 1, "not_reproduced": 1}
