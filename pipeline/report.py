@@ -1,0 +1,487 @@
+"""A self-contained HTML report of the inventory: charts as inline SVG, no script, no network.
+
+    python -m pipeline.report [--database-url URL] [--out report.html] [--restatement ID]
+
+Sections: totals; emissions by scope and category; by activity type and month; data-quality
+coverage (``pipeline.quality``); the top sources (factor set and key); the latest restatement's
+diff (``pipeline.restate``), when there is one; and the audit facts (factor editions in force,
+code version, recent runs). Every figure is read from the database when the report is written;
+each carries its exact value in a ``data-kg`` (or ``data-value``) attribute, so a test (or an
+auditor) can check the page against the database, and shows it rounded for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import html
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import audit, db, quality
+from pipeline.embedded import resolve_database_url
+
+TYPE_LABELS = {"electricity": "Electricity", "spend": "Purchased goods", "air_travel": "Air travel"}
+TYPE_COLOURS = {"electricity": "#1b6ca8", "spend": "#e0a100", "air_travel": "#c0392b"}
+LEVEL_LABELS = {
+    "exact": "Exact factor",
+    "country_fallback": "Country fallback",
+    "year_mismatch": "Year mismatch",
+    "class_substituted": "Class substituted",
+    "lifecycle_basis": "Lifecycle basis",
+    "errors": "Errors (no result)",
+}
+
+
+def tonnes(kg: float) -> str:
+    """kg CO2e shown as tonnes, two decimals, thousands separated."""
+    return f"{kg / 1000.0:,.2f}"
+
+
+def percent(share: float) -> str:
+    return f"{100.0 * share:.1f}%"
+
+
+def scope_label(scope: int, category: int | None) -> str:
+    return f"Scope {scope}" + (f" · category {category}" if category is not None else "")
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+# --- Charts (inline SVG) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar: its label, exact value, the text shown and its colour."""
+
+    label: str
+    value: float
+    shown: str
+    colour: str = "#1b6ca8"
+
+
+def hbar_chart(name: str, bars: Sequence[Bar], width: int = 640) -> str:
+    """Horizontal bars scaled to the largest value; each rect carries its exact value."""
+    row, label_w, value_w = 26, 220, 110
+    height = row * max(len(bars), 1) + 10
+    top = max((b.value for b in bars), default=0.0)
+    plot = width - label_w - value_w
+    parts = [
+        f'<svg data-chart="{_e(name)}" class="chart" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i, b in enumerate(bars):
+        y = 5 + i * row
+        w = 0.0 if top <= 0 else max(plot * max(b.value, 0.0) / top, 1.0 if b.value > 0 else 0.0)
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end" class="label">'
+            f"{_e(b.label)}</text>"
+            f'<rect x="{label_w}" y="{y + 4}" width="{w:.2f}" height="{row - 8}" '
+            f'fill="{b.colour}" data-label="{_e(b.label)}" data-value="{b.value!r}">'
+            f"<title>{_e(b.label)}: {_e(b.shown)}</title></rect>"
+            f'<text x="{label_w + w + 6:.2f}" y="{y + 17}" class="value">{_e(b.shown)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def stacked_month_chart(
+    name: str, months: Sequence[str], series: dict[str, dict[str, float]], width: int = 760
+) -> str:
+    """Vertical bars per month, stacked by activity type (kg CO2e), with a legend."""
+    height, left, bottom, top_pad = 300, 70, 40, 30
+    plot_h = height - bottom - top_pad
+    totals = [sum(series.get(t, {}).get(m, 0.0) for t in series) for m in months]
+    top = max(totals, default=0.0)
+    slot = (width - left - 10) / max(len(months), 1)
+    bar_w = max(min(slot * 0.7, 40.0), 2.0)
+    parts = [
+        f'<svg data-chart="{_e(name)}" class="chart" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" xmlns="http://www.w3.org/2000/svg">',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 5}" y2="{height - bottom}" '
+        'stroke="#888"/>',
+        f'<text x="{left - 6}" y="{top_pad + 4}" text-anchor="end" class="value">'
+        f"{_e(tonnes(top))} t</text>",
+    ]
+    for i, month in enumerate(months):
+        x = left + i * slot + (slot - bar_w) / 2
+        y = float(height - bottom)
+        for t in series:
+            kg = series[t].get(month, 0.0)
+            if kg <= 0 or top <= 0:
+                continue
+            h = max(plot_h * kg / top, 1.0)  # a positive value stays visible
+            y -= h
+            parts.append(
+                f'<rect x="{x:.2f}" y="{y:.2f}" width="{bar_w:.2f}" height="{h:.2f}" '
+                f'fill="{TYPE_COLOURS.get(t, "#777")}" data-label="{_e(month)} {_e(t)}" '
+                f'data-value="{kg!r}"><title>{_e(month)} · {_e(TYPE_LABELS.get(t, t))}: '
+                f"{_e(tonnes(kg))} t</title></rect>"
+            )
+        if len(months) <= 16 or i % max(len(months) // 12, 1) == 0:
+            parts.append(
+                f'<text x="{x + bar_w / 2:.2f}" y="{height - bottom + 16}" text-anchor="middle" '
+                f'class="tick">{_e(month)}</text>'
+            )
+    lx = left
+    for t in series:
+        parts.append(
+            f'<rect x="{lx}" y="6" width="12" height="12" fill="{TYPE_COLOURS.get(t, "#777")}"/>'
+            f'<text x="{lx + 16}" y="17" class="label">{_e(TYPE_LABELS.get(t, t))}</text>'
+        )
+        lx += 150
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --- Figures from the database -------------------------------------------------------------
+
+
+def _rows(engine: sa.Engine, query: str, **params: Any) -> list[sa.Row[Any]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(query), params).all())
+
+
+def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, Any]:
+    """Everything the report shows, as read from the database now."""
+    total = _rows(engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {db.RESULTS_TABLE}")[0]
+    scopes = _rows(
+        engine,
+        f"SELECT scope, category, count(*), sum(kg_co2e) FROM {db.RESULTS_TABLE} "
+        "GROUP BY scope, category ORDER BY scope, category NULLS FIRST",
+    )
+    by_type = _rows(
+        engine,
+        f"SELECT activity_type, count(*), sum(kg_co2e) FROM {db.RESULTS_TABLE} "
+        "GROUP BY activity_type ORDER BY activity_type",
+    )
+    month_union = " UNION ALL ".join(
+        f"SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, r.kg_co2e "
+        f"FROM {db.RESULTS_TABLE} r JOIN {table} a ON a.id = r.activity_id "
+        f"WHERE r.activity_type = '{t}'"
+        for t, table in db.ACTIVITY_TABLES.items()
+    )
+    months = _rows(
+        engine,
+        f"SELECT activity_type, month, sum(kg_co2e) FROM ({month_union}) m "
+        "WHERE month IS NOT NULL GROUP BY activity_type, month ORDER BY month, activity_type",
+    )
+    top_sources = _rows(
+        engine,
+        f"SELECT r.activity_type, f.factor_set, f.key, count(*), sum(r.kg_co2e) "
+        f"FROM {db.RESULTS_TABLE} r JOIN {db.FACTORS_TABLE} f ON f.id = r.factor_id "
+        "GROUP BY r.activity_type, f.factor_set, f.key ORDER BY sum(r.kg_co2e) DESC, "
+        "f.factor_set, f.key LIMIT 10",
+    )
+    runs = _rows(
+        engine,
+        f"SELECT run_id, status, runner, finished_at, total_processed, errors, "
+        f"total_co2e_tonnes FROM {db.RUNS_TABLE} ORDER BY started_at DESC LIMIT 8",
+    )
+    if restatement_id is None:
+        chosen = _rows(
+            engine,
+            f"SELECT restatement_id, finished_at, pins, changed, diff FROM {db.RESTATEMENTS_TABLE} "
+            "WHERE status = 'succeeded' AND changed > 0 ORDER BY finished_at DESC LIMIT 1",
+        )
+    else:
+        chosen = _rows(
+            engine,
+            f"SELECT restatement_id, finished_at, pins, changed, diff FROM {db.RESTATEMENTS_TABLE} "
+            "WHERE restatement_id = :r",
+            r=restatement_id,
+        )
+        if not chosen:
+            raise ValueError(f"no restatement {restatement_id}")
+    return {
+        "results": int(total[0]),
+        "kg_co2e": float(total[1]),
+        "errors": quality.coverage(engine)["overall"]["errors"]["records"],
+        "scopes": [(int(s), c, int(n), float(kg)) for s, c, n, kg in scopes],
+        "by_type": [(t, int(n), float(kg)) for t, n, kg in by_type],
+        "months": [(t, m, float(kg)) for t, m, kg in months],
+        "top_sources": [(t, s, k, int(n), float(kg)) for t, s, k, n, kg in top_sources],
+        "quality": quality.coverage(engine),
+        "editions": audit.current_editions(engine),
+        "code_version": audit.code_version(),
+        "runs": runs,
+        "restatement": chosen[0] if chosen else None,
+    }
+
+
+# --- The page ------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:980px;
+color:#222;background:#fff}
+h1{font-size:24px;margin-bottom:4px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid
+#ddd;padding-bottom:4px}.meta{color:#666;font-size:13px}
+.cards{display:flex;gap:16px;margin:16px 0}.card{border:1px solid #ddd;border-radius:6px;
+padding:10px 16px;min-width:160px}.card .big{font-size:22px;font-weight:bold}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:4px 10px;
+border-bottom:1px solid #eee;text-align:left}td.num,th.num{text-align:right;
+font-variant-numeric:tabular-nums}.chart text{font-size:12px;fill:#333}.chart .tick{
+font-size:10px;fill:#666}.up{color:#b03a2e}.down{color:#1e8449}code{font-size:12px}
+"""
+
+
+def _kg_cell(kg: float) -> str:
+    return f'<td class="num" data-kg="{kg!r}">{tonnes(kg)}</td>'
+
+
+def _scope_section(f: dict[str, Any]) -> str:
+    bars = [Bar(scope_label(s, c), kg, f"{tonnes(kg)} t") for s, c, _, kg in f["scopes"]]
+    rows = "".join(
+        f'<tr data-row="scope" data-scope="{s}" data-category="{"" if c is None else c}">'
+        f"<td>{_e(scope_label(s, c))}</td><td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
+        for s, c, n, kg in f["scopes"]
+    )
+    return (
+        "<h2>Emissions by scope and category</h2>"
+        + hbar_chart("by-scope", bars)
+        + "<table><tr><th>scope</th><th class='num'>results</th>"
+        "<th class='num'>t CO2e</th></tr>" + rows + "</table>"
+    )
+
+
+def _month_section(f: dict[str, Any]) -> str:
+    months = sorted({m for _, m, _ in f["months"]})
+    series: dict[str, dict[str, float]] = {}
+    for t, m, kg in f["months"]:
+        series.setdefault(t, {})[m] = kg
+    type_rows = "".join(
+        f'<tr data-row="type" data-type="{_e(t)}"><td>{_e(TYPE_LABELS.get(t, t))}</td>'
+        f"<td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
+        for t, n, kg in f["by_type"]
+    )
+    return (
+        "<h2>Emissions by activity type and month</h2>"
+        + stacked_month_chart("by-month", months, series)
+        + "<table><tr><th>activity type</th><th class='num'>results</th>"
+        "<th class='num'>t CO2e</th></tr>" + type_rows + "</table>"
+    )
+
+
+def _quality_section(f: dict[str, Any]) -> str:
+    q = f["quality"]
+    overall = q["overall"]
+    levels = [*quality.LEVELS, "errors"]
+    bars = [
+        Bar(
+            LEVEL_LABELS[level],
+            overall[level]["share_of_records"],
+            percent(overall[level]["share_of_records"]) + " of records",
+            "#7f8c8d" if level == "errors" else "#16a085",
+        )
+        for level in levels
+    ]
+    head = "".join(f"<th class='num'>{_e(LEVEL_LABELS[lv])}</th>" for lv in levels)
+    rows = []
+    for name, cov in [("all", overall), *sorted(q["by_activity_type"].items())]:
+        cells = "".join(
+            f'<td class="num" data-level="{lv}" data-value="{cov[lv]["share_of_records"]!r}">'
+            f"{percent(cov[lv]['share_of_records'])}"
+            + (
+                f"<br><small>{percent(cov[lv]['share_of_kg'])} of kg</small>"
+                if lv != "errors"
+                else ""
+            )
+            + "</td>"
+            for lv in levels
+        )
+        label = "All activity types" if name == "all" else TYPE_LABELS.get(name, name)
+        rows.append(
+            f'<tr data-row="quality" data-type="{_e(name)}"><td>{_e(label)}</td>'
+            f"<td class='num'>{cov['records']:,}</td>{cells}</tr>"
+        )
+    return (
+        "<h2>Data quality and coverage</h2>"
+        "<p class='meta'>Share of records (results and errors) computed at each level; a result "
+        "can be at several (e.g. a country fallback with a year mismatch). Below each share, "
+        "the share of kg CO2e.</p>"
+        + hbar_chart("quality", bars)
+        + f"<table><tr><th>activity type</th><th class='num'>records</th>{head}</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _sources_section(f: dict[str, Any]) -> str:
+    bars = [
+        Bar(f"{s} {k}", kg, f"{tonnes(kg)} t", TYPE_COLOURS.get(t, "#777"))
+        for t, s, k, _, kg in f["top_sources"]
+    ]
+    rows = "".join(
+        f'<tr data-row="source" data-set="{_e(s)}" data-key="{_e(k)}">'
+        f"<td>{_e(TYPE_LABELS.get(t, t))}</td><td><code>{_e(s)}</code></td><td><code>{_e(k)}"
+        f"</code></td><td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
+        for t, s, k, n, kg in f["top_sources"]
+    )
+    return (
+        "<h2>Top sources</h2><p class='meta'>The ten factors (set and key) behind the most "
+        "emissions.</p>"
+        + hbar_chart("top-sources", bars)
+        + "<table><tr><th>activity type</th><th>factor set</th><th>key</th>"
+        "<th class='num'>results</th><th class='num'>t CO2e</th></tr>" + rows + "</table>"
+    )
+
+
+def _restatement_section(f: dict[str, Any]) -> str:
+    chosen = f["restatement"]
+    if chosen is None:
+        return (
+            "<h2>Restatement</h2><p class='meta' data-restatement='none'>No restatement has "
+            "changed any result yet.</p>"
+        )
+    rid, finished, pins, changed, diff = chosen
+    groups = diff.get("groups", [])
+    bars: list[Bar] = []
+    for g in groups:
+        label = f"{TYPE_LABELS.get(g['activity_type'], g['activity_type'])}, " + scope_label(
+            g["scope"], g["category"]
+        )
+        bars.append(Bar(label + " (old)", g["old_kg"], f"{tonnes(g['old_kg'])} t", "#95a5a6"))
+        bars.append(Bar(label + " (new)", g["new_kg"], f"{tonnes(g['new_kg'])} t", "#8e44ad"))
+    group_rows = "".join(
+        f'<tr data-row="diff" data-type="{_e(g["activity_type"])}" data-scope="{g["scope"]}">'
+        f"<td>{_e(TYPE_LABELS.get(g['activity_type'], g['activity_type']))}</td>"
+        f"<td>{_e(scope_label(g['scope'], g['category']))}</td>"
+        f"<td class='num'>{g['changed']:,}</td>{_kg_cell(g['old_kg'])}{_kg_cell(g['new_kg'])}"
+        f"{_delta_cell(g['new_kg'] - g['old_kg'])}</tr>"
+        for g in groups
+    )
+    largest = "".join(
+        f'<tr data-row="largest"><td>{_e(TYPE_LABELS.get(c["activity_type"], c["activity_type"]))}'
+        f"</td><td>{_e(c['activity_id'])}</td><td><code>{_e(c['old_factor'])}</code></td>"
+        f"<td><code>{_e(c['new_factor'])}</code></td>{_kg_cell(c['old_kg'])}"
+        f"{_kg_cell(c['new_kg'])}{_delta_cell(c['new_kg'] - c['old_kg'])}</tr>"
+        for c in diff.get("largest", [])
+    )
+    pinned = ", ".join(f"{k} = {v}" for k, v in sorted((pins or {}).items())) or "newest editions"
+    return (
+        f"<h2>Restatement</h2><p class='meta' data-restatement='{_e(rid)}'>Restatement "
+        f"<code>{_e(rid)}</code> ({_e(pinned)}), finished {_e(_when(finished))}: "
+        f"{changed:,} results changed; the superseded results are kept in "
+        f"<code>{db.HISTORY_TABLE}</code>.</p>"
+        + hbar_chart("restatement", bars)
+        + "<table><tr><th>activity type</th><th>scope</th><th class='num'>changed</th>"
+        "<th class='num'>old t CO2e</th><th class='num'>new t CO2e</th><th class='num'>change"
+        "</th></tr>" + group_rows + "</table><h3>Largest changes</h3>"
+        "<table><tr><th>activity type</th><th>activity</th><th>old factor</th><th>new factor"
+        "</th><th class='num'>old t</th><th class='num'>new t</th><th class='num'>change</th>"
+        "</tr>" + largest + "</table>"
+    )
+
+
+def _delta_cell(delta: float) -> str:
+    css = "up" if delta > 0 else "down" if delta < 0 else ""
+    sign = "+" if delta > 0 else ""
+    return f'<td class="num {css}" data-kg="{delta!r}">{sign}{tonnes(delta)}</td>'
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "—" if value is None else str(value)
+
+
+def _audit_section(f: dict[str, Any]) -> str:
+    editions = "".join(
+        f"<tr><td><code>{_e(s)}</code></td><td>{_e('; '.join(e))}</td></tr>"
+        for s, e in f["editions"].items()
+    )
+    runs = "".join(
+        f"<tr><td><code>{_e(r[0])}</code></td><td>{_e(r[1])}</td><td>{_e(r[2] or '')}</td>"
+        f"<td>{_e(_when(r[3]))}</td><td class='num'>{_e(r[4] if r[4] is not None else '')}</td>"
+        f"<td class='num'>{_e(r[5] if r[5] is not None else '')}</td>"
+        f"<td class='num'>{'' if r[6] is None else tonnes(1000.0 * r[6])}</td></tr>"
+        for r in f["runs"]
+    )
+    return (
+        "<h2>Audit trail</h2><p class='meta'>Every result stores its factor row, its "
+        "intermediate values and the run that produced it, and a fingerprint of its input row, "
+        "factor rows and code version (<code>python -m pipeline.verify</code> replays them). "
+        f"Code version now: <code data-code-version>{_e(f['code_version'])}</code>.</p>"
+        "<h3>Factor editions in force</h3><table><tr><th>factor set</th><th>editions</th></tr>"
+        + editions
+        + "</table><h3>Recent runs</h3><table><tr><th>run</th><th>status</th><th>runner</th>"
+        "<th>finished</th><th class='num'>results</th><th class='num'>errors</th>"
+        "<th class='num'>t CO2e</th></tr>" + runs + "</table>"
+    )
+
+
+def render(f: dict[str, Any], database: str, now: datetime.datetime | None = None) -> str:
+    """The report page for the figures ``f``."""
+    when = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    cards = (
+        f'<div class="cards"><div class="card"><div>Total emissions</div><div class="big" '
+        f'data-figure="total" data-kg="{f["kg_co2e"]!r}">{tonnes(f["kg_co2e"])} t CO2e</div>'
+        f'</div><div class="card"><div>Results</div><div class="big" data-figure="results" '
+        f'data-value="{f["results"]}">{f["results"]:,}</div></div><div class="card"><div>'
+        f'Activities in error</div><div class="big" data-figure="errors" '
+        f'data-value="{f["errors"]}">{f["errors"]:,}</div></div></div>'
+    )
+    body = "".join(
+        [
+            _scope_section(f),
+            _month_section(f),
+            _quality_section(f),
+            _sources_section(f),
+            _restatement_section(f),
+            _audit_section(f),
+        ]
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        "<title>Emissions report</title>"
+        f"<style>{_CSS}</style></head><body><h1>Emissions report</h1>"
+        f"<p class='meta'>Generated {_e(when)} from <code>{_e(database)}</code>. Tonnes of "
+        "CO2e (AR5 GWP-100), location-based Scope 2.</p>" + cards + body + "</body></html>\n"
+    )
+
+
+def write_report(
+    engine: sa.Engine, out: Path, database: str, restatement_id: str | None = None
+) -> Path:
+    """Write the report for the database behind ``engine`` to ``out``."""
+    page = render(figures(engine, restatement_id), database)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--out", default="report.html", help="where to write the page")
+    parser.add_argument(
+        "--restatement", default=None, help="the restatement to show (default: the latest)"
+    )
+    args = parser.parse_args(argv)
+    url = resolve_database_url(args.database_url)
+    engine = db.make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        out = write_report(engine, Path(args.out), db.redact_url(url), args.restatement)
+    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
+        print(f"error: report failed: {db.scrub(f'{type(e).__name__}: {e}', url)}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
