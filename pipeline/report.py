@@ -145,9 +145,9 @@ def stacked_month_chart(
 # --- Figures from the database -------------------------------------------------------------
 
 
-def _rows(engine: sa.Engine, query: str, **params: Any) -> list[sa.Row[Any]]:
+def _rows(engine: sa.Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
-        return list(conn.execute(sa.text(query), params).all())
+        return [tuple(r) for r in conn.execute(sa.text(query), params)]
 
 
 def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, Any]:
@@ -201,15 +201,16 @@ def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, A
         )
         if not chosen:
             raise ValueError(f"no restatement {restatement_id}")
+    coverage = quality.coverage(engine)
     return {
         "results": int(total[0]),
         "kg_co2e": float(total[1]),
-        "errors": quality.coverage(engine)["overall"]["errors"]["records"],
+        "errors": coverage["overall"]["errors"]["records"],
         "scopes": [(int(s), c, int(n), float(kg)) for s, c, n, kg in scopes],
         "by_type": [(t, int(n), float(kg)) for t, n, kg in by_type],
         "months": [(t, m, float(kg)) for t, m, kg in months],
         "top_sources": [(t, s, k, int(n), float(kg)) for t, s, k, n, kg in top_sources],
-        "quality": quality.coverage(engine),
+        "quality": coverage,
         "editions": audit.current_editions(engine),
         "code_version": audit.code_version(),
         "runs": runs,
