@@ -1,0 +1,186 @@
+"""Restatement: a pinned or newer factor edition restates exactly the results whose factors
+differ, keeps what it replaced, reports a diff equal to the database's sums, and is a no-op
+the second time."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import audit, db, report, restate, verify
+from pipeline.seed import seed
+from tests.test_report import parse
+from tests.test_verify import run_pipeline
+
+AIR_2024 = "2024 full set v1.1"
+AIR_2025 = "2025 flat file"
+
+
+def rows(engine: sa.Engine, query: str, **params: object) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(query), params)]
+
+
+def snapshot(engine: sa.Engine) -> dict[tuple[str, str], tuple]:
+    cols = ", ".join(db.RESULT_COLUMNS + ("run_id",))
+    return {(r[0], str(r[1])): r for r in rows(engine, f"SELECT {cols} FROM emission_results")}
+
+
+def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 800, seed_value=31)
+    run_pipeline(database_url, capsys)
+    before = snapshot(engine)
+    on_2024 = {
+        (t, str(i))
+        for t, i in rows(
+            engine,
+            "SELECT r.activity_type, r.activity_id FROM emission_results r JOIN emission_factors "
+            "f ON f.id = r.factor_id WHERE f.factor_set = 'desnz_air' AND f.edition = :e",
+            e=AIR_2024,
+        )
+    }
+    assert len(on_2024) > 20
+
+    capsys.readouterr()
+    assert restate.main(["--database-url", database_url, "--pin", f"desnz_air={AIR_2025}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rid = out["restatement_id"]
+    assert out["changed"] == len(on_2024)
+    assert out["examined"] == len(before)
+    assert out["refused"] == 0
+
+    after = snapshot(engine)
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == on_2024
+    # Every flight now uses a 2025 factor, flagged where the years differ.
+    assert rows(
+        engine,
+        "SELECT DISTINCT f.edition FROM emission_results r JOIN emission_factors f "
+        "ON f.id = r.factor_id WHERE r.activity_type = 'air_travel'",
+    ) == [(AIR_2025,)]
+    ym = db.RESULT_COLUMNS.index("year_mismatch")
+    assert all(after[k][ym] for k in changed), [
+        (before[k], after[k]) for k in changed if not after[k][ym]
+    ][:2]
+    assert all(str(after[k][-1]) == rid for k in changed)
+    # The superseded results are kept whole.
+    history = {
+        (r[0], str(r[1])): r
+        for r in rows(
+            engine,
+            f"SELECT {', '.join(db.RESULT_COLUMNS + ('run_id',))} FROM emission_results_history "
+            "WHERE restatement_id = :r",
+            r=rid,
+        )
+    }
+    assert history == {k: before[k] for k in on_2024}
+
+    # The diff's totals are the database's sums.
+    (old_kg, new_kg, n) = rows(
+        engine,
+        "SELECT sum(h.kg_co2e), sum(r.kg_co2e), count(*) FROM emission_results_history h JOIN "
+        "emission_results r USING (activity_type, activity_id) WHERE h.restatement_id = :r",
+        r=rid,
+    )[0]
+    diff = out["diff"]
+    assert diff["changed"] == n == len(on_2024)
+    assert diff["old_kg"] == pytest.approx(old_kg, rel=1e-12)
+    assert diff["new_kg"] == pytest.approx(new_kg, rel=1e-12)
+    (group,) = diff["groups"]
+    assert (group["activity_type"], group["scope"], group["category"]) == ("air_travel", 3, 6)
+    assert group["old_kg"] == old_kg and group["new_kg"] == new_kg
+    largest = diff["largest"]
+    assert len(largest) == 10
+    deltas = [abs(c["new_kg"] - c["old_kg"]) for c in largest]
+    assert deltas == sorted(deltas, reverse=True)
+    (top_delta,) = rows(
+        engine,
+        "SELECT max(abs(r.kg_co2e - h.kg_co2e)) FROM emission_results_history h JOIN "
+        "emission_results r USING (activity_type, activity_id) WHERE h.restatement_id = :r",
+        r=rid,
+    )[0]
+    assert deltas[0] == top_delta
+    assert AIR_2024 in largest[0]["old_factor"] and AIR_2025 in largest[0]["new_factor"]
+    stored = rows(engine, "SELECT status, changed, diff FROM restatements")
+    assert stored == [("succeeded", n, json.loads(json.dumps(diff)))]
+
+    # The restated results reproduce, on the pinned edition; their fingerprints are new.
+    checked = verify.verify(engine, sample=None)
+    assert checked.reproduced == checked.examined == len(before), checked.mismatches[:3]
+    assert rows(engine, "SELECT count(*) FROM result_fingerprints WHERE run_id = :r", r=rid) == [
+        (n,)
+    ]
+
+    # Twice changes nothing more.
+    again = restate.restate(engine, audit.parse_pins([f"desnz_air={AIR_2025}"]))
+    assert again.changed == 0 and again.diff["groups"] == []
+    assert snapshot(engine) == after
+    assert rows(engine, "SELECT count(*) FROM emission_results_history") == [(n,)]
+
+    # The report shows the restatement that changed something, with the same figures.
+    page = report.render(report.figures(engine), "test")
+    dom = parse(page)
+    assert dom.having(data_restatement=rid)
+    (row,) = dom.having(data_row="diff")
+    cells = [e for e in dom.found[dom.found.index(row) :] if "data-kg" in e[1]][:3]
+    assert [float(c[1]["data-kg"]) for c in cells] == [old_kg, new_kg, new_kg - old_kg]
+    assert len(dom.having(data_row="largest")) == 10
+
+
+def test_a_newer_edition_restates_only_the_results_on_the_revised_factor(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 600, seed_value=32)
+    run_pipeline(database_url, capsys, "--activity-types", "electricity")
+    (key, uses) = rows(
+        engine,
+        "SELECT f.key, count(*) FROM emission_results r JOIN emission_factors f "
+        "ON f.id = r.factor_id WHERE f.factor_set = 'egrid_subregion' "
+        "GROUP BY f.key ORDER BY 2 DESC, 1 LIMIT 1",
+    )[0]
+    with db.raw_connection(engine) as conn:
+        current = [
+            r
+            for r in audit.read_all_factor_rows(conn)
+            if r.factor_set == "egrid_subregion" and r.key == key
+        ]
+    revised = [
+        dataclasses.replace(r, id=None, edition="eGRID2023 rev3 (test)", value=r.value * 1.1)
+        for r in current
+    ]
+    assert db.insert_factors(engine, revised) == len(revised)
+    before = snapshot(engine)
+
+    outcome = restate.restate(engine)
+    assert outcome.pins == {}
+    assert outcome.changed == uses
+    after = snapshot(engine)
+    changed = {k for k in after if after[k] != before[k]}
+    assert len(changed) == uses
+    kg = db.RESULT_COLUMNS.index("kg_co2e")
+    amount = db.RESULT_COLUMNS.index("activity_amount")
+    for k in changed:
+        assert after[k][kg] == after[k][amount] * (current[0].value * 1.1)
+    assert outcome.diff["new_kg"] == pytest.approx(outcome.diff["old_kg"] * 1.1, rel=1e-9)
+    # Pinning the original edition back restates them back; history keeps both steps.
+    back = restate.restate(engine, {"egrid_subregion": current[0].edition})
+    assert back.changed == uses
+    assert {k: v[:-1] for k, v in snapshot(engine).items()} == {
+        k: v[:-1] for k, v in before.items()
+    }
+    assert rows(engine, "SELECT count(*) FROM emission_results_history") == [(2 * uses,)]
+    assert verify.verify(engine, sample=None).reproduced == len(before)
+
+
+def test_an_unknown_edition_is_refused_before_anything_is_written(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert restate.main(["--database-url", database_url, "--pin", "desnz_air=1999"]) == 2
+    assert "desnz_air has no edition '1999'" in capsys.readouterr().err
+    assert restate.main(["--database-url", database_url, "--pin", "nonsense"]) == 2
+    assert rows(engine, "SELECT count(*) FROM restatements") == [(0,)]
