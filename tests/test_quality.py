@@ -1,0 +1,68 @@
+"""Data-quality coverage equals what SQL counts, per run and overall; the schema upgrade adds
+the new run columns to an older database."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import db, quality
+from pipeline.seed import seed
+from tests.test_verify import run_pipeline
+
+
+def one(engine: sa.Engine, query: str, **params: object) -> tuple:
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.text(query), params).one())
+
+
+def test_coverage_counts_each_level_as_the_database_does(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 1200, seed_value=41)
+    summary = run_pipeline(database_url, capsys)
+    cov = summary["quality"]
+    overall = cov["overall"]
+    results, kg = one(engine, "SELECT count(*), sum(kg_co2e) FROM emission_results")
+    errors = summary["errors"]
+    assert overall["results"] == results and overall["records"] == results + errors
+    assert overall["kg_co2e"] == pytest.approx(kg, rel=1e-12)
+    assert overall["errors"]["records"] == errors > 0
+    assert overall["errors"]["share_of_records"] == errors / (results + errors)
+
+    checks = {
+        "country_fallback": "fallback = 'country'",
+        "year_mismatch": "year_mismatch",
+        "class_substituted": "class_substituted",
+        "lifecycle_basis": "basis = 'lifecycle'",
+        "exact": "fallback IS NULL AND NOT year_mismatch AND NOT class_substituted "
+        "AND basis IS DISTINCT FROM 'lifecycle'",
+    }
+    for level, condition in checks.items():
+        n, level_kg = one(
+            engine,
+            f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM emission_results WHERE {condition}",
+        )
+        assert overall[level]["records"] == n, level
+        assert overall[level]["kg_co2e"] == pytest.approx(level_kg, rel=1e-12), level
+        assert overall[level]["share_of_records"] == pytest.approx(n / (results + errors))
+        assert overall[level]["share_of_kg"] == pytest.approx(level_kg / kg)
+    # The seed has every kind: fallbacks and lifecycle for electricity, substitutions for air.
+    by_type = cov["by_activity_type"]
+    assert by_type["electricity"]["country_fallback"]["records"] > 0
+    assert by_type["electricity"]["lifecycle_basis"]["records"] > 0
+    assert by_type["air_travel"]["class_substituted"]["records"] > 0
+    assert by_type["spend"]["class_substituted"]["records"] == 0
+    # Over everything stored, after one run, it is the run's coverage.
+    assert quality.coverage(engine) == quality.coverage(engine, summary["run_id"])
+
+
+def test_create_schema_adds_the_new_run_columns_to_an_older_database(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE calculation_runs DROP COLUMN quality"))
+        conn.execute(sa.text("DROP TABLE result_fingerprints"))
+    db.create_schema(engine)
+    db.create_schema(engine)
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("calculation_runs")}
+    assert {"quality", "factor_editions", "code_version"} <= columns
+    assert sa.inspect(engine).has_table("result_fingerprints")
