@@ -70,7 +70,9 @@ class Bar:
 
 def hbar_chart(name: str, bars: Sequence[Bar], width: int = 640) -> str:
     """Horizontal bars scaled to the largest value; each rect carries its exact value."""
-    row, label_w, value_w = 26, 220, 110
+    # Room for the longest label (about 7 px a character at 12 px), within reason.
+    longest = max((len(b.label) for b in bars), default=10)
+    row, label_w, value_w = 26, min(max(120, 7 * longest + 16), 380), 110
     height = row * max(len(bars), 1) + 10
     top = max((b.value for b in bars), default=0.0)
     plot = width - label_w - value_w
@@ -223,7 +225,8 @@ def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, A
 _CSS = """
 body{font-family:"DejaVu Sans",Helvetica,Arial,sans-serif;margin:24px auto;max-width:980px;
 color:#222;background:#fff}
-h1{font-size:24px;margin-bottom:4px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid
+h1{font-size:24px;margin-bottom:4px}h3{font-size:15px;margin-top:20px}
+h2{font-size:18px;margin-top:32px;border-bottom:1px solid
 #ddd;padding-bottom:4px}.meta{color:#666;font-size:13px}
 .cards{display:flex;gap:16px;margin:16px 0}.card{border:1px solid #ddd;border-radius:6px;
 padding:10px 16px;min-width:160px}.card .big{font-size:22px;font-weight:bold}
