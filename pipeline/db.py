@@ -262,6 +262,7 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("metrics_source", sa.Text),
         sa.Column("message", sa.Text),
         sa.Column("quality", postgresql.JSONB),
+        sa.Column("factor_pins", postgresql.JSONB),
         sa.Column("factor_editions", postgresql.JSONB),
         sa.Column("code_version", sa.Text),
     )
@@ -271,6 +272,7 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
 #: Columns added after a table's first release: ``create_schema`` adds them to older databases.
 _ADDED_COLUMNS = (
     (RUNS_TABLE, "quality", "jsonb"),
+    (RUNS_TABLE, "factor_pins", "jsonb"),
     (RUNS_TABLE, "factor_editions", "jsonb"),
     (RUNS_TABLE, "code_version", "text"),
 )

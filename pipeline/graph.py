@@ -20,7 +20,7 @@ def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
     factors = (
         p
         | "Factors" >> beam.Create([None])
-        | "ReadFactors" >> beam.ParDo(ReadFactorsFn(config.database_url))
+        | "ReadFactors" >> beam.ParDo(ReadFactorsFn(config.database_url, dict(config.factor_pins)))
     )
     outputs: dict[str, Any] = {}
     # One branch per type, each ending in its own writes: a branch fuses into one stage after

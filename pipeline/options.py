@@ -101,6 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Only activities dated before this day (YYYY-MM-DD).",
     )
     parser.add_argument(
+        "--factor-edition",
+        "--factor_edition",
+        dest="factor_edition",
+        action="append",
+        default=None,
+        metavar="SET=EDITION",
+        help="Use only this edition of a factor set, e.g. 'desnz_air=2025 flat file' "
+        "(repeatable; default: the newest loaded row per set, key and year).",
+    )
+    parser.add_argument(
         "--progress-interval",
         "--progress_interval",
         dest="progress_interval",
@@ -125,6 +135,8 @@ class RunConfig:
     date_from: str | None
     date_to: str | None
     progress_interval: float
+    #: (factor set, edition) pairs: only that edition of the set is used.
+    factor_pins: tuple[tuple[str, str], ...] = ()
 
 
 class OptionsError(ValueError):
@@ -172,6 +184,14 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
     date_to = _check_date("date-to", options.date_to)
     if date_from and date_to and date_from >= date_to:
         raise OptionsError(f"--date-from ({date_from}) must be before --date-to ({date_to})")
+    pins: dict[str, str] = {}
+    for pin in getattr(options, "factor_edition", None) or []:
+        factor_set, sep, edition = pin.partition("=")
+        if not sep or not factor_set.strip() or not edition.strip():
+            raise OptionsError(
+                f"--factor-edition is SET=EDITION (e.g. 'desnz_air=2025 flat file'), not {pin!r}"
+            )
+        pins[factor_set.strip()] = edition.strip()
     if options.progress_interval < 0:
         raise OptionsError("--progress-interval must not be negative")
     return RunConfig(
@@ -186,4 +206,5 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         date_from=date_from,
         date_to=date_to,
         progress_interval=options.progress_interval,
+        factor_pins=tuple(sorted(pins.items())),
     )

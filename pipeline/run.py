@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
     try:
         ensure_initialised(engine)
+        pins = dict(config.factor_pins)
+        try:
+            editions = audit.current_editions(engine, pins)
+        except audit.EditionError as e:
+            print(f"error: --factor-edition: {e}", file=sys.stderr)
+            return 2
         counts = db.count_activities(
             engine, config.activity_types, config.date_from, config.date_to
         )
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         audit.seal(engine, config.run_id, config.activity_types)
         summary = summarise(engine, config, counts, metrics)
         summary["quality"] = quality.coverage(engine, config.run_id)
-        summary["factor_editions"] = audit.current_editions(engine)
+        summary["factor_pins"] = pins
+        summary["factor_editions"] = editions
         summary["code_version"] = audit.code_version()
         summary["status"] = "succeeded"
         summary["runner"] = runner
@@ -270,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             timings=summary["timings"],
             metrics_source=summary["metrics_source"],
             quality=summary["quality"],
+            factor_pins=summary["factor_pins"],
             factor_editions=summary["factor_editions"],
             code_version=summary["code_version"],
         )

@@ -127,9 +127,13 @@ class _Books:
 
 
 def _pins_by_run(engine: sa.Engine) -> dict[str, dict[str, str]]:
+    """The editions each run or restatement was pinned to (none: the newest rows)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text(f"SELECT restatement_id, pins FROM {db.RESTATEMENTS_TABLE}")
+            sa.text(
+                f"SELECT restatement_id, pins FROM {db.RESTATEMENTS_TABLE} UNION ALL "
+                f"SELECT run_id, factor_pins FROM {db.RUNS_TABLE} WHERE factor_pins IS NOT NULL"
+            )
         ).all()
     return {str(r[0]): dict(r[1] or {}) for r in rows}
 

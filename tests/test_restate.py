@@ -10,7 +10,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from pipeline import audit, db, report, restate, verify
+from pipeline import audit, db, report, restate, run, verify
 from pipeline.seed import seed
 from tests.test_report import parse
 from tests.test_verify import run_pipeline
@@ -93,7 +93,8 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     assert diff["new_kg"] == pytest.approx(new_kg, rel=1e-12)
     (group,) = diff["groups"]
     assert (group["activity_type"], group["scope"], group["category"]) == ("air_travel", 3, 6)
-    assert group["old_kg"] == old_kg and group["new_kg"] == new_kg
+    assert group["old_kg"] == pytest.approx(old_kg, rel=1e-12)
+    assert group["new_kg"] == pytest.approx(new_kg, rel=1e-12)
     largest = diff["largest"]
     assert len(largest) == 10
     deltas = [abs(c["new_kg"] - c["old_kg"]) for c in largest]
@@ -128,7 +129,11 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     assert dom.having(data_restatement=rid)
     (row,) = dom.having(data_row="diff")
     cells = [e for e in dom.found[dom.found.index(row) :] if "data-kg" in e[1]][:3]
-    assert [float(c[1]["data-kg"]) for c in cells] == [old_kg, new_kg, new_kg - old_kg]
+    assert [float(c[1]["data-kg"]) for c in cells] == [
+        group["old_kg"],
+        group["new_kg"],
+        group["new_kg"] - group["old_kg"],
+    ]
     assert len(dom.having(data_row="largest")) == 10
 
 
@@ -184,3 +189,43 @@ def test_an_unknown_edition_is_refused_before_anything_is_written(
     assert "desnz_air has no edition '1999'" in capsys.readouterr().err
     assert restate.main(["--database-url", database_url, "--pin", "nonsense"]) == 2
     assert rows(engine, "SELECT count(*) FROM restatements") == [(0,)]
+
+
+def test_a_run_pinned_to_an_edition_uses_and_records_it(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 600, seed_value=33)
+    pin = f"desnz_air={AIR_2025}"
+    summary = run_pipeline(
+        database_url, capsys, "--activity-types", "air_travel", "--factor-edition", pin
+    )
+    assert summary["factor_pins"] == {"desnz_air": AIR_2025}
+    assert summary["factor_editions"]["desnz_air"] == [AIR_2025]
+    assert summary["factor_editions"]["epa_sef"]  # the other sets: newest rows, recorded too
+    assert rows(
+        engine, "SELECT factor_pins FROM calculation_runs WHERE run_id = :r", r=summary["run_id"]
+    ) == [({"desnz_air": AIR_2025},)]
+    assert rows(
+        engine,
+        "SELECT DISTINCT f.edition FROM emission_results r JOIN emission_factors f "
+        "ON f.id = r.factor_id",
+    ) == [(AIR_2025,)]
+    # verify replays it on its pinned edition; a restatement on the same edition changes nothing.
+    checked = verify.verify(engine, sample=None)
+    assert checked.reproduced == checked.examined == summary["total_processed"] > 100
+    assert restate.restate(engine, {"desnz_air": AIR_2025}).changed == 0
+    # Without the pin, the year rule puts the flights before 2025 back on 2024 factors.
+    assert (
+        restate.restate(engine).changed
+        == rows(
+            engine,
+            "SELECT count(*) FROM air_travel_activities a JOIN emission_results r "
+            "ON r.activity_id = a.id AND r.activity_type = 'air_travel' "
+            "WHERE a.activity_date < '2025-01-01'",
+        )[0][0]
+    )
+
+    capsys.readouterr()
+    code = run.main(["--database-url", database_url, "--factor-edition", "desnz_air=1999"])
+    assert code == 2
+    assert "desnz_air has no edition '1999'" in capsys.readouterr().err

@@ -43,7 +43,9 @@ def test_a_run_seals_every_result_and_every_result_reproduces(
     # The summary carries the audit facts, and they are stored with the run.
     assert summary["code_version"] == audit.code_version()
     assert summary["factor_editions"]["desnz_air"] == ["2024 full set v1.1", "2025 flat file"]
-    assert summary["quality"] == quality.coverage(engine, summary["run_id"])
+    again = quality.coverage(engine, summary["run_id"])["overall"]
+    for level in quality.LEVELS:
+        assert summary["quality"]["overall"][level]["records"] == again[level]["records"]
     stored = scalar(
         engine, "SELECT quality FROM calculation_runs WHERE run_id = :r", r=summary["run_id"]
     )

@@ -18,7 +18,7 @@ import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline import db
+from pipeline import audit, db
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
 from pipeline.model import ActivityType
@@ -29,13 +29,17 @@ ERRORS = "errors"
 class ReadFactorsFn(beam.DoFn):
     """Reads the factors in force from ``emission_factors`` once; emits the FactorBook."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, pins: dict[str, str] | None = None) -> None:
         self._database_url = database_url
+        self._pins = dict(pins or {})  # factor set → the only edition of it to use
 
     def process(self, _: Any) -> Iterator[FactorBook]:
         conn: psycopg2.extensions.connection = db.connect(self._database_url)
         try:
-            rows = db.read_factor_rows(conn)
+            if self._pins:
+                rows = audit.choose_factor_rows(audit.read_all_factor_rows(conn), self._pins)
+            else:
+                rows = db.read_factor_rows(conn)
         finally:
             conn.close()
         yield FactorBook.from_rows(rows)
