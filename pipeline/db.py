@@ -270,6 +270,25 @@ def detect_id_type_of(conn: psycopg2.extensions.connection, activity_type: Activ
     return "uuid" if found is not None and found[0] == "uuid" else "bigint"
 
 
+def schema_ready(engine: sa.Engine) -> bool:
+    """Whether every table and the view exist (one catalogue query)."""
+    names = [*build_metadata().tables, EXPLAINED_VIEW]
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT count(to_regclass(n)) FROM unnest(CAST(:names AS text[])) n"),
+            {"names": names},
+        ).scalar()
+    return found == len(names)
+
+
+def factors_loaded(engine: sa.Engine) -> bool:
+    """Whether ``emission_factors`` holds any row."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {FACTORS_TABLE})")).scalar()
+        )
+
+
 def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
     """Create every table that is missing; safe to run twice. Returns the schema's id type."""
     existing = detect_id_type(engine)
@@ -320,13 +339,6 @@ def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
         for start in range(0, len(payload), 5000):
             added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
     return added
-
-
-def loaded_editions(engine: sa.Engine) -> set[tuple[str, str]]:
-    """The (factor_set, edition) pairs present in ``emission_factors``."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT DISTINCT factor_set, edition FROM {FACTORS_TABLE}"))
-        return {(r[0], r[1]) for r in rows}
 
 
 def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:

@@ -127,7 +127,8 @@ def summarise(
     metrics: dict[str, int] | None,
 ) -> dict[str, Any]:
     """The run summary: what the old service reported, plus skipped, run id and sources."""
-    written = db.run_totals(engine, config.run_id)
+    pending = sum(c["pending"] for c in counts.values())
+    written = db.run_totals(engine, config.run_id) if pending else {}
     outstanding = None if metrics is not None else db.outstanding_errors(engine)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
