@@ -212,7 +212,7 @@ def baseline(url: str) -> tuple[float, int]:
                 "kg_co2e float8, PRIMARY KEY (activity_type, activity_id))"
             )
             cur.execute("SELECT min(year), max(year) FROM emission_factors")
-            first, last = cur.fetchone()  # type: ignore[misc]
+            first, last = cur.fetchone()
         conn.commit()
     finally:
         conn.close()
@@ -256,7 +256,7 @@ def compare(url: str, run_id: str) -> dict[str, Any]:
                 "FULL JOIN baseline_results b USING (activity_type, activity_id)",
                 (run_id,),
             )
-            only_baseline, only_pipeline, max_rel, total_p, total_b, rows = cur.fetchone()  # type: ignore[misc]
+            only_baseline, only_pipeline, max_rel, total_p, total_b, rows = cur.fetchone()
     finally:
         conn.close()
     total_rel = abs(total_p - total_b) / abs(total_b) if total_b else 0.0
