@@ -324,6 +324,25 @@ def detect_id_type_of(conn: psycopg2.extensions.connection, activity_type: Activ
     return "uuid" if found is not None and found[0] == "uuid" else "bigint"
 
 
+def schema_ready(engine: sa.Engine) -> bool:
+    """Whether every table and the view exist (one catalogue query)."""
+    names = [*build_metadata().tables, EXPLAINED_VIEW]
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT count(to_regclass(n)) FROM unnest(CAST(:names AS text[])) n"),
+            {"names": names},
+        ).scalar()
+    return found == len(names)
+
+
+def factors_loaded(engine: sa.Engine) -> bool:
+    """Whether ``emission_factors`` holds any row."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {FACTORS_TABLE})")).scalar()
+        )
+
+
 def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
     """Create every table that is missing; safe to run twice. Returns the schema's id type."""
     existing = detect_id_type(engine)
@@ -381,13 +400,6 @@ def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
         for start in range(0, len(payload), 5000):
             added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
     return added
-
-
-def loaded_editions(engine: sa.Engine) -> set[tuple[str, str]]:
-    """The (factor_set, edition) pairs present in ``emission_factors``."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT DISTINCT factor_set, edition FROM {FACTORS_TABLE}"))
-        return {(r[0], r[1]) for r in rows}
 
 
 def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
@@ -517,14 +529,17 @@ def pending_query(
 
 
 def count_query(
-    activity_type: ActivityType, date_from: str | None = None, date_to: str | None = None
+    activity_type: ActivityType,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    pending_only: bool = False,
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """(activities in scope, pending among them), in one scan with the anti-join."""
+    """The number of activities in scope, or of pending ones (an anti-join, not a per-row
+    filter: PostgreSQL plans ``WHERE NOT EXISTS`` as one hash anti-join)."""
     conditions, params = _in_scope(activity_type, None, None, date_from, date_to)
-    query = sql.SQL(
-        "SELECT count(*), count(*) FILTER (WHERE {pending}) FROM {table} a WHERE {where}"
-    ).format(
-        pending=_PENDING,
+    if pending_only:
+        conditions.append(_PENDING)
+    query = sql.SQL("SELECT count(*) FROM {table} a WHERE {where}").format(
         table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
         where=sql.SQL(" AND ").join(conditions),
     )
@@ -709,16 +724,20 @@ def write_results(
 def write_results_table(
     conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
 ) -> int:
-    """Insert a results table (``result_schema``) not already stored. Returns rows written."""
-    columns = RESULT_COLUMNS + ("run_id",)
-    table = results.select(list(RESULT_COLUMNS)).append_column(
+    """Insert a results table (``result_schema``) not already stored. Returns rows written.
+
+    Columns that are empty in the whole batch (the flight fields of electricity, say) are left
+    out of the COPY: they are NULL by default, and PostgreSQL parses fewer fields.
+    """
+    present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
+    table = results.select(present).append_column(
         "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
     )
     buf = io.BytesIO()
     pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False))
     buf.seek(0)
     conflict = sql.SQL("(activity_type, activity_id)")
-    return _staged_copy(conn, RESULTS_TABLE, columns, buf, conflict)
+    return _staged_copy(conn, RESULTS_TABLE, (*present, "run_id"), buf, conflict)
 
 
 def error_hash(error: ErrorRecord) -> str:
@@ -753,7 +772,9 @@ def count_activities(
         with raw.cursor() as cur:
             for t in activity_types:
                 cur.execute(*count_query(t, date_from, date_to))
-                total, pending = cur.fetchone()
+                (total,) = cur.fetchone()
+                cur.execute(*count_query(t, date_from, date_to, pending_only=True))
+                (pending,) = cur.fetchone()
                 out[t] = {"total": int(total), "pending": int(pending)}
         raw.commit()
     return out
