@@ -154,6 +154,7 @@ def _rows(engine: sa.Engine, query: str, **params: Any) -> list[tuple[Any, ...]]
 
 def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, Any]:
     """Everything the report shows, as read from the database now."""
+    db.create_schema(engine)  # an older database gains the audit tables and columns
     total = _rows(engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {db.RESULTS_TABLE}")[0]
     scopes = _rows(
         engine,

@@ -276,6 +276,7 @@ def restate(
     chunk: int = 20_000,
 ) -> Outcome:
     """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``."""
+    db.create_schema(engine)  # an older database gains the audit tables and columns
     chosen_pins = dict(pins or {})
     outcome = Outcome(str(uuid.uuid4()), chosen_pins)
     with db.raw_connection(engine) as conn:

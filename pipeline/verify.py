@@ -106,16 +106,19 @@ class _Books:
         self._rows = list(rows)
         self._by_id = {r.id: r for r in rows}
         self._pins_by_run = pins_by_run
-        self._chosen: dict[str, list[FactorRow]] = {}
+        self._chosen: dict[str, tuple[list[FactorRow], set[int | None]]] = {}
         self._books: dict[tuple[str, tuple[int, ...]], FactorBook] = {}
+        self._keys: dict[str, str] = {}
 
     def for_result(self, run_id: str, factor_ids: Sequence[int | None]) -> FactorBook:
         pins = self._pins_by_run.get(run_id, {})
-        pins_key = json.dumps(pins, sort_keys=True)
+        pins_key = self._keys.get(run_id)
+        if pins_key is None:
+            pins_key = self._keys[run_id] = json.dumps(pins, sort_keys=True)
         if pins_key not in self._chosen:
-            self._chosen[pins_key] = audit.choose_factor_rows(self._rows, pins)
-        chosen = self._chosen[pins_key]
-        in_force = {r.id for r in chosen}
+            rows = audit.choose_factor_rows(self._rows, pins)
+            self._chosen[pins_key] = (rows, {r.id for r in rows})
+        chosen, in_force = self._chosen[pins_key]
         back = tuple(sorted(i for i in factor_ids if i is not None and i not in in_force))
         key = (pins_key, tuple(i for i in back if i in self._by_id))
         if key not in self._books:
@@ -183,9 +186,11 @@ def _check_row(
         again = calculate(activity, book, radiative_forcing=True if rf is None else bool(rf))
     except InputError as e:
         return Mismatch(activity_type, ident, "refused", {}, f"{e.code}: {e.message}")
-    differ = {
-        c: [stored[c], getattr(again, c)] for c in r_cols if not _same(stored[c], getattr(again, c))
-    }
+    differ: dict[str, list[Any]] = {}
+    for c in r_cols:
+        value = getattr(again, c)
+        if stored[c] != value and not _same(stored[c], value):
+            differ[c] = [stored[c], value]
     if not differ:
         return None
     if any(c in differ for c in _FACTOR_ID_FIELDS):
@@ -205,6 +210,7 @@ def verify(
     batch: int = 10_000,
 ) -> VerifyReport:
     """Recompute ``sample`` results per type (all when None) and compare them exactly."""
+    db.create_schema(engine)  # an older database gains the audit tables and columns
     version = audit.code_version()
     report = VerifyReport(code_version=version)
     pins = _pins_by_run(engine)
