@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -189,3 +190,13 @@ def test_report_renders_in_chromium_and_matches_the_database(
     (svg,) = dom.having(data_chart="by-month")
     assert int(svg[1]["data-rendered-bars"]) == len([m for m in months if m[2] > 0])
     assert dom.having(data_restatement="none")
+
+
+def test_report_of_an_empty_inventory(database_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    out = tmp_path / "empty.html"
+    assert report.main(["--database-url", database_url, "--out", str(out)]) == 0
+    dom = parse(out.read_text())
+    assert dom.having(data_figure="total")[0][1]["data-kg"] == "0.0"
+    assert dom.having(data_figure="results")[0][1]["data-value"] == "0"
+    assert dom.having(data_restatement="none")
+    assert report.main(["--database-url", database_url, "--restatement", str(uuid4())]) == 1
