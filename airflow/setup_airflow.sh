@@ -13,6 +13,9 @@ set -euo pipefail
 
 AIRFLOW_VERSION=3.3.2
 BEAM_PROVIDER_VERSION=6.3.1
+# The Beam provider's operators refuse to be built without the Google provider (provider 6.3.1:
+# BeamDataflowMixin raises AirflowOptionalProviderFeatureException), whatever the runner.
+GOOGLE_PROVIDER_VERSION=22.8.0
 PYTHON_SERIES=3.11
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,7 +35,7 @@ if [[ -z "$python" ]] || ! "$python" -c "import sys; sys.exit(sys.version_info[:
   exit 1
 fi
 
-stamp_value="airflow=${AIRFLOW_VERSION} beam-provider=${BEAM_PROVIDER_VERSION} constraints=$(sha256sum "$constraints" | cut -d' ' -f1)"
+stamp_value="airflow=${AIRFLOW_VERSION} beam-provider=${BEAM_PROVIDER_VERSION} google-provider=${GOOGLE_PROVIDER_VERSION} constraints=$(sha256sum "$constraints" | cut -d' ' -f1)"
 stamp="$venv/.emissions-airflow-stamp"
 
 mkdir -p "$(dirname "$venv")"
@@ -51,6 +54,7 @@ rm -rf "$venv"
 "$venv/bin/python" -m pip install --quiet \
   "apache-airflow==${AIRFLOW_VERSION}" \
   "apache-airflow-providers-apache-beam==${BEAM_PROVIDER_VERSION}" \
+  "apache-airflow-providers-google==${GOOGLE_PROVIDER_VERSION}" \
   --constraint "$constraints"
 "$venv/bin/airflow" version >/dev/null
 echo "$stamp_value" >"$stamp"
