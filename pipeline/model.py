@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 #: An activity's primary key: a big integer, or a UUID in its canonical text form.
-ActivityId = Union[int, str]
+ActivityId = int | str
 
 ActivityType = Literal["electricity", "spend", "air_travel"]
 ACTIVITY_TYPES: tuple[ActivityType, ...] = ("electricity", "spend", "air_travel")
@@ -54,7 +54,7 @@ class AirTravelActivity:
     distance_km: float | None = None  # a known one-way distance; overrides the airports'
 
 
-Activity = Union[ElectricityActivity, SpendActivity, AirTravelActivity]
+Activity = ElectricityActivity | SpendActivity | AirTravelActivity
 
 ACTIVITY_CLASSES: dict[ActivityType, type] = {
     "electricity": ElectricityActivity,
@@ -134,7 +134,8 @@ class EmissionResult:
     exchange_rate: float | None = None  # USD per unit of the activity's currency
     fx_factor_id: int | None = None
     cpi_deflator: float | None = None  # CPI(2022) / CPI(activity year)
-    cpi_factor_id: int | None = None
+    cpi_factor_id: int | None = None  # the activity year's CPI row
+    cpi_base_factor_id: int | None = None  # the 2022 CPI row
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,604 @@
+"""The database side: schema, parameterised queries, and bulk reads and writes.
+
+Tables are declared once with SQLAlchemy Core (``create_schema`` is safe to run twice). The hot
+paths (range reads, result writes) use psycopg2 directly: a server-side cursor to read, and
+``COPY`` into a temporary staging table followed by one ``INSERT … SELECT … ON CONFLICT DO
+NOTHING`` to write, one transaction per flush. Identifiers are composed with
+``psycopg2.sql.Identifier``; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, cast
+
+import psycopg2
+import psycopg2.extensions
+import sqlalchemy as sa
+from psycopg2 import sql
+from sqlalchemy.dialects import postgresql
+
+from pipeline.model import (
+    ACTIVITY_TYPES,
+    ActivityType,
+    EmissionResult,
+    ErrorRecord,
+    FactorRow,
+    activity_fields,
+)
+
+IdType = Literal["bigint", "uuid"]
+
+ACTIVITY_TABLES: dict[ActivityType, str] = {
+    "electricity": "electricity_activities",
+    "spend": "spend_activities",
+    "air_travel": "air_travel_activities",
+}
+RESULTS_TABLE = "emission_results"
+ERRORS_TABLE = "emission_errors"
+FACTORS_TABLE = "emission_factors"
+RUNS_TABLE = "calculation_runs"
+
+RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EmissionResult))
+ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorRecord))
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def validate_identifier(name: str) -> str:
+    """Return ``name`` if it is a plain lower-case SQL identifier, else raise ``ValueError``."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid identifier: use lower-case letters, digits and underscores"
+        )
+    return name
+
+
+def redact_url(url: str) -> str:
+    """The database URL with its password masked, for logs, summaries and errors."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL must still never be printed raw
+        return "<unparsable database URL>"
+
+
+def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
+    """The schema. ``id_type`` is the key type of every activity table and of the results."""
+    if id_type not in ("bigint", "uuid"):
+        raise ValueError(f"id type must be 'bigint' or 'uuid', not {id_type!r}")
+    md = sa.MetaData()
+
+    def activity_id(name: str = "id", **kw: Any) -> sa.Column[Any]:
+        col_type: Any = sa.BigInteger() if id_type == "bigint" else postgresql.UUID(as_uuid=False)
+        return sa.Column(name, col_type, **kw)
+
+    sa.Table(
+        ACTIVITY_TABLES["electricity"],
+        md,
+        activity_id(primary_key=True, autoincrement=False),
+        sa.Column("quantity", sa.Float(53)),
+        sa.Column("unit", sa.Text),
+        sa.Column("region", sa.Text),
+        sa.Column("country", sa.Text),
+        sa.Column("activity_date", sa.Date),
+    )
+    sa.Table(
+        ACTIVITY_TABLES["spend"],
+        md,
+        activity_id(primary_key=True, autoincrement=False),
+        sa.Column("amount", sa.Float(53)),
+        sa.Column("currency", sa.Text),
+        sa.Column("naics_code", sa.Text),
+        sa.Column("activity_date", sa.Date),
+    )
+    sa.Table(
+        ACTIVITY_TABLES["air_travel"],
+        md,
+        activity_id(primary_key=True, autoincrement=False),
+        sa.Column("origin", sa.Text),
+        sa.Column("destination", sa.Text),
+        sa.Column("cabin_class", sa.Text),
+        sa.Column("passengers", sa.Integer),
+        sa.Column("return_trip", sa.Boolean),
+        sa.Column("activity_date", sa.Date),
+        sa.Column("distance_km", sa.Float(53)),
+    )
+    sa.Table(
+        FACTORS_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("factor_set", sa.Text, nullable=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("year", sa.Integer, nullable=False),
+        sa.Column("value", sa.Float(53), nullable=False),
+        sa.Column("unit", sa.Text, nullable=False),
+        sa.Column("kg_co2", sa.Float(53)),
+        sa.Column("kg_ch4_co2e", sa.Float(53)),
+        sa.Column("kg_n2o_co2e", sa.Float(53)),
+        sa.Column("basis", sa.Text),
+        sa.Column("gwp_set", sa.Text),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("edition", sa.Text, nullable=False),
+        sa.Column("source_ref", sa.Text, nullable=False),
+        sa.Column("loaded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.UniqueConstraint("factor_set", "edition", "key", "year", name="uq_factor_identity"),
+        sa.CheckConstraint("value >= 0", name="ck_factor_value_non_negative"),
+    )
+    result_cols: list[Any] = [
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("activity_type", sa.Text, nullable=False),
+        activity_id("activity_id", nullable=False),
+        sa.Column("scope", sa.SmallInteger, nullable=False),
+        sa.Column("category", sa.SmallInteger),
+        sa.Column("kg_co2e", sa.Float(53), nullable=False),
+        sa.Column("kg_co2", sa.Float(53)),
+        sa.Column("kg_ch4_co2e", sa.Float(53)),
+        sa.Column("kg_n2o_co2e", sa.Float(53)),
+        sa.Column("method", sa.Text, nullable=False),
+        sa.Column("activity_amount", sa.Float(53), nullable=False),
+        sa.Column("activity_unit", sa.Text, nullable=False),
+        sa.Column("factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("factor_set", sa.Text, nullable=False),
+        sa.Column("factor_key", sa.Text, nullable=False),
+        sa.Column("factor_year", sa.Integer, nullable=False),
+        sa.Column("factor_value", sa.Float(53), nullable=False),
+        sa.Column("factor_unit", sa.Text, nullable=False),
+        sa.Column("factor_source", sa.Text, nullable=False),
+        sa.Column("factor_edition", sa.Text, nullable=False),
+        sa.Column("gwp_set", sa.Text),
+        sa.Column("basis", sa.Text),
+        sa.Column("region_level", sa.Text),
+        sa.Column("fallback", sa.Text),
+        sa.Column("year_mismatch", sa.Boolean, nullable=False),
+        sa.Column("class_substituted", sa.Boolean, nullable=False),
+        sa.Column("distance_km", sa.Float(53)),
+        sa.Column("haul", sa.Text),
+        sa.Column("cabin_class", sa.Text),
+        sa.Column("radiative_forcing", sa.Boolean),
+        sa.Column("exchange_rate", sa.Float(53)),
+        sa.Column("fx_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("cpi_deflator", sa.Float(53)),
+        sa.Column("cpi_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("cpi_base_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.UniqueConstraint("activity_type", "activity_id", name="uq_result_activity"),
+    ]
+    sa.Table(RESULTS_TABLE, md, *result_cols)
+    sa.Index("ix_results_run", md.tables[RESULTS_TABLE].c.run_id)
+    sa.Table(
+        ERRORS_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("activity_type", sa.Text, nullable=False),
+        activity_id("activity_id", nullable=False),
+        sa.Column("reason_code", sa.Text, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("input_repr", sa.Text, nullable=False),
+        sa.Column("input_hash", sa.Text, nullable=False),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        # The same bad input seen again by a later run is not written again.
+        sa.UniqueConstraint(
+            "activity_type", "activity_id", "input_hash", name="uq_error_activity_input"
+        ),
+    )
+    sa.Table(
+        RUNS_TABLE,
+        md,
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), primary_key=True),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("runner", sa.Text),
+        sa.Column("options", postgresql.JSONB),
+        sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("total_activities", sa.BigInteger),
+        sa.Column("skipped", sa.BigInteger),
+        sa.Column("pending", sa.BigInteger),
+        sa.Column("total_processed", sa.BigInteger),
+        sa.Column("errors", sa.BigInteger),
+        sa.Column("total_co2e_tonnes", sa.Float(53)),
+        sa.Column("by_activity_type", postgresql.JSONB),
+        sa.Column("timings", postgresql.JSONB),
+        sa.Column("metrics_source", sa.Text),
+        sa.Column("message", sa.Text),
+    )
+    return md
+
+
+@contextlib.contextmanager
+def raw_connection(engine: sa.Engine) -> Iterator[psycopg2.extensions.connection]:
+    """The engine's psycopg2 connection (for COPY and cursors), returned to the pool after."""
+    pooled = engine.raw_connection()
+    try:
+        yield cast(psycopg2.extensions.connection, pooled.driver_connection)
+    finally:
+        pooled.close()
+
+
+def make_engine(url: str, **kw: Any) -> sa.Engine:
+    """An engine for set-up and bookkeeping (not for the hot path), always on psycopg2."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return sa.create_engine(parsed, pool_pre_ping=True, **kw)
+
+
+def detect_id_type(engine: sa.Engine) -> IdType | None:
+    """The key type of an existing schema, or None when there is no schema yet."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = :t AND column_name = 'id'"
+            ),
+            {"t": ACTIVITY_TABLES["electricity"]},
+        ).scalar()
+    if found is None:
+        return None
+    return "uuid" if found == "uuid" else "bigint"
+
+
+def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
+    """Create every table that is missing; safe to run twice. Returns the schema's id type."""
+    existing = detect_id_type(engine)
+    if existing is not None and id_type is not None and existing != id_type:
+        raise ValueError(
+            f"the schema already uses {existing} activity ids; it cannot be changed to {id_type}"
+        )
+    chosen: IdType = existing or id_type or "bigint"
+    md = build_metadata(chosen)
+    with engine.begin() as conn:
+        # One creator at a time: two runs starting together must not race on CREATE TABLE.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7355608)"))
+        md.create_all(conn, checkfirst=True)
+    return chosen
+
+
+# --- Factors -------------------------------------------------------------------------------
+
+_FACTOR_COLUMNS = tuple(f.name for f in dataclasses.fields(FactorRow) if f.name != "id")
+
+
+def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
+    """Insert factor rows not already present (by set, edition, key, year). Returns rows added."""
+    table = build_metadata().tables[FACTORS_TABLE]
+    payload = [{c: getattr(r, c) for c in _FACTOR_COLUMNS} for r in rows]
+    if not payload:
+        return 0
+    stmt = postgresql.insert(table).on_conflict_do_nothing(constraint="uq_factor_identity")
+    added = 0
+    with engine.begin() as conn:
+        for start in range(0, len(payload), 5000):
+            added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
+    return added
+
+
+def loaded_editions(engine: sa.Engine) -> set[tuple[str, str]]:
+    """The (factor_set, edition) pairs present in ``emission_factors``."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT DISTINCT factor_set, edition FROM {FACTORS_TABLE}"))
+        return {(r[0], r[1]) for r in rows}
+
+
+def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
+    """The factor rows in force, with their database ids.
+
+    Where several editions hold a value for the same set, key and year (a re-published file
+    loaded next to the old one), the one loaded last is in force.
+    """
+    cols = ("id",) + _FACTOR_COLUMNS
+    query = sql.SQL(
+        "SELECT DISTINCT ON (factor_set, key, year) {} FROM {} "
+        "ORDER BY factor_set, key, year, id DESC"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(FACTORS_TABLE))
+    with conn.cursor() as cur:
+        cur.execute(query)
+        fetched = cur.fetchall()
+    conn.commit()
+    return [FactorRow(**dict(zip(cols, row, strict=True))) for row in fetched]
+
+
+# --- Connections ---------------------------------------------------------------------------
+
+
+def connect(url: str) -> psycopg2.extensions.connection:
+    """A raw psycopg2 connection for the hot paths, from a SQLAlchemy-style URL."""
+    u = sa.make_url(url)
+    params: dict[str, Any] = {
+        "dbname": u.database,
+        "user": u.username,
+        "password": u.password,
+        "host": u.host,
+        "port": u.port,
+        "application_name": "emissions-pipeline",
+    }
+    params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
+    return psycopg2.connect(**{k: v for k, v in params.items() if v is not None})
+
+
+# --- Range reads ---------------------------------------------------------------------------
+
+
+def key_bounds(
+    conn: psycopg2.extensions.connection, activity_type: ActivityType
+) -> tuple[Any, Any, str]:
+    """(lowest id, highest id, id type) of an activity table; ids are None when it is empty.
+
+    Two index lookups (``min()`` is not defined for ``uuid``).
+    """
+    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT id, pg_typeof(id)::text FROM {} ORDER BY id LIMIT 1").format(table)
+        )
+        first = cur.fetchone()
+        cur.execute(sql.SQL("SELECT id FROM {} ORDER BY id DESC LIMIT 1").format(table))
+        last = cur.fetchone()
+    conn.commit()
+    if first is None or last is None:
+        return None, None, ""
+    return first[0], last[0], first[1]
+
+
+def _key_cast(key: Any) -> sql.SQL:
+    return sql.SQL("::uuid" if isinstance(key, str) else "::bigint")
+
+
+def pending_query(
+    activity_type: ActivityType,
+    start: Any,
+    end: Any,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    count_only: bool = False,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The anti-join that reads one key range of pending activities (no result yet).
+
+    Integer bounds are compared as ``bigint``, text bounds as ``uuid``.
+    """
+    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    conditions = [
+        sql.SQL(
+            "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
+            "AND r.activity_id = a.id)"
+        ).format(r=sql.Identifier(RESULTS_TABLE))
+    ]
+    params: dict[str, Any] = {"activity_type": activity_type}
+    if start is not None:
+        conditions.append(sql.SQL("a.id >= %(start)s") + _key_cast(start))
+        params["start"] = str(start)
+    if end is not None:
+        conditions.append(sql.SQL("a.id < %(end)s") + _key_cast(end))
+        params["end"] = str(end)
+    if date_from is not None:
+        conditions.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
+        params["date_from"] = date_from
+    if date_to is not None:
+        conditions.append(sql.SQL("a.activity_date < %(date_to)s::date"))
+        params["date_to"] = date_to
+    if count_only:
+        select = sql.SQL("count(*)")
+    else:
+        select = sql.SQL(", ").join(
+            sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(activity_type)
+        )
+    query = sql.SQL("SELECT {select} FROM {table} a WHERE {where}").format(
+        select=select, table=table, where=sql.SQL(" AND ").join(conditions)
+    )
+    return query, params
+
+
+def read_pending(
+    conn: psycopg2.extensions.connection,
+    activity_type: ActivityType,
+    start: Any,
+    end: Any,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    fetch_size: int = 10_000,
+) -> Iterator[tuple[Any, ...]]:
+    """Stream the pending rows of one key range through a server-side cursor."""
+    query, params = pending_query(activity_type, start, end, date_from, date_to)
+    with conn.cursor(name=f"read_{activity_type}") as cur:
+        cur.itersize = fetch_size
+        cur.execute(query, params)
+        yield from cur
+    conn.commit()
+
+
+# --- Bulk writes ---------------------------------------------------------------------------
+
+
+def _copy_field(value: Any) -> str:
+    """One value in PostgreSQL's CSV COPY format: NULL is an empty unquoted field."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)  # shortest text that round-trips the double exactly
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"'
+
+
+def copy_buffer(rows: Iterable[Sequence[Any]]) -> io.StringIO:
+    """Rows as a CSV text buffer for ``COPY … FROM STDIN``."""
+    buf = io.StringIO()
+    for row in rows:
+        buf.write(",".join(_copy_field(v) for v in row))
+        buf.write("\n")
+    buf.seek(0)
+    return buf
+
+
+def _staged_insert(
+    conn: psycopg2.extensions.connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    conflict: sql.Composable,
+) -> int:
+    """COPY rows into a temporary staging table, then insert what is new; one transaction."""
+    staging = sql.Identifier(f"staging_{table}")
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
+                "AS SELECT {c} FROM {t} WITH NO DATA"
+            ).format(s=staging, c=cols, t=sql.Identifier(table))
+        )
+        cur.copy_expert(
+            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT csv)").format(s=staging, c=cols),
+            copy_buffer(rows),
+        )
+        cur.execute(
+            sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING").format(
+                t=sql.Identifier(table), c=cols, s=staging, k=conflict
+            )
+        )
+        written = cur.rowcount
+    conn.commit()
+    return written
+
+
+def write_results(
+    conn: psycopg2.extensions.connection, results: Sequence[EmissionResult], run_id: str
+) -> int:
+    """Insert results not already stored (unique per activity). Returns rows written."""
+    columns = RESULT_COLUMNS + ("run_id",)
+    rows = [dataclasses.astuple(r) + (run_id,) for r in results]
+    conflict = sql.SQL("(activity_type, activity_id)")
+    return _staged_insert(conn, RESULTS_TABLE, columns, rows, conflict)
+
+
+def error_hash(error: ErrorRecord) -> str:
+    """A stable fingerprint of the bad input, so the same bad row is recorded once."""
+    import hashlib
+
+    return hashlib.sha256(error.input_repr.encode()).hexdigest()
+
+
+def write_errors(
+    conn: psycopg2.extensions.connection, errors: Sequence[ErrorRecord], run_id: str
+) -> int:
+    """Insert dead letters not already recorded for the same input. Returns rows written."""
+    columns = ERROR_COLUMNS + ("input_hash", "run_id")
+    rows = [dataclasses.astuple(e) + (error_hash(e), run_id) for e in errors]
+    conflict = sql.SQL("(activity_type, activity_id, input_hash)")
+    return _staged_insert(conn, ERRORS_TABLE, columns, rows, conflict)
+
+
+# --- Bookkeeping ---------------------------------------------------------------------------
+
+
+def count_activities(
+    engine: sa.Engine,
+    activity_types: Sequence[ActivityType] = ACTIVITY_TYPES,
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> dict[str, dict[str, int]]:
+    """Per activity type: all activities in scope, and those still pending (no result)."""
+    out: dict[str, dict[str, int]] = {}
+    with raw_connection(engine) as raw:
+        with raw.cursor() as cur:
+            for t in activity_types:
+                query, params = pending_query(t, None, None, date_from, date_to, count_only=True)
+                cur.execute(query, params)
+                pending = cur.fetchone()[0]
+                total_q = sql.SQL("SELECT count(*) FROM {} a").format(
+                    sql.Identifier(ACTIVITY_TABLES[t])
+                )
+                total_params: dict[str, Any] = {}
+                dates = []
+                if date_from is not None:
+                    dates.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
+                    total_params["date_from"] = date_from
+                if date_to is not None:
+                    dates.append(sql.SQL("a.activity_date < %(date_to)s::date"))
+                    total_params["date_to"] = date_to
+                if dates:
+                    total_q = total_q + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(dates)
+                cur.execute(total_q, total_params)
+                out[t] = {"total": cur.fetchone()[0], "pending": pending}
+        raw.commit()
+    return out
+
+
+def run_totals(engine: sa.Engine, run_id: str) -> dict[str, dict[str, float]]:
+    """Results written by one run, per activity type: count and kg CO2e."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0) FROM {RESULTS_TABLE} "
+                "WHERE run_id = :run_id GROUP BY activity_type"
+            ),
+            {"run_id": run_id},
+        )
+        return {r[0]: {"processed": int(r[1]), "kg_co2e": float(r[2])} for r in rows}
+
+
+def outstanding_errors(engine: sa.Engine) -> dict[str, int]:
+    """Activities with a dead letter and still no result, per activity type."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                f"SELECT e.activity_type, count(DISTINCT e.activity_id) FROM {ERRORS_TABLE} e "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {RESULTS_TABLE} r "
+                "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+                "GROUP BY e.activity_type"
+            )
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+
+def start_run(engine: sa.Engine, run_id: str, runner: str, options: dict[str, Any]) -> None:
+    """Record that a run has started."""
+    table = build_metadata().tables[RUNS_TABLE]
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert().values(
+                run_id=run_id,
+                status="running",
+                runner=runner,
+                options=json.loads(json.dumps(options, default=str)),
+            )
+        )
+
+
+def finish_run(engine: sa.Engine, run_id: str, **fields: Any) -> None:
+    """Store a run's outcome and summary."""
+    table = build_metadata().tables[RUNS_TABLE]
+    with engine.begin() as conn:
+        conn.execute(
+            table.update()
+            .where(table.c.run_id == run_id)
+            .values(finished_at=sa.func.now(), **fields)
+        )
+
+
+def scrub(text: str, url: str | None) -> str:
+    """``text`` with the URL's password (and the raw URL) replaced, for errors and logs."""
+    if not url:
+        return text
+    text = text.replace(url, redact_url(url))
+    try:
+        password = sa.make_url(url).password
+    except Exception:  # noqa: BLE001
+        return text
+    if password:
+        text = text.replace(str(password), "***")
+    return text

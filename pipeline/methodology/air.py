@@ -1,0 +1,203 @@
+"""Business air travel, distance-based, Scope 3 category 6 (METHODOLOGY.md section 3).
+
+kg CO2e = one-way distance × passengers × (2 if return) × DESNZ factor (kg CO2e per
+passenger.km), with radiative forcing unless the caller turns it off.
+
+- Distance: ``distance_km`` when given, else the great-circle (haversine) distance between the
+  airports in ``airportsdata`` (R = 6371.0088 km). DESNZ factors already carry the 8% uplift,
+  so none is added. An unknown airport without a given distance is an error, never a guess.
+- Haul by territory, as DESNZ defines it: both ends in the UK or Crown Dependencies →
+  ``domestic``; one end there → the other end's band in the DESNZ haul table; neither →
+  ``international``. The haul needs both airports' territories, so an unknown airport is an
+  error even when a distance is given: without its country the flight could be domestic,
+  short-haul, long-haul or international, and those factors differ by up to a factor of four.
+- Cabin class: stripped, lower-cased, spaces and hyphens → underscores. A class DESNZ does not
+  publish for the haul (any class on domestic flights; premium economy and first on short-haul)
+  uses the haul's ``average`` row and sets ``class_substituted``. The result's ``cabin_class``
+  is the class as booked; ``factor_key`` shows the row used.
+- ``return_trip`` must be given: guessing one-way would halve a return flight silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.factors import CABIN_CLASSES, air_key, load_haul_definitions
+from pipeline.methodology.book import FactorBook
+from pipeline.methodology.common import (
+    activity_year,
+    clean_code,
+    country_alpha3,
+    finite_result,
+    non_negative,
+    scaled,
+    select,
+)
+from pipeline.model import AirTravelActivity, EmissionResult, InputError
+
+METHOD = "distance_based_desnz"
+AIR_SET = "desnz_air"
+#: IUGG mean Earth radius, as METHODOLOGY.md prescribes.
+EARTH_RADIUS_KM = 6371.0088
+#: The United Kingdom and the Crown Dependencies (Guernsey, Isle of Man, Jersey), ISO alpha-2.
+UK_TERRITORIES = frozenset({"GB", "GG", "IM", "JE"})
+#: Territories without an ISO 3166 code in pycountry, as the DESNZ haul table spells them.
+EXTRA_ALPHA3 = {"XK": "XKX"}
+
+
+@functools.lru_cache(maxsize=1)
+def airports() -> Mapping[str, Mapping[str, Any]]:
+    """The IATA airport table, loaded on first use (not at import) and then kept."""
+    import airportsdata
+
+    return airportsdata.load("IATA")
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_haul_definitions() -> Mapping[str, str]:
+    """The shipped DESNZ territory → haul table, read once."""
+    return load_haul_definitions()
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km on a sphere of radius ``EARTH_RADIUS_KM``."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlmb = math.radians(lon2 - lon1)
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def normalise_cabin_class(cabin_class: str | None) -> str:
+    """``Premium Economy`` → ``premium_economy``; refuses a missing or unknown class."""
+    if cabin_class is None or not cabin_class.strip():
+        raise InputError("missing_cabin_class", "The flight has no cabin class.")
+    text = cabin_class.strip().lower().replace(" ", "_").replace("-", "_")
+    if text not in CABIN_CLASSES:
+        raise InputError(
+            "unknown_cabin_class",
+            f"The cabin class {cabin_class!r} is not one of {', '.join(sorted(CABIN_CLASSES))}.",
+        )
+    return text
+
+
+def _airport(code: str | None, end: str, has_distance: bool) -> Mapping[str, Any]:
+    text = clean_code(code)
+    if text is None:
+        raise InputError(f"missing_{end}", f"The flight has no {end} airport.")
+    airport = airports().get(text)
+    if airport is None:
+        why = (
+            "its country, and so the DESNZ haul, cannot be determined even though a distance "
+            "was given"
+            if has_distance
+            else "no distance can be computed"
+        )
+        raise InputError(
+            "unknown_airport",
+            f"The {end} {code!r} is not a known IATA airport code: {why}.",
+        )
+    return airport
+
+
+def _passengers(value: object) -> int:
+    number = non_negative(value, "number of passengers", "passengers")
+    if not number.is_integer():
+        raise InputError(
+            "invalid_passengers",
+            f"The number of passengers {value!r} is not a whole number.",
+        )
+    return int(number)
+
+
+def _distance(activity: AirTravelActivity, a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    if activity.distance_km is not None:
+        return non_negative(activity.distance_km, "given flight distance", "distance")
+    return haversine_km(float(a["lat"]), float(a["lon"]), float(b["lat"]), float(b["lon"]))
+
+
+def haul_for(origin_country: str, destination_country: str, hauls: Mapping[str, str]) -> str:
+    """The DESNZ haul of a flight between two territories (ISO alpha-2, as airportsdata)."""
+    origin_uk = origin_country.upper() in UK_TERRITORIES
+    destination_uk = destination_country.upper() in UK_TERRITORIES
+    if origin_uk and destination_uk:
+        return "domestic"
+    if not origin_uk and not destination_uk:
+        return "international"
+    other = destination_country if origin_uk else origin_country
+    iso3 = EXTRA_ALPHA3.get(other.upper()) or country_alpha3(other)
+    haul = None if iso3 is None else hauls.get(iso3)
+    if haul is None or haul == "domestic":
+        raise InputError(
+            "unknown_haul",
+            f"The territory {other!r} is not in the DESNZ haul table, so the haul of this "
+            "UK flight cannot be determined.",
+        )
+    return haul
+
+
+def calculate_air_travel(
+    activity: AirTravelActivity, book: FactorBook, *, radiative_forcing: bool = True
+) -> EmissionResult:
+    """kg CO2e of a flight = distance × passengers × (2 if return) × factor; Scope 3 cat 6."""
+    has_distance = activity.distance_km is not None
+    origin = _airport(activity.origin, "origin", has_distance)
+    destination = _airport(activity.destination, "destination", has_distance)
+    cabin = normalise_cabin_class(activity.cabin_class)
+    passengers = _passengers(activity.passengers)
+    if activity.return_trip is None:
+        raise InputError(
+            "missing_return_trip",
+            "The flight does not say whether it is one-way or return.",
+        )
+    year = activity_year(activity.activity_date)
+    distance = _distance(activity, origin, destination)
+
+    hauls: Mapping[str, str] = (
+        shipped_haul_definitions() if book.haul_definitions is None else book.haul_definitions
+    )
+    haul = haul_for(str(origin["country"]), str(destination["country"]), hauls)
+
+    key = air_key(haul, cabin, radiative_forcing)
+    substituted = not book.has(AIR_SET, key)
+    if substituted:
+        key = air_key(haul, "average", radiative_forcing)
+    row, mismatch = select(book, AIR_SET, key, year)
+
+    passenger_km = distance * passengers * (2 if activity.return_trip else 1)
+    kg = passenger_km * row.value
+    kg_co2 = scaled(passenger_km, row.kg_co2)
+    kg_ch4 = scaled(passenger_km, row.kg_ch4_co2e)
+    kg_n2o = scaled(passenger_km, row.kg_n2o_co2e)
+    finite_result(passenger_km, kg, kg_co2, kg_ch4, kg_n2o)
+    return EmissionResult(
+        activity_type="air_travel",
+        activity_id=activity.id,
+        scope=3,
+        category=6,
+        kg_co2e=kg,
+        kg_co2=kg_co2,
+        kg_ch4_co2e=kg_ch4,
+        kg_n2o_co2e=kg_n2o,
+        method=METHOD,
+        activity_amount=passenger_km,
+        activity_unit="passenger.km",
+        factor_id=row.id,
+        factor_set=row.factor_set,
+        factor_key=row.key,
+        factor_year=row.year,
+        factor_value=row.value,
+        factor_unit=row.unit,
+        factor_source=row.source,
+        factor_edition=row.edition,
+        gwp_set=row.gwp_set,
+        year_mismatch=mismatch,
+        class_substituted=substituted,
+        distance_km=distance,
+        haul=haul,
+        cabin_class=cabin,
+        radiative_forcing=radiative_forcing,
+    )

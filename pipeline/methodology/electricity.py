@@ -1,0 +1,140 @@
+"""Purchased electricity, GHG Protocol Scope 2 location-based (METHODOLOGY.md section 1).
+
+Factor selection, most specific first:
+
+1. ``region`` is an eGRID subregion acronym → ``egrid_subregion`` (region level ``subregion``).
+2. ``region`` is a country code (ISO alpha-2 or alpha-3, any case) → the country's factor:
+   DESNZ for the UK, the eGRID US total for the US, otherwise the lifecycle country intensity
+   (region level ``country``).
+3. ``region`` is neither (or missing) but ``country`` is a known country → that country's
+   factor, flagged ``fallback="country"``.
+4. Anything else is an error; there is no global average.
+
+``region`` wins over ``country`` when both are usable. A known country with no factor in any
+set (for example Antarctica) is an error too. The factor year follows the year rule in
+``book.select_year`` and any difference is flagged ``year_mismatch``.
+"""
+
+from __future__ import annotations
+
+from pipeline.methodology.book import FactorBook
+from pipeline.methodology.common import (
+    activity_year,
+    clean_code,
+    country_alpha3,
+    finite_result,
+    non_negative,
+    scaled,
+    select,
+)
+from pipeline.model import ElectricityActivity, EmissionResult, FactorRow, InputError
+
+METHOD = "scope2_location_based"
+
+#: kWh per unit; matched case-insensitively (1 kWh = 3.6 MJ exactly).
+KWH_PER_UNIT = {
+    "wh": 1e-3,
+    "kwh": 1.0,
+    "mwh": 1e3,
+    "gwh": 1e6,
+    "mj": 1 / 3.6,
+    "gj": 1e3 / 3.6,
+}
+
+
+def to_kwh(quantity: object, unit: str | None) -> float:
+    """The quantity in kWh; refuses a missing, negative or non-finite quantity or a bad unit."""
+    number = non_negative(quantity, "electricity quantity", "quantity")
+    if unit is None or not unit.strip():
+        raise InputError("missing_unit", "The electricity quantity has no unit.")
+    per_unit = KWH_PER_UNIT.get(unit.strip().lower())
+    if per_unit is None:
+        raise InputError(
+            "unknown_unit",
+            f"The unit {unit!r} is not an energy unit this pipeline knows "
+            "(Wh, kWh, MWh, GWh, MJ, GJ).",
+        )
+    return number * per_unit
+
+
+def _country_factor(book: FactorBook, iso3: str, year: int) -> tuple[FactorRow, bool]:
+    """The country-level row: DESNZ for the UK, eGRID US total for the US, else lifecycle."""
+    if iso3 == "GBR":
+        return select(book, "desnz_uk_electricity", "GBR", year)
+    if iso3 == "USA":
+        return select(book, "egrid_us", "USA", year)
+    if not book.has("country_grid", iso3):
+        raise InputError(
+            "no_country_factor",
+            f"There is no grid intensity for country {iso3} in the shipped country data.",
+        )
+    return select(book, "country_grid", iso3, year)
+
+
+def calculate_electricity(activity: ElectricityActivity, book: FactorBook) -> EmissionResult:
+    """kg CO2e of purchased electricity = kWh × grid factor; Scope 2, no category."""
+    kwh = to_kwh(activity.quantity, activity.unit)
+    year = activity_year(activity.activity_date)
+    region = clean_code(activity.region)
+    fallback: str | None = None
+
+    if region is not None and book.has("egrid_subregion", region):
+        row, mismatch = select(book, "egrid_subregion", region, year)
+        level = "subregion"
+    else:
+        iso3 = country_alpha3(region)
+        if iso3 is None:
+            iso3 = country_alpha3(activity.country)
+            if iso3 is None:
+                raise _unknown_region(activity.region, activity.country)
+            fallback = "country"
+        row, mismatch = _country_factor(book, iso3, year)
+        level = "country"
+
+    kg = kwh * row.value
+    kg_co2 = scaled(kwh, row.kg_co2)
+    kg_ch4 = scaled(kwh, row.kg_ch4_co2e)
+    kg_n2o = scaled(kwh, row.kg_n2o_co2e)
+    finite_result(kg, kg_co2, kg_ch4, kg_n2o)
+    return EmissionResult(
+        activity_type="electricity",
+        activity_id=activity.id,
+        scope=2,
+        category=None,
+        kg_co2e=kg,
+        kg_co2=kg_co2,
+        kg_ch4_co2e=kg_ch4,
+        kg_n2o_co2e=kg_n2o,
+        method=METHOD,
+        activity_amount=kwh,
+        activity_unit="kWh",
+        factor_id=row.id,
+        factor_set=row.factor_set,
+        factor_key=row.key,
+        factor_year=row.year,
+        factor_value=row.value,
+        factor_unit=row.unit,
+        factor_source=row.source,
+        factor_edition=row.edition,
+        gwp_set=row.gwp_set,
+        basis=row.basis,
+        region_level=level,
+        fallback=fallback,
+        year_mismatch=mismatch,
+    )
+
+
+def _unknown_region(region: str | None, country: str | None) -> InputError:
+    if region is None or not region.strip():
+        if country is None or not country.strip():
+            return InputError("missing_region", "The activity has neither a region nor a country.")
+        return InputError(
+            "unknown_region",
+            f"The activity has no region and {country!r} is not a country code.",
+        )
+    suffix = "" if country is None or not country.strip() else f" and {country!r} is not one either"
+    return InputError(
+        "unknown_region",
+        f"The region {region!r} is neither an eGRID subregion nor a country code{suffix}; "
+        "no global average is used.",
+    )

@@ -1,0 +1,161 @@
+"""The pipeline's options: one PipelineOptions subclass, and the checks run before building."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import uuid
+from dataclasses import dataclass
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.embedded import DATABASE_URL_ENV
+from pipeline.model import ACTIVITY_TYPES, ActivityType
+
+
+class EmissionsOptions(PipelineOptions):
+    """Options of the emissions calculation (Beam's own options are accepted alongside)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--database-url",
+            "--database_url",
+            dest="database_url",
+            default=None,
+            help=(
+                "SQLAlchemy URL of the PostgreSQL database, e.g. "
+                "postgresql://user:pass@host:5432/db. Defaults to $"
+                + DATABASE_URL_ENV
+                + ", else an embedded PostgreSQL kept under ./.pgdata."
+            ),
+        )
+        parser.add_argument(
+            "--run-id",
+            "--run_id",
+            dest="run_id",
+            default=None,
+            help="UUID identifying this run (default: a new random one).",
+        )
+        parser.add_argument(
+            "--activity-types",
+            "--activity_types",
+            dest="activity_types",
+            default=",".join(ACTIVITY_TYPES),
+            help="Comma-separated activity types to calculate (default: all).",
+        )
+        parser.add_argument(
+            "--partitions",
+            type=int,
+            default=8,
+            help="Key ranges read in parallel per activity table (default: 8).",
+        )
+        parser.add_argument(
+            "--write-batch-size",
+            "--write_batch_size",
+            dest="write_batch_size",
+            type=int,
+            default=5000,
+            help="Rows per bulk write transaction (default: 5000).",
+        )
+        parser.add_argument(
+            "--no-radiative-forcing",
+            "--no_radiative_forcing",
+            dest="radiative_forcing",
+            action="store_false",
+            default=True,
+            help="Use DESNZ air factors without radiative forcing (default: with RF).",
+        )
+        parser.add_argument(
+            "--date-from",
+            "--date_from",
+            dest="date_from",
+            default=None,
+            help="Only activities dated on or after this day (YYYY-MM-DD).",
+        )
+        parser.add_argument(
+            "--date-to",
+            "--date_to",
+            dest="date_to",
+            default=None,
+            help="Only activities dated before this day (YYYY-MM-DD).",
+        )
+        parser.add_argument(
+            "--progress-interval",
+            "--progress_interval",
+            dest="progress_interval",
+            type=float,
+            default=5.0,
+            help="Seconds between progress lines while the pipeline runs (0: none).",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated, plain values the graph is built from."""
+
+    database_url: str
+    run_id: str
+    activity_types: tuple[ActivityType, ...]
+    partitions: int
+    write_batch_size: int
+    radiative_forcing: bool
+    date_from: str | None
+    date_to: str | None
+    progress_interval: float
+
+
+class OptionsError(ValueError):
+    """An option has a value the pipeline cannot use; the message says what to fix."""
+
+
+def _check_date(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return datetime.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise OptionsError(f"--{name} must be a date like 2025-01-31, not {value!r}") from None
+
+
+def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
+    """Check every option and return the plain configuration, or raise ``OptionsError``."""
+    url = database_url or options.database_url or os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        raise OptionsError("no database URL: pass --database-url or set " + DATABASE_URL_ENV)
+    if not url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+        raise OptionsError("--database-url must be a postgresql:// URL")
+    run_id = options.run_id or str(uuid.uuid4())
+    try:
+        run_id = str(uuid.UUID(run_id))
+    except ValueError:
+        raise OptionsError(f"--run-id must be a UUID, not {run_id!r}") from None
+    types = tuple(t.strip() for t in options.activity_types.split(",") if t.strip())
+    unknown = [t for t in types if t not in ACTIVITY_TYPES]
+    if unknown or not types:
+        raise OptionsError(
+            f"--activity-types must be a comma-separated subset of {', '.join(ACTIVITY_TYPES)}; "
+            f"got {options.activity_types!r}"
+        )
+    if options.partitions < 1:
+        raise OptionsError(f"--partitions must be at least 1, not {options.partitions}")
+    if options.write_batch_size < 1:
+        raise OptionsError(f"--write-batch-size must be at least 1, not {options.write_batch_size}")
+    date_from = _check_date("date-from", options.date_from)
+    date_to = _check_date("date-to", options.date_to)
+    if date_from and date_to and date_from >= date_to:
+        raise OptionsError(f"--date-from ({date_from}) must be before --date-to ({date_to})")
+    if options.progress_interval < 0:
+        raise OptionsError("--progress-interval must not be negative")
+    return RunConfig(
+        database_url=url,
+        run_id=run_id,
+        activity_types=types,
+        partitions=options.partitions,
+        write_batch_size=options.write_batch_size,
+        radiative_forcing=options.radiative_forcing,
+        date_from=date_from,
+        date_to=date_to,
+        progress_interval=options.progress_interval,
+    )

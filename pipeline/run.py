@@ -1,0 +1,231 @@
+"""Entry point: ``python -m pipeline.run [options]``: parse → validate → build → run → summarise.
+
+Without ``--database-url`` (or ``$EMISSIONS_DATABASE_URL``) it uses the embedded PostgreSQL.
+Prints a JSON run summary and stores it in ``calculation_runs``; exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import apache_beam as beam
+import sqlalchemy as sa
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
+
+from pipeline import db, graph
+from pipeline.admin import ensure_initialised
+from pipeline.embedded import resolve_database_url
+from pipeline.options import EmissionsOptions, OptionsError, RunConfig, validate
+
+_LOG = logging.getLogger("pipeline.run")
+
+
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """The pipeline on the runner the options name.
+
+    ``DirectRunner`` first tries Beam's Prism runner, which downloads a binary from the network;
+    a local run must never do that, so it goes straight to the FnApiRunner, the in-process
+    runner that DirectRunner itself falls back to for batch pipelines.
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, "DirectRunner", "direct"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+class Progress:
+    """Logs how many results this run has stored, every few seconds, while the pipeline runs."""
+
+    def __init__(self, engine: sa.Engine, run_id: str, pending: int, interval: float) -> None:
+        self._engine = engine
+        self._run_id = run_id
+        self._pending = pending
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        if self._interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        started = time.monotonic()
+        query = sa.text(f"SELECT count(*) FROM {db.RESULTS_TABLE} WHERE run_id = :r")
+        while not self._stop.wait(self._interval):
+            try:
+                with self._engine.connect() as conn:
+                    done = int(conn.execute(query, {"r": self._run_id}).scalar() or 0)
+            except Exception as e:  # noqa: BLE001 - progress is best-effort
+                _LOG.warning("progress: could not count results (%s)", type(e).__name__)
+                continue
+            elapsed = time.monotonic() - started
+            share = 100.0 * done / self._pending if self._pending else 100.0
+            _LOG.info(
+                "progress: %d of %d pending activities have results (%.1f%%), %.0f/s",
+                done,
+                self._pending,
+                share,
+                done / elapsed if elapsed else 0.0,
+            )
+
+
+def counters(result: PipelineResult) -> dict[str, int] | None:
+    """Beam counters by name, or None when the runner does not report them."""
+    try:
+        queried = result.metrics().query()
+    except Exception:  # noqa: BLE001 - some runners have no metrics API
+        return None
+    found: dict[str, int] = {}
+    for c in queried.get("counters", []):
+        value = c.committed if c.committed is not None else c.attempted
+        found[c.key.metric.name] = found.get(c.key.metric.name, 0) + int(value or 0)
+    return found or None
+
+
+def summarise(
+    engine: sa.Engine,
+    config: RunConfig,
+    counts: dict[str, dict[str, int]],
+    metrics: dict[str, int] | None,
+) -> dict[str, Any]:
+    """The run summary: what the old service reported, plus skipped, run id and sources."""
+    written = db.run_totals(engine, config.run_id)
+    outstanding = None if metrics is not None else db.outstanding_errors(engine)
+    by_type: dict[str, Any] = {}
+    for t in config.activity_types:
+        c = counts[t]
+        processed = int(written.get(t, {}).get("processed", 0))
+        kg = float(written.get(t, {}).get("kg_co2e", 0.0))
+        if metrics is not None:
+            errors = metrics.get(f"{t}_errors", 0)
+        else:
+            errors = (outstanding or {}).get(t, 0)
+        by_type[t] = {
+            "total_activities": c["total"],
+            "skipped": c["total"] - c["pending"],
+            "pending": c["pending"],
+            "processed": processed,
+            "errors": errors,
+            "co2e_tonnes": kg / 1000.0,
+        }
+    return {
+        "run_id": config.run_id,
+        "total_activities": sum(v["total_activities"] for v in by_type.values()),
+        "skipped": sum(v["skipped"] for v in by_type.values()),
+        "pending": sum(v["pending"] for v in by_type.values()),
+        "total_processed": sum(v["processed"] for v in by_type.values()),
+        "errors": sum(v["errors"] for v in by_type.values()),
+        "total_co2e_tonnes": sum(v["co2e_tonnes"] for v in by_type.values()),
+        "by_activity_type": by_type,
+        "metrics_source": "beam_counters" if metrics is not None else "database",
+    }
+
+
+def safe_options(options: PipelineOptions) -> dict[str, Any]:
+    """The options as given, without the database URL (it may hold a password)."""
+    shown = {k: v for k, v in options.get_all_options(drop_default=True).items()}
+    if shown.get("database_url"):
+        shown["database_url"] = db.redact_url(shown["database_url"])
+    return shown
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    started = time.monotonic()
+    options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+    emissions = options.view_as(EmissionsOptions)
+    url = None
+    try:
+        url = resolve_database_url(emissions.database_url)
+        config = validate(emissions, url)
+    except OptionsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
+        print(
+            f"error: could not reach the database: {db.scrub(str(e), url)}",
+            file=sys.stderr,
+        )
+        return 1
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
+    try:
+        ensure_initialised(engine)
+        counts = db.count_activities(
+            engine, config.activity_types, config.date_from, config.date_to
+        )
+        pending = sum(c["pending"] for c in counts.values())
+        db.start_run(engine, config.run_id, runner, safe_options(options))
+        setup_s = time.monotonic() - started
+        _LOG.info(
+            "run %s on %s: %d pending of %d activities",
+            config.run_id,
+            runner,
+            pending,
+            sum(c["total"] for c in counts.values()),
+        )
+        metrics: dict[str, int] | None
+        if pending == 0:
+            metrics = {}  # nothing to do: no pipeline, nothing written
+        else:
+            p = make_pipeline(options)
+            graph.build(p, config)
+            with Progress(engine, config.run_id, pending, config.progress_interval):
+                result = p.run()
+                result.wait_until_finish()
+            metrics = counters(result)
+        pipeline_s = time.monotonic() - started - setup_s
+        summary = summarise(engine, config, counts, metrics)
+        summary["status"] = "succeeded"
+        summary["runner"] = runner
+        summary["database"] = db.redact_url(config.database_url)
+        summary["timings"] = {
+            "setup_s": round(setup_s, 3),
+            "pipeline_s": round(pipeline_s, 3),
+            "total_s": round(time.monotonic() - started, 3),
+        }
+        db.finish_run(
+            engine,
+            config.run_id,
+            status="succeeded",
+            total_activities=summary["total_activities"],
+            skipped=summary["skipped"],
+            pending=summary["pending"],
+            total_processed=summary["total_processed"],
+            errors=summary["errors"],
+            total_co2e_tonnes=summary["total_co2e_tonnes"],
+            by_activity_type=summary["by_activity_type"],
+            timings=summary["timings"],
+            metrics_source=summary["metrics_source"],
+        )
+        print(json.dumps(summary, indent=2))
+        return 0
+    except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
+        message = db.scrub(f"{type(e).__name__}: {e}", config.database_url)
+        _LOG.error("run %s failed: %s", config.run_id, message)
+        try:
+            db.finish_run(engine, config.run_id, status="failed", message=message)
+        except Exception:  # noqa: BLE001 - the database may be what failed
+            pass
+        print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

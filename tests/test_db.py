@@ -1,0 +1,178 @@
+"""Schema, range reads and bulk writes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import random
+import uuid
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import db
+from pipeline.factors import load_shipped_factors
+from pipeline.model import ErrorRecord
+from pipeline.ranges import plan_int_ranges, plan_uuid_ranges
+from tests.factories import RUN, result_for
+
+
+def insert_electricity(engine: sa.Engine, ids: list[int] | list[str]) -> None:
+    table = db.build_metadata(db.detect_id_type(engine) or "bigint").tables[
+        db.ACTIVITY_TABLES["electricity"]
+    ]
+    with engine.begin() as conn:
+        if ids:
+            conn.execute(
+                table.insert(),
+                [
+                    {
+                        "id": i,
+                        "quantity": 10.0,
+                        "unit": "kWh",
+                        "region": "CAMX",
+                        "activity_date": datetime.date(2023, 5, 1),
+                    }
+                    for i in ids
+                ],
+            )
+
+
+def read_all(url: str, ranges: list) -> list:
+    conn = db.connect(url)
+    try:
+        return [
+            row[0] for r in ranges for row in db.read_pending(conn, r.activity_type, r.start, r.end)
+        ]
+    finally:
+        conn.close()
+
+
+def test_create_schema_is_safe_to_run_twice(engine: sa.Engine) -> None:
+    assert db.create_schema(engine) == "bigint"
+    assert db.create_schema(engine) == "bigint"
+    with pytest.raises(ValueError, match="already uses bigint"):
+        db.create_schema(engine, "uuid")
+
+
+def test_factors_load_once(engine: sa.Engine) -> None:
+    rows = load_shipped_factors()
+    assert db.insert_factors(engine, rows) == 0  # the template already loaded them
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT count(*) FROM emission_factors")).scalar()
+    assert stored == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("ids", "partitions"),
+    [([], 4), ([7], 4), ([1, 2, 3, 4, 5], 10), (list(range(1, 1001)), 7), ([-5, 0, 2**62], 3)],
+)
+def test_every_pending_row_is_read_exactly_once(
+    engine: sa.Engine, database_url: str, ids: list[int], partitions: int
+) -> None:
+    insert_electricity(engine, ids)
+    done = set(ids[::3])
+    conn = db.connect(database_url)
+    try:
+        db.write_results(conn, [result_for(i) for i in done], RUN)
+        lo, hi, _ = db.key_bounds(conn, "electricity")
+    finally:
+        conn.close()
+    ranges = plan_int_ranges("electricity", lo, hi, partitions)
+    read = read_all(database_url, ranges)
+    assert sorted(read) == sorted(set(ids) - done)
+
+
+def test_uuid_keys_are_read_exactly_once(make_database: Callable[..., str]) -> None:
+    url = make_database("uuid")
+    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    rng = random.Random(7)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(500)]
+    insert_electricity(engine, ids)
+    conn = db.connect(url)
+    try:
+        db.write_results(conn, [result_for(i) for i in ids[:100]], RUN)
+    finally:
+        conn.close()
+    read = read_all(url, plan_uuid_ranges("electricity", 5))
+    assert sorted(read) == sorted(ids[100:])
+    engine.dispose()
+
+
+def test_results_are_written_once_even_when_repeated(engine: sa.Engine, database_url: str) -> None:
+    batch = [result_for(i) for i in range(1, 21)]
+    duplicated = batch + batch[:5]  # duplicates inside one batch
+    conn = db.connect(database_url)
+    try:
+        assert db.write_results(conn, duplicated, RUN) == 20
+        assert db.write_results(conn, batch, RUN) == 0  # a retried bundle
+        # a different value for a stored activity does not overwrite it
+        assert db.write_results(conn, [result_for(1, kg=99.0)], RUN) == 0
+    finally:
+        conn.close()
+    with engine.connect() as conn2:
+        rows = conn2.execute(sa.text("SELECT count(*), sum(kg_co2e) FROM emission_results")).one()
+    assert rows == (20, 30.0)
+
+
+def test_a_batch_larger_than_the_bind_parameter_limit(engine: sa.Engine, database_url: str) -> None:
+    # 70,000 rows × 36 columns would be 2.5 million bind parameters; COPY has no such limit.
+    batch = [result_for(i) for i in range(70_000)]
+    conn = db.connect(database_url)
+    try:
+        assert db.write_results(conn, batch, RUN) == 70_000
+    finally:
+        conn.close()
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM emission_results")).scalar() == 70_000
+
+
+def test_floats_round_trip_exactly(engine: sa.Engine, database_url: str) -> None:
+    value = 0.1 + 0.2  # 0.30000000000000004
+    conn = db.connect(database_url)
+    try:
+        db.write_results(conn, [result_for(1, kg=value)], RUN)
+    finally:
+        conn.close()
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT kg_co2e FROM emission_results")).scalar() == value
+
+
+def test_errors_are_recorded_once_per_input(engine: sa.Engine, database_url: str) -> None:
+    error = ErrorRecord("spend", 3, "unknown_currency", "The currency 'XYZ' ...", '{"id": 3}')
+    changed = dataclasses.replace(error, input_repr='{"id": 3, "currency": "XYQ"}')
+    conn = db.connect(database_url)
+    try:
+        assert db.write_errors(conn, [error, error], RUN) == 1
+        assert db.write_errors(conn, [error], RUN) == 0
+        assert db.write_errors(conn, [changed], RUN) == 1  # new input, new record
+    finally:
+        conn.close()
+
+
+def test_text_with_quotes_commas_and_newlines_survives_copy(
+    engine: sa.Engine, database_url: str
+) -> None:
+    nasty = 'a "quoted", comma\nnewline \\ backslash é 🚀'
+    error = ErrorRecord("spend", 4, "unknown_currency", nasty, nasty)
+    conn = db.connect(database_url)
+    try:
+        db.write_errors(conn, [error], RUN)
+    finally:
+        conn.close()
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT reason FROM emission_errors")).scalar() == nasty
+
+
+def test_identifiers_are_validated() -> None:
+    assert db.validate_identifier("emission_results") == "emission_results"
+    for bad in ["Results", "a;drop table x", "", "1abc", "x" * 64]:
+        with pytest.raises(ValueError, match="not a valid identifier"):
+            db.validate_identifier(bad)
+
+
+def test_redact_and_scrub_hide_the_password() -> None:
+    url = "postgresql://alice:s3cr%40t@db.example:5432/emissions"
+    assert "s3cr" not in db.redact_url(url)
+    assert db.scrub(f"failed on {url} with s3cr@t", url).count("s3cr") == 0

@@ -1,0 +1,175 @@
+"""DoFns called directly, and the composites in a TestPipeline with assert_that."""
+
+from __future__ import annotations
+
+import datetime
+
+import apache_beam as beam
+import pytest
+import sqlalchemy as sa
+from apache_beam import pvalue
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import db
+from pipeline.factors import load_shipped_factors
+from pipeline.methodology import FactorBook, calculate
+from pipeline.model import AirTravelActivity, ElectricityActivity, ErrorRecord, SpendActivity
+from tests.factories import result_for
+from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn, input_repr
+from transforms.read import ReadPendingActivities
+from transforms.write import WriteErrors, WriteResults
+
+RUN = "00000000-0000-4000-8000-0000000000aa"
+D = datetime.date(2023, 6, 1)
+
+
+@pytest.fixture(scope="module")
+def book() -> FactorBook:
+    return FactorBook.from_rows(load_shipped_factors())
+
+
+def pipeline() -> BeamTestPipeline:
+    return BeamTestPipeline(runner=FnApiRunner())
+
+
+GOOD = ElectricityActivity(1, 1000.0, "kWh", "CAMX", None, D)
+BAD = ElectricityActivity(2, None, "kWh", "CAMX", None, D)
+FLIGHT = AirTravelActivity(3, "LHR", "JFK", "business", 1, True, datetime.date(2025, 3, 1))
+
+
+def test_calculate_fn_yields_a_result_for_good_input(book: FactorBook) -> None:
+    fn = CalculateFn("electricity")
+    fn.setup()
+    (out,) = list(fn.process(GOOD, book))
+    assert out == calculate(GOOD, book)
+    assert out.kg_co2e == pytest.approx(1000 * 429.983 * 0.45359237 / 1000, rel=1e-12)
+
+
+def test_calculate_fn_sends_bad_input_to_the_errors_output(book: FactorBook) -> None:
+    fn = CalculateFn("electricity")
+    fn.setup()
+    (out,) = list(fn.process(BAD, book))
+    assert isinstance(out, pvalue.TaggedOutput)
+    assert out.tag == ERRORS
+    assert out.value == ErrorRecord(
+        "electricity",
+        2,
+        "missing_quantity",
+        "The electricity quantity is missing (NULL); it is not 0.",
+        input_repr(BAD),
+    )
+
+
+def test_calculate_fn_turns_an_unexpected_failure_into_a_dead_letter(
+    book: FactorBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("transforms.calculate.calculate", broken)
+    fn = CalculateFn("electricity")
+    fn.setup()
+    (out,) = list(fn.process(GOOD, book))
+    assert isinstance(out, pvalue.TaggedOutput)
+    assert (out.value.activity_id, out.value.reason_code, out.value.reason) == (
+        1,
+        "calculation_failed",
+        "the calculation failed unexpectedly: RuntimeError: boom",
+    )
+
+
+def test_radiative_forcing_option_reaches_the_calculation(book: FactorBook) -> None:
+    with_rf = CalculateFn("air_travel", radiative_forcing=True)
+    without = CalculateFn("air_travel", radiative_forcing=False)
+    with_rf.setup()
+    without.setup()
+    (a,) = list(with_rf.process(FLIGHT, book))
+    (b,) = list(without.process(FLIGHT, book))
+    assert (a.factor_key, b.factor_key) == ("long-haul|business|rf", "long-haul|business|no_rf")
+    assert a.factor_value == 0.3394 and b.factor_value == 0.20083
+
+
+def test_calculate_emissions_composite(book: FactorBook) -> None:
+    spend = SpendActivity(10, 100.0, "USD", "334111", datetime.date(2022, 1, 1))
+    bad_spend = SpendActivity(11, 100.0, "XYZ", "334111", datetime.date(2022, 1, 1))
+    expected = calculate(spend, book)
+    with pipeline() as p:
+        factors = p | "Book" >> beam.Create([book])
+        out = p | beam.Create([spend, bad_spend]) | CalculateEmissions("spend", factors)
+        assert_that(out.results, equal_to([expected]), label="Results")
+        assert_that(
+            out[ERRORS] | beam.Map(lambda e: (e.activity_id, e.reason_code)),
+            equal_to([(11, "unknown_currency")]),
+            label="Errors",
+        )
+
+
+def _insert(engine: sa.Engine, rows: list[dict]) -> None:
+    table = db.build_metadata().tables[db.ACTIVITY_TABLES["electricity"]]
+    with engine.begin() as conn:
+        conn.execute(table.insert(), rows)
+
+
+def test_read_pending_activities_composite(engine: sa.Engine, database_url: str) -> None:
+    rows = [
+        {"id": i, "quantity": float(i), "unit": "kWh", "region": "CAMX", "activity_date": D}
+        for i in range(1, 31)
+    ]
+    _insert(engine, rows)
+    conn = db.connect(database_url)
+    try:  # activities 1..10 already have a result
+        db.write_results(conn, [result_for(i) for i in range(1, 11)], RUN)
+    finally:
+        conn.close()
+    expected = [ElectricityActivity(i, float(i), "kWh", "CAMX", None, D) for i in range(11, 31)]
+    with pipeline() as p:
+        read = p | ReadPendingActivities(database_url, "electricity", partitions=4)
+        assert_that(read, equal_to(expected))
+
+
+def test_read_pending_activities_by_date(engine: sa.Engine, database_url: str) -> None:
+    _insert(
+        engine,
+        [
+            {"id": 1, "quantity": 1.0, "unit": "kWh", "region": "CAMX", "activity_date": D},
+            {
+                "id": 2,
+                "quantity": 2.0,
+                "unit": "kWh",
+                "region": "CAMX",
+                "activity_date": datetime.date(2024, 1, 1),
+            },
+        ],
+    )
+    with pipeline() as p:
+        read = p | ReadPendingActivities(
+            database_url, "electricity", 2, date_from="2024-01-01", date_to="2024-01-02"
+        )
+        assert_that(read | beam.Map(lambda a: a.id), equal_to([2]))
+
+
+def test_write_composites_store_each_row_once(
+    engine: sa.Engine, database_url: str, book: FactorBook
+) -> None:
+    activities = [ElectricityActivity(i, 10.0 * i, "MWh", "NEWE", None, D) for i in range(1, 101)]
+    results = [calculate(a, book) for a in activities]
+    error = ErrorRecord("electricity", 500, "unknown_unit", "bad unit", "{}")
+
+    def run_once() -> None:
+        with pipeline() as p:
+            # every result twice: as a retried bundle would deliver them
+            _ = p | "R" >> beam.Create(results + results) | WriteResults(database_url, RUN, 7)
+            _ = p | "E" >> beam.Create([error, error]) | WriteErrors(database_url, RUN, 7)
+
+    run_once()
+    run_once()
+    with engine.connect() as conn:
+        count, total = conn.execute(
+            sa.text("SELECT count(*), sum(kg_co2e) FROM emission_results")
+        ).one()
+        errors = conn.execute(sa.text("SELECT count(*) FROM emission_errors")).scalar()
+    assert count == 100
+    assert total == pytest.approx(sum(r.kg_co2e for r in results), rel=1e-12)
+    assert errors == 1
