@@ -12,7 +12,9 @@ Deployment-specific settings live outside this file (see docs/airflow.md):
   line, so it shows up neither in the task log nor in the rendered template fields;
 * the pipeline's interpreter: Airflow Variable ``emissions_python``, the ``python`` of the
   virtualenv where the project is installed (``pip install -r requirements.txt -e .``);
-* the runner and its options: DAG params, which a manual trigger may override.
+* the runner and its options: DAG params, which a manual trigger may override;
+* retries: 2, ten minutes apart, unless Airflow's config section ``[emissions]`` says otherwise
+  (``retries``, ``retry_delay_seconds``).
 
 Nothing here connects to anything at parse time.
 """
@@ -31,7 +33,7 @@ from airflow.providers.apache.beam.operators.beam import (
     GOOGLE_PROVIDER,
     BeamRunPythonPipelineOperator,
 )
-from airflow.sdk import DAG, BaseHook, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, BaseHook, CronDataIntervalTimetable, Param, conf
 from airflow.sdk.log import mask_secret
 
 DAG_ID = "emissions_daily"
@@ -117,11 +119,15 @@ class EmissionsPipelineOperator(BeamRunPythonPipelineOperator):
         self.database_conn_id = database_conn_id
         self.runner_options = runner_options or {}
 
-    def execute(self, context: Any) -> Any:
+    def merged_pipeline_options(self) -> dict[str, Any]:
+        """The rendered runner options and pipeline options, as one dict for the hook."""
         if not isinstance(self.runner_options, dict):
             raise ValueError(f"runner_options must be an object, got {self.runner_options!r}")
-        # Options of the DAG (dates, flags) win over free-form runner options.
-        self.pipeline_options = {**self.runner_options, **self.pipeline_options}
+        # The DAG's own options (the interval, the flags) win over free-form runner options.
+        return {**self.runner_options, **self.pipeline_options}
+
+    def execute(self, context: Any) -> Any:
+        self.pipeline_options = self.merged_pipeline_options()
         conn = BaseHook.get_connection(self.database_conn_id)
         url = database_url(
             login=conn.login,
@@ -162,8 +168,12 @@ with DAG(
     # Rendered params keep their types: a false flag stays False, and the hook leaves it out.
     render_template_as_native_obj=True,
     default_args={
-        "retries": 2,
-        "retry_delay": timedelta(minutes=10),
+        # Settable per deployment as AIRFLOW__EMISSIONS__RETRIES and
+        # AIRFLOW__EMISSIONS__RETRY_DELAY_SECONDS (Airflow's config, read without any I/O).
+        "retries": conf.getint("emissions", "retries", fallback=2),
+        "retry_delay": timedelta(
+            seconds=conf.getint("emissions", "retry_delay_seconds", fallback=600)
+        ),
         "execution_timeout": timedelta(hours=6),
     },
     params={
