@@ -162,7 +162,10 @@ with DAG(
     # A data interval of one day, [midnight, next midnight) UTC. (A bare "@daily" would give
     # Airflow 3's CronTriggerTimetable, whose data interval is empty.)
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # Early, so that past intervals can be run by hand or backfilled (an interval before the
+    # start date would "succeed" without running the task); catchup=False keeps the scheduler
+    # to the latest interval only.
+    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     # Rendered params keep their types: a false flag stays False, and the hook leaves it out.

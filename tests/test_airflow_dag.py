@@ -317,6 +317,7 @@ class Runs:
     rerun: subprocess.CompletedProcess[str]
     failed: subprocess.CompletedProcess[str]
     direct: subprocess.CompletedProcess[str]
+    missing_database: str
     after_first: dict[str, Any]
     after_first_full: dict[str, Any]
     after_rerun_full: dict[str, Any]
@@ -402,6 +403,7 @@ def runs(
             rerun=rerun,
             failed=failed,
             direct=direct_run,
+            missing_database=f"missing_{suffix}",
             after_first=after_first,
             after_first_full=after_first_full,
             after_rerun_full=after_rerun_full,
@@ -448,7 +450,9 @@ def test_failing_pipeline_fails_the_task(runs: Runs) -> None:
     log = _log(runs.failed)
     assert runs.failed.returncode != 0, log
     assert "Apache Beam process failed with return code 1" in log
-    assert "could not reach the database" in log
+    # The pipeline's own error reaches the task log (and the run is marked failed).
+    assert f'database "{runs.missing_database}" does not exist' in log
+    assert "state=failed" in log
 
 
 def test_password_stays_out_of_the_logs_and_the_metadata(runs: Runs) -> None:
