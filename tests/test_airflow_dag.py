@@ -97,7 +97,18 @@ def _airflow(
     )
 
 
+_REPORTS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
 def _inspect(env: dict[str, str], conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The inspect_dag.py report for this Airflow home and conf (made once: it takes seconds)."""
+    key = (env["AIRFLOW_HOME"], json.dumps(conf or {}, sort_keys=True))
+    if key not in _REPORTS:
+        _REPORTS[key] = _run_inspect(env, conf)
+    return _REPORTS[key]
+
+
+def _run_inspect(env: dict[str, str], conf: dict[str, Any] | None) -> dict[str, Any]:
     proc = subprocess.run(
         [
             str(Path(env["AIRFLOW_BIN"]) / "python"),
@@ -318,6 +329,7 @@ class Runs:
     failed: subprocess.CompletedProcess[str]
     direct: subprocess.CompletedProcess[str]
     missing_database: str
+    role: str
     after_first: dict[str, Any]
     after_first_full: dict[str, Any]
     after_rerun_full: dict[str, Any]
@@ -404,6 +416,7 @@ def runs(
             failed=failed,
             direct=direct_run,
             missing_database=f"missing_{suffix}",
+            role=role,
             after_first=after_first,
             after_first_full=after_first_full,
             after_rerun_full=after_rerun_full,
@@ -456,6 +469,8 @@ def test_failing_pipeline_fails_the_task(runs: Runs) -> None:
 
 
 def test_password_stays_out_of_the_logs_and_the_metadata(runs: Runs) -> None:
+    # The connection's user and password did reach the pipeline, which names the user only.
+    assert f"{runs.role}:***@" in _log(runs.first)
     for proc in (runs.first, runs.rerun, runs.failed):
         assert SECRET not in _log(proc)
     assert runs.airflow_metadata, "the runs were recorded in Airflow's metadata database"
