@@ -6,6 +6,7 @@ Prints a JSON run summary and stores it in ``calculation_runs``; exits non-zero 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -143,10 +144,27 @@ def safe_options(options: PipelineOptions) -> dict[str, Any]:
     return shown
 
 
+def print_help() -> None:
+    """``--help``: this pipeline's options (Beam's own, such as ``--runner``, also apply)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Apache Beam's options are accepted too, e.g. --runner=DirectRunner "
+        "(default), --runner=FlinkRunner --flink_master=HOST:PORT, --direct_num_workers=2.",
+    )
+    EmissionsOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print_help()
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     started = time.monotonic()
-    options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+    options = PipelineOptions(args)
     emissions = options.view_as(EmissionsOptions)
     url = None
     try:

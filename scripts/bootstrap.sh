@@ -15,9 +15,13 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ]; then
-  echo "installing packages into .venv (first time: a minute or two)" >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    -r "$root/requirements-dev.txt" -e "$root" >&2
+  echo "installing packages into .venv (first time: a minute or two; log in .venv/install.log)" >&2
+  if ! { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check \
+           -r "$root/requirements-dev.txt" -e "$root"; } > "$venv/install.log" 2>&1; then
+    tail -n 30 "$venv/install.log" >&2
+    echo "error: installing the packages failed; the whole log is in .venv/install.log" >&2
+    exit 1
+  fi
   echo "$stamp" > "$venv/.installed"
 fi
