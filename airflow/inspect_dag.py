@@ -7,7 +7,8 @@ since Airflow and the pipeline live in different virtualenvs):
         --interval-start 2025-03-04 [--conf '{"no_radiative_forcing": true}']
 
 Prints how long the DagBag took to import, its import errors, the DAG's scheduling settings,
-the task's rendered template fields and the exact command the Beam hook would start.
+the task's rendered template fields, the exact command the Beam hook would start and, for each
+``--connection-uri``, the database URL the task would hand the pipeline.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--task-id", default="calculate_emissions")
     parser.add_argument("--interval-start", default="2025-03-04", help="YYYY-MM-DD, UTC")
     parser.add_argument("--conf", default="{}", help="DAG run conf (JSON), as a trigger gives")
+    parser.add_argument(
+        "--connection-uri",
+        action="append",
+        default=[],
+        help="an Airflow Connection URI; the report gives the database URL the task makes of it",
+    )
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -69,6 +76,22 @@ def main(argv: list[str]) -> int:
         },
     }
     task.render_template_fields(context)
+    if args.connection_uri:
+        from airflow.sdk import Connection
+
+        module = sys.modules[type(task).__module__]
+        connections = [Connection.from_uri(u, conn_id="probe") for u in args.connection_uri]
+        report["database_urls"] = [
+            module.database_url(
+                login=c.login,
+                password=c.password,
+                host=c.host,
+                port=c.port,
+                schema=c.schema,
+                extra=c.extra_dejson,
+            )
+            for c in connections
+        ]
     options = task.merged_pipeline_options()
     snake = {convert_camel_to_snake(k): v for k, v in options.items()}
     report.update(

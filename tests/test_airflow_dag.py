@@ -97,18 +97,22 @@ def _airflow(
     )
 
 
-_REPORTS: dict[tuple[str, str], dict[str, Any]] = {}
+_REPORTS: dict[tuple[str, ...], dict[str, Any]] = {}
 
 
-def _inspect(env: dict[str, str], conf: dict[str, Any] | None = None) -> dict[str, Any]:
+def _inspect(
+    env: dict[str, str], conf: dict[str, Any] | None = None, uris: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The inspect_dag.py report for this Airflow home and conf (made once: it takes seconds)."""
-    key = (env["AIRFLOW_HOME"], json.dumps(conf or {}, sort_keys=True))
+    key = (env["AIRFLOW_HOME"], json.dumps(conf or {}, sort_keys=True), *uris)
     if key not in _REPORTS:
-        _REPORTS[key] = _run_inspect(env, conf)
+        _REPORTS[key] = _run_inspect(env, conf, uris)
     return _REPORTS[key]
 
 
-def _run_inspect(env: dict[str, str], conf: dict[str, Any] | None) -> dict[str, Any]:
+def _run_inspect(
+    env: dict[str, str], conf: dict[str, Any] | None, uris: tuple[str, ...]
+) -> dict[str, Any]:
     proc = subprocess.run(
         [
             str(Path(env["AIRFLOW_BIN"]) / "python"),
@@ -118,6 +122,7 @@ def _run_inspect(env: dict[str, str], conf: dict[str, Any] | None) -> dict[str, 
             "2025-03-04",
             "--conf",
             json.dumps(conf or {}),
+            *(a for uri in uris for a in ("--connection-uri", uri)),
         ],
         env=env,
         cwd=env["AIRFLOW_HOME"],
@@ -207,6 +212,44 @@ def test_rendered_task_with_params_passes_flags_and_runner_options(
     assert config.radiative_forcing is False
     assert config.partitions == 4
     assert runner == "FlinkRunner"
+
+
+def test_connection_becomes_the_database_url_the_pipeline_reads(
+    airflow_env: dict[str, str],
+) -> None:
+    uris = (
+        # a password that needs escaping, a unix socket directory
+        "postgresql://emissions:p%40ss%2Fw%3Ard@/emissions?host=%2Fvar%2Frun%2Fpostgresql",
+        # host and port, an extra that libpq reads
+        "postgres://etl:secret@db.example.org:6543/carbon?sslmode=require",
+        # the scheme chosen through an extra
+        "postgresql://etl@db.example.org/carbon?sqlalchemy_scheme=postgresql%2Bpsycopg2",
+    )
+    urls = [sa.make_url(u) for u in _inspect(airflow_env, uris=uris)["database_urls"]]
+    socket, tcp, scheme = urls
+    assert (socket.drivername, socket.username, socket.password) == (
+        "postgresql",
+        "emissions",
+        "p@ss/w:rd",
+    )
+    assert (socket.host, socket.database, dict(socket.query)) == (
+        None,
+        "emissions",
+        {"host": "/var/run/postgresql"},
+    )
+    assert (tcp.drivername, tcp.host, tcp.port, tcp.database) == (
+        "postgresql",
+        "db.example.org",
+        6543,
+        "carbon",
+    )
+    assert (tcp.password, dict(tcp.query)) == ("secret", {"sslmode": "require"})
+    assert (scheme.drivername, scheme.username, scheme.password, dict(scheme.query)) == (
+        "postgresql+psycopg2",
+        "etl",
+        None,
+        {},
+    )
 
 
 # --- the DAG run for real -----------------------------------------------------------------------
