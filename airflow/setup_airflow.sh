@@ -48,6 +48,10 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_value" && -x "$venv/bin/airflo
   exit 0
 fi
 
+if [[ -e "$venv" && ! -f "$venv/pyvenv.cfg" ]]; then
+  echo "setup_airflow.sh: $venv exists and is not a virtualenv; not touching it" >&2
+  exit 1
+fi
 rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
