@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         help="key type of the activity tables (only when creating them)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
     url = resolve_database_url(args.database_url)
     engine = db.make_engine(url)
     try:

@@ -1,41 +1,48 @@
 """WriteResults and WriteErrors: buffered, idempotent bulk writes.
 
-Each DoFn buffers rows per bundle and flushes at a size and in ``finish_bundle``: one
-transaction per flush, ``COPY`` into a staging table and one ``INSERT … ON CONFLICT DO
-NOTHING``. A runner that retries a bundle therefore never doubles a row, and a crash loses
-only what was not committed, which the next run finds still pending.
+Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting and in
+``finish_bundle``: one transaction per flush, ``COPY`` into a staging table and one
+``INSERT … ON CONFLICT DO NOTHING``. A runner that retries a bundle therefore never doubles a
+row, and a crash loses only what was not committed, which the next run finds still pending.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeAlias
 
 import apache_beam as beam
 import psycopg2.extensions
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline import db
-from pipeline.model import EmissionResult, ErrorRecord
+from pipeline.model import ErrorRecord
 
-T = TypeVar("T")
-
-Writer = Callable[[psycopg2.extensions.connection, Sequence[Any], str], int]
+Connection: TypeAlias = psycopg2.extensions.connection
 
 
-class _BufferedWriteFn(beam.DoFn, Generic[T]):
-    """Buffers elements per bundle and writes them in bulk with ``writer``."""
+class _BufferedWriteFn(beam.DoFn):
+    """Buffers elements per bundle and writes them in bulk."""
 
     def __init__(
-        self, database_url: str, run_id: str, batch_size: int, writer: Writer, name: str
+        self,
+        database_url: str,
+        run_id: str,
+        batch_size: int,
+        name: str,
+        write: Callable[[Connection, list[Any], str], int],
+        size: Callable[[Any], int],
     ) -> None:
         self._database_url = database_url
         self._run_id = run_id
         self._batch_size = batch_size
-        self._writer = writer
         self._name = name
-        self._conn: psycopg2.extensions.connection | None = None
-        self._buffer: list[T] = []
+        self._write = write
+        self._size = size
+        self._conn: Connection | None = None
+        self._buffer: list[Any] = []
+        self._buffered = 0
 
     def setup(self) -> None:
         self._conn = db.connect(self._database_url)
@@ -44,10 +51,12 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
 
     def start_bundle(self) -> None:
         self._buffer = []
+        self._buffered = 0
 
-    def process(self, element: T) -> None:
+    def process(self, element: Any) -> None:
         self._buffer.append(element)
-        if len(self._buffer) >= self._batch_size:
+        self._buffered += self._size(element)
+        if self._buffered >= self._batch_size:
             self._flush()
 
     def finish_bundle(self) -> None:
@@ -58,13 +67,14 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
             return
         assert self._conn is not None, "setup() opens the connection"
         try:
-            written = self._writer(self._conn, self._buffer, self._run_id)
+            written = self._write(self._conn, self._buffer, self._run_id)
         except Exception:
             self._conn.rollback()
             raise
         self._written.inc(written)
         self._flushes.inc()
         self._buffer = []
+        self._buffered = 0
 
     def teardown(self) -> None:
         if self._conn is not None:
@@ -72,13 +82,21 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
             self._conn = None
 
 
-class WriteResults(beam.PTransform):
-    """Stores results, at most one per activity."""
+def _write_tables(conn: Connection, tables: Sequence[pa.Table], run_id: str) -> int:
+    return db.write_results_table(conn, pa.concat_tables(tables), run_id)
 
-    def __init__(self, database_url: str, run_id: str, batch_size: int = 5000) -> None:
+
+def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str) -> int:
+    return db.write_errors(conn, errors, run_id)
+
+
+class WriteResults(beam.PTransform):
+    """Stores results tables, at most one row per activity."""
+
+    def __init__(self, database_url: str, run_id: str, batch_size: int = 50_000) -> None:
         super().__init__()
-        self._fn = _BufferedWriteFn[EmissionResult](
-            database_url, run_id, batch_size, db.write_results, "results"
+        self._fn = _BufferedWriteFn(
+            database_url, run_id, batch_size, "results", _write_tables, lambda t: t.num_rows
         )
 
     def expand(self, results: Any) -> Any:
@@ -88,10 +106,10 @@ class WriteResults(beam.PTransform):
 class WriteErrors(beam.PTransform):
     """Stores dead letters, once per activity and input."""
 
-    def __init__(self, database_url: str, run_id: str, batch_size: int = 5000) -> None:
+    def __init__(self, database_url: str, run_id: str, batch_size: int = 50_000) -> None:
         super().__init__()
-        self._fn = _BufferedWriteFn[ErrorRecord](
-            database_url, run_id, batch_size, db.write_errors, "errors"
+        self._fn = _BufferedWriteFn(
+            database_url, run_id, batch_size, "errors", _write_errors, lambda _: 1
         )
 
     def expand(self, errors: Any) -> Any:
