@@ -9,20 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apache_beam as beam
 import sqlalchemy as sa
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineResult
 
-from pipeline import db, graph
+from pipeline import db
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
-from pipeline.options import EmissionsOptions, OptionsError, RunConfig, validate
+from pipeline.options import OptionsError, RunConfig, add_arguments, validate
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineResult
 
 _LOG = logging.getLogger("pipeline.run")
 
@@ -34,12 +37,52 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     a local run must never do that, so it goes straight to the FnApiRunner, the in-process
     runner that DirectRunner itself falls back to for batch pipelines.
     """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
     runner = options.view_as(StandardOptions).runner
     if runner in (None, "DirectRunner", "direct"):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def with_local_defaults(argv: list[str]) -> list[str]:
+    """On the DirectRunner, unless told otherwise: two worker threads (or one on one core).
+
+    The work is half database, half Python, and both the database driver and Arrow release
+    the GIL, so two threads keep both busy; threads rather than processes, because worker
+    processes each import Beam and build their own copy of everything (slower and twice the
+    memory, measured by the benchmark).
+    """
+    if runner_name(argv) not in ("DirectRunner", "direct"):
+        return argv
+    given = " ".join(argv)
+    extra = []
+    if "direct_num_workers" not in given:
+        extra.append(f"--direct_num_workers={min(2, os.cpu_count() or 1)}")
+    if "direct_running_mode" not in given:
+        extra.append("--direct_running_mode=multi_threading")
+    return [*argv, *extra]
+
+
+def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
+    """Builds and runs the Beam pipeline; returns its counters (None if the runner has none).
+
+    Beam is imported here, and only here: a run with nothing pending never pays for it.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import beam_options, graph
+
+    options = PipelineOptions(with_local_defaults(argv))
+    options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
+    p = make_pipeline(options)
+    graph.build(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    return counters(result)
 
 
 class Progress:
@@ -104,7 +147,8 @@ def summarise(
     metrics: dict[str, int] | None,
 ) -> dict[str, Any]:
     """The run summary: what the old service reported, plus skipped, run id and sources."""
-    written = db.run_totals(engine, config.run_id)
+    pending = sum(c["pending"] for c in counts.values())
+    written = db.run_totals(engine, config.run_id) if pending else {}
     outstanding = None if metrics is not None else db.outstanding_errors(engine)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
@@ -136,11 +180,21 @@ def summarise(
     }
 
 
-def safe_options(options: PipelineOptions) -> dict[str, Any]:
-    """The options as given, without the database URL (it may hold a password)."""
-    shown = {k: v for k, v in options.get_all_options(drop_default=True).items()}
+def runner_name(argv: list[str]) -> str:
+    """The ``--runner`` given (Beam's option), without importing Beam."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runner", default="DirectRunner")
+    known, _ = parser.parse_known_args(argv)
+    return str(known.runner)
+
+
+def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
+    """The options as given, without the database URL's password."""
+    shown: dict[str, Any] = dict(vars(options))
     if shown.get("database_url"):
         shown["database_url"] = db.redact_url(shown["database_url"])
+    if beam_args:
+        shown["beam_args"] = beam_args
     return shown
 
 
@@ -153,7 +207,7 @@ def print_help() -> None:
         epilog="Apache Beam's options are accepted too, e.g. --runner=DirectRunner "
         "(default), --runner=FlinkRunner --flink_master=HOST:PORT, --direct_num_workers=2.",
     )
-    EmissionsOptions._add_argparse_args(parser)
+    add_arguments(parser)
     parser.print_help()
 
 
@@ -166,12 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
     )
     started = time.monotonic()
-    options = PipelineOptions(args)
-    emissions = options.view_as(EmissionsOptions)
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    try:
+        options, beam_args = parser.parse_known_args(args)
+    except SystemExit:
+        return 2  # argparse has said what is wrong
     url = None
     try:
-        url = resolve_database_url(emissions.database_url)
-        config = validate(emissions, url)
+        url = resolve_database_url(options.database_url)
+        config = validate(options, url)
     except OptionsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -181,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    runner = runner_name(beam_args)
     engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
     try:
         ensure_initialised(engine)
@@ -189,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             engine, config.activity_types, config.date_from, config.date_to
         )
         pending = sum(c["pending"] for c in counts.values())
-        db.start_run(engine, config.run_id, runner, safe_options(options))
+        db.start_run(engine, config.run_id, runner, safe_options(options, beam_args))
         setup_s = time.monotonic() - started
         _LOG.info(
             "run %s on %s: %d pending of %d activities",
@@ -202,12 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         if pending == 0:
             metrics = {}  # nothing to do: no pipeline, nothing written
         else:
-            p = make_pipeline(options)
-            graph.build(p, config)
             with Progress(engine, config.run_id, pending, config.progress_interval):
-                result = p.run()
-                result.wait_until_finish()
-            metrics = counters(result)
+                metrics = execute(args, config)
         pipeline_s = time.monotonic() - started - setup_s
         summary = summarise(engine, config, counts, metrics)
         summary["status"] = "succeeded"

@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
 from pipeline import graph
-from pipeline.options import EmissionsOptions, validate
+from pipeline.beam_options import EmissionsOptions
+from pipeline.options import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
