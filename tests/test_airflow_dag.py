@@ -10,6 +10,7 @@ DirectRunner and the real PostgreSQL of the other tests.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -28,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from psycopg2 import sql
 
 from pipeline import db
-from pipeline.options import EmissionsOptions, validate
+from pipeline.options import add_arguments, validate
 from pipeline.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,10 +161,12 @@ def test_schedule_is_daily_without_catchup_and_retries_with_a_delay(
     assert report["retry_delay_seconds"] == 600
 
 
-def _pipeline_view(command: list[str]) -> tuple[EmissionsOptions, str | None]:
-    """The pipeline's own reading of the arguments the task would pass it."""
-    options = PipelineOptions(command[3:])
-    return options.view_as(EmissionsOptions), options.view_as(StandardOptions).runner
+def _pipeline_view(command: list[str]) -> tuple[argparse.Namespace, str | None]:
+    """The pipeline's own reading of the arguments the task would pass it (as pipeline.run)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    options, beam_args = parser.parse_known_args(command[3:])
+    return options, PipelineOptions(beam_args).view_as(StandardOptions).runner
 
 
 def test_rendered_task_runs_the_module_for_the_data_interval(airflow_env: dict[str, str]) -> None:
