@@ -51,6 +51,11 @@ from pipeline.model import (
 
 _FACTOR_ID_FIELDS = ("factor_id", "fx_factor_id", "cpi_factor_id", "cpi_base_factor_id")
 LARGEST = 10
+_LOCK = 7355609  # advisory lock key of restatements (schema creation uses 7355608)
+
+
+class RestatementRunning(RuntimeError):
+    """Another restatement holds the lock."""
 
 
 @dataclass
@@ -275,8 +280,33 @@ def restate(
     activity_types: Sequence[ActivityType] = ACTIVITY_TYPES,
     chunk: int = 20_000,
 ) -> Outcome:
-    """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``."""
+    """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``.
+
+    One restatement at a time: it reads results in one snapshot and replaces them afterwards,
+    so a second one must not interleave (a session advisory lock; refused if held).
+    """
     db.create_schema(engine)  # an older database gains the audit tables and columns
+    with db.raw_connection(engine) as lock:
+        with lock.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK,))
+            (locked,) = cur.fetchone()
+        lock.commit()
+        if not locked:
+            raise RestatementRunning("another restatement is running on this database")
+        try:
+            return _restate(engine, pins, activity_types, chunk)
+        finally:
+            with lock.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+            lock.commit()
+
+
+def _restate(
+    engine: sa.Engine,
+    pins: Mapping[str, str] | None,
+    activity_types: Sequence[ActivityType],
+    chunk: int,
+) -> Outcome:
     chosen_pins = dict(pins or {})
     outcome = Outcome(str(uuid.uuid4()), chosen_pins)
     with db.raw_connection(engine) as conn:
@@ -361,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     url = resolve_database_url(args.database_url)
-    engine = db.make_engine(url, pool_size=2, max_overflow=0)
+    engine = db.make_engine(url, pool_size=3, max_overflow=0)  # lock, reader, writer
     try:
         outcome = restate(engine, pins, [t for t in ACTIVITY_TYPES if t in types])
     except audit.EditionError as e:

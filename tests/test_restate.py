@@ -229,3 +229,16 @@ def test_a_run_pinned_to_an_edition_uses_and_records_it(
     code = run.main(["--database-url", database_url, "--factor-edition", "desnz_air=1999"])
     assert code == 2
     assert "desnz_air has no edition '1999'" in capsys.readouterr().err
+
+
+def test_one_restatement_at_a_time(engine: sa.Engine) -> None:
+    with db.raw_connection(engine) as other:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(7355609)")
+        other.commit()
+        with pytest.raises(restate.RestatementRunning):
+            restate.restate(engine)
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(7355609)")
+        other.commit()
+    assert restate.restate(engine).changed == 0
