@@ -15,8 +15,8 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 import psycopg2
 import psycopg2.extensions
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
 
+from pipeline import retry
 from pipeline.model import (
     ACTIVITY_TYPES,
     ActivityType,
@@ -34,6 +35,7 @@ from pipeline.model import (
 )
 
 IdType = Literal["bigint", "uuid"]
+T = TypeVar("T")
 
 ACTIVITY_TABLES: dict[ActivityType, str] = {
     "electricity": "electricity_activities",
@@ -323,6 +325,66 @@ def connect(url: str) -> psycopg2.extensions.connection:
     return psycopg2.connect(**{k: v for k, v in params.items() if v is not None})
 
 
+class ResilientConnection:
+    """One psycopg2 connection for a DoFn, reopened and retried after transient failures.
+
+    ``run(what, fn)`` calls ``fn(connection)``; when that fails transiently (the connection was
+    lost, the server restarted, a serialization failure or deadlock), the connection is dropped
+    and ``fn`` runs again on a fresh one, with backoff, up to the policy's attempts. ``fn`` must
+    therefore be one whole transaction that is safe to repeat: every write here is idempotent.
+    """
+
+    def __init__(self, url: str, policy: retry.RetryPolicy = retry.DEFAULT_POLICY) -> None:
+        self._url = url
+        self._policy = policy
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def open(self) -> None:
+        """Connect now (retrying), so that a database that is down fails in ``setup``."""
+        retry.call(self._ensure, what="connecting to the database", policy=self._policy)
+
+    def _ensure(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._url)
+        return self._conn
+
+    def _drop(self, _: BaseException | None = None) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def run(self, what: str, fn: Callable[[psycopg2.extensions.connection], T]) -> T:
+        def attempt() -> T:
+            conn = self._ensure()
+            try:
+                return fn(conn)
+            except Exception as e:
+                if not retry.is_transient(e) and not conn.closed:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                raise
+
+        return retry.call(attempt, what=what, policy=self._policy, on_retry=self._drop)
+
+    def close(self) -> None:
+        self._drop()
+
+
+def with_connection(
+    url: str,
+    what: str,
+    fn: Callable[[psycopg2.extensions.connection], T],
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
+) -> T:
+    """``fn`` on a short-lived connection, retried after transient failures, closed after."""
+    resilient = ResilientConnection(url, policy)
+    try:
+        return resilient.run(what, fn)
+    finally:
+        resilient.close()
+
+
 # --- Range reads ---------------------------------------------------------------------------
 
 
@@ -358,10 +420,13 @@ def pending_query(
     date_from: str | None = None,
     date_to: str | None = None,
     count_only: bool = False,
+    after: Any = None,
+    limit: int | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The anti-join that reads one key range of pending activities (no result yet).
 
-    Integer bounds are compared as ``bigint``, text bounds as ``uuid``.
+    Integer bounds are compared as ``bigint``, text bounds as ``uuid``. With ``limit``, one
+    page in key order of the rows after key ``after`` (keyset paging, never OFFSET).
     """
     table = sql.Identifier(ACTIVITY_TABLES[activity_type])
     conditions = [
@@ -377,6 +442,9 @@ def pending_query(
     if end is not None:
         conditions.append(sql.SQL("a.id < %(end)s") + _key_cast(end))
         params["end"] = str(end)
+    if after is not None:
+        conditions.append(sql.SQL("a.id > %(after)s") + _key_cast(after))
+        params["after"] = str(after)
     if date_from is not None:
         conditions.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
         params["date_from"] = date_from
@@ -392,7 +460,35 @@ def pending_query(
     query = sql.SQL("SELECT {select} FROM {table} a WHERE {where}").format(
         select=select, table=table, where=sql.SQL(" AND ").join(conditions)
     )
+    if limit is not None:
+        query = query + sql.SQL(" ORDER BY a.id LIMIT %(limit)s")
+        params["limit"] = limit
     return query, params
+
+
+def read_pending_page(
+    conn: psycopg2.extensions.connection,
+    activity_type: ActivityType,
+    start: Any,
+    end: Any,
+    after: Any = None,
+    limit: int = 10_000,
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` pending rows of one key range with keys above ``after``, in key order.
+
+    One short transaction per page, so that a page is the unit to retry after a lost
+    connection: a range read resumes after the last key it has already passed on.
+    """
+    query, params = pending_query(
+        activity_type, start, end, date_from, date_to, after=after, limit=limit
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
 
 
 def read_pending(
@@ -404,13 +500,16 @@ def read_pending(
     date_to: str | None = None,
     fetch_size: int = 10_000,
 ) -> Iterator[tuple[Any, ...]]:
-    """Stream the pending rows of one key range through a server-side cursor."""
-    query, params = pending_query(activity_type, start, end, date_from, date_to)
-    with conn.cursor(name=f"read_{activity_type}") as cur:
-        cur.itersize = fetch_size
-        cur.execute(query, params)
-        yield from cur
-    conn.commit()
+    """Stream the pending rows of one key range, a keyset page at a time."""
+    after = None
+    while True:
+        page = read_pending_page(
+            conn, activity_type, start, end, after, fetch_size, date_from, date_to
+        )
+        yield from page
+        if len(page) < fetch_size:
+            return
+        after = page[-1][0]
 
 
 # --- Bulk writes ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
     factors = (
         p
         | "Factors" >> beam.Create([None])
-        | "ReadFactors" >> beam.ParDo(ReadFactorsFn(config.database_url))
+        | "ReadFactors" >> beam.ParDo(ReadFactorsFn(config.database_url, config.retry_policy))
     )
     results = []
     errors = []
@@ -32,6 +32,7 @@ def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
             config.partitions,
             config.date_from,
             config.date_to,
+            config.retry_policy,
         )
         outputs = activities | f"Calculate{label}" >> CalculateEmissions(
             activity_type, factors, config.radiative_forcing
@@ -41,9 +42,9 @@ def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
     all_results = results | "FlattenResults" >> beam.Flatten()
     all_errors = errors | "FlattenErrors" >> beam.Flatten()
     all_results | "WriteResults" >> WriteResults(
-        config.database_url, config.run_id, config.write_batch_size
+        config.database_url, config.run_id, config.write_batch_size, config.retry_policy
     )
     all_errors | "WriteErrors" >> WriteErrors(
-        config.database_url, config.run_id, config.write_batch_size
+        config.database_url, config.run_id, config.write_batch_size, config.retry_policy
     )
     return {"results": all_results, "errors": all_errors}

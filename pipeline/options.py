@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.embedded import DATABASE_URL_ENV
 from pipeline.model import ACTIVITY_TYPES, ActivityType
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 
 class EmissionsOptions(PipelineOptions):
@@ -82,6 +83,28 @@ class EmissionsOptions(PipelineOptions):
             help="Only activities dated before this day (YYYY-MM-DD).",
         )
         parser.add_argument(
+            "--retry-attempts",
+            "--retry_attempts",
+            dest="retry_attempts",
+            type=int,
+            default=8,
+            help=(
+                "Tries of a database operation that fails transiently (lost connection, server "
+                "restart, serialization failure, deadlock) before the run fails (default: 8)."
+            ),
+        )
+        parser.add_argument(
+            "--retry-base-delay",
+            "--retry_base_delay",
+            dest="retry_base_delay",
+            type=float,
+            default=0.5,
+            help=(
+                "Seconds before the first retry; the wait doubles each time, up to 10 s "
+                "(default: 0.5, so 8 tries wait at most about 35 s)."
+            ),
+        )
+        parser.add_argument(
             "--progress-interval",
             "--progress_interval",
             dest="progress_interval",
@@ -104,6 +127,7 @@ class RunConfig:
     date_from: str | None
     date_to: str | None
     progress_interval: float
+    retry_policy: RetryPolicy = DEFAULT_POLICY
 
 
 class OptionsError(ValueError):
@@ -148,6 +172,10 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
         raise OptionsError(f"--date-from ({date_from}) must be before --date-to ({date_to})")
     if options.progress_interval < 0:
         raise OptionsError("--progress-interval must not be negative")
+    if options.retry_attempts < 1:
+        raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
+    if options.retry_base_delay < 0:
+        raise OptionsError("--retry-base-delay must not be negative")
     return RunConfig(
         database_url=url,
         run_id=run_id,
@@ -158,4 +186,9 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
         date_from=date_from,
         date_to=date_to,
         progress_interval=options.progress_interval,
+        retry_policy=RetryPolicy(
+            attempts=options.retry_attempts,
+            base_delay=options.retry_base_delay,
+            max_delay=max(10.0, options.retry_base_delay),
+        ),
     )

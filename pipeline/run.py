@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipeline import db, graph
+from pipeline import db, graph, retry
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
 from pipeline.options import EmissionsOptions, OptionsError, RunConfig, validate
@@ -136,6 +136,25 @@ def summarise(
     }
 
 
+def failure_message(error: BaseException) -> str:
+    """One clear line for a failed run.
+
+    A runner reports a worker's exception as text inside its own (with the worker's
+    traceback); when the database was unavailable, that line is the one worth reading.
+    """
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, retry.DatabaseUnavailable):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    text = str(error)
+    marker = "the database is unavailable:"
+    if marker in text:
+        line = text[text.index(marker) :].splitlines()[0]
+        return line.rstrip(" '\"")
+    return retry.describe(error) if len(text) < 2000 else f"{type(error).__name__}: {text[:2000]}…"
+
+
 def safe_options(options: PipelineOptions) -> dict[str, Any]:
     """The options as given, without the database URL (it may hold a password)."""
     shown = {k: v for k, v in options.get_all_options(drop_default=True).items()}
@@ -181,13 +200,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
+    policy = config.retry_policy
     try:
-        ensure_initialised(engine)
-        counts = db.count_activities(
-            engine, config.activity_types, config.date_from, config.date_to
+        retry.call(lambda: ensure_initialised(engine), what="checking the schema", policy=policy)
+        counts = retry.call(
+            lambda: db.count_activities(
+                engine, config.activity_types, config.date_from, config.date_to
+            ),
+            what="counting pending activities",
+            policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
-        db.start_run(engine, config.run_id, runner, safe_options(options))
+        retry.call(
+            lambda: db.start_run(engine, config.run_id, runner, safe_options(options)),
+            what="recording the run",
+            policy=policy,
+        )
         setup_s = time.monotonic() - started
         _LOG.info(
             "run %s on %s: %d pending of %d activities",
@@ -207,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                 result.wait_until_finish()
             metrics = counters(result)
         pipeline_s = time.monotonic() - started - setup_s
-        summary = summarise(engine, config, counts, metrics)
+        summary = retry.call(
+            lambda: summarise(engine, config, counts, metrics),
+            what="summarising the run",
+            policy=policy,
+        )
         summary["status"] = "succeeded"
         summary["runner"] = runner
         summary["database"] = db.redact_url(config.database_url)
@@ -216,29 +248,43 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(time.monotonic() - started, 3),
         }
-        db.finish_run(
-            engine,
-            config.run_id,
-            status="succeeded",
-            total_activities=summary["total_activities"],
-            skipped=summary["skipped"],
-            pending=summary["pending"],
-            total_processed=summary["total_processed"],
-            errors=summary["errors"],
-            total_co2e_tonnes=summary["total_co2e_tonnes"],
-            by_activity_type=summary["by_activity_type"],
-            timings=summary["timings"],
-            metrics_source=summary["metrics_source"],
+        retry.call(
+            lambda: db.finish_run(
+                engine,
+                config.run_id,
+                status="succeeded",
+                total_activities=summary["total_activities"],
+                skipped=summary["skipped"],
+                pending=summary["pending"],
+                total_processed=summary["total_processed"],
+                errors=summary["errors"],
+                total_co2e_tonnes=summary["total_co2e_tonnes"],
+                by_activity_type=summary["by_activity_type"],
+                timings=summary["timings"],
+                metrics_source=summary["metrics_source"],
+            ),
+            what="recording the run's outcome",
+            policy=policy,
         )
         print(json.dumps(summary, indent=2))
         return 0
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
-        message = db.scrub(f"{type(e).__name__}: {e}", config.database_url)
+        message = db.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
         try:
-            db.finish_run(engine, config.run_id, status="failed", message=message)
-        except Exception:  # noqa: BLE001 - the database may be what failed
-            pass
+            # Briefly: the database may be what failed, and the run must still end.
+            retry.call(
+                lambda: db.finish_run(engine, config.run_id, status="failed", message=message),
+                what="recording the failure",
+                policy=retry.RetryPolicy(attempts=2, base_delay=0.5),
+            )
+        except Exception as again:  # noqa: BLE001
+            _LOG.error(
+                "run %s could not be marked failed in %s (%s); it stays 'running' there",
+                config.run_id,
+                db.RUNS_TABLE,
+                db.scrub(retry.describe(again), config.database_url),
+            )
         print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
         return 1
     finally:

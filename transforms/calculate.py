@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import psycopg2.extensions
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline import db
 from pipeline.methodology import FactorBook, calculate
 from pipeline.model import Activity, ActivityType, ErrorRecord, InputError
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 ERRORS = "errors"
 
@@ -38,15 +38,14 @@ def to_error(
 class ReadFactorsFn(beam.DoFn):
     """Reads ``emission_factors`` once and emits the FactorBook the calculation uses."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, retry_policy: RetryPolicy = DEFAULT_POLICY) -> None:
         self._database_url = database_url
+        self._retry_policy = retry_policy
 
     def process(self, _: Any) -> Iterator[FactorBook]:
-        conn: psycopg2.extensions.connection = db.connect(self._database_url)
-        try:
-            rows = db.read_factor_rows(conn)
-        finally:
-            conn.close()
+        rows = db.with_connection(
+            self._database_url, "reading emission_factors", db.read_factor_rows, self._retry_policy
+        )
         yield FactorBook.from_rows(rows)
 
 

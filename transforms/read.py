@@ -6,7 +6,7 @@ leave the database and memory does not grow with the table.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -16,21 +16,26 @@ from apache_beam.metrics import Metrics
 from pipeline import db
 from pipeline.model import ACTIVITY_CLASSES, Activity, ActivityType
 from pipeline.ranges import KeyRange, plan_int_ranges, plan_uuid_ranges
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 
 class PlanRangesFn(beam.DoFn):
     """Emits the key ranges of one activity table."""
 
-    def __init__(self, database_url: str, partitions: int) -> None:
+    def __init__(
+        self, database_url: str, partitions: int, retry_policy: RetryPolicy = DEFAULT_POLICY
+    ) -> None:
         self._database_url = database_url
         self._partitions = partitions
+        self._retry_policy = retry_policy
 
     def process(self, activity_type: ActivityType) -> Iterator[KeyRange]:
-        conn = db.connect(self._database_url)
-        try:
-            lo, hi, typ = db.key_bounds(conn, activity_type)
-        finally:
-            conn.close()
+        lo, hi, typ = db.with_connection(
+            self._database_url,
+            f"reading the key bounds of {activity_type}",
+            lambda conn: db.key_bounds(conn, activity_type),
+            self._retry_policy,
+        )
         if lo is None:
             return
         if typ == "uuid":
@@ -47,14 +52,19 @@ class ReadRangeFn(beam.DoFn):
         database_url: str,
         date_from: str | None = None,
         date_to: str | None = None,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+        page_size: int = 10_000,
     ) -> None:
         self._database_url = database_url
         self._date_from = date_from
         self._date_to = date_to
-        self._conn: psycopg2.extensions.connection | None = None
+        self._retry_policy = retry_policy
+        self._page_size = page_size
+        self._conn: db.ResilientConnection | None = None
 
     def setup(self) -> None:
-        self._conn = db.connect(self._database_url)
+        self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
+        self._conn.open()
         self._rows_read = Metrics.counter("read", "activities_read")
         self._ranges_read = Metrics.counter("read", "ranges_read")
 
@@ -62,18 +72,39 @@ class ReadRangeFn(beam.DoFn):
         assert self._conn is not None, "setup() opens the connection"
         cls = ACTIVITY_CLASSES[key_range.activity_type]
         count = 0
-        for row in db.read_pending(
-            self._conn,
-            key_range.activity_type,
-            key_range.start,
-            key_range.end,
-            self._date_from,
-            self._date_to,
-        ):
-            count += 1
-            yield cls(*row)
+        after = None
+        while True:
+            # A page is one short transaction: after a lost connection it is read again and
+            # the range resumes after the last key already emitted, so nothing is read twice.
+            page = self._conn.run(
+                f"reading pending {key_range.activity_type} activities",
+                self._page_reader(key_range, after),
+            )
+            for row in page:
+                yield cls(*row)
+            count += len(page)
+            if len(page) < self._page_size:
+                break
+            after = page[-1][0]
         self._rows_read.inc(count)
         self._ranges_read.inc()
+
+    def _page_reader(
+        self, key_range: KeyRange, after: Any
+    ) -> Callable[[psycopg2.extensions.connection], list[tuple[Any, ...]]]:
+        def read(conn: psycopg2.extensions.connection) -> list[tuple[Any, ...]]:
+            return db.read_pending_page(
+                conn,
+                key_range.activity_type,
+                key_range.start,
+                key_range.end,
+                after,
+                self._page_size,
+                self._date_from,
+                self._date_to,
+            )
+
+        return read
 
     def teardown(self) -> None:
         if self._conn is not None:
@@ -91,6 +122,7 @@ class ReadPendingActivities(beam.PTransform):
         partitions: int,
         date_from: str | None = None,
         date_to: str | None = None,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
         self._database_url = database_url
@@ -98,13 +130,17 @@ class ReadPendingActivities(beam.PTransform):
         self._partitions = partitions
         self._date_from = date_from
         self._date_to = date_to
+        self._retry_policy = retry_policy
 
     def expand(self, pbegin: Any) -> Any:
         return (
             pbegin
             | "Table" >> beam.Create([self._activity_type])
-            | "PlanRanges" >> beam.ParDo(PlanRangesFn(self._database_url, self._partitions))
+            | "PlanRanges"
+            >> beam.ParDo(PlanRangesFn(self._database_url, self._partitions, self._retry_policy))
             | "Reshuffle" >> beam.Reshuffle()
             | "ReadRange"
-            >> beam.ParDo(ReadRangeFn(self._database_url, self._date_from, self._date_to))
+            >> beam.ParDo(
+                ReadRangeFn(self._database_url, self._date_from, self._date_to, self._retry_policy)
+            )
         )

@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import db
 from pipeline.model import EmissionResult, ErrorRecord
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 T = TypeVar("T")
 
@@ -27,18 +28,26 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
     """Buffers elements per bundle and writes them in bulk with ``writer``."""
 
     def __init__(
-        self, database_url: str, run_id: str, batch_size: int, writer: Writer, name: str
+        self,
+        database_url: str,
+        run_id: str,
+        batch_size: int,
+        writer: Writer,
+        name: str,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._database_url = database_url
         self._run_id = run_id
         self._batch_size = batch_size
         self._writer = writer
         self._name = name
-        self._conn: psycopg2.extensions.connection | None = None
+        self._retry_policy = retry_policy
+        self._conn: db.ResilientConnection | None = None
         self._buffer: list[T] = []
 
     def setup(self) -> None:
-        self._conn = db.connect(self._database_url)
+        self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
+        self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")
         self._flushes = Metrics.counter("write", f"{self._name}_flushes")
 
@@ -57,11 +66,9 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
         if not self._buffer:
             return
         assert self._conn is not None, "setup() opens the connection"
-        try:
-            written = self._writer(self._conn, self._buffer, self._run_id)
-        except Exception:
-            self._conn.rollback()
-            raise
+        rows, run_id, writer = self._buffer, self._run_id, self._writer
+        # One idempotent transaction: after a lost connection it is simply written again.
+        written = self._conn.run(f"writing {self._name}", lambda conn: writer(conn, rows, run_id))
         self._written.inc(written)
         self._flushes.inc()
         self._buffer = []
@@ -75,10 +82,16 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
 class WriteResults(beam.PTransform):
     """Stores results, at most one per activity."""
 
-    def __init__(self, database_url: str, run_id: str, batch_size: int = 5000) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        run_id: str,
+        batch_size: int = 5000,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn[EmissionResult](
-            database_url, run_id, batch_size, db.write_results, "results"
+            database_url, run_id, batch_size, db.write_results, "results", retry_policy
         )
 
     def expand(self, results: Any) -> Any:
@@ -88,10 +101,16 @@ class WriteResults(beam.PTransform):
 class WriteErrors(beam.PTransform):
     """Stores dead letters, once per activity and input."""
 
-    def __init__(self, database_url: str, run_id: str, batch_size: int = 5000) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        run_id: str,
+        batch_size: int = 5000,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn[ErrorRecord](
-            database_url, run_id, batch_size, db.write_errors, "errors"
+            database_url, run_id, batch_size, db.write_errors, "errors", retry_policy
         )
 
     def expand(self, errors: Any) -> Any:
