@@ -46,6 +46,8 @@ RESULTS_TABLE = "emission_results"
 ERRORS_TABLE = "emission_errors"
 FACTORS_TABLE = "emission_factors"
 RUNS_TABLE = "calculation_runs"
+#: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
+APPLICATION_NAME = "emissions-pipeline"
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EmissionResult))
 ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorRecord))
@@ -229,6 +231,7 @@ def make_engine(url: str, **kw: Any) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    kw.setdefault("connect_args", {}).setdefault("application_name", APPLICATION_NAME)
     return sa.create_engine(parsed, pool_pre_ping=True, **kw)
 
 
@@ -319,7 +322,7 @@ def connect(url: str) -> psycopg2.extensions.connection:
         "password": u.password,
         "host": u.host,
         "port": u.port,
-        "application_name": "emissions-pipeline",
+        "application_name": APPLICATION_NAME,
     }
     params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
     return psycopg2.connect(**{k: v for k, v in params.items() if v is not None})
@@ -701,3 +704,20 @@ def scrub(text: str, url: str | None) -> str:
     if password:
         text = text.replace(str(password), "***")
     return text
+
+
+# --- Connection budget ---------------------------------------------------------------------
+
+#: The run's own engine (bookkeeping and progress lines): ``pool_size=2, max_overflow=0``.
+DRIVER_CONNECTIONS = 2
+
+
+def connection_bound(activity_types: int, workers: int = 1) -> int:
+    """The most connections one run holds at once.
+
+    The driver's pool, and per worker: one per range reader (a ``ReadRange`` per activity
+    type), one per writer (results, errors), and one short-lived connection that plans key
+    ranges or reads the factors. Every DoFn opens its connection in ``setup`` and closes it in
+    ``teardown``; none opens one per element or per bundle.
+    """
+    return DRIVER_CONNECTIONS + workers * (activity_types + 2 + 1)

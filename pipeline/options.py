@@ -105,6 +105,18 @@ class EmissionsOptions(PipelineOptions):
             ),
         )
         parser.add_argument(
+            "--max-connections",
+            "--max_connections",
+            dest="max_connections",
+            type=int,
+            default=None,
+            help=(
+                "Refuse to start when the run could hold more database connections than this "
+                "at once (2 for the driver, plus per worker one per activity type, 2 writers "
+                "and 1 short-lived; 8 for one worker and all types). Default: no limit."
+            ),
+        )
+        parser.add_argument(
             "--progress-interval",
             "--progress_interval",
             dest="progress_interval",
@@ -127,6 +139,7 @@ class RunConfig:
     date_from: str | None
     date_to: str | None
     progress_interval: float
+    max_connections: int | None = None
     retry_policy: RetryPolicy = DEFAULT_POLICY
 
 
@@ -172,6 +185,8 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
         raise OptionsError(f"--date-from ({date_from}) must be before --date-to ({date_to})")
     if options.progress_interval < 0:
         raise OptionsError("--progress-interval must not be negative")
+    if options.max_connections is not None and options.max_connections < 1:
+        raise OptionsError(f"--max-connections must be at least 1, not {options.max_connections}")
     if options.retry_attempts < 1:
         raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
     if options.retry_base_delay < 0:
@@ -186,6 +201,7 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
         date_from=date_from,
         date_to=date_to,
         progress_interval=options.progress_interval,
+        max_connections=options.max_connections,
         retry_policy=RetryPolicy(
             attempts=options.retry_attempts,
             base_delay=options.retry_base_delay,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 import sqlalchemy as sa
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipeline import db, graph, retry
@@ -136,6 +137,22 @@ def summarise(
     }
 
 
+def check_connection_budget(options: PipelineOptions, config: RunConfig) -> int:
+    """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
+    workers = 1
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, "DirectRunner", "direct"):
+        workers = options.view_as(DirectOptions).direct_num_workers or (os.cpu_count() or 1)
+    bound = db.connection_bound(len(config.activity_types), workers)
+    if config.max_connections is not None and bound > config.max_connections:
+        raise OptionsError(
+            f"this run could hold up to {bound} database connections at once ({workers} "
+            f"worker(s), {len(config.activity_types)} activity type(s)), more than "
+            f"--max-connections {config.max_connections}: use fewer workers or activity types"
+        )
+    return bound
+
+
 def failure_message(error: BaseException) -> str:
     """One clear line for a failed run.
 
@@ -189,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = resolve_database_url(emissions.database_url)
         config = validate(emissions, url)
+        check_connection_budget(options, config)
     except OptionsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
