@@ -313,8 +313,11 @@ def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
 # --- Connections ---------------------------------------------------------------------------
 
 
-def connect(url: str) -> psycopg2.extensions.connection:
-    """A raw psycopg2 connection for the hot paths, from a SQLAlchemy-style URL."""
+def connect(url: str, **driver_options: Any) -> psycopg2.extensions.connection:
+    """A raw psycopg2 connection for the hot paths, from a SQLAlchemy-style URL.
+
+    ``driver_options`` go to ``psycopg2.connect`` (e.g. ``connection_factory``).
+    """
     u = sa.make_url(url)
     params: dict[str, Any] = {
         "dbname": u.database,
@@ -325,7 +328,8 @@ def connect(url: str) -> psycopg2.extensions.connection:
         "application_name": APPLICATION_NAME,
     }
     params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
-    return psycopg2.connect(**{k: v for k, v in params.items() if v is not None})
+    params = {k: v for k, v in params.items() if v is not None}
+    return psycopg2.connect(**params, **driver_options)
 
 
 class ResilientConnection:
