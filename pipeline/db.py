@@ -329,7 +329,31 @@ def connect(url: str, **driver_options: Any) -> psycopg2.extensions.connection:
     }
     params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
     params = {k: v for k, v in params.items() if v is not None}
-    return psycopg2.connect(**params, **driver_options)
+    conn = psycopg2.connect(**params, **driver_options)
+    psycopg2.extensions.register_type(_TOLERANT_DATE, conn)
+    return conn
+
+
+def _tolerant_date(value: str | None, cur: Any) -> Any:
+    """PostgreSQL dates as ``datetime.date``; those Python cannot hold, as their text.
+
+    A date BC or after 9999 would make psycopg2 raise while fetching, and one bad row would
+    stop every read of its range; ``infinity`` would silently become 9999-12-31. Passed on as
+    text instead, the calculation refuses them with a dead letter naming the value.
+    """
+    if value is None:
+        return None
+    if value in ("infinity", "-infinity"):
+        return value
+    try:
+        return psycopg2.extensions.DATE(value, cur)
+    except ValueError:
+        return value
+
+
+_TOLERANT_DATE = psycopg2.extensions.new_type(
+    psycopg2.extensions.DATE.values, "TOLERANT_DATE", _tolerant_date
+)
 
 
 class ResilientConnection:
