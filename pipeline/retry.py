@@ -45,6 +45,16 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 
 
+# Connection failures that no amount of waiting fixes: the server answered, and said no.
+PERMANENT_CONNECT_FAILURES = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "permission denied",
+)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently to retry: ``attempts`` tries in all, the waits between them
@@ -90,7 +100,10 @@ def is_transient(exc: BaseException) -> bool:
             if code is not None:
                 return code in TRANSIENT_SQLSTATES
             # No SQLSTATE: the failure happened on the client side of the connection (refused,
-            # reset, server closed it, connection already closed).
+            # reset, server closed it, connection already closed), unless the server refused
+            # the login itself (wrong password, unknown database or role).
+            if any(marker in str(current) for marker in PERMANENT_CONNECT_FAILURES):
+                return False
             return isinstance(current, psycopg2.OperationalError | psycopg2.InterfaceError)
         # SQLAlchemy wraps the driver's error in ``.orig``.
         orig = getattr(current, "orig", None)

@@ -38,6 +38,8 @@ def pg_error(cls: type[psycopg2.Error], code: str | None) -> psycopg2.Error:
         (pg_error(psycopg2.errors.QueryCanceled, "57014"), False),
         (pg_error(psycopg2.errors.UndefinedTable, "42P01"), False),
         (ValueError("a bug"), False),
+        (psycopg2.OperationalError('FATAL:  password authentication failed for user "a"'), False),
+        (psycopg2.OperationalError('FATAL:  database "nowhere" does not exist'), False),
     ],
 )
 def test_what_is_transient(error: BaseException, transient: bool) -> None:
