@@ -50,5 +50,6 @@ def test_sigkill_part_way_then_resume(make_database: Callable[..., str], tmp_pat
     assert committed + summary["total_processed"] + errors == COUNT
 
     check_every_activity_once(url, engine)  # one result or one error each; totals match SQL
+    print(f"\ncrash: killed with {committed} of {COUNT} committed; resumed, skipped {committed}")
     assert duplicate_counts(url) == (0, 0)
     engine.dispose()

@@ -112,6 +112,7 @@ def test_a_restart_while_writing_is_ridden_out(
     finally:
         run.kill()
     assert "retrying in" in run.stderr  # it did meet the outage
+    print(f"\nrestart ridden out with {run.stderr.count('retrying in')} retries")
     summary = run.summary()
     results, errors = check_once_each(url)
     assert summary["total_processed"] == results
@@ -139,6 +140,10 @@ def test_a_database_that_stays_down_fails_the_run_then_a_later_run_completes(
     assert "the database is unavailable" in run.stderr, run.stderr[-3000:]
     assert gave_up_after < 60  # bounded: 3 attempts, waits of at most 0.2 + 0.4 s each time
     committed = results_count(url)
+    failure = [line for line in run.stderr.splitlines() if line.startswith("error: run")]
+    print(
+        f"\noutage: gave up {gave_up_after:.1f} s after the stop; {committed} committed; {failure}"
+    )
     assert 300 <= committed < COUNT
 
     again = start_run(url, tmp_path, *RUN_ARGS, name="2")
