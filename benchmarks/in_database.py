@@ -17,16 +17,12 @@ from psycopg2.extras import execute_values
 #: ``{pending}`` is replaced by a filter that keeps only activities with no stored result.
 _SQL = """
 WITH
-factor AS (
-  SELECT DISTINCT ON (factor_set, key, year) factor_set, key, year, value
-  FROM emission_factors ORDER BY factor_set, key, year, id DESC
-),
 elec AS (
   SELECT a.id, a.quantity * u.kwh AS kwh, extract(year FROM a.activity_date)::int AS y,
          sr.key AS subregion, coalesce(rc.alpha3, cc.alpha3) AS iso3
   FROM electricity_activities a
   JOIN ref_units u ON u.unit = lower(trim(a.unit))
-  LEFT JOIN (SELECT DISTINCT key FROM factor WHERE factor_set = 'egrid_subregion') sr
+  LEFT JOIN (SELECT DISTINCT key FROM ref_factor_year WHERE factor_set = 'egrid_subregion') sr
          ON sr.key = upper(trim(a.region))
   LEFT JOIN ref_countries rc ON rc.code = upper(trim(a.region))
   LEFT JOIN ref_countries cc ON cc.code = upper(trim(a.country))
@@ -57,48 +53,72 @@ air AS (
                * power(sin(radians(d.lon - o.lon) / 2), 2))))) AS distance,
          CASE WHEN o.uk AND d.uk THEN 'domestic'
               WHEN NOT o.uk AND NOT d.uk THEN 'international'
-              ELSE (SELECT h.haul FROM ref_hauls h
-                    WHERE h.iso3 = CASE WHEN o.uk THEN d.iso3 ELSE o.iso3 END
-                      AND h.haul <> 'domestic') END AS haul
+              WHEN o.uk THEN nullif(hd.haul, 'domestic')
+              ELSE nullif(ho.haul, 'domestic') END AS haul
   FROM air_travel_activities a
   JOIN ref_airports o ON o.iata = upper(trim(a.origin))
   JOIN ref_airports d ON d.iata = upper(trim(a.destination))
+  LEFT JOIN ref_hauls ho ON ho.iso3 = o.iso3
+  LEFT JOIN ref_hauls hd ON hd.iso3 = d.iso3
   WHERE a.passengers >= 0 AND a.return_trip IS NOT NULL AND a.activity_date IS NOT NULL
     AND (a.distance_km IS NULL OR (a.distance_km >= 0 AND a.distance_km < 'Infinity'))
     {pending_a}
 )
 SELECT 'electricity' AS activity_type, e.id::text AS activity_id, e.kwh * f.value AS kg_co2e
 FROM elec_keyed e
-JOIN LATERAL (
-  SELECT value FROM factor f WHERE f.factor_set = e.fset AND f.key = e.fkey
-  ORDER BY CASE WHEN f.year = e.y THEN 0 WHEN f.year < e.y THEN 1 ELSE 2 END, abs(f.year - e.y)
-  LIMIT 1) f ON true
+JOIN ref_factor_year f ON f.factor_set = e.fset AND f.key = e.fkey AND f.year = {year_e}
 UNION ALL
 SELECT 'spend', s.id::text, s.amount * fx.value * (base.value / cpi.value) * sef.value
 FROM spend s
-JOIN factor sef ON sef.factor_set = 'epa_sef' AND sef.key = s.naics AND sef.year = 2022
-JOIN factor base ON base.factor_set = 'cpi_u' AND base.key = 'CUUR0000SA0' AND base.year = 2022
-JOIN LATERAL (
-  SELECT value FROM factor f WHERE f.factor_set = 'fx_usd' AND f.key = s.currency
-  ORDER BY CASE WHEN f.year = s.y THEN 0 WHEN f.year < s.y THEN 1 ELSE 2 END, abs(f.year - s.y)
-  LIMIT 1) fx ON true
-JOIN LATERAL (
-  SELECT value FROM factor f WHERE f.factor_set = 'cpi_u' AND f.key = 'CUUR0000SA0'
-  ORDER BY CASE WHEN f.year = s.y THEN 0 WHEN f.year < s.y THEN 1 ELSE 2 END, abs(f.year - s.y)
-  LIMIT 1) cpi ON true
+JOIN ref_factor_year sef ON sef.factor_set = 'epa_sef' AND sef.key = s.naics AND sef.year = 2022
+JOIN ref_factor_year base
+  ON base.factor_set = 'cpi_u' AND base.key = 'CUUR0000SA0' AND base.year = 2022
+JOIN ref_factor_year fx ON fx.factor_set = 'fx_usd' AND fx.key = s.currency AND fx.year = {year_s}
+JOIN ref_factor_year cpi
+  ON cpi.factor_set = 'cpi_u' AND cpi.key = 'CUUR0000SA0' AND cpi.year = {year_s}
 UNION ALL
 SELECT 'air_travel', t.id::text,
        t.distance * t.passengers * (CASE WHEN t.return_trip THEN 2 ELSE 1 END) * f.value
 FROM air t
-JOIN LATERAL (
-  SELECT value FROM factor f
-  WHERE f.factor_set = 'desnz_air'
-    AND f.key IN (t.haul || '|' || t.cabin || '|' || %(rf)s, t.haul || '|average|' || %(rf)s)
-  ORDER BY f.key = t.haul || '|' || t.cabin || '|' || %(rf)s DESC,
-           CASE WHEN f.year = t.y THEN 0 WHEN f.year < t.y THEN 1 ELSE 2 END, abs(f.year - t.y)
-  LIMIT 1) f ON true
-WHERE t.haul IS NOT NULL
-  AND t.cabin IN ('average', 'economy', 'premium_economy', 'business', 'first')
+JOIN ref_air_keys k ON k.haul = t.haul AND k.cabin = t.cabin AND k.rf = %(rf)s
+JOIN ref_factor_year f ON f.factor_set = 'desnz_air' AND f.key = k.key AND f.year = {year_a}
+"""
+
+#: Activity years are clamped to the span of the published factor years before the lookup:
+#: beyond it, the year rule picks the first or last year anyway.
+_YEAR_SPAN = "SELECT min(year), max(year) FROM emission_factors"
+
+#: For every factor set, key and year in YEARS, the row the year rule picks: the same year,
+#: else the nearest earlier, else the earliest later; the newest edition where several exist.
+_FACTOR_YEARS = """
+CREATE TEMP TABLE ref_factor_year AS
+WITH f AS (
+  SELECT DISTINCT ON (factor_set, key, year) factor_set, key, year, value
+  FROM emission_factors ORDER BY factor_set, key, year, id DESC
+)
+SELECT DISTINCT ON (k.factor_set, k.key, y.year) k.factor_set, k.key, y.year, f.value
+FROM (SELECT DISTINCT factor_set, key FROM f) k
+CROSS JOIN generate_series(%(first)s, %(last)s) AS y(year)
+JOIN f ON f.factor_set = k.factor_set AND f.key = k.key
+ORDER BY k.factor_set, k.key, y.year,
+         CASE WHEN f.year = y.year THEN 0 WHEN f.year < y.year THEN 1 ELSE 2 END,
+         abs(f.year - y.year);
+CREATE INDEX ON ref_factor_year (factor_set, key, year);
+ANALYZE ref_factor_year;
+"""
+
+#: DESNZ air keys per haul, cabin class and RF: the class's own row where DESNZ publishes it,
+#: else the haul's average row.
+_AIR_KEYS = """
+CREATE TEMP TABLE ref_air_keys AS
+SELECT h.haul, c.cabin, r.rf,
+       CASE WHEN EXISTS (SELECT 1 FROM ref_factor_year f WHERE f.factor_set = 'desnz_air'
+                         AND f.key = h.haul || '|' || c.cabin || '|' || r.rf)
+            THEN h.haul || '|' || c.cabin || '|' || r.rf
+            ELSE h.haul || '|average|' || r.rf END AS key
+FROM (VALUES ('domestic'), ('short-haul'), ('long-haul'), ('international')) h(haul)
+CROSS JOIN (VALUES ('average'), ('economy'), ('premium_economy'), ('business'), ('first')) c(cabin)
+CROSS JOIN (VALUES ('rf'), ('no_rf')) r(rf);
 """
 
 _PENDING = (
@@ -107,9 +127,16 @@ _PENDING = (
 )
 
 
+def _clamped(alias: str) -> str:
+    return f"greatest(%(first)s, least(%(last)s, {alias}.y))"
+
+
 def reference_query(pending_only: bool = False) -> str:
     """The SELECT; with ``pending_only``, activities that already have a result are left out."""
     fill = {
+        "year_e": _clamped("e"),
+        "year_s": _clamped("s"),
+        "year_a": _clamped("t"),
         "pending_e": _PENDING.format(t="electricity") if pending_only else "",
         "pending_s": _PENDING.format(t="spend") if pending_only else "",
         "pending_a": _PENDING.format(t="air_travel") if pending_only else "",
@@ -118,7 +145,8 @@ def reference_query(pending_only: bool = False) -> str:
 
 
 def load_reference_tables(conn: psycopg2.extensions.connection) -> None:
-    """Temporary tables of units, countries, airports and hauls for this session."""
+    """Temporary reference tables for this session: units, countries, airports, hauls, and
+    the factor row in force for every set, key and year."""
     import airportsdata
     import pycountry
 
@@ -150,16 +178,24 @@ def load_reference_tables(conn: psycopg2.extensions.connection) -> None:
         execute_values(
             cur, "INSERT INTO ref_hauls VALUES %s", list(load_haul_definitions().items())
         )
+        cur.execute(_FACTOR_YEARS, _year_span(cur))
+        cur.execute(_AIR_KEYS)
         cur.execute("ANALYZE ref_units; ANALYZE ref_countries; ANALYZE ref_airports;")
     conn.commit()
+
+
+def _year_span(cur: psycopg2.extensions.cursor) -> dict[str, int]:
+    cur.execute(_YEAR_SPAN)
+    first, last = cur.fetchone()
+    return {"first": int(first), "last": int(last)}
 
 
 def reference_results(
     conn: psycopg2.extensions.connection, radiative_forcing: bool = True
 ) -> dict[tuple[str, str], float]:
     """(activity_type, activity_id) → kg CO2e, computed in the database."""
-    params: dict[str, Any] = {"rf": "rf" if radiative_forcing else "no_rf"}
     with conn.cursor() as cur:
+        params: dict[str, Any] = {"rf": "rf" if radiative_forcing else "no_rf", **_year_span(cur)}
         cur.execute(reference_query(), params)
         rows = cur.fetchall()
     conn.commit()

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--kind", choices=sorted(FACTOR_PARSERS), required=True)
     load.add_argument("--file", required=True, help="the CSV, in the shipped file's layout")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
     url = resolve_database_url(args.database_url)
     engine = db.make_engine(url)
     if args.command == "load-factors":

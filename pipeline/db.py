@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
@@ -49,7 +52,21 @@ RUNS_TABLE = "calculation_runs"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 APPLICATION_NAME = "emissions-pipeline"
 
-RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EmissionResult))
+#: What a result row describes of its factor row, which ``factor_id`` points at; stored once,
+#: in ``emission_factors``, and joined back by the ``emission_results_explained`` view.
+FACTOR_DESCRIPTION = (
+    "factor_set",
+    "factor_key",
+    "factor_year",
+    "factor_unit",
+    "factor_source",
+    "factor_edition",
+    "gwp_set",
+)
+RESULT_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(EmissionResult) if f.name not in FACTOR_DESCRIPTION
+)
+EXPLAINED_VIEW = "emission_results_explained"
 ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorRecord))
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -135,9 +152,8 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.CheckConstraint("value >= 0", name="ck_factor_value_non_negative"),
     )
     result_cols: list[Any] = [
-        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("activity_type", sa.Text, nullable=False),
-        activity_id("activity_id", nullable=False),
+        sa.Column("activity_type", sa.Text, primary_key=True),
+        activity_id("activity_id", primary_key=True),
         sa.Column("scope", sa.SmallInteger, nullable=False),
         sa.Column("category", sa.SmallInteger),
         sa.Column("kg_co2e", sa.Float(53), nullable=False),
@@ -147,15 +163,8 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("method", sa.Text, nullable=False),
         sa.Column("activity_amount", sa.Float(53), nullable=False),
         sa.Column("activity_unit", sa.Text, nullable=False),
-        sa.Column("factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
-        sa.Column("factor_set", sa.Text, nullable=False),
-        sa.Column("factor_key", sa.Text, nullable=False),
-        sa.Column("factor_year", sa.Integer, nullable=False),
+        sa.Column("factor_id", sa.BigInteger, nullable=False),
         sa.Column("factor_value", sa.Float(53), nullable=False),
-        sa.Column("factor_unit", sa.Text, nullable=False),
-        sa.Column("factor_source", sa.Text, nullable=False),
-        sa.Column("factor_edition", sa.Text, nullable=False),
-        sa.Column("gwp_set", sa.Text),
         sa.Column("basis", sa.Text),
         sa.Column("region_level", sa.Text),
         sa.Column("fallback", sa.Text),
@@ -166,16 +175,17 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("cabin_class", sa.Text),
         sa.Column("radiative_forcing", sa.Boolean),
         sa.Column("exchange_rate", sa.Float(53)),
-        sa.Column("fx_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("fx_factor_id", sa.BigInteger),
         sa.Column("cpi_deflator", sa.Float(53)),
-        sa.Column("cpi_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
-        sa.Column("cpi_base_factor_id", sa.BigInteger, sa.ForeignKey(f"{FACTORS_TABLE}.id")),
+        sa.Column("cpi_factor_id", sa.BigInteger),
+        sa.Column("cpi_base_factor_id", sa.BigInteger),
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
-        sa.UniqueConstraint("activity_type", "activity_id", name="uq_result_activity"),
     ]
+    # One row per activity: the primary key is what makes every write idempotent. The factor
+    # ids are not foreign keys: factor rows are never deleted (the table is append-only), and
+    # four per-row constraint triggers would cost more than the rest of the insert together.
     sa.Table(RESULTS_TABLE, md, *result_cols)
-    sa.Index("ix_results_run", md.tables[RESULTS_TABLE].c.run_id)
     sa.Table(
         ERRORS_TABLE,
         md,
@@ -250,6 +260,19 @@ def detect_id_type(engine: sa.Engine) -> IdType | None:
     return "uuid" if found == "uuid" else "bigint"
 
 
+def detect_id_type_of(conn: psycopg2.extensions.connection, activity_type: ActivityType) -> IdType:
+    """The key type of one activity table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = %s AND column_name = 'id'",
+            (ACTIVITY_TABLES[activity_type],),
+        )
+        found = cur.fetchone()
+    conn.commit()
+    return "uuid" if found is not None and found[0] == "uuid" else "bigint"
+
+
 def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
     """Create every table that is missing; safe to run twice. Returns the schema's id type."""
     existing = detect_id_type(engine)
@@ -263,7 +286,27 @@ def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
         # One creator at a time: two runs starting together must not race on CREATE TABLE.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7355608)"))
         md.create_all(conn, checkfirst=True)
+        # Only when missing, like the tables: replacing a view needs its owner, and a run may
+        # use a role that can only read and write the tables.
+        if conn.execute(sa.text("SELECT to_regclass(:v)"), {"v": EXPLAINED_VIEW}).scalar() is None:
+            conn.execute(sa.text(_EXPLAINED_VIEW_SQL))
     return chosen
+
+
+#: Results with their factor's description, and the source and edition of every series used.
+_EXPLAINED_VIEW_SQL = f"""
+CREATE OR REPLACE VIEW {EXPLAINED_VIEW} AS
+SELECT r.*,
+       f.factor_set, f.key AS factor_key, f.year AS factor_year, f.unit AS factor_unit,
+       f.source AS factor_source, f.edition AS factor_edition, f.gwp_set,
+       fx.source AS fx_source, fx.edition AS fx_edition, fx.year AS fx_year,
+       cpi.year AS cpi_year, cpi.value AS cpi_value, base.value AS cpi_base_value
+FROM {RESULTS_TABLE} r
+JOIN {FACTORS_TABLE} f ON f.id = r.factor_id
+LEFT JOIN {FACTORS_TABLE} fx ON fx.id = r.fx_factor_id
+LEFT JOIN {FACTORS_TABLE} cpi ON cpi.id = r.cpi_factor_id
+LEFT JOIN {FACTORS_TABLE} base ON base.id = r.cpi_base_factor_id
+"""
 
 
 # --- Factors -------------------------------------------------------------------------------
@@ -329,31 +372,7 @@ def connect(url: str, **driver_options: Any) -> psycopg2.extensions.connection:
     }
     params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
     params = {k: v for k, v in params.items() if v is not None}
-    conn = psycopg2.connect(**params, **driver_options)
-    psycopg2.extensions.register_type(_TOLERANT_DATE, conn)
-    return conn
-
-
-def _tolerant_date(value: str | None, cur: Any) -> Any:
-    """PostgreSQL dates as ``datetime.date``; those Python cannot hold, as their text.
-
-    A date BC or after 9999 would make psycopg2 raise while fetching, and one bad row would
-    stop every read of its range; ``infinity`` would silently become 9999-12-31. Passed on as
-    text instead, the calculation refuses them with a dead letter naming the value.
-    """
-    if value is None:
-        return None
-    if value in ("infinity", "-infinity"):
-        return value
-    try:
-        return psycopg2.extensions.DATE(value, cur)
-    except ValueError:
-        return value
-
-
-_TOLERANT_DATE = psycopg2.extensions.new_type(
-    psycopg2.extensions.DATE.values, "TOLERANT_DATE", _tolerant_date
-)
+    return psycopg2.connect(**params, **driver_options)
 
 
 class ResilientConnection:
@@ -451,13 +470,10 @@ def pending_query(
     date_from: str | None = None,
     date_to: str | None = None,
     count_only: bool = False,
-    after: Any = None,
-    limit: int | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The anti-join that reads one key range of pending activities (no result yet).
 
-    Integer bounds are compared as ``bigint``, text bounds as ``uuid``. With ``limit``, one
-    page in key order of the rows after key ``after`` (keyset paging, never OFFSET).
+    Integer bounds are compared as ``bigint``, text bounds as ``uuid``.
     """
     table = sql.Identifier(ACTIVITY_TABLES[activity_type])
     conditions = [
@@ -473,9 +489,6 @@ def pending_query(
     if end is not None:
         conditions.append(sql.SQL("a.id < %(end)s") + _key_cast(end))
         params["end"] = str(end)
-    if after is not None:
-        conditions.append(sql.SQL("a.id > %(after)s") + _key_cast(after))
-        params["after"] = str(after)
     if date_from is not None:
         conditions.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
         params["date_from"] = date_from
@@ -491,56 +504,77 @@ def pending_query(
     query = sql.SQL("SELECT {select} FROM {table} a WHERE {where}").format(
         select=select, table=table, where=sql.SQL(" AND ").join(conditions)
     )
-    if limit is not None:
-        query = query + sql.SQL(" ORDER BY a.id LIMIT %(limit)s")
-        params["limit"] = limit
     return query, params
 
 
-def read_pending_page(
+def read_pending_table(
     conn: psycopg2.extensions.connection,
     activity_type: ActivityType,
     start: Any,
     end: Any,
-    after: Any = None,
-    limit: int = 10_000,
+    schema: pa.Schema,
     date_from: str | None = None,
     date_to: str | None = None,
-) -> list[tuple[Any, ...]]:
-    """Up to ``limit`` pending rows of one key range with keys above ``after``, in key order.
+) -> pa.Table:
+    """The pending rows of one key range as an Arrow table, in one ``COPY … TO STDOUT``.
 
-    One short transaction per page, so that a page is the unit to retry after a lost
-    connection: a range read resumes after the last key it has already passed on.
+    ``schema`` gives the columns' Arrow types (``activity_date`` as ISO text). An unquoted
+    empty field is NULL and a quoted one the empty string, as PostgreSQL writes them.
     """
-    query, params = pending_query(
-        activity_type, start, end, date_from, date_to, after=after, limit=limit
-    )
+    query, params = pending_query(activity_type, start, end, date_from, date_to)
+    buf = io.BytesIO()
     with conn.cursor() as cur:
-        cur.execute(query, params)
-        rows = cur.fetchall()
+        copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
+        cur.copy_expert(cur.mogrify(copy, params).decode(), buf)
     conn.commit()
-    return rows
+    if buf.tell() == 0:
+        return schema.empty_table()
+    buf.seek(0)
+    return pa_csv.read_csv(
+        buf,
+        read_options=pa_csv.ReadOptions(column_names=schema.names, block_size=1 << 24),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=schema,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
 
 
-def read_pending(
-    conn: psycopg2.extensions.connection,
-    activity_type: ActivityType,
-    start: Any,
-    end: Any,
-    date_from: str | None = None,
-    date_to: str | None = None,
-    fetch_size: int = 10_000,
-) -> Iterator[tuple[Any, ...]]:
-    """Stream the pending rows of one key range, a keyset page at a time."""
-    after = None
-    while True:
-        page = read_pending_page(
-            conn, activity_type, start, end, after, fetch_size, date_from, date_to
+def count_rows(conn: psycopg2.extensions.connection, activity_type: ActivityType) -> int:
+    """The number of rows in an activity table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(ACTIVITY_TABLES[activity_type])
+            )
         )
-        yield from page
-        if len(page) < fetch_size:
-            return
-        after = page[-1][0]
+        (count,) = cur.fetchone()
+    conn.commit()
+    return int(count)
+
+
+def key_cuts(
+    conn: psycopg2.extensions.connection, activity_type: ActivityType, step: int
+) -> list[Any]:
+    """Every ``step``-th id in key order after the first, from one ordered index scan: ranges
+    between consecutive cuts hold ``step`` rows however the keys are spread."""
+    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM {}) s "
+                "WHERE rn > 1 AND rn %% %s = 1 ORDER BY rn"
+            ).format(table),
+            (step,),
+        )
+        cuts = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    return cuts
 
 
 # --- Bulk writes ---------------------------------------------------------------------------
@@ -582,8 +616,39 @@ def _staged_insert(
     conflict: sql.Composable,
 ) -> int:
     """COPY rows into a temporary staging table, then insert what is new; one transaction."""
-    staging = sql.Identifier(f"staging_{table}")
+    return _staged_copy(conn, table, columns, copy_buffer(rows), conflict)
+
+
+def _staged_copy(
+    conn: psycopg2.extensions.connection,
+    table: str,
+    columns: Sequence[str],
+    csv_data: io.StringIO | io.BytesIO,
+    conflict: sql.Composable,
+) -> int:
+    """Insert the CSV rows that are new, in one transaction; returns how many were written.
+
+    First, optimistically, one ``COPY`` straight into the table: when every row is new (the
+    usual case: rows were read as pending just before) that is all. If a row already exists
+    (a retried bundle, a concurrent run), the unique key refuses the whole COPY, nothing of it
+    is kept, and the rows go through a staging table and ``INSERT … ON CONFLICT DO NOTHING``.
+    """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    try:
+        with conn.cursor() as cur:
+            cur.copy_expert(
+                sql.SQL("COPY {t} ({c}) FROM STDIN WITH (FORMAT csv)").format(
+                    t=sql.Identifier(table), c=cols
+                ),
+                csv_data,
+            )
+            written = cur.rowcount
+        conn.commit()
+        return written
+    except psycopg2.errors.UniqueViolation:
+        conn.rollback()
+    csv_data.seek(0)
+    staging = sql.Identifier(f"staging_{table}")
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
@@ -593,7 +658,7 @@ def _staged_insert(
         )
         cur.copy_expert(
             sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT csv)").format(s=staging, c=cols),
-            copy_buffer(rows),
+            csv_data,
         )
         cur.execute(
             sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING").format(
@@ -610,9 +675,24 @@ def write_results(
 ) -> int:
     """Insert results not already stored (unique per activity). Returns rows written."""
     columns = RESULT_COLUMNS + ("run_id",)
-    rows = [dataclasses.astuple(r) + (run_id,) for r in results]
+    rows = [tuple(getattr(r, c) for c in RESULT_COLUMNS) + (run_id,) for r in results]
     conflict = sql.SQL("(activity_type, activity_id)")
     return _staged_insert(conn, RESULTS_TABLE, columns, rows, conflict)
+
+
+def write_results_table(
+    conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
+) -> int:
+    """Insert a results table (``result_schema``) not already stored. Returns rows written."""
+    columns = RESULT_COLUMNS + ("run_id",)
+    table = results.select(list(RESULT_COLUMNS)).append_column(
+        "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
+    )
+    buf = io.BytesIO()
+    pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False))
+    buf.seek(0)
+    conflict = sql.SQL("(activity_type, activity_id)")
+    return _staged_copy(conn, RESULTS_TABLE, columns, buf, conflict)
 
 
 def error_hash(error: ErrorRecord) -> str:
@@ -743,9 +823,9 @@ DRIVER_CONNECTIONS = 2
 def connection_bound(activity_types: int, workers: int = 1) -> int:
     """The most connections one run holds at once.
 
-    The driver's pool, and per worker: one per range reader (a ``ReadRange`` per activity
-    type), one per writer (results, errors), and one short-lived connection that plans key
+    The driver's pool, and per worker and activity type: one range reader and two writers
+    (results, errors), each its own DoFn; plus one short-lived connection that plans key
     ranges or reads the factors. Every DoFn opens its connection in ``setup`` and closes it in
     ``teardown``; none opens one per element or per bundle.
     """
-    return DRIVER_CONNECTIONS + workers * (activity_types + 2 + 1)
+    return DRIVER_CONNECTIONS + workers * (3 * activity_types + 1)

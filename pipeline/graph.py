@@ -15,36 +15,36 @@ from transforms.write import WriteErrors, WriteResults
 def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
     """Adds the calculation to ``p``: per activity type, read pending → calculate → write.
 
-    Returns the PCollections of results and errors (useful to tests).
+    Returns each type's calculation outputs (``results`` tables and ``errors``), for tests.
     """
     factors = (
         p
         | "Factors" >> beam.Create([None])
         | "ReadFactors" >> beam.ParDo(ReadFactorsFn(config.database_url, config.retry_policy))
     )
-    results = []
-    errors = []
+    outputs: dict[str, Any] = {}
+    # One branch per type, each ending in its own writes: a branch fuses into one stage after
+    # its Reshuffle, so tables stream from the read to the write instead of being collected.
     for activity_type in config.activity_types:
         label = "".join(part.title() for part in activity_type.split("_"))
         activities = p | f"ReadPending{label}" >> ReadPendingActivities(
             config.database_url,
             activity_type,
-            config.partitions,
-            config.date_from,
-            config.date_to,
-            config.retry_policy,
+            partitions=config.partitions,
+            rows_per_range=config.rows_per_range,
+            planner=config.range_planner,
+            date_from=config.date_from,
+            date_to=config.date_to,
+            retry_policy=config.retry_policy,
         )
-        outputs = activities | f"Calculate{label}" >> CalculateEmissions(
+        calculated = activities | f"Calculate{label}" >> CalculateEmissions(
             activity_type, factors, config.radiative_forcing
         )
-        results.append(outputs.results)
-        errors.append(outputs[ERRORS])
-    all_results = results | "FlattenResults" >> beam.Flatten()
-    all_errors = errors | "FlattenErrors" >> beam.Flatten()
-    all_results | "WriteResults" >> WriteResults(
-        config.database_url, config.run_id, config.write_batch_size, config.retry_policy
-    )
-    all_errors | "WriteErrors" >> WriteErrors(
-        config.database_url, config.run_id, config.write_batch_size, config.retry_policy
-    )
-    return {"results": all_results, "errors": all_errors}
+        calculated.results | f"WriteResults{label}" >> WriteResults(
+            config.database_url, config.run_id, config.write_batch_size, config.retry_policy
+        )
+        calculated[ERRORS] | f"WriteErrors{label}" >> WriteErrors(
+            config.database_url, config.run_id, config.write_batch_size, config.retry_policy
+        )
+        outputs[activity_type] = calculated
+    return outputs

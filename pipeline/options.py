@@ -7,6 +7,7 @@ import datetime
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -50,15 +51,33 @@ class EmissionsOptions(PipelineOptions):
             "--partitions",
             type=int,
             default=8,
-            help="Key ranges read in parallel per activity table (default: 8).",
+            help="Fewest key ranges per activity table (default: 8); more when the table "
+            "holds more than --partitions × --rows-per-range rows.",
+        )
+        parser.add_argument(
+            "--rows-per-range",
+            "--rows_per_range",
+            dest="rows_per_range",
+            type=int,
+            default=50_000,
+            help="Most rows one read range holds; bounds memory per worker (default: 50000).",
+        )
+        parser.add_argument(
+            "--range-planner",
+            "--range_planner",
+            dest="range_planner",
+            choices=["rows", "bounds"],
+            default="rows",
+            help="rows: equal row counts per range, however keys are spread (default); "
+            "bounds: --partitions equal slices of the key span.",
         )
         parser.add_argument(
             "--write-batch-size",
             "--write_batch_size",
             dest="write_batch_size",
             type=int,
-            default=5000,
-            help="Rows per bulk write transaction (default: 5000).",
+            default=50_000,
+            help="Rows per bulk write transaction (default: 50000).",
         )
         parser.add_argument(
             "--no-radiative-forcing",
@@ -112,8 +131,9 @@ class EmissionsOptions(PipelineOptions):
             default=None,
             help=(
                 "Refuse to start when the run could hold more database connections than this "
-                "at once (2 for the driver, plus per worker one per activity type, 2 writers "
-                "and 1 short-lived; 8 for one worker and all types). Default: no limit."
+                "at once (2 for the driver, plus per worker 3 per activity type (a reader, "
+                "2 writers) and 1 short-lived; 12 for one worker and all types). "
+                "Default: no limit."
             ),
         )
         parser.add_argument(
@@ -134,6 +154,8 @@ class RunConfig:
     run_id: str
     activity_types: tuple[ActivityType, ...]
     partitions: int
+    rows_per_range: int
+    range_planner: Literal["rows", "bounds"]
     write_batch_size: int
     radiative_forcing: bool
     date_from: str | None
@@ -177,6 +199,8 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
         )
     if options.partitions < 1:
         raise OptionsError(f"--partitions must be at least 1, not {options.partitions}")
+    if options.rows_per_range < 1:
+        raise OptionsError(f"--rows-per-range must be at least 1, not {options.rows_per_range}")
     if options.write_batch_size < 1:
         raise OptionsError(f"--write-batch-size must be at least 1, not {options.write_batch_size}")
     date_from = _check_date("date-from", options.date_from)
@@ -196,6 +220,8 @@ def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
         run_id=run_id,
         activity_types=types,
         partitions=options.partitions,
+        rows_per_range=options.rows_per_range,
+        range_planner=options.range_planner,
         write_batch_size=options.write_batch_size,
         radiative_forcing=options.radiative_forcing,
         date_from=date_from,

@@ -59,3 +59,21 @@ def plan_uuid_ranges(activity_type: ActivityType, partitions: int) -> list[KeyRa
     starts: list[Key] = [None, *cuts]
     ends: list[Key] = [*cuts, None]
     return [KeyRange(activity_type, s, e) for s, e in zip(starts, ends, strict=True)]
+
+
+def ranges_needed(rows: int, rows_per_range: int, partitions: int) -> int:
+    """How many ranges a table of ``rows`` rows is read in: at least ``partitions``, and enough
+    that none holds more than ``rows_per_range`` (so memory does not grow with the table), but
+    never more than there are rows."""
+    if rows_per_range < 1 or partitions < 1:
+        raise ValueError("rows_per_range and partitions must be at least 1")
+    if rows <= 0:
+        return 0
+    return min(rows, max(partitions, -(-rows // rows_per_range)))
+
+
+def plan_from_cuts(activity_type: ActivityType, cuts: list[Key]) -> list[KeyRange]:
+    """Ranges between sorted, distinct cut points (ids from the table in key order)."""
+    starts: list[Key] = [None, *cuts]
+    ends: list[Key] = [*cuts, None]
+    return [KeyRange(activity_type, s, e) for s, e in zip(starts, ends, strict=True)]

@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print_help()
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
     started = time.monotonic()
     options = PipelineOptions(args)
     emissions = options.view_as(EmissionsOptions)

@@ -8,6 +8,7 @@ never see each other's rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from psycopg2 import sql
 from pipeline import db
 from pipeline.admin import initialise
 from pipeline.embedded import server_url
+from pipeline.factors import load_shipped_factors
+from pipeline.methodology import FactorBook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +32,13 @@ def _admin_connect(url: str) -> psycopg2.extensions.connection:
     conn = db.connect(url)
     conn.autocommit = True
     return conn
+
+
+@pytest.fixture(scope="session")
+def book() -> FactorBook:
+    """The shipped factors, with ids as the database would give them."""
+    rows = load_shipped_factors()
+    return FactorBook.from_rows(dataclasses.replace(r, id=i + 1) for i, r in enumerate(rows))
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,12 @@ class MarkingCursor(psycopg2.extensions.cursor):
             self.connection.writes_results = True
         super().execute(query, vars)
 
+    def copy_expert(self, query: Any, file: Any, size: int = 8192) -> None:
+        text = query.as_string(self) if isinstance(query, sql.Composable) else str(query)
+        if text.startswith("COPY") and db.RESULTS_TABLE in text and "FROM STDIN" in text:
+            self.connection.writes_results = True
+        super().copy_expert(query, file, size)
+
 
 class FlakyConnection(psycopg2.extensions.connection):
     writes_results = False

@@ -121,6 +121,6 @@ def test_a_run_that_could_exceed_the_connection_maximum_does_not_start(
     argv = ["--database-url", database_url, "--progress-interval", "0"]
     assert run.main([*argv, "--max-connections", "4"]) == 2
     assert "more than --max-connections 4" in capsys.readouterr().err
-    two_workers = ["--direct_num_workers", "2", "--max-connections", "10"]
-    assert run.main([*argv, *two_workers]) == 2  # 2 + 2 × 6 = 14
-    assert "up to 14 database connections" in capsys.readouterr().err
+    two_workers = ["--direct_num_workers", "2", "--max-connections", "20"]
+    assert run.main([*argv, *two_workers]) == 2  # 2 + 2 × (3 × 3 + 1) = 22
+    assert "up to 22 database connections" in capsys.readouterr().err

@@ -8,14 +8,18 @@ import random
 import uuid
 from collections.abc import Callable
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
 from pipeline import db
 from pipeline.factors import load_shipped_factors
+from pipeline.methodology.batch import activity_schema
 from pipeline.model import ErrorRecord
 from pipeline.ranges import plan_int_ranges, plan_uuid_ranges
 from tests.factories import RUN, result_for
+
+INT64 = pa.int64()
 
 
 def insert_electricity(engine: sa.Engine, ids: list[int] | list[str]) -> None:
@@ -39,12 +43,16 @@ def insert_electricity(engine: sa.Engine, ids: list[int] | list[str]) -> None:
             )
 
 
-def read_all(url: str, ranges: list) -> list:
+def read_all(url: str, ranges: list, id_type: pa.DataType = INT64) -> list:
+    """Every id read by the range reads of ``ranges``, in order."""
+    schema = activity_schema("electricity", id_type)
     conn = db.connect(url)
     try:
-        return [
-            row[0] for r in ranges for row in db.read_pending(conn, r.activity_type, r.start, r.end)
-        ]
+        ids: list = []
+        for r in ranges:
+            table = db.read_pending_table(conn, r.activity_type, r.start, r.end, schema)
+            ids += table.column("id").to_pylist()
+        return ids
     finally:
         conn.close()
 
@@ -95,7 +103,7 @@ def test_uuid_keys_are_read_exactly_once(make_database: Callable[..., str]) -> N
         db.write_results(conn, [result_for(i) for i in ids[:100]], RUN)
     finally:
         conn.close()
-    read = read_all(url, plan_uuid_ranges("electricity", 5))
+    read = read_all(url, plan_uuid_ranges("electricity", 5), pa.string())
     assert sorted(read) == sorted(ids[100:])
     engine.dispose()
 

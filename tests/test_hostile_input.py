@@ -214,7 +214,7 @@ def fetch(url: str, query: str) -> list[tuple[Any, ...]]:
 
 RESULT_VIEW = (
     "SELECT activity_type, activity_id::text, kg_co2e, kg_co2, kg_ch4_co2e, kg_n2o_co2e, "
-    "activity_amount, factor_set, factor_key, factor_year, factor_value, fallback, "
+    "activity_amount, factor_id, factor_value, fallback, "
     "year_mismatch, class_substituted, distance_km, haul, exchange_rate, cpi_deflator "
     "FROM emission_results"
 )

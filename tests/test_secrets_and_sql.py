@@ -18,11 +18,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
 from pipeline import db, retry
+from pipeline.methodology.batch import activity_schema
 from pipeline.seed import seed
 from tests.support import ROOT, start_run
 
@@ -226,10 +228,12 @@ def test_a_hostile_value_is_data_not_sql(database_url: str, engine: sa.Engine) -
         )
     conn2: psycopg2.extensions.connection = db.connect(database_url)
     try:
-        rows = db.read_pending_page(conn2, "spend", None, None)
+        table = db.read_pending_table(
+            conn2, "spend", None, None, activity_schema("spend", pa.int64())
+        )
     finally:
         conn2.close()
-    assert rows[0][2] == hostile
+    assert table.column("currency").to_pylist() == [hostile]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM emission_results")).scalar() == 0
 

@@ -13,21 +13,21 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import db
-from pipeline.factors import load_shipped_factors
 from pipeline.methodology import FactorBook, calculate
+from pipeline.methodology.batch import (
+    activities_table,
+    calculate_batch,
+    input_repr,
+    results_from_table,
+)
 from pipeline.model import AirTravelActivity, ElectricityActivity, ErrorRecord, SpendActivity
 from tests.factories import result_for
-from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn, input_repr
+from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn
 from transforms.read import ReadPendingActivities
 from transforms.write import WriteErrors, WriteResults
 
 RUN = "00000000-0000-4000-8000-0000000000aa"
 D = datetime.date(2023, 6, 1)
-
-
-@pytest.fixture(scope="module")
-def book() -> FactorBook:
-    return FactorBook.from_rows(load_shipped_factors())
 
 
 def pipeline() -> BeamTestPipeline:
@@ -39,27 +39,34 @@ BAD = ElectricityActivity(2, None, "kWh", "CAMX", None, D)
 FLIGHT = AirTravelActivity(3, "LHR", "JFK", "business", 1, True, datetime.date(2025, 3, 1))
 
 
-def test_calculate_fn_yields_a_result_for_good_input(book: FactorBook) -> None:
-    fn = CalculateFn("electricity")
+def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, list]:
+    """Calls the DoFn directly on one table; returns (results, dead letters)."""
     fn.setup()
-    (out,) = list(fn.process(GOOD, book))
-    assert out == calculate(GOOD, book)
-    assert out.kg_co2e == pytest.approx(1000 * 429.983 * 0.45359237 / 1000, rel=1e-12)
+    table = activities_table(fn._activity_type, activities)
+    results: list = []
+    errors: list = []
+    for out in fn.process(table, book):
+        if isinstance(out, pvalue.TaggedOutput):
+            assert out.tag == ERRORS
+            errors.append(out.value)
+        else:
+            results += results_from_table(out)
+    return results, errors
 
 
-def test_calculate_fn_sends_bad_input_to_the_errors_output(book: FactorBook) -> None:
-    fn = CalculateFn("electricity")
-    fn.setup()
-    (out,) = list(fn.process(BAD, book))
-    assert isinstance(out, pvalue.TaggedOutput)
-    assert out.tag == ERRORS
-    assert out.value == ErrorRecord(
-        "electricity",
-        2,
-        "missing_quantity",
-        "The electricity quantity is missing (NULL); it is not 0.",
-        input_repr(BAD),
-    )
+def test_calculate_fn_yields_results_and_dead_letters(book: FactorBook) -> None:
+    results, errors = run_fn(CalculateFn("electricity"), [GOOD, BAD], book)
+    assert results == [calculate(GOOD, book)]
+    assert results[0].kg_co2e == pytest.approx(1000 * 429.983 * 0.45359237 / 1000, rel=1e-12)
+    assert errors == [
+        ErrorRecord(
+            "electricity",
+            2,
+            "missing_quantity",
+            "The electricity quantity is missing (NULL); it is not 0.",
+            input_repr(BAD),
+        )
+    ]
 
 
 def test_calculate_fn_turns_an_unexpected_failure_into_a_dead_letter(
@@ -68,25 +75,17 @@ def test_calculate_fn_turns_an_unexpected_failure_into_a_dead_letter(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("transforms.calculate.calculate", broken)
-    fn = CalculateFn("electricity")
-    fn.setup()
-    (out,) = list(fn.process(GOOD, book))
-    assert isinstance(out, pvalue.TaggedOutput)
-    assert (out.value.activity_id, out.value.reason_code, out.value.reason) == (
-        1,
-        "calculation_failed",
-        "the calculation failed unexpectedly: RuntimeError: boom",
-    )
+    monkeypatch.setattr("pipeline.methodology.batch.calculate", broken)
+    results, errors = run_fn(CalculateFn("electricity"), [GOOD], book)
+    assert results == []
+    assert [(e.activity_id, e.reason_code, e.reason) for e in errors] == [
+        (1, "calculation_failed", "the calculation failed unexpectedly: RuntimeError: boom")
+    ]
 
 
 def test_radiative_forcing_option_reaches_the_calculation(book: FactorBook) -> None:
-    with_rf = CalculateFn("air_travel", radiative_forcing=True)
-    without = CalculateFn("air_travel", radiative_forcing=False)
-    with_rf.setup()
-    without.setup()
-    (a,) = list(with_rf.process(FLIGHT, book))
-    (b,) = list(without.process(FLIGHT, book))
+    (a,), _ = run_fn(CalculateFn("air_travel", radiative_forcing=True), [FLIGHT], book)
+    (b,), _ = run_fn(CalculateFn("air_travel", radiative_forcing=False), [FLIGHT], book)
     assert (a.factor_key, b.factor_key) == ("long-haul|business|rf", "long-haul|business|no_rf")
     assert a.factor_value == 0.3394 and b.factor_value == 0.20083
 
@@ -97,8 +96,14 @@ def test_calculate_emissions_composite(book: FactorBook) -> None:
     expected = calculate(spend, book)
     with pipeline() as p:
         factors = p | "Book" >> beam.Create([book])
-        out = p | beam.Create([spend, bad_spend]) | CalculateEmissions("spend", factors)
-        assert_that(out.results, equal_to([expected]), label="Results")
+        out = (
+            p
+            | beam.Create([activities_table("spend", [spend, bad_spend])])
+            | CalculateEmissions("spend", factors)
+        )
+        assert_that(
+            out.results | beam.FlatMap(results_from_table), equal_to([expected]), label="Results"
+        )
         assert_that(
             out[ERRORS] | beam.Map(lambda e: (e.activity_id, e.reason_code)),
             equal_to([(11, "unknown_currency")]),
@@ -123,10 +128,11 @@ def test_read_pending_activities_composite(engine: sa.Engine, database_url: str)
         db.write_results(conn, [result_for(i) for i in range(1, 11)], RUN)
     finally:
         conn.close()
-    expected = [ElectricityActivity(i, float(i), "kWh", "CAMX", None, D) for i in range(11, 31)]
+    expected = [(i, float(i), "kWh", "CAMX", None, D.isoformat()) for i in range(11, 31)]
     with pipeline() as p:
         read = p | ReadPendingActivities(database_url, "electricity", partitions=4)
-        assert_that(read, equal_to(expected))
+        rows = read | beam.FlatMap(lambda t: [tuple(r.values()) for r in t.to_pylist()])
+        assert_that(rows, equal_to(expected))
 
 
 def test_read_pending_activities_by_date(engine: sa.Engine, database_url: str) -> None:
@@ -147,7 +153,7 @@ def test_read_pending_activities_by_date(engine: sa.Engine, database_url: str) -
         read = p | ReadPendingActivities(
             database_url, "electricity", 2, date_from="2024-01-01", date_to="2024-01-02"
         )
-        assert_that(read | beam.Map(lambda a: a.id), equal_to([2]))
+        assert_that(read | beam.FlatMap(lambda t: t.column("id").to_pylist()), equal_to([2]))
 
 
 def test_write_composites_store_each_row_once(
@@ -155,12 +161,14 @@ def test_write_composites_store_each_row_once(
 ) -> None:
     activities = [ElectricityActivity(i, 10.0 * i, "MWh", "NEWE", None, D) for i in range(1, 101)]
     results = [calculate(a, book) for a in activities]
+    table = calculate_batch("electricity", activities_table("electricity", activities), book)
     error = ErrorRecord("electricity", 500, "unknown_unit", "bad unit", "{}")
 
     def run_once() -> None:
         with pipeline() as p:
             # every result twice: as a retried bundle would deliver them
-            _ = p | "R" >> beam.Create(results + results) | WriteResults(database_url, RUN, 7)
+            tables = [table.results.slice(0, 60), table.results.slice(40), table.results]
+            _ = p | "R" >> beam.Create(tables) | WriteResults(database_url, RUN, 70)
             _ = p | "E" >> beam.Create([error, error]) | WriteErrors(database_url, RUN, 7)
 
     run_once()

@@ -1,42 +1,32 @@
-"""CalculateEmissions: the methodology applied to each activity, with dead letters.
+"""CalculateEmissions: the methodology applied to Arrow tables of activities, with dead letters.
 
-The DoFn is a thin shell over ``pipeline.methodology.calculate``; factors arrive as a side
-input (a ``FactorBook`` read from ``emission_factors``). Input the methodology refuses becomes
-an ``ErrorRecord`` on the ``errors`` output, counted, and the run goes on.
+The DoFn is a thin shell over ``pipeline.methodology.batch.calculate_batch`` (itself built on
+the per-row functions); factors arrive as a side input (a ``FactorBook`` read from
+``emission_factors``). Input the methodology refuses becomes an ``ErrorRecord`` on the
+``errors`` output, counted, and the run goes on.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipeline import db
-from pipeline.methodology import FactorBook, calculate
-from pipeline.model import Activity, ActivityType, ErrorRecord, InputError
+from pipeline.methodology import FactorBook
+from pipeline.methodology.batch import Probes, calculate_batch
+from pipeline.model import ActivityType
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 ERRORS = "errors"
 
 
-def input_repr(activity: Activity) -> str:
-    """The activity as read, as stable JSON, for the dead-letter record."""
-    return json.dumps(dataclasses.asdict(activity), default=str, sort_keys=True)
-
-
-def to_error(
-    activity_type: ActivityType, activity: Activity, code: str, reason: str
-) -> ErrorRecord:
-    return ErrorRecord(activity_type, activity.id, code, reason, input_repr(activity))
-
-
 class ReadFactorsFn(beam.DoFn):
-    """Reads ``emission_factors`` once and emits the FactorBook the calculation uses."""
+    """Reads the factors in force from ``emission_factors`` once; emits the FactorBook."""
 
     def __init__(self, database_url: str, retry_policy: RetryPolicy = DEFAULT_POLICY) -> None:
         self._database_url = database_url
@@ -50,7 +40,7 @@ class ReadFactorsFn(beam.DoFn):
 
 
 class CalculateFn(beam.DoFn):
-    """Computes one activity type; refused input goes to the ``errors`` output."""
+    """One table of activities of one type → a results table, and dead letters on ``errors``."""
 
     def __init__(self, activity_type: ActivityType, radiative_forcing: bool = True) -> None:
         self._activity_type = activity_type
@@ -59,30 +49,29 @@ class CalculateFn(beam.DoFn):
     def setup(self) -> None:
         self._computed = Metrics.counter("calculate", f"{self._activity_type}_computed")
         self._errors = Metrics.counter("calculate", f"{self._activity_type}_errors")
+        self._probes: Probes | None = None
 
-    def process(self, activity: Activity, book: FactorBook) -> Iterator[Any]:
-        try:
-            result = calculate(activity, book, radiative_forcing=self._radiative_forcing)
-        except InputError as e:
-            self._errors.inc()
-            yield pvalue.TaggedOutput(
-                ERRORS, to_error(self._activity_type, activity, e.code, e.message)
-            )
-            return
-        except Exception as e:  # noqa: BLE001 - one bad row must not stop the run
-            self._errors.inc()
-            reason = f"the calculation failed unexpectedly: {type(e).__name__}: {e}"
-            yield pvalue.TaggedOutput(
-                ERRORS,
-                to_error(self._activity_type, activity, "calculation_failed", reason),
-            )
-            return
-        self._computed.inc()
-        yield result
+    def process(self, activities: pa.Table, book: FactorBook) -> Iterator[Any]:
+        # The contexts' answers are kept for as long as the side input is the same object.
+        if self._probes is None or self._probes.book is not book:
+            self._probes = Probes(self._activity_type, book, self._radiative_forcing)
+        outcome = calculate_batch(
+            self._activity_type,
+            activities,
+            book,
+            radiative_forcing=self._radiative_forcing,
+            probes=self._probes,
+        )
+        self._computed.inc(outcome.results.num_rows)
+        self._errors.inc(len(outcome.errors))
+        if outcome.results.num_rows:
+            yield outcome.results
+        for error in outcome.errors:
+            yield pvalue.TaggedOutput(ERRORS, error)
 
 
 class CalculateEmissions(beam.PTransform):
-    """Activities of one type → results (main output) and dead letters (``errors``)."""
+    """Tables of activities of one type → results tables (main) and dead letters (``errors``)."""
 
     def __init__(
         self, activity_type: ActivityType, factors: Any, radiative_forcing: bool = True

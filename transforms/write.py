@@ -1,49 +1,51 @@
 """WriteResults and WriteErrors: buffered, idempotent bulk writes.
 
-Each DoFn buffers rows per bundle and flushes at a size and in ``finish_bundle``: one
-transaction per flush, ``COPY`` into a staging table and one ``INSERT … ON CONFLICT DO
-NOTHING``. A runner that retries a bundle therefore never doubles a row, and a crash loses
-only what was not committed, which the next run finds still pending.
+Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting and in
+``finish_bundle``: one transaction per flush, ``COPY`` into a staging table and one
+``INSERT … ON CONFLICT DO NOTHING``. A runner that retries a bundle therefore never doubles a
+row, and a crash loses only what was not committed, which the next run finds still pending.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeAlias
 
 import apache_beam as beam
 import psycopg2.extensions
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline import db
-from pipeline.model import EmissionResult, ErrorRecord
+from pipeline.model import ErrorRecord
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
-T = TypeVar("T")
-
-Writer = Callable[[psycopg2.extensions.connection, Sequence[Any], str], int]
+Connection: TypeAlias = psycopg2.extensions.connection
 
 
-class _BufferedWriteFn(beam.DoFn, Generic[T]):
-    """Buffers elements per bundle and writes them in bulk with ``writer``."""
+class _BufferedWriteFn(beam.DoFn):
+    """Buffers elements per bundle and writes them in bulk."""
 
     def __init__(
         self,
         database_url: str,
         run_id: str,
         batch_size: int,
-        writer: Writer,
         name: str,
+        write: Callable[[Connection, list[Any], str], int],
+        size: Callable[[Any], int],
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._database_url = database_url
         self._run_id = run_id
         self._batch_size = batch_size
-        self._writer = writer
         self._name = name
+        self._write = write
+        self._size = size
         self._retry_policy = retry_policy
         self._conn: db.ResilientConnection | None = None
-        self._buffer: list[T] = []
+        self._buffer: list[Any] = []
+        self._buffered = 0
 
     def setup(self) -> None:
         self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
@@ -53,10 +55,12 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
 
     def start_bundle(self) -> None:
         self._buffer = []
+        self._buffered = 0
 
-    def process(self, element: T) -> None:
+    def process(self, element: Any) -> None:
         self._buffer.append(element)
-        if len(self._buffer) >= self._batch_size:
+        self._buffered += self._size(element)
+        if self._buffered >= self._batch_size:
             self._flush()
 
     def finish_bundle(self) -> None:
@@ -66,12 +70,13 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
         if not self._buffer:
             return
         assert self._conn is not None, "setup() opens the connection"
-        rows, run_id, writer = self._buffer, self._run_id, self._writer
+        rows, run_id, write = self._buffer, self._run_id, self._write
         # One idempotent transaction: after a lost connection it is simply written again.
-        written = self._conn.run(f"writing {self._name}", lambda conn: writer(conn, rows, run_id))
+        written = self._conn.run(f"writing {self._name}", lambda conn: write(conn, rows, run_id))
         self._written.inc(written)
         self._flushes.inc()
         self._buffer = []
+        self._buffered = 0
 
     def teardown(self) -> None:
         if self._conn is not None:
@@ -79,19 +84,33 @@ class _BufferedWriteFn(beam.DoFn, Generic[T]):
             self._conn = None
 
 
+def _write_tables(conn: Connection, tables: Sequence[pa.Table], run_id: str) -> int:
+    return db.write_results_table(conn, pa.concat_tables(tables), run_id)
+
+
+def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str) -> int:
+    return db.write_errors(conn, errors, run_id)
+
+
 class WriteResults(beam.PTransform):
-    """Stores results, at most one per activity."""
+    """Stores results tables, at most one row per activity."""
 
     def __init__(
         self,
         database_url: str,
         run_id: str,
-        batch_size: int = 5000,
+        batch_size: int = 50_000,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
-        self._fn = _BufferedWriteFn[EmissionResult](
-            database_url, run_id, batch_size, db.write_results, "results", retry_policy
+        self._fn = _BufferedWriteFn(
+            database_url,
+            run_id,
+            batch_size,
+            "results",
+            _write_tables,
+            lambda t: t.num_rows,
+            retry_policy,
         )
 
     def expand(self, results: Any) -> Any:
@@ -105,12 +124,12 @@ class WriteErrors(beam.PTransform):
         self,
         database_url: str,
         run_id: str,
-        batch_size: int = 5000,
+        batch_size: int = 50_000,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
-        self._fn = _BufferedWriteFn[ErrorRecord](
-            database_url, run_id, batch_size, db.write_errors, "errors", retry_policy
+        self._fn = _BufferedWriteFn(
+            database_url, run_id, batch_size, "errors", _write_errors, lambda _: 1, retry_policy
         )
 
     def expand(self, errors: Any) -> Any:
