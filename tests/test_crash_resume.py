@@ -18,9 +18,10 @@ from pipeline.seed import seed
 from tests.support import duplicate_counts, results_count, scalar, start_run, wait_for
 from tests.test_end_to_end import check_every_activity_once
 
-# Enough for a run of several seconds on the row-per-element path; a faster path may need more
-# (the test says so if the run finishes before it can be killed).
-COUNT = 20_000
+# Enough for a run of several seconds, committing every thousand rows or so (the test says so
+# if the run finishes before it can be killed).
+COUNT = 100_000
+SMALL_COMMITS = ("--rows-per-range", "1000", "--write-batch-size", "500", "--partitions", "4")
 
 
 def test_sigkill_part_way_then_resume(make_database: Callable[..., str], tmp_path: Path) -> None:
@@ -28,7 +29,7 @@ def test_sigkill_part_way_then_resume(make_database: Callable[..., str], tmp_pat
     engine = db.make_engine(url, poolclass=sa.pool.NullPool)
     seed(engine, COUNT, seed_value=11)
 
-    first = start_run(url, tmp_path, "--write-batch-size", "500", "--partitions", "4", name="1")
+    first = start_run(url, tmp_path, *SMALL_COMMITS, name="1")
     try:
         wait_for(lambda: results_count(url) >= 1_000, timeout=120, interval=0.1, what="commits")
         assert first.proc.poll() is None, "the run finished before it could be killed"

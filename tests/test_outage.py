@@ -27,8 +27,9 @@ from pipeline.seed import seed
 from tests.support import ROOT, duplicate_counts, results_count, start_run, try_scalar, wait_for
 from tests.test_end_to_end import all_activities, stored
 
-COUNT = 12_000
-RUN_ARGS = ("--write-batch-size", "100", "--partitions", "3")
+COUNT = 40_000
+# Small ranges and commits, so that the run is still writing when the server goes away.
+RUN_ARGS = ("--rows-per-range", "500", "--write-batch-size", "100", "--partitions", "3")
 
 
 class ThrowawayServer:
