@@ -40,9 +40,12 @@ def initialise(engine: sa.Engine, id_type: db.IdType | None = None) -> dict[str,
 
 
 def ensure_initialised(engine: sa.Engine) -> None:
-    """Create what is missing; load the factors when the table is empty."""
-    db.create_schema(engine)
-    if not db.loaded_editions(engine):
+    """Create what is missing; load the factors when the table is empty.
+
+    One catalogue query when everything is there already (the usual case, every night)."""
+    if not db.schema_ready(engine):
+        db.create_schema(engine)
+    if not db.factors_loaded(engine):
         _LOG.info("emission_factors is empty: loading the shipped factor files")
         db.insert_factors(engine, load_shipped_factors())
 

@@ -196,6 +196,8 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("input_repr", sa.Text, nullable=False),
         sa.Column("input_hash", sa.Text, nullable=False),
+        # The row version (xmin) the input was read at; the same version is not read again.
+        sa.Column("activity_version", sa.BigInteger),
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         # The same bad input seen again by a later run is not written again.
@@ -273,6 +275,25 @@ def detect_id_type_of(conn: psycopg2.extensions.connection, activity_type: Activ
     return "uuid" if found is not None and found[0] == "uuid" else "bigint"
 
 
+def schema_ready(engine: sa.Engine) -> bool:
+    """Whether every table and the view exist (one catalogue query)."""
+    names = [*build_metadata().tables, EXPLAINED_VIEW]
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT count(to_regclass(n)) FROM unnest(CAST(:names AS text[])) n"),
+            {"names": names},
+        ).scalar()
+    return found == len(names)
+
+
+def factors_loaded(engine: sa.Engine) -> bool:
+    """Whether ``emission_factors`` holds any row."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {FACTORS_TABLE})")).scalar()
+        )
+
+
 def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
     """Create every table that is missing; safe to run twice. Returns the schema's id type."""
     existing = detect_id_type(engine)
@@ -326,13 +347,6 @@ def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
         for start in range(0, len(payload), 5000):
             added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
     return added
-
-
-def loaded_editions(engine: sa.Engine) -> set[tuple[str, str]]:
-    """The (factor_set, edition) pairs present in ``emission_factors``."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT DISTINCT factor_set, edition FROM {FACTORS_TABLE}"))
-        return {(r[0], r[1]) for r in rows}
 
 
 def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
@@ -463,25 +477,30 @@ def _key_cast(key: Any) -> sql.SQL:
     return sql.SQL("::uuid" if isinstance(key, str) else "::bigint")
 
 
-def pending_query(
+#: The column the range reads add: the row version (PostgreSQL ``xmin``) the input was read at.
+VERSION_COLUMN = "activity_version"
+
+#: Pending: no result, and no dead letter for this very version of the row. A refused row is
+#: not read again until it changes (a corrected row gets a new version, and is computed).
+_PENDING = sql.SQL(
+    "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
+    "AND r.activity_id = a.id) "
+    "AND NOT EXISTS (SELECT 1 FROM {e} e WHERE e.activity_type = %(activity_type)s "
+    "AND e.activity_id = a.id AND e.activity_version = a.xmin::text::bigint)"
+).format(r=sql.Identifier(RESULTS_TABLE), e=sql.Identifier(ERRORS_TABLE))
+
+
+def _in_scope(
     activity_type: ActivityType,
-    start: Any,
-    end: Any,
+    start: Any = None,
+    end: Any = None,
     date_from: str | None = None,
     date_to: str | None = None,
-    count_only: bool = False,
-) -> tuple[sql.Composed, dict[str, Any]]:
-    """The anti-join that reads one key range of pending activities (no result yet).
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """Conditions (and their parameters) for a key range and an activity-date window.
 
-    Integer bounds are compared as ``bigint``, text bounds as ``uuid``.
-    """
-    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
-    conditions = [
-        sql.SQL(
-            "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
-            "AND r.activity_id = a.id)"
-        ).format(r=sql.Identifier(RESULTS_TABLE))
-    ]
+    Integer bounds are compared as ``bigint``, text bounds as ``uuid``."""
+    conditions: list[sql.Composable] = [sql.SQL("true")]
     params: dict[str, Any] = {"activity_type": activity_type}
     if start is not None:
         conditions.append(sql.SQL("a.id >= %(start)s") + _key_cast(start))
@@ -495,14 +514,42 @@ def pending_query(
     if date_to is not None:
         conditions.append(sql.SQL("a.activity_date < %(date_to)s::date"))
         params["date_to"] = date_to
-    if count_only:
-        select = sql.SQL("count(*)")
-    else:
-        select = sql.SQL(", ").join(
-            sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(activity_type)
-        )
-    query = sql.SQL("SELECT {select} FROM {table} a WHERE {where}").format(
-        select=select, table=table, where=sql.SQL(" AND ").join(conditions)
+    return conditions, params
+
+
+def pending_query(
+    activity_type: ActivityType,
+    start: Any,
+    end: Any,
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The anti-join that reads one key range of pending activities, with their row version."""
+    conditions, params = _in_scope(activity_type, start, end, date_from, date_to)
+    select = sql.SQL(", ").join(
+        [sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(activity_type)]
+        + [sql.SQL("a.xmin::text::bigint AS {}").format(sql.Identifier(VERSION_COLUMN))]
+    )
+    query = sql.SQL("SELECT {select} FROM {table} a WHERE {where} AND {pending}").format(
+        select=select,
+        table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
+        where=sql.SQL(" AND ").join(conditions),
+        pending=_PENDING,
+    )
+    return query, params
+
+
+def count_query(
+    activity_type: ActivityType, date_from: str | None = None, date_to: str | None = None
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """(activities in scope, pending among them), in one scan with the anti-join."""
+    conditions, params = _in_scope(activity_type, None, None, date_from, date_to)
+    query = sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE {pending}) FROM {table} a WHERE {where}"
+    ).format(
+        pending=_PENDING,
+        table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
+        where=sql.SQL(" AND ").join(conditions),
     )
     return query, params
 
@@ -518,10 +565,12 @@ def read_pending_table(
 ) -> pa.Table:
     """The pending rows of one key range as an Arrow table, in one ``COPY … TO STDOUT``.
 
-    ``schema`` gives the columns' Arrow types (``activity_date`` as ISO text). An unquoted
+    ``schema`` gives the activity columns' Arrow types (``activity_date`` as ISO text); the
+    table has one more column, ``activity_version`` (the row's ``xmin``). An unquoted
     empty field is NULL and a quoted one the empty string, as PostgreSQL writes them.
     """
     query, params = pending_query(activity_type, start, end, date_from, date_to)
+    schema = schema.append(pa.field(VERSION_COLUMN, pa.int64()))
     buf = io.BytesIO()
     with conn.cursor() as cur:
         copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
@@ -721,29 +770,14 @@ def count_activities(
     date_from: str | None = None,
     date_to: str | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Per activity type: all activities in scope, and those still pending (no result)."""
+    """Per activity type: all activities in scope, and those still pending."""
     out: dict[str, dict[str, int]] = {}
     with raw_connection(engine) as raw:
         with raw.cursor() as cur:
             for t in activity_types:
-                query, params = pending_query(t, None, None, date_from, date_to, count_only=True)
-                cur.execute(query, params)
-                pending = cur.fetchone()[0]
-                total_q = sql.SQL("SELECT count(*) FROM {} a").format(
-                    sql.Identifier(ACTIVITY_TABLES[t])
-                )
-                total_params: dict[str, Any] = {}
-                dates = []
-                if date_from is not None:
-                    dates.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
-                    total_params["date_from"] = date_from
-                if date_to is not None:
-                    dates.append(sql.SQL("a.activity_date < %(date_to)s::date"))
-                    total_params["date_to"] = date_to
-                if dates:
-                    total_q = total_q + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(dates)
-                cur.execute(total_q, total_params)
-                out[t] = {"total": cur.fetchone()[0], "pending": pending}
+                cur.execute(*count_query(t, date_from, date_to))
+                total, pending = cur.fetchone()
+                out[t] = {"total": int(total), "pending": int(pending)}
         raw.commit()
     return out
 

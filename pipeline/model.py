@@ -147,6 +147,7 @@ class ErrorRecord:
     reason_code: str  # short, stable: missing_quantity, unknown_unit, unknown_region, ...
     reason: str  # a sentence a person understands
     input_repr: str  # the activity as read, for the record
+    activity_version: int | None = None  # the row version it was read at (PostgreSQL xmin)
 
 
 class InputError(ValueError):

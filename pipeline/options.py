@@ -1,4 +1,9 @@
-"""The pipeline's options: one PipelineOptions subclass, and the checks run before building."""
+"""The pipeline's options, and the checks run before anything is built.
+
+The options are declared once, in ``add_arguments``: ``pipeline.run`` parses them with plain
+argparse (so that a run with nothing to do never imports Beam), and
+``pipeline.beam_options.EmissionsOptions`` registers the same ones with Beam.
+"""
 
 from __future__ import annotations
 
@@ -7,143 +12,138 @@ import datetime
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Literal
-
-from apache_beam.options.pipeline_options import PipelineOptions
+from typing import Any, Literal
 
 from pipeline.embedded import DATABASE_URL_ENV
 from pipeline.model import ACTIVITY_TYPES, ActivityType
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 
-class EmissionsOptions(PipelineOptions):
-    """Options of the emissions calculation (Beam's own options are accepted alongside)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--database-url",
-            "--database_url",
-            dest="database_url",
-            default=None,
-            help=(
-                "SQLAlchemy URL of the PostgreSQL database, e.g. "
-                "postgresql://user:pass@host:5432/db. Defaults to $"
-                + DATABASE_URL_ENV
-                + ", else an embedded PostgreSQL kept under ./.pgdata."
-            ),
-        )
-        parser.add_argument(
-            "--run-id",
-            "--run_id",
-            dest="run_id",
-            default=None,
-            help="UUID identifying this run (default: a new random one).",
-        )
-        parser.add_argument(
-            "--activity-types",
-            "--activity_types",
-            dest="activity_types",
-            default=",".join(ACTIVITY_TYPES),
-            help="Comma-separated activity types to calculate (default: all).",
-        )
-        parser.add_argument(
-            "--partitions",
-            type=int,
-            default=8,
-            help="Fewest key ranges per activity table (default: 8); more when the table "
-            "holds more than --partitions × --rows-per-range rows.",
-        )
-        parser.add_argument(
-            "--rows-per-range",
-            "--rows_per_range",
-            dest="rows_per_range",
-            type=int,
-            default=50_000,
-            help="Most rows one read range holds; bounds memory per worker (default: 50000).",
-        )
-        parser.add_argument(
-            "--range-planner",
-            "--range_planner",
-            dest="range_planner",
-            choices=["rows", "bounds"],
-            default="rows",
-            help="rows: equal row counts per range, however keys are spread (default); "
-            "bounds: --partitions equal slices of the key span.",
-        )
-        parser.add_argument(
-            "--write-batch-size",
-            "--write_batch_size",
-            dest="write_batch_size",
-            type=int,
-            default=50_000,
-            help="Rows per bulk write transaction (default: 50000).",
-        )
-        parser.add_argument(
-            "--no-radiative-forcing",
-            "--no_radiative_forcing",
-            dest="radiative_forcing",
-            action="store_false",
-            default=True,
-            help="Use DESNZ air factors without radiative forcing (default: with RF).",
-        )
-        parser.add_argument(
-            "--date-from",
-            "--date_from",
-            dest="date_from",
-            default=None,
-            help="Only activities dated on or after this day (YYYY-MM-DD).",
-        )
-        parser.add_argument(
-            "--date-to",
-            "--date_to",
-            dest="date_to",
-            default=None,
-            help="Only activities dated before this day (YYYY-MM-DD).",
-        )
-        parser.add_argument(
-            "--retry-attempts",
-            "--retry_attempts",
-            dest="retry_attempts",
-            type=int,
-            default=8,
-            help=(
-                "Tries of a database operation that fails transiently (lost connection, server "
-                "restart, serialization failure, deadlock) before the run fails (default: 8)."
-            ),
-        )
-        parser.add_argument(
-            "--retry-base-delay",
-            "--retry_base_delay",
-            dest="retry_base_delay",
-            type=float,
-            default=0.5,
-            help=(
-                "Seconds before the first retry; the wait doubles each time, up to 10 s "
-                "(default: 0.5, so 8 tries wait at most about 35 s)."
-            ),
-        )
-        parser.add_argument(
-            "--max-connections",
-            "--max_connections",
-            dest="max_connections",
-            type=int,
-            default=None,
-            help=(
-                "Refuse to start when the run could hold more database connections than this "
-                "at once (2 for the driver, plus per worker 3 per activity type (a reader, "
-                "2 writers) and 1 short-lived; 12 for one worker and all types). "
-                "Default: no limit."
-            ),
-        )
-        parser.add_argument(
-            "--progress-interval",
-            "--progress_interval",
-            dest="progress_interval",
-            type=float,
-            default=5.0,
-            help="Seconds between progress lines while the pipeline runs (0: none).",
-        )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declares the calculation's options (Beam's own are accepted alongside)."""
+    parser.add_argument(
+        "--database-url",
+        "--database_url",
+        dest="database_url",
+        default=None,
+        help=(
+            "SQLAlchemy URL of the PostgreSQL database, e.g. "
+            "postgresql://user:pass@host:5432/db. Defaults to $"
+            + DATABASE_URL_ENV
+            + ", else an embedded PostgreSQL kept under ./.pgdata."
+        ),
+    )
+    parser.add_argument(
+        "--run-id",
+        "--run_id",
+        dest="run_id",
+        default=None,
+        help="UUID identifying this run (default: a new random one).",
+    )
+    parser.add_argument(
+        "--activity-types",
+        "--activity_types",
+        dest="activity_types",
+        default=",".join(ACTIVITY_TYPES),
+        help="Comma-separated activity types to calculate (default: all).",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=8,
+        help="Fewest key ranges per activity table (default: 8); more when the table "
+        "holds more than --partitions × --rows-per-range rows.",
+    )
+    parser.add_argument(
+        "--rows-per-range",
+        "--rows_per_range",
+        dest="rows_per_range",
+        type=int,
+        default=50_000,
+        help="Most rows one read range holds; bounds memory per worker (default: 50000).",
+    )
+    parser.add_argument(
+        "--range-planner",
+        "--range_planner",
+        dest="range_planner",
+        choices=["rows", "bounds"],
+        default="rows",
+        help="rows: equal row counts per range, however keys are spread (default); "
+        "bounds: --partitions equal slices of the key span.",
+    )
+    parser.add_argument(
+        "--write-batch-size",
+        "--write_batch_size",
+        dest="write_batch_size",
+        type=int,
+        default=50_000,
+        help="Rows per bulk write transaction (default: 50000).",
+    )
+    parser.add_argument(
+        "--no-radiative-forcing",
+        "--no_radiative_forcing",
+        dest="radiative_forcing",
+        action="store_false",
+        default=True,
+        help="Use DESNZ air factors without radiative forcing (default: with RF).",
+    )
+    parser.add_argument(
+        "--date-from",
+        "--date_from",
+        dest="date_from",
+        default=None,
+        help="Only activities dated on or after this day (YYYY-MM-DD).",
+    )
+    parser.add_argument(
+        "--date-to",
+        "--date_to",
+        dest="date_to",
+        default=None,
+        help="Only activities dated before this day (YYYY-MM-DD).",
+    )
+    parser.add_argument(
+        "--retry-attempts",
+        "--retry_attempts",
+        dest="retry_attempts",
+        type=int,
+        default=8,
+        help=(
+            "Tries of a database operation that fails transiently (lost connection, server "
+            "restart, serialization failure, deadlock) before the run fails (default: 8)."
+        ),
+    )
+    parser.add_argument(
+        "--retry-base-delay",
+        "--retry_base_delay",
+        dest="retry_base_delay",
+        type=float,
+        default=0.5,
+        help=(
+            "Seconds before the first retry; the wait doubles each time, up to 10 s "
+            "(default: 0.5, so 8 tries wait at most about 35 s)."
+        ),
+    )
+    parser.add_argument(
+        "--max-connections",
+        "--max_connections",
+        dest="max_connections",
+        type=int,
+        default=None,
+        help=(
+            "Refuse to start when the run could hold more database connections than this "
+            "at once (2 for the driver, plus per worker 3 per activity type (a reader, "
+            "2 writers) and 1 short-lived; 12 for one worker and all types). "
+            "Default: no limit."
+        ),
+    )
+    parser.add_argument(
+        "--progress-interval",
+        "--progress_interval",
+        dest="progress_interval",
+        type=float,
+        default=5.0,
+        help="Seconds between progress lines while the pipeline runs (0: none).",
+    )
 
 
 @dataclass(frozen=True)
@@ -178,8 +178,11 @@ def _check_date(name: str, value: str | None) -> str | None:
         raise OptionsError(f"--{name} must be a date like 2025-01-31, not {value!r}") from None
 
 
-def validate(options: EmissionsOptions, database_url: str | None) -> RunConfig:
-    """Check every option and return the plain configuration, or raise ``OptionsError``."""
+def validate(options: Any, database_url: str | None) -> RunConfig:
+    """Check every option and return the plain configuration, or raise ``OptionsError``.
+
+    ``options`` holds the parsed values: an argparse namespace, or Beam's options viewed as
+    ``EmissionsOptions``."""
     url = database_url or options.database_url or os.environ.get(DATABASE_URL_ENV)
     if not url:
         raise OptionsError("no database URL: pass --database-url or set " + DATABASE_URL_ENV)

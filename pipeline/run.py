@@ -13,17 +13,19 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apache_beam as beam
 import sqlalchemy as sa
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineResult
 
-from pipeline import db, graph, retry
+from pipeline import db, retry
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
-from pipeline.options import EmissionsOptions, OptionsError, RunConfig, validate
+from pipeline.options import OptionsError, RunConfig, add_arguments, validate
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineResult
 
 _LOG = logging.getLogger("pipeline.run")
 
@@ -35,12 +37,33 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     a local run must never do that, so it goes straight to the FnApiRunner, the in-process
     runner that DirectRunner itself falls back to for batch pipelines.
     """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
     runner = options.view_as(StandardOptions).runner
     if runner in (None, "DirectRunner", "direct"):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
+    """Builds and runs the Beam pipeline; returns its counters (None if the runner has none).
+
+    Beam is imported here, and only here: a run with nothing pending never pays for it.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import beam_options, graph
+
+    options = PipelineOptions(argv)
+    options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
+    p = make_pipeline(options)
+    graph.build(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    return counters(result)
 
 
 class Progress:
@@ -105,7 +128,8 @@ def summarise(
     metrics: dict[str, int] | None,
 ) -> dict[str, Any]:
     """The run summary: what the old service reported, plus skipped, run id and sources."""
-    written = db.run_totals(engine, config.run_id)
+    pending = sum(c["pending"] for c in counts.values())
+    written = db.run_totals(engine, config.run_id) if pending else {}
     outstanding = None if metrics is not None else db.outstanding_errors(engine)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
@@ -137,12 +161,25 @@ def summarise(
     }
 
 
-def check_connection_budget(options: PipelineOptions, config: RunConfig) -> int:
+def runner_name(argv: list[str]) -> str:
+    """The ``--runner`` given (Beam's option), without importing Beam."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runner", default="DirectRunner")
+    known, _ = parser.parse_known_args(argv)
+    return str(known.runner)
+
+
+def beam_workers(argv: list[str]) -> int:
+    """Workers of the in-process runner (``--direct_num_workers``; 0 means one per core)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--direct_num_workers", type=int, default=1)
+    known, _ = parser.parse_known_args(argv)
+    return int(known.direct_num_workers) or (os.cpu_count() or 1)
+
+
+def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]) -> int:
     """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
-    workers = 1
-    runner = options.view_as(StandardOptions).runner
-    if runner in (None, "DirectRunner", "direct"):
-        workers = options.view_as(DirectOptions).direct_num_workers or (os.cpu_count() or 1)
+    workers = beam_workers(beam_args) if runner in ("DirectRunner", "direct") else 1
     bound = db.connection_bound(len(config.activity_types), workers)
     if config.max_connections is not None and bound > config.max_connections:
         raise OptionsError(
@@ -172,11 +209,13 @@ def failure_message(error: BaseException) -> str:
     return retry.describe(error) if len(text) < 2000 else f"{type(error).__name__}: {text[:2000]}…"
 
 
-def safe_options(options: PipelineOptions) -> dict[str, Any]:
-    """The options as given, without the database URL (it may hold a password)."""
-    shown = {k: v for k, v in options.get_all_options(drop_default=True).items()}
+def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
+    """The options as given, without the database URL's password."""
+    shown: dict[str, Any] = dict(vars(options))
     if shown.get("database_url"):
         shown["database_url"] = db.redact_url(shown["database_url"])
+    if beam_args:
+        shown["beam_args"] = beam_args
     return shown
 
 
@@ -189,7 +228,7 @@ def print_help() -> None:
         epilog="Apache Beam's options are accepted too, e.g. --runner=DirectRunner "
         "(default), --runner=FlinkRunner --flink_master=HOST:PORT, --direct_num_workers=2.",
     )
-    EmissionsOptions._add_argparse_args(parser)
+    add_arguments(parser)
     parser.print_help()
 
 
@@ -202,13 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
     )
     started = time.monotonic()
-    options = PipelineOptions(args)
-    emissions = options.view_as(EmissionsOptions)
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    try:
+        options, beam_args = parser.parse_known_args(args)
+    except SystemExit:
+        return 2  # argparse has said what is wrong
     url = None
     try:
-        url = resolve_database_url(emissions.database_url)
-        config = validate(emissions, url)
-        check_connection_budget(options, config)
+        url = resolve_database_url(options.database_url)
+        config = validate(options, url)
+        check_connection_budget(config, runner_name(beam_args), beam_args)
     except OptionsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -218,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    runner = runner_name(beam_args)
     engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
     policy = config.retry_policy
     try:
@@ -232,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         pending = sum(c["pending"] for c in counts.values())
         retry.call(
-            lambda: db.start_run(engine, config.run_id, runner, safe_options(options)),
+            lambda: db.start_run(engine, config.run_id, runner, safe_options(options, beam_args)),
             what="recording the run",
             policy=policy,
         )
@@ -248,12 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         if pending == 0:
             metrics = {}  # nothing to do: no pipeline, nothing written
         else:
-            p = make_pipeline(options)
-            graph.build(p, config)
             with Progress(engine, config.run_id, pending, config.progress_interval):
-                result = p.run()
-                result.wait_until_finish()
-            metrics = counters(result)
+                metrics = execute(args, config)
         pipeline_s = time.monotonic() - started - setup_s
         summary = retry.call(
             lambda: summarise(engine, config, counts, metrics),

@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
 from pipeline import graph
-from pipeline.options import EmissionsOptions, validate
+from pipeline.beam_options import EmissionsOptions
+from pipeline.options import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +58,7 @@ def test_dataflow_options_and_graph_build_without_submitting() -> None:
     # The Pipeline constructor runs the DataflowRunner's option validation (GCS paths, project).
     p = beam.Pipeline(runner=DataflowRunner(), options=options)
     outputs = graph.build(p, config)
-    assert set(outputs) == {"results", "errors"}
+    assert set(outputs) == {"electricity", "spend", "air_travel"}
 
     proto = p.to_runner_api()
     labels = {t.unique_name for t in proto.components.transforms.values()}
@@ -67,7 +68,7 @@ def test_dataflow_options_and_graph_build_without_submitting() -> None:
         "ReadPendingSpend",
         "ReadPendingAirTravel",
         "CalculateElectricity",
-        "WriteResults",
-        "WriteErrors",
+        "WriteResultsElectricity",
+        "WriteErrorsAirTravel",
     ):
         assert label in labels, label

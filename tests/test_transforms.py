@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from apache_beam import pvalue
@@ -39,10 +40,15 @@ BAD = ElectricityActivity(2, None, "kWh", "CAMX", None, D)
 FLIGHT = AirTravelActivity(3, "LHR", "JFK", "business", 1, True, datetime.date(2025, 3, 1))
 
 
+def as_read(table: pa.Table, version: int = 7) -> pa.Table:
+    """A table as the range read gives it: with each row's version."""
+    return table.append_column(db.VERSION_COLUMN, pa.array([version] * table.num_rows, pa.int64()))
+
+
 def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, list]:
     """Calls the DoFn directly on one table; returns (results, dead letters)."""
     fn.setup()
-    table = activities_table(fn._activity_type, activities)
+    table = as_read(activities_table(fn._activity_type, activities))
     results: list = []
     errors: list = []
     for out in fn.process(table, book):
@@ -65,6 +71,7 @@ def test_calculate_fn_yields_results_and_dead_letters(book: FactorBook) -> None:
             "missing_quantity",
             "The electricity quantity is missing (NULL); it is not 0.",
             input_repr(BAD),
+            activity_version=7,
         )
     ]
 
@@ -98,7 +105,7 @@ def test_calculate_emissions_composite(book: FactorBook) -> None:
         factors = p | "Book" >> beam.Create([book])
         out = (
             p
-            | beam.Create([activities_table("spend", [spend, bad_spend])])
+            | beam.Create([as_read(activities_table("spend", [spend, bad_spend]))])
             | CalculateEmissions("spend", factors)
         )
         assert_that(
@@ -131,8 +138,16 @@ def test_read_pending_activities_composite(engine: sa.Engine, database_url: str)
     expected = [(i, float(i), "kWh", "CAMX", None, D.isoformat()) for i in range(11, 31)]
     with pipeline() as p:
         read = p | ReadPendingActivities(database_url, "electricity", partitions=4)
-        rows = read | beam.FlatMap(lambda t: [tuple(r.values()) for r in t.to_pylist()])
+        rows = read | beam.FlatMap(
+            lambda t: [tuple(r.values()) for r in t.drop([db.VERSION_COLUMN]).to_pylist()]
+        )
         assert_that(rows, equal_to(expected))
+        versions = read | beam.FlatMap(lambda t: t.column(db.VERSION_COLUMN).to_pylist())
+        assert_that(
+            versions | beam.Map(lambda v: isinstance(v, int) and v > 0),
+            equal_to([True] * 20),
+            label="EveryRowHasItsVersion",
+        )
 
 
 def test_read_pending_activities_by_date(engine: sa.Engine, database_url: str) -> None:

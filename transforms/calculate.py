@@ -8,6 +8,7 @@ the per-row functions); factors arrive as a side input (a ``FactorBook`` read fr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,9 +53,14 @@ class CalculateFn(beam.DoFn):
         self._probes: Probes | None = None
 
     def process(self, activities: pa.Table, book: FactorBook) -> Iterator[Any]:
+        """``activities`` as read: the activity columns and ``activity_version``."""
         # The contexts' answers are kept for as long as the side input is the same object.
         if self._probes is None or self._probes.book is not book:
             self._probes = Probes(self._activity_type, book, self._radiative_forcing)
+        # The row versions travel beside the calculation, onto the dead letters.
+        versions = activities.column(db.VERSION_COLUMN)
+        ids = activities.column("id")
+        activities = activities.drop([db.VERSION_COLUMN])
         outcome = calculate_batch(
             self._activity_type,
             activities,
@@ -66,8 +72,13 @@ class CalculateFn(beam.DoFn):
         self._errors.inc(len(outcome.errors))
         if outcome.results.num_rows:
             yield outcome.results
-        for error in outcome.errors:
-            yield pvalue.TaggedOutput(ERRORS, error)
+        if outcome.errors:
+            version_of = dict(zip(ids.to_pylist(), versions.to_pylist(), strict=True))
+            for error in outcome.errors:
+                versioned = dataclasses.replace(
+                    error, activity_version=version_of.get(error.activity_id)
+                )
+                yield pvalue.TaggedOutput(ERRORS, versioned)
 
 
 class CalculateEmissions(beam.PTransform):

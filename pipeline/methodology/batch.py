@@ -252,7 +252,7 @@ _KINDS: dict[ActivityType, _Kind] = {
 def _contexts(columns: list[pa.Array]) -> tuple[np.ndarray, list[Context]]:
     """Each row's context number, and the distinct contexts (as tuples of Python values)."""
     n = len(columns[0])
-    key = np.zeros(n, dtype=np.int64)
+    key: np.ndarray = np.zeros(n, dtype=np.int64)
     for column in columns:
         encoded = pc.dictionary_encode(column)
         codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False) + 1

@@ -1,0 +1,497 @@
+"""The benchmark: ``python -m benchmarks.run [--count N] [--scale] [--database-url URL]``.
+
+In one run, on one database server (the embedded one unless a URL is given):
+
+1. seeds ``--count`` activities (default 1,000,000) with the first 30% of each table already
+   computed, as after earlier nightly runs;
+2. times the in-database SQL baseline: one ``INSERT … SELECT … JOIN factors … WHERE NOT
+   EXISTS`` statement (``benchmarks/in_database.py``) into a table of its own;
+3. times the pipeline with its default options (``python -m pipeline.run``, a fresh process,
+   start-up included), and its peak RSS over the whole process tree; then again with
+   ``--direct_num_workers=2``;
+4. checks that the pipeline and the baseline produced the same rows and the same total;
+5. times a rerun with nothing pending against the SQL anti-join count over the same tables;
+6. times the approach this project replaces (ORM, 100 rows a page, a commit per page) on a
+   smaller dataset (``--legacy-count``), next to the pipeline on the same data;
+7. measures how balanced the read ranges are on clustered integer keys and on UUID keys;
+8. with ``--scale``, the pipeline's peak RSS at 500,000 and 5,000,000 activities.
+
+Machines are noisy: every figure that matters is a ratio of two timings taken in the same run.
+The figures are printed, written to ``benchmarks/results/latest.json`` and drawn in
+``benchmarks/results/latest.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pyarrow as pa
+import sqlalchemy as sa
+from psycopg2 import sql
+
+from benchmarks.in_database import load_reference_tables, reference_query
+from benchmarks.legacy import run_legacy
+from pipeline import db
+from pipeline.admin import initialise
+from pipeline.embedded import server_url
+from pipeline.methodology import FactorBook
+from pipeline.methodology.batch import Probes, activity_schema, calculate_batch
+from pipeline.model import ACTIVITY_TYPES
+from pipeline.ranges import plan_from_cuts, plan_int_ranges, plan_uuid_ranges, ranges_needed
+from pipeline.seed import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+EARLIER_RUN = "00000000-0000-4000-8000-00000000e001"  # the "earlier nightly runs"
+
+
+# --- Databases -----------------------------------------------------------------------------
+
+
+def fresh_database(server: str, name: str) -> str:
+    """Drop and create database ``name`` on ``server``; return its URL."""
+    conn = db.connect(server)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return sa.make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+def seeded(server: str, name: str, count: int, done_share: float) -> str:
+    """A database with ``count`` seeded activities, the first ``done_share`` computed."""
+    url = fresh_database(server, name)
+    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        initialise(engine)
+        seed(engine, count, seed_value=42)
+    finally:
+        engine.dispose()
+    if done_share > 0:
+        precompute(url, done_share)
+    vacuum(url)
+    return url
+
+
+def precompute(url: str, share: float) -> None:
+    """Computes the first ``share`` of each table (by key) as an earlier run would have."""
+    conn = db.connect(url)
+    try:
+        book = FactorBook.from_rows(db.read_factor_rows(conn))
+        for activity_type in ACTIVITY_TYPES:
+            rows = db.count_rows(conn, activity_type)
+            if rows == 0:
+                continue
+            step = max(1, int(rows * share))
+            cuts = db.key_cuts(conn, activity_type, step)
+            end = cuts[0] if cuts else None
+            probes = Probes(activity_type, book)
+            table = db.read_pending_table(
+                conn, activity_type, None, end, activity_schema(activity_type, pa.int64())
+            )
+            versions = dict(
+                zip(
+                    table.column("id").to_pylist(),
+                    table.column(db.VERSION_COLUMN).to_pylist(),
+                    strict=True,
+                )
+            )
+            outcome = calculate_batch(
+                activity_type, table.drop([db.VERSION_COLUMN]), book, probes=probes
+            )
+            db.write_results_table(conn, outcome.results, EARLIER_RUN)
+            errors = [
+                dataclasses.replace(e, activity_version=versions[e.activity_id])
+                for e in outcome.errors
+            ]
+            db.write_errors(conn, errors, EARLIER_RUN)
+    finally:
+        conn.close()
+
+
+def vacuum(url: str) -> None:
+    conn = db.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE")
+    finally:
+        conn.close()
+
+
+def reset(url: str, run_id: str) -> None:
+    """Removes what one run wrote, so the next run starts from the same state."""
+    conn = db.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM emission_results WHERE run_id = %s", (run_id,))
+            cur.execute("DELETE FROM emission_errors WHERE run_id = %s", (run_id,))
+        conn.commit()
+    finally:
+        conn.close()
+    vacuum(url)
+
+
+# --- Timings -------------------------------------------------------------------------------
+
+
+def timed_sql(url: str, statement: str, params: dict[str, Any] | None = None) -> tuple[float, Any]:
+    """Seconds one statement takes (after the session's reference tables are loaded)."""
+    conn = db.connect(url)
+    try:
+        load_reference_tables(conn)
+        with conn.cursor() as cur:
+            started = time.perf_counter()
+            cur.execute(statement, params)
+            found = cur.fetchall() if cur.description else cur.rowcount
+            conn.commit()
+            return time.perf_counter() - started, found
+    finally:
+        conn.close()
+
+
+def timed_process(argv: Sequence[str]) -> dict[str, Any]:
+    """Wall time and peak RSS (the whole process tree) of a command; its stdout."""
+    started = time.perf_counter()
+    proc = psutil.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} … failed ({proc.returncode}):\n{err[-3000:]}")
+    summary = json.loads(out[out.index("{") :])
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "summary": summary}
+
+
+def run_pipeline(url: str, *extra: str) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "pipeline.run", "--database-url", url]
+    return timed_process([*argv, "--progress-interval", "0", *extra])
+
+
+def baseline(url: str) -> tuple[float, int]:
+    """The in-database statement: compute every pending activity into ``baseline_results``."""
+    conn = db.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "DROP TABLE IF EXISTS baseline_results;"
+                "CREATE TABLE baseline_results (activity_type text, activity_id bigint, "
+                "kg_co2e float8, PRIMARY KEY (activity_type, activity_id))"
+            )
+            cur.execute("SELECT min(year), max(year) FROM emission_factors")
+            first, last = cur.fetchone()
+        conn.commit()
+    finally:
+        conn.close()
+    statement = (
+        "INSERT INTO baseline_results (activity_type, activity_id, kg_co2e) "
+        f"SELECT activity_type, activity_id::bigint, kg_co2e FROM ({reference_query(True)}) q"
+    )
+    seconds, written = timed_sql(url, statement, {"rf": "rf", "first": first, "last": last})
+    return seconds, int(written)
+
+
+def anti_join_count(url: str) -> float:
+    """The SQL anti-join count of activities without a result, over all activity tables."""
+    parts = [
+        f"(SELECT count(*) FROM {table} a WHERE NOT EXISTS (SELECT 1 FROM emission_results r "
+        f"WHERE r.activity_type = '{t}' AND r.activity_id = a.id))"
+        for t, table in db.ACTIVITY_TABLES.items()
+    ]
+    conn = db.connect(url)
+    try:
+        with conn.cursor() as cur:
+            started = time.perf_counter()
+            cur.execute("SELECT " + " + ".join(parts))
+            cur.fetchall()
+            return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def compare(url: str, run_id: str) -> dict[str, Any]:
+    """The pipeline's rows of one run against the baseline's: keys, values, totals."""
+    conn = db.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE r.activity_id IS NULL), "
+                "count(*) FILTER (WHERE b.activity_id IS NULL), "
+                "coalesce(max(abs(r.kg_co2e - b.kg_co2e) / nullif(abs(b.kg_co2e), 0)), 0), "
+                "sum(r.kg_co2e), sum(b.kg_co2e), count(*) "
+                "FROM (SELECT * FROM emission_results WHERE run_id = %s) r "
+                "FULL JOIN baseline_results b USING (activity_type, activity_id)",
+                (run_id,),
+            )
+            only_baseline, only_pipeline, max_rel, total_p, total_b, rows = cur.fetchone()
+    finally:
+        conn.close()
+    total_rel = abs(total_p - total_b) / abs(total_b) if total_b else 0.0
+    return {
+        "rows": rows,
+        "only_in_baseline": only_baseline,
+        "only_in_pipeline": only_pipeline,
+        "max_row_relative_difference": max_rel,
+        "total_pipeline_kg": total_p,
+        "total_baseline_kg": total_b,
+        "total_relative_difference": total_rel,
+        "same": only_baseline == 0 and only_pipeline == 0 and total_rel <= 1e-9,
+    }
+
+
+# --- Range balance -------------------------------------------------------------------------
+
+
+def balance(server: str, rows: int, partitions: int, rows_per_range: int) -> dict[str, Any]:
+    """Largest range / mean range, in rows, for the two planners on skewed and UUID keys."""
+    out: dict[str, Any] = {}
+    for label, id_type, ids_sql in [
+        # 90% of the rows in the first 1% of the key span, the rest spread over it all
+        (
+            "clustered_bigint",
+            "bigint",
+            f"SELECT g FROM generate_series(1, {int(rows * 0.9)}) g UNION ALL "
+            f"SELECT {rows} + g * 100 FROM generate_series(1, {rows - int(rows * 0.9)}) g",
+        ),
+        ("random_uuid", "uuid", f"SELECT gen_random_uuid() FROM generate_series(1, {rows})"),
+    ]:
+        url = fresh_database(server, f"emissions_bench_{label}")
+        engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+        db.create_schema(engine, id_type)  # type: ignore[arg-type]
+        engine.dispose()
+        conn = db.connect(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO electricity_activities (id, quantity, unit, region, "
+                    f"activity_date) SELECT i, 1, 'kWh', 'CAMX', '2023-01-01' FROM ({ids_sql}) s(i)"
+                )
+            conn.commit()
+            n = ranges_needed(rows, rows_per_range, partitions)
+            cuts = db.key_cuts(conn, "electricity", -(-rows // n))
+            by_rows = plan_from_cuts("electricity", cuts)
+            lo, hi, _ = db.key_bounds(conn, "electricity")
+            by_bounds = (
+                plan_uuid_ranges("electricity", n)
+                if id_type == "uuid"
+                else plan_int_ranges("electricity", int(lo), int(hi), n)
+            )
+            out[label] = {
+                "rows": rows,
+                "ranges": n,
+                "rows_planner_largest_over_mean": _largest_over_mean(conn, by_rows),
+                "bounds_planner_largest_over_mean": _largest_over_mean(conn, by_bounds),
+            }
+        finally:
+            conn.close()
+        fresh_database(server, f"emissions_bench_{label}")  # leave it empty
+    return out
+
+
+def _largest_over_mean(conn: Any, ranges: list[Any]) -> float:
+    sizes = []
+    with conn.cursor() as cur:
+        for r in ranges:
+            query, params = db.pending_query("electricity", r.start, r.end)
+            cur.execute(sql.SQL("SELECT count(*) FROM ({}) q").format(query), params)
+            sizes.append(cur.fetchone()[0])
+    conn.commit()
+    return max(sizes) / statistics.mean(sizes)
+
+
+# --- Report --------------------------------------------------------------------------------
+
+
+def chart(figures: dict[str, Any], path: Path) -> None:
+    """Throughput of each approach (rows per second, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(label, value) for label, value in figures["throughput_rows_per_s"].items() if value]
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
+    labels = [b[0] for b in bars]
+    values = [b[1] for b in bars]
+    ax.barh(labels, values, color=["#4c72b0", "#55a868", "#8172b2", "#c44e52"][: len(bars)])
+    ax.set_xscale("log")
+    ax.set_xlabel("activities per second (log scale)")
+    ax.set_title(
+        f"{figures['count']:,} activities ({figures['pending']:,} pending), 2 cores: "
+        f"pipeline / SQL = {figures['ratio_pipeline_over_sql']:.2f}"
+    )
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:,.0f}/s", va="center", fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--done-share", type=float, default=0.3)
+    parser.add_argument("--legacy-count", type=int, default=5_000)
+    parser.add_argument("--balance-rows", type=int, default=500_000)
+    parser.add_argument("--scale", action="store_true", help="peak RSS at 500,000 and 5,000,000")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a server whose user may CREATE DATABASE (default: embedded)",
+    )
+    args = parser.parse_args(argv)
+    server = args.database_url or server_url(ROOT / ".pgdata")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Any] = {"count": args.count, "cores": os.cpu_count()}
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    say(f"seeding {args.count:,} activities, {args.done_share:.0%} already computed …")
+    url = seeded(server, "emissions_bench", args.count, args.done_share)
+
+    sql_s, sql_rows = baseline(url)
+    figures.update(pending=sql_rows, sql_s=sql_s)
+    say(f"in-database SQL: {sql_s:.2f} s for {sql_rows:,} results ({sql_rows / sql_s:,.0f}/s)")
+
+    one = run_pipeline(url)
+    run_id = one["summary"]["run_id"]
+    check = compare(url, run_id)
+    figures.update(pipeline=one, check=check)
+    ratio = one["wall_s"] / sql_s
+    figures["ratio_pipeline_over_sql"] = ratio
+    say(
+        f"pipeline (defaults): {one['wall_s']:.2f} s wall, "
+        f"{one['summary']['total_processed'] / one['wall_s']:,.0f}/s, peak RSS "
+        f"{one['peak_rss_mb']:.0f} MB; pipeline / SQL = {ratio:.2f} (target ≤ 1.25)"
+    )
+    say(
+        f"same rows as the SQL: {check['same']} ({check['only_in_baseline']} only in SQL, "
+        f"{check['only_in_pipeline']} only in the pipeline, total relative difference "
+        f"{check['total_relative_difference']:.2e}, largest per row "
+        f"{check['max_row_relative_difference']:.2e})"
+    )
+
+    rerun = run_pipeline(url)
+    count_s = anti_join_count(url)
+    own_s = rerun["summary"]["timings"]["total_s"]
+    figures["rerun"] = {
+        "wall_s": rerun["wall_s"],
+        "run_s": own_s,
+        "anti_join_count_s": count_s,
+        "ratio_run_over_count": own_s / count_s,
+        "ratio_wall_over_count": rerun["wall_s"] / count_s,
+        "pending": rerun["summary"]["pending"],
+    }
+    say(
+        f"rerun with nothing pending: {own_s:.2f} s in the run ({rerun['wall_s']:.2f} s with "
+        f"interpreter start-up) vs {count_s:.2f} s for the SQL anti-join count: "
+        f"{own_s / count_s:.2f}× (target ≤ 1.5)"
+    )
+
+    reset(url, run_id)
+    two = run_pipeline(url, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    figures["pipeline_2_workers"] = two
+    figures["ratio_2_workers_over_sql"] = two["wall_s"] / sql_s
+    say(
+        f"pipeline, 2 workers: {two['wall_s']:.2f} s wall, peak RSS {two['peak_rss_mb']:.0f} MB; "
+        f"/ SQL = {two['wall_s'] / sql_s:.2f} (stretch ≤ 1.0)"
+    )
+
+    legacy_url = seeded(server, "emissions_bench_legacy", args.legacy_count, args.done_share)
+    started = time.perf_counter()
+    legacy_counts = run_legacy(legacy_url)
+    legacy_s = time.perf_counter() - started
+    legacy_done = legacy_counts["computed"] + legacy_counts["errors"]
+    small_url = seeded(server, "emissions_bench_small", args.legacy_count, args.done_share)
+    small = run_pipeline(small_url)
+    figures["legacy"] = {
+        "count": args.legacy_count,
+        "pending": legacy_done,
+        "legacy_s": legacy_s,
+        "pipeline_s": small["wall_s"],
+        "legacy_rows_per_s": legacy_done / legacy_s,
+    }
+    say(
+        f"old approach (ORM, 100 a page, commit per page) on {args.legacy_count:,} activities: "
+        f"{legacy_s:.1f} s ({legacy_done / legacy_s:,.0f}/s; OFFSET paging makes it "
+        f"slower per row as tables grow); the pipeline on the same data: {small['wall_s']:.1f} s"
+    )
+
+    figures["balance"] = balance(server, args.balance_rows, 8, 50_000)
+    for label, b in figures["balance"].items():
+        say(
+            f"ranges on {label} keys ({b['rows']:,} rows, {b['ranges']} ranges): largest/mean "
+            f"{b['rows_planner_largest_over_mean']:.2f} by row counts (default), "
+            f"{b['bounds_planner_largest_over_mean']:.2f} by key bounds (target ≤ 2)"
+        )
+
+    if args.scale:
+        rss = {}
+        for n in (500_000, 5_000_000):
+            say(f"scale: seeding {n:,} …")
+            scale_url = seeded(server, "emissions_bench_scale", n, 0.0)
+            rss[n] = run_pipeline(scale_url)["peak_rss_mb"]
+            say(f"scale: {n:,} activities, peak RSS {rss[n]:.0f} MB")
+        figures["scale"] = {
+            "peak_rss_mb": {str(k): v for k, v in rss.items()},
+            "ratio_5m_over_500k": rss[5_000_000] / rss[500_000],
+        }
+        say(f"peak RSS 5M / 500K = {rss[5_000_000] / rss[500_000]:.2f} (target ≤ 1.10)")
+        fresh_database(server, "emissions_bench_scale")
+
+    figures["throughput_rows_per_s"] = {
+        "in-database SQL": sql_rows / sql_s,
+        "pipeline": one["summary"]["total_processed"] / one["wall_s"],
+        "pipeline, 2 workers": two["summary"]["total_processed"] / two["wall_s"],
+        "old ORM approach": legacy_done / legacy_s,
+    }
+    out = RESULTS_DIR / "latest.json"
+    out.write_text(json.dumps(figures, indent=2, default=str))
+    chart(figures, RESULTS_DIR / "latest.png")
+    say(
+        f"figures: {out.relative_to(ROOT)}, chart: {(RESULTS_DIR / 'latest.png').relative_to(ROOT)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
