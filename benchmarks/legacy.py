@@ -50,6 +50,12 @@ def run_legacy(url: str, page: int = PAGE) -> dict[str, int]:
                     if session.get(results_cls, (activity_type, row.id)) is not None:
                         counts["skipped"] += 1
                         continue
+                    refused = sa.select(errors_cls.id).filter_by(
+                        activity_type=activity_type, activity_id=row.id
+                    )
+                    if session.scalars(refused).first() is not None:
+                        counts["skipped"] += 1
+                        continue
                     values = {f: getattr(row, f) for f in fields}
                     if isinstance(values["activity_date"], datetime.datetime):
                         values["activity_date"] = values["activity_date"].date()

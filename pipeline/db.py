@@ -540,14 +540,17 @@ def pending_query(
 
 
 def count_query(
-    activity_type: ActivityType, date_from: str | None = None, date_to: str | None = None
+    activity_type: ActivityType,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    pending_only: bool = False,
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """(activities in scope, pending among them), in one scan with the anti-join."""
+    """The number of activities in scope, or of pending ones (an anti-join, not a per-row
+    filter: PostgreSQL plans ``WHERE NOT EXISTS`` as one hash anti-join)."""
     conditions, params = _in_scope(activity_type, None, None, date_from, date_to)
-    query = sql.SQL(
-        "SELECT count(*), count(*) FILTER (WHERE {pending}) FROM {table} a WHERE {where}"
-    ).format(
-        pending=_PENDING,
+    if pending_only:
+        conditions.append(_PENDING)
+    query = sql.SQL("SELECT count(*) FROM {table} a WHERE {where}").format(
         table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
         where=sql.SQL(" AND ").join(conditions),
     )
@@ -732,16 +735,20 @@ def write_results(
 def write_results_table(
     conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
 ) -> int:
-    """Insert a results table (``result_schema``) not already stored. Returns rows written."""
-    columns = RESULT_COLUMNS + ("run_id",)
-    table = results.select(list(RESULT_COLUMNS)).append_column(
+    """Insert a results table (``result_schema``) not already stored. Returns rows written.
+
+    Columns that are empty in the whole batch (the flight fields of electricity, say) are left
+    out of the COPY: they are NULL by default, and PostgreSQL parses fewer fields.
+    """
+    present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
+    table = results.select(present).append_column(
         "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
     )
     buf = io.BytesIO()
     pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False))
     buf.seek(0)
     conflict = sql.SQL("(activity_type, activity_id)")
-    return _staged_copy(conn, RESULTS_TABLE, columns, buf, conflict)
+    return _staged_copy(conn, RESULTS_TABLE, (*present, "run_id"), buf, conflict)
 
 
 def error_hash(error: ErrorRecord) -> str:
@@ -776,7 +783,9 @@ def count_activities(
         with raw.cursor() as cur:
             for t in activity_types:
                 cur.execute(*count_query(t, date_from, date_to))
-                total, pending = cur.fetchone()
+                (total,) = cur.fetchone()
+                cur.execute(*count_query(t, date_from, date_to, pending_only=True))
+                (pending,) = cur.fetchone()
                 out[t] = {"total": int(total), "pending": int(pending)}
         raw.commit()
     return out
