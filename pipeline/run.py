@@ -198,7 +198,8 @@ def beam_workers(argv: list[str]) -> int:
 
 def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]) -> int:
     """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
-    workers = beam_workers(beam_args) if runner in ("DirectRunner", "direct") else 1
+    local = runner in ("DirectRunner", "direct")
+    workers = beam_workers(with_local_defaults(beam_args)) if local else 1
     bound = db.connection_bound(len(config.activity_types), workers)
     if config.max_connections is not None and bound > config.max_connections:
         raise OptionsError(

@@ -94,6 +94,10 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
         finally:
             conn.close()
 
+    # The default run: the DirectRunner's default workers, every activity type.
+    bound = db.connection_bound(
+        activity_types=3, workers=run.beam_workers(run.with_local_defaults([]))
+    )
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
@@ -101,13 +105,12 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
             url,
             tmp_path,
             *("--write-batch-size", "200", "--progress-interval", "0.2"),
-            *("--max-connections", str(db.connection_bound(activity_types=3, workers=1))),
+            *("--max-connections", str(bound)),
         )
         assert proc.wait() == 0, proc.stderr[-2000:]
     finally:
         stop.set()
         sampler.join(timeout=10)
-    bound = db.connection_bound(activity_types=3, workers=1)
     assert 0 < peak <= bound, (peak, bound)
     # Every connection says whose it is (a backend shows '' until its start-up completes).
     assert names - {""} == {db.APPLICATION_NAME}
