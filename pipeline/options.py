@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "Refuse to start when the run could hold more database connections than this "
             "at once (2 for the driver, plus per worker 3 per activity type (a reader, "
-            "2 writers) and 1 short-lived; 12 for one worker and all types). "
+            "2 writers) and 1 short-lived: 22 for all types on the default 2 local workers). "
             "Default: no limit."
         ),
     )
