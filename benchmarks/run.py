@@ -335,6 +335,22 @@ def _largest_over_mean(conn: Any, ranges: list[Any]) -> float:
     return max(sizes) / statistics.mean(sizes)
 
 
+def scale(server: str, say: Any) -> dict[str, Any]:
+    """The pipeline's peak RSS at 500,000 and at 5,000,000 activities (all pending)."""
+    rss = {}
+    for n in (500_000, 5_000_000):
+        say(f"scale: seeding {n:,} …")
+        scale_url = seeded(server, "emissions_bench_scale", n, 0.0)
+        rss[n] = run_pipeline(scale_url)["peak_rss_mb"]
+        say(f"scale: {n:,} activities, peak RSS {rss[n]:.0f} MB")
+    fresh_database(server, "emissions_bench_scale")  # leave it empty
+    say(f"peak RSS 5M / 500K = {rss[5_000_000] / rss[500_000]:.2f} (target ≤ 1.10)")
+    return {
+        "peak_rss_mb": {str(k): v for k, v in rss.items()},
+        "ratio_5m_over_500k": rss[5_000_000] / rss[500_000],
+    }
+
+
 # --- Report --------------------------------------------------------------------------------
 
 
@@ -375,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy-count", type=int, default=5_000)
     parser.add_argument("--balance-rows", type=int, default=500_000)
     parser.add_argument("--scale", action="store_true", help="peak RSS at 500,000 and 5,000,000")
+    parser.add_argument("--scale-only", action="store_true", help="only the --scale part")
     parser.add_argument(
         "--database-url",
         default=None,
@@ -387,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def say(text: str) -> None:
         print(text, flush=True)
+
+    if args.scale_only:
+        scaled = scale(server, say)
+        (RESULTS_DIR / "scale.json").write_text(json.dumps(scaled, indent=2))
+        return 0
 
     say(f"seeding {args.count:,} activities, {args.done_share:.0%} already computed …")
     url = seeded(server, "emissions_bench", args.count, args.done_share)
@@ -468,18 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if args.scale:
-        rss = {}
-        for n in (500_000, 5_000_000):
-            say(f"scale: seeding {n:,} …")
-            scale_url = seeded(server, "emissions_bench_scale", n, 0.0)
-            rss[n] = run_pipeline(scale_url)["peak_rss_mb"]
-            say(f"scale: {n:,} activities, peak RSS {rss[n]:.0f} MB")
-        figures["scale"] = {
-            "peak_rss_mb": {str(k): v for k, v in rss.items()},
-            "ratio_5m_over_500k": rss[5_000_000] / rss[500_000],
-        }
-        say(f"peak RSS 5M / 500K = {rss[5_000_000] / rss[500_000]:.2f} (target ≤ 1.10)")
-        fresh_database(server, "emissions_bench_scale")
+        figures["scale"] = scale(server, say)
 
     figures["throughput_rows_per_s"] = {
         "in-database SQL": sql_rows / sql_s,
