@@ -67,6 +67,17 @@ def with_local_defaults(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
+def release_arrow_memory_promptly() -> None:
+    """Arrow's allocator keeps freed memory for reuse for a while; with a new table per range,
+    that shows as memory growing with the number of ranges. Hand it back at once instead."""
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # built without jemalloc: another allocator, nothing to tune
+        pass
+
+
 def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
     """Builds and runs the Beam pipeline; returns its counters (None if the runner has none).
 
@@ -76,6 +87,7 @@ def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
 
     from pipeline import beam_options, graph
 
+    release_arrow_memory_promptly()
     options = PipelineOptions(with_local_defaults(argv))
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
     p = make_pipeline(options)
