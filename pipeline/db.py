@@ -15,8 +15,8 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 import psycopg2
 import psycopg2.errors
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
 
+from pipeline import retry
 from pipeline.model import (
     ACTIVITY_TYPES,
     ActivityType,
@@ -37,6 +38,7 @@ from pipeline.model import (
 )
 
 IdType = Literal["bigint", "uuid"]
+T = TypeVar("T")
 
 ACTIVITY_TABLES: dict[ActivityType, str] = {
     "electricity": "electricity_activities",
@@ -50,6 +52,8 @@ RUNS_TABLE = "calculation_runs"
 HISTORY_TABLE = "emission_results_history"
 RESTATEMENTS_TABLE = "restatements"
 FINGERPRINTS_TABLE = "result_fingerprints"
+#: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
+APPLICATION_NAME = "emissions-pipeline"
 
 #: What a result row describes of its factor row, which ``factor_id`` points at; stored once,
 #: in ``emission_factors``, and joined back by the ``emission_results_explained`` view.
@@ -293,6 +297,7 @@ def make_engine(url: str, **kw: Any) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    kw.setdefault("connect_args", {}).setdefault("application_name", APPLICATION_NAME)
     return sa.create_engine(parsed, pool_pre_ping=True, **kw)
 
 
@@ -356,14 +361,27 @@ def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
         # One creator at a time: two runs starting together must not race on CREATE TABLE.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7355608)"))
         md.create_all(conn, checkfirst=True)
+        # Columns added since a table was first made: only when missing, since ALTER TABLE
+        # needs the table's owner, and a run may use a role that can only read and write.
         for table, column, col_type in _ADDED_COLUMNS:
-            conn.execute(
+            found = conn.execute(
                 sa.text(
-                    f"ALTER TABLE {validate_identifier(table)} ADD COLUMN IF NOT EXISTS "
-                    f"{validate_identifier(column)} {validate_identifier(col_type)}"
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                    "current_schema() AND table_name = :t AND column_name = :c"
+                ),
+                {"t": table, "c": column},
+            ).scalar()
+            if found is None:
+                conn.execute(
+                    sa.text(
+                        f"ALTER TABLE {validate_identifier(table)} ADD COLUMN "
+                        f"{validate_identifier(column)} {validate_identifier(col_type)}"
+                    )
                 )
-            )
-        conn.execute(sa.text(_EXPLAINED_VIEW_SQL))
+        # Only when missing, like the tables: replacing a view needs its owner, and a run may
+        # use a role that can only read and write the tables.
+        if conn.execute(sa.text("SELECT to_regclass(:v)"), {"v": EXPLAINED_VIEW}).scalar() is None:
+            conn.execute(sa.text(_EXPLAINED_VIEW_SQL))
     return chosen
 
 
@@ -423,8 +441,11 @@ def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
 # --- Connections ---------------------------------------------------------------------------
 
 
-def connect(url: str) -> psycopg2.extensions.connection:
-    """A raw psycopg2 connection for the hot paths, from a SQLAlchemy-style URL."""
+def connect(url: str, **driver_options: Any) -> psycopg2.extensions.connection:
+    """A raw psycopg2 connection for the hot paths, from a SQLAlchemy-style URL.
+
+    ``driver_options`` go to ``psycopg2.connect`` (e.g. ``connection_factory``).
+    """
     u = sa.make_url(url)
     params: dict[str, Any] = {
         "dbname": u.database,
@@ -432,10 +453,71 @@ def connect(url: str) -> psycopg2.extensions.connection:
         "password": u.password,
         "host": u.host,
         "port": u.port,
-        "application_name": "emissions-pipeline",
+        "application_name": APPLICATION_NAME,
     }
     params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
-    return psycopg2.connect(**{k: v for k, v in params.items() if v is not None})
+    params = {k: v for k, v in params.items() if v is not None}
+    return psycopg2.connect(**params, **driver_options)
+
+
+class ResilientConnection:
+    """One psycopg2 connection for a DoFn, reopened and retried after transient failures.
+
+    ``run(what, fn)`` calls ``fn(connection)``; when that fails transiently (the connection was
+    lost, the server restarted, a serialization failure or deadlock), the connection is dropped
+    and ``fn`` runs again on a fresh one, with backoff, up to the policy's attempts. ``fn`` must
+    therefore be one whole transaction that is safe to repeat: every write here is idempotent.
+    """
+
+    def __init__(self, url: str, policy: retry.RetryPolicy = retry.DEFAULT_POLICY) -> None:
+        self._url = url
+        self._policy = policy
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def open(self) -> None:
+        """Connect now (retrying), so that a database that is down fails in ``setup``."""
+        retry.call(self._ensure, what="connecting to the database", policy=self._policy)
+
+    def _ensure(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._url)
+        return self._conn
+
+    def _drop(self, _: BaseException | None = None) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def run(self, what: str, fn: Callable[[psycopg2.extensions.connection], T]) -> T:
+        def attempt() -> T:
+            conn = self._ensure()
+            try:
+                return fn(conn)
+            except Exception as e:
+                if not retry.is_transient(e) and not conn.closed:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                raise
+
+        return retry.call(attempt, what=what, policy=self._policy, on_retry=self._drop)
+
+    def close(self) -> None:
+        self._drop()
+
+
+def with_connection(
+    url: str,
+    what: str,
+    fn: Callable[[psycopg2.extensions.connection], T],
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
+) -> T:
+    """``fn`` on a short-lived connection, retried after transient failures, closed after."""
+    resilient = ResilientConnection(url, policy)
+    try:
+        return resilient.run(what, fn)
+    finally:
+        resilient.close()
 
 
 # --- Range reads ---------------------------------------------------------------------------
@@ -844,3 +926,20 @@ def scrub(text: str, url: str | None) -> str:
     if password:
         text = text.replace(str(password), "***")
     return text
+
+
+# --- Connection budget ---------------------------------------------------------------------
+
+#: The run's own engine (bookkeeping and progress lines): ``pool_size=2, max_overflow=0``.
+DRIVER_CONNECTIONS = 2
+
+
+def connection_bound(activity_types: int, workers: int = 1) -> int:
+    """The most connections one run holds at once.
+
+    The driver's pool, and per worker and activity type: one range reader and two writers
+    (results, errors), each its own DoFn; plus one short-lived connection that plans key
+    ranges or reads the factors. Every DoFn opens its connection in ``setup`` and closes it in
+    ``teardown``; none opens one per element or per bundle.
+    """
+    return DRIVER_CONNECTIONS + workers * (3 * activity_types + 1)

@@ -20,7 +20,10 @@ def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
     factors = (
         p
         | "Factors" >> beam.Create([None])
-        | "ReadFactors" >> beam.ParDo(ReadFactorsFn(config.database_url, dict(config.factor_pins)))
+        | "ReadFactors"
+        >> beam.ParDo(
+            ReadFactorsFn(config.database_url, config.retry_policy, dict(config.factor_pins))
+        )
     )
     outputs: dict[str, Any] = {}
     # One branch per type, each ending in its own writes: a branch fuses into one stage after
@@ -35,15 +38,16 @@ def build(p: beam.Pipeline, config: RunConfig) -> dict[str, Any]:
             planner=config.range_planner,
             date_from=config.date_from,
             date_to=config.date_to,
+            retry_policy=config.retry_policy,
         )
         calculated = activities | f"Calculate{label}" >> CalculateEmissions(
             activity_type, factors, config.radiative_forcing
         )
         calculated.results | f"WriteResults{label}" >> WriteResults(
-            config.database_url, config.run_id, config.write_batch_size
+            config.database_url, config.run_id, config.write_batch_size, config.retry_policy
         )
         calculated[ERRORS] | f"WriteErrors{label}" >> WriteErrors(
-            config.database_url, config.run_id, config.write_batch_size
+            config.database_url, config.run_id, config.write_batch_size, config.retry_policy
         )
         outputs[activity_type] = calculated
     return outputs

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pipeline.embedded import DATABASE_URL_ENV
 from pipeline.model import ACTIVITY_TYPES, ActivityType
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Only activities dated before this day (YYYY-MM-DD).",
     )
     parser.add_argument(
+        "--retry-attempts",
+        "--retry_attempts",
+        dest="retry_attempts",
+        type=int,
+        default=8,
+        help=(
+            "Tries of a database operation that fails transiently (lost connection, server "
+            "restart, serialization failure, deadlock) before the run fails (default: 8)."
+        ),
+    )
+    parser.add_argument(
+        "--retry-base-delay",
+        "--retry_base_delay",
+        dest="retry_base_delay",
+        type=float,
+        default=0.5,
+        help=(
+            "Seconds before the first retry; the wait doubles each time, up to 10 s "
+            "(default: 0.5, so 8 tries wait at most about 35 s)."
+        ),
+    )
+    parser.add_argument(
+        "--max-connections",
+        "--max_connections",
+        dest="max_connections",
+        type=int,
+        default=None,
+        help=(
+            "Refuse to start when the run could hold more database connections than this "
+            "at once (2 for the driver, plus per worker 3 per activity type (a reader, "
+            "2 writers) and 1 short-lived: 22 for all types on the default 2 local workers). "
+            "Default: no limit."
+        ),
+    )
+    parser.add_argument(
         "--factor-edition",
         "--factor_edition",
         dest="factor_edition",
@@ -135,6 +171,8 @@ class RunConfig:
     date_from: str | None
     date_to: str | None
     progress_interval: float
+    max_connections: int | None = None
+    retry_policy: RetryPolicy = DEFAULT_POLICY
     #: (factor set, edition) pairs: only that edition of the set is used.
     factor_pins: tuple[tuple[str, str], ...] = ()
 
@@ -194,6 +232,12 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         pins[factor_set.strip()] = edition.strip()
     if options.progress_interval < 0:
         raise OptionsError("--progress-interval must not be negative")
+    if options.max_connections is not None and options.max_connections < 1:
+        raise OptionsError(f"--max-connections must be at least 1, not {options.max_connections}")
+    if options.retry_attempts < 1:
+        raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
+    if options.retry_base_delay < 0:
+        raise OptionsError("--retry-base-delay must not be negative")
     return RunConfig(
         database_url=url,
         run_id=run_id,
@@ -206,5 +250,11 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         date_from=date_from,
         date_to=date_to,
         progress_interval=options.progress_interval,
+        max_connections=options.max_connections,
+        retry_policy=RetryPolicy(
+            attempts=options.retry_attempts,
+            base_delay=options.retry_base_delay,
+            max_delay=max(10.0, options.retry_base_delay),
+        ),
         factor_pins=tuple(sorted(pins.items())),
     )

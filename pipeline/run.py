@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from pipeline import audit, db, quality
+from pipeline import audit, db, quality, retry
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
@@ -67,6 +67,17 @@ def with_local_defaults(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
+def release_arrow_memory_promptly() -> None:
+    """Arrow's allocator keeps freed memory for reuse for a while; with a new table per range,
+    that shows as memory growing with the number of ranges. Hand it back at once instead."""
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # built without jemalloc: another allocator, nothing to tune
+        pass
+
+
 def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
     """Builds and runs the Beam pipeline; returns its counters (None if the runner has none).
 
@@ -76,6 +87,7 @@ def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
 
     from pipeline import beam_options, graph
 
+    release_arrow_memory_promptly()
     options = PipelineOptions(with_local_defaults(argv))
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
     p = make_pipeline(options)
@@ -188,6 +200,47 @@ def runner_name(argv: list[str]) -> str:
     return str(known.runner)
 
 
+def beam_workers(argv: list[str]) -> int:
+    """Workers of the in-process runner (``--direct_num_workers``; 0 means one per core)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--direct_num_workers", type=int, default=1)
+    known, _ = parser.parse_known_args(argv)
+    return int(known.direct_num_workers) or (os.cpu_count() or 1)
+
+
+def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]) -> int:
+    """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
+    local = runner in ("DirectRunner", "direct")
+    workers = beam_workers(with_local_defaults(beam_args)) if local else 1
+    bound = db.connection_bound(len(config.activity_types), workers)
+    if config.max_connections is not None and bound > config.max_connections:
+        raise OptionsError(
+            f"this run could hold up to {bound} database connections at once ({workers} "
+            f"worker(s), {len(config.activity_types)} activity type(s)), more than "
+            f"--max-connections {config.max_connections}: use fewer workers or activity types"
+        )
+    return bound
+
+
+def failure_message(error: BaseException) -> str:
+    """One clear line for a failed run.
+
+    A runner reports a worker's exception as text inside its own (with the worker's
+    traceback); when the database was unavailable, that line is the one worth reading.
+    """
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, retry.DatabaseUnavailable):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    text = str(error)
+    marker = "the database is unavailable:"
+    if marker in text:
+        line = text[text.index(marker) :].splitlines()[0]
+        return line.rstrip(" '\"")
+    return retry.describe(error) if len(text) < 2000 else f"{type(error).__name__}: {text[:2000]}…"
+
+
 def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
     """The options as given, without the database URL's password."""
     shown: dict[str, Any] = dict(vars(options))
@@ -230,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = resolve_database_url(options.database_url)
         config = validate(options, url)
+        check_connection_budget(config, runner_name(beam_args), beam_args)
     except OptionsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -241,19 +295,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runner = runner_name(beam_args)
     engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
+    policy = config.retry_policy
     try:
-        ensure_initialised(engine)
+        retry.call(lambda: ensure_initialised(engine), what="checking the schema", policy=policy)
         pins = dict(config.factor_pins)
         try:
-            editions = audit.current_editions(engine, pins)
+            editions = retry.call(
+                lambda: audit.current_editions(engine, pins),
+                what="reading the factor editions",
+                policy=policy,
+            )
         except audit.EditionError as e:
             print(f"error: --factor-edition: {e}", file=sys.stderr)
             return 2
-        counts = db.count_activities(
-            engine, config.activity_types, config.date_from, config.date_to
+        counts = retry.call(
+            lambda: db.count_activities(
+                engine, config.activity_types, config.date_from, config.date_to
+            ),
+            what="counting pending activities",
+            policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
-        db.start_run(engine, config.run_id, runner, safe_options(options, beam_args))
+        retry.call(
+            lambda: db.start_run(engine, config.run_id, runner, safe_options(options, beam_args)),
+            what="recording the run",
+            policy=policy,
+        )
         setup_s = time.monotonic() - started
         _LOG.info(
             "run %s on %s: %d pending of %d activities",
@@ -270,9 +337,21 @@ def main(argv: list[str] | None = None) -> int:
                 metrics = execute(args, config)
         pipeline_s = time.monotonic() - started - setup_s
         # The audit trail: fingerprint what this run wrote (in SQL), say how it was computed.
-        audit.seal(engine, config.run_id, config.activity_types)
-        summary = summarise(engine, config, counts, metrics)
-        summary["quality"] = quality.coverage(engine, config.run_id)
+        retry.call(
+            lambda: audit.seal(engine, config.run_id, config.activity_types),
+            what="sealing the run's results",
+            policy=policy,
+        )
+        summary = retry.call(
+            lambda: summarise(engine, config, counts, metrics),
+            what="summarising the run",
+            policy=policy,
+        )
+        summary["quality"] = retry.call(
+            lambda: quality.coverage(engine, config.run_id),
+            what="measuring data-quality coverage",
+            policy=policy,
+        )
         summary["factor_pins"] = pins
         summary["factor_editions"] = editions
         summary["code_version"] = audit.code_version()
@@ -284,33 +363,47 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(time.monotonic() - started, 3),
         }
-        db.finish_run(
-            engine,
-            config.run_id,
-            status="succeeded",
-            total_activities=summary["total_activities"],
-            skipped=summary["skipped"],
-            pending=summary["pending"],
-            total_processed=summary["total_processed"],
-            errors=summary["errors"],
-            total_co2e_tonnes=summary["total_co2e_tonnes"],
-            by_activity_type=summary["by_activity_type"],
-            timings=summary["timings"],
-            metrics_source=summary["metrics_source"],
-            quality=summary["quality"],
-            factor_pins=summary["factor_pins"],
-            factor_editions=summary["factor_editions"],
-            code_version=summary["code_version"],
+        retry.call(
+            lambda: db.finish_run(
+                engine,
+                config.run_id,
+                status="succeeded",
+                total_activities=summary["total_activities"],
+                skipped=summary["skipped"],
+                pending=summary["pending"],
+                total_processed=summary["total_processed"],
+                errors=summary["errors"],
+                total_co2e_tonnes=summary["total_co2e_tonnes"],
+                by_activity_type=summary["by_activity_type"],
+                timings=summary["timings"],
+                metrics_source=summary["metrics_source"],
+                quality=summary["quality"],
+                factor_pins=summary["factor_pins"],
+                factor_editions=summary["factor_editions"],
+                code_version=summary["code_version"],
+            ),
+            what="recording the run's outcome",
+            policy=policy,
         )
         print(json.dumps(summary, indent=2))
         return 0
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
-        message = db.scrub(f"{type(e).__name__}: {e}", config.database_url)
+        message = db.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
         try:
-            db.finish_run(engine, config.run_id, status="failed", message=message)
-        except Exception:  # noqa: BLE001 - the database may be what failed
-            pass
+            # Briefly: the database may be what failed, and the run must still end.
+            retry.call(
+                lambda: db.finish_run(engine, config.run_id, status="failed", message=message),
+                what="recording the failure",
+                policy=retry.RetryPolicy(attempts=2, base_delay=0.5),
+            )
+        except Exception as again:  # noqa: BLE001
+            _LOG.error(
+                "run %s could not be marked failed in %s (%s); it stays 'running' there",
+                config.run_id,
+                db.RUNS_TABLE,
+                db.scrub(retry.describe(again), config.database_url),
+            )
         print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
         return 1
     finally:

@@ -191,7 +191,8 @@ def test_an_unreachable_database_fails_without_leaking_the_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = "postgresql://alice:hunter2-secret@127.0.0.1:1/nowhere"
-    assert run.main(["--database-url", url, "--progress-interval", "0"]) == 1
+    quick = ["--retry-attempts", "2", "--retry-base-delay", "0.1"]  # refused: retried, briefly
+    assert run.main(["--database-url", url, "--progress-interval", "0", *quick]) == 1
     captured = capsys.readouterr()
     assert "hunter2-secret" not in captured.out + captured.err
     assert "failed" in captured.err

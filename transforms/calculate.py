@@ -21,7 +21,8 @@ from apache_beam.metrics import Metrics
 from pipeline import audit, db
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
-from pipeline.model import ActivityType
+from pipeline.model import ActivityType, FactorRow
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 ERRORS = "errors"
 
@@ -29,20 +30,26 @@ ERRORS = "errors"
 class ReadFactorsFn(beam.DoFn):
     """Reads the factors in force from ``emission_factors`` once; emits the FactorBook."""
 
-    def __init__(self, database_url: str, pins: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+        pins: dict[str, str] | None = None,
+    ) -> None:
         self._database_url = database_url
+        self._retry_policy = retry_policy
         self._pins = dict(pins or {})  # factor set → the only edition of it to use
 
     def process(self, _: Any) -> Iterator[FactorBook]:
-        conn: psycopg2.extensions.connection = db.connect(self._database_url)
-        try:
-            if self._pins:
-                rows = audit.choose_factor_rows(audit.read_all_factor_rows(conn), self._pins)
-            else:
-                rows = db.read_factor_rows(conn)
-        finally:
-            conn.close()
+        rows = db.with_connection(
+            self._database_url, "reading emission_factors", self._read, self._retry_policy
+        )
         yield FactorBook.from_rows(rows)
+
+    def _read(self, conn: psycopg2.extensions.connection) -> list[FactorRow]:
+        if self._pins:
+            return audit.choose_factor_rows(audit.read_all_factor_rows(conn), self._pins)
+        return db.read_factor_rows(conn)
 
 
 class CalculateFn(beam.DoFn):

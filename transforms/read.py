@@ -25,6 +25,7 @@ from pipeline.ranges import (
     plan_uuid_ranges,
     ranges_needed,
 )
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 Planner = Literal["rows", "bounds"]
 PLANNERS: tuple[Planner, ...] = ("rows", "bounds")
@@ -41,33 +42,44 @@ class PlanRangesFn(beam.DoFn):
     """
 
     def __init__(
-        self, database_url: str, partitions: int, rows_per_range: int, planner: Planner = "rows"
+        self,
+        database_url: str,
+        partitions: int,
+        rows_per_range: int,
+        planner: Planner = "rows",
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._database_url = database_url
         self._partitions = partitions
         self._rows_per_range = rows_per_range
         self._planner = planner
+        self._retry_policy = retry_policy
 
     def process(self, activity_type: ActivityType) -> Iterator[KeyRange]:
-        conn = db.connect(self._database_url)
-        try:
-            if self._planner == "bounds":
-                lo, hi, typ = db.key_bounds(conn, activity_type)
-                if lo is None:
-                    return
-                if typ == "uuid":
-                    yield from plan_uuid_ranges(activity_type, self._partitions)
-                else:
-                    yield from plan_int_ranges(activity_type, int(lo), int(hi), self._partitions)
-                return
-            rows = db.count_rows(conn, activity_type)
-            n = ranges_needed(rows, self._rows_per_range, self._partitions)
-            if n == 0:
-                return
-            cuts = db.key_cuts(conn, activity_type, -(-rows // n)) if n > 1 else []
-        finally:
-            conn.close()
-        yield from plan_from_cuts(activity_type, [_key(c) for c in cuts])
+        # Planning is a few reads on a short-lived connection, all retried together.
+        yield from db.with_connection(
+            self._database_url,
+            f"planning the key ranges of {activity_type}",
+            lambda conn: self._plan(conn, activity_type),
+            self._retry_policy,
+        )
+
+    def _plan(
+        self, conn: psycopg2.extensions.connection, activity_type: ActivityType
+    ) -> list[KeyRange]:
+        if self._planner == "bounds":
+            lo, hi, typ = db.key_bounds(conn, activity_type)
+            if lo is None:
+                return []
+            if typ == "uuid":
+                return list(plan_uuid_ranges(activity_type, self._partitions))
+            return list(plan_int_ranges(activity_type, int(lo), int(hi), self._partitions))
+        rows = db.count_rows(conn, activity_type)
+        n = ranges_needed(rows, self._rows_per_range, self._partitions)
+        if n == 0:
+            return []
+        cuts = db.key_cuts(conn, activity_type, -(-rows // n)) if n > 1 else []
+        return list(plan_from_cuts(activity_type, [_key(c) for c in cuts]))
 
 
 def _key(value: Any) -> int | str:
@@ -78,16 +90,22 @@ class ReadRangeFn(beam.DoFn):
     """Reads the pending activities of one key range as an Arrow table."""
 
     def __init__(
-        self, database_url: str, date_from: str | None = None, date_to: str | None = None
+        self,
+        database_url: str,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._database_url = database_url
         self._date_from = date_from
         self._date_to = date_to
-        self._conn: psycopg2.extensions.connection | None = None
+        self._retry_policy = retry_policy
+        self._conn: db.ResilientConnection | None = None
         self._schemas: dict[ActivityType, pa.Schema] = {}
 
     def setup(self) -> None:
-        self._conn = db.connect(self._database_url)
+        self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
+        self._conn.open()
         self._rows_read = Metrics.counter("read", "activities_read")
         self._ranges_read = Metrics.counter("read", "ranges_read")
 
@@ -95,21 +113,29 @@ class ReadRangeFn(beam.DoFn):
         """The table's Arrow schema; its id type is looked up once per worker."""
         if activity_type not in self._schemas:
             assert self._conn is not None, "setup() opens the connection"
-            id_type = db.detect_id_type_of(self._conn, activity_type)
+            id_type = self._conn.run(
+                "reading the key type", lambda conn: db.detect_id_type_of(conn, activity_type)
+            )
             arrow_id = pa.string() if id_type == "uuid" else pa.int64()
             self._schemas[activity_type] = activity_schema(activity_type, arrow_id)
         return self._schemas[activity_type]
 
     def process(self, key_range: KeyRange) -> Iterator[pa.Table]:
         assert self._conn is not None, "setup() opens the connection"
-        table = db.read_pending_table(
-            self._conn,
-            key_range.activity_type,
-            key_range.start,
-            key_range.end,
-            self._schema(key_range.activity_type),
-            self._date_from,
-            self._date_to,
+        schema = self._schema(key_range.activity_type)
+        # A range is read whole (one COPY) before anything is emitted, so after a lost
+        # connection it is simply read again: nothing is emitted twice.
+        table = self._conn.run(
+            f"reading pending {key_range.activity_type} activities",
+            lambda conn: db.read_pending_table(
+                conn,
+                key_range.activity_type,
+                key_range.start,
+                key_range.end,
+                schema,
+                self._date_from,
+                self._date_to,
+            ),
         )
         self._ranges_read.inc()
         if table.num_rows:
@@ -134,12 +160,13 @@ class ReadPendingActivities(beam.PTransform):
         planner: Planner = "rows",
         date_from: str | None = None,
         date_to: str | None = None,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
         self._database_url = database_url
         self._activity_type = activity_type
-        self._plan = PlanRangesFn(database_url, partitions, rows_per_range, planner)
-        self._read = ReadRangeFn(database_url, date_from, date_to)
+        self._plan = PlanRangesFn(database_url, partitions, rows_per_range, planner, retry_policy)
+        self._read = ReadRangeFn(database_url, date_from, date_to, retry_policy)
 
     def expand(self, pbegin: Any) -> Any:
         return (

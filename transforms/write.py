@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import db
 from pipeline.model import ErrorRecord
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 Connection: TypeAlias = psycopg2.extensions.connection
 
@@ -33,6 +34,7 @@ class _BufferedWriteFn(beam.DoFn):
         name: str,
         write: Callable[[Connection, list[Any], str], int],
         size: Callable[[Any], int],
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         self._database_url = database_url
         self._run_id = run_id
@@ -40,12 +42,14 @@ class _BufferedWriteFn(beam.DoFn):
         self._name = name
         self._write = write
         self._size = size
-        self._conn: Connection | None = None
+        self._retry_policy = retry_policy
+        self._conn: db.ResilientConnection | None = None
         self._buffer: list[Any] = []
         self._buffered = 0
 
     def setup(self) -> None:
-        self._conn = db.connect(self._database_url)
+        self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
+        self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")
         self._flushes = Metrics.counter("write", f"{self._name}_flushes")
 
@@ -66,11 +70,9 @@ class _BufferedWriteFn(beam.DoFn):
         if not self._buffer:
             return
         assert self._conn is not None, "setup() opens the connection"
-        try:
-            written = self._write(self._conn, self._buffer, self._run_id)
-        except Exception:
-            self._conn.rollback()
-            raise
+        rows, run_id, write = self._buffer, self._run_id, self._write
+        # One idempotent transaction: after a lost connection it is simply written again.
+        written = self._conn.run(f"writing {self._name}", lambda conn: write(conn, rows, run_id))
         self._written.inc(written)
         self._flushes.inc()
         self._buffer = []
@@ -93,10 +95,22 @@ def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str) 
 class WriteResults(beam.PTransform):
     """Stores results tables, at most one row per activity."""
 
-    def __init__(self, database_url: str, run_id: str, batch_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        run_id: str,
+        batch_size: int = 50_000,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
-            database_url, run_id, batch_size, "results", _write_tables, lambda t: t.num_rows
+            database_url,
+            run_id,
+            batch_size,
+            "results",
+            _write_tables,
+            lambda t: t.num_rows,
+            retry_policy,
         )
 
     def expand(self, results: Any) -> Any:
@@ -106,10 +120,16 @@ class WriteResults(beam.PTransform):
 class WriteErrors(beam.PTransform):
     """Stores dead letters, once per activity and input."""
 
-    def __init__(self, database_url: str, run_id: str, batch_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        run_id: str,
+        batch_size: int = 50_000,
+        retry_policy: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
-            database_url, run_id, batch_size, "errors", _write_errors, lambda _: 1
+            database_url, run_id, batch_size, "errors", _write_errors, lambda _: 1, retry_policy
         )
 
     def expand(self, errors: Any) -> Any:

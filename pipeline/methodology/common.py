@@ -18,6 +18,12 @@ def activity_year(date: datetime.date | None) -> int:
     """The activity's year; a missing date is an error, never "this year"."""
     if date is None:
         raise InputError("missing_date", "The activity has no date, so no factor year applies.")
+    if not isinstance(date, datetime.date):
+        # The reader passes dates Python cannot hold (BC, after 9999, ±infinity) as text.
+        raise InputError(
+            "invalid_date",
+            f"The activity date {date!r} is outside the years 1 to 9999; no factor year applies.",
+        )
     return date.year
 
 

@@ -1,0 +1,159 @@
+"""Retrying transient database failures with exponential backoff and a bounded number of tries.
+
+Transient means the same statement may well succeed if tried again: the connection was lost or
+could not be opened (server restarting, network blip, too many connections), or the server
+aborted the transaction to resolve a conflict (serialization failure, deadlock). Anything else
+(a constraint violation, a permission error, a bug) is raised at once. When the attempts are
+used up, ``DatabaseUnavailable`` says what was being done, how often it was tried and for how
+long, and what the last error was.
+
+Every write the pipeline does is idempotent (``ON CONFLICT DO NOTHING``), so repeating one whose
+commit may or may not have reached the server is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psycopg2
+
+T = TypeVar("T")
+
+_LOG = logging.getLogger(__name__)
+
+# SQLSTATEs worth another try: serialization failure, deadlock, admin/crash shutdown, the server
+# starting up, too many connections, and the connection-exception class.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, shutting down, in recovery)
+        "53300",  # too_many_connections
+        "08000",
+        "08001",
+        "08003",
+        "08004",
+        "08006",
+    }
+)
+
+
+# Connection failures that no amount of waiting fixes: the server answered, and said no.
+PERMANENT_CONNECT_FAILURES = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "permission denied",
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry: ``attempts`` tries in all, the waits between them
+    doubling from ``base_delay`` up to ``max_delay`` seconds (with jitter, so that workers
+    hit by the same outage do not all come back at the same instant)."""
+
+    attempts: int = 8
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be at least 1, not {self.attempts}")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("retry delays must not be negative")
+
+    def delays(self) -> Iterator[float]:
+        """The waits before the 2nd, 3rd, … attempt (``attempts - 1`` of them)."""
+        for n in range(self.attempts - 1):
+            ceiling = min(self.max_delay, self.base_delay * 2**n)
+            yield ceiling * random.uniform(0.5, 1.0)
+
+    def longest_wait(self) -> float:
+        """The most time spent waiting between attempts before giving up."""
+        return sum(min(self.max_delay, self.base_delay * 2**n) for n in range(self.attempts - 1))
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database kept failing transiently until the retry attempts were used up."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or the driver error inside it) is worth retrying."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg2.Error):
+            code = current.pgcode
+            if code is not None:
+                return code in TRANSIENT_SQLSTATES
+            # No SQLSTATE: the failure happened on the client side of the connection (refused,
+            # reset, server closed it, connection already closed), unless the server refused
+            # the login itself (wrong password, unknown database or role).
+            if any(marker in str(current) for marker in PERMANENT_CONNECT_FAILURES):
+                return False
+            return isinstance(current, psycopg2.OperationalError | psycopg2.InterfaceError)
+        # SQLAlchemy wraps the driver's error in ``.orig``.
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of an error, for messages."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def call(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    on_retry: Callable[[BaseException], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``fn()``, tried again after a transient database failure, at most ``policy.attempts`` times.
+
+    ``on_retry`` runs after each transient failure (e.g. to drop a broken connection).
+    Non-transient errors propagate unchanged; exhausted attempts raise ``DatabaseUnavailable``.
+    """
+    started = time.monotonic()
+    delays = policy.delays()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            if on_retry is not None:
+                on_retry(e)
+            delay = next(delays, None)
+            if delay is None:
+                raise DatabaseUnavailable(
+                    f"the database is unavailable: {what} failed {attempt} time(s) over "
+                    f"{time.monotonic() - started:.1f} s; last error: {describe(e)}"
+                ) from e
+            _LOG.warning(
+                "%s failed (attempt %d of %d), retrying in %.2f s: %s",
+                what,
+                attempt,
+                policy.attempts,
+                delay,
+                describe(e),
+            )
+            sleep(delay)

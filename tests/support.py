@@ -1,0 +1,130 @@
+"""Helpers for the robustness tests: runs of ``python -m pipeline.run`` as real processes.
+
+A run started here is its own process group (``start_new_session``), so a test can SIGKILL it
+and everything it started without touching anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from pipeline import db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunProcess:
+    """A ``pipeline.run`` subprocess with its output going to files."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def wait(self, timeout: float = 180) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the run and anything it started (its own process group)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def summary(self) -> dict[str, Any]:
+        text = self.stdout
+        return json.loads(text[text.index("{") :])
+
+
+def start_run(url: str, workdir: Path, *extra: str, name: str = "run") -> RunProcess:
+    out, err = workdir / f"{name}.out", workdir / f"{name}.err"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("EMISSIONS_DATABASE_URL", None)
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.run",
+                "--database-url",
+                url,
+                "--progress-interval",
+                "0",
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=o,
+            stderr=e,
+            start_new_session=True,
+        )
+    return RunProcess(proc, out, err)
+
+
+def scalar(url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
+    """One value from a fresh connection (closed at once)."""
+    conn = db.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            row = cur.fetchone()
+        conn.commit()
+        return None if row is None else row[0]
+    finally:
+        conn.close()
+
+
+def try_scalar(url: str, query: str) -> Any:
+    """Like ``scalar`` but None while the server is unreachable."""
+    try:
+        return scalar(url, query)
+    except psycopg2.OperationalError:
+        return None
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+
+
+def results_count(url: str) -> int:
+    return int(scalar(url, "SELECT count(*) FROM emission_results"))
+
+
+def duplicate_counts(url: str) -> tuple[int, int]:
+    """(activities with more than one result, (activity, input) pairs with more than one error)."""
+    dup_results = scalar(
+        url,
+        "SELECT count(*) FROM (SELECT 1 FROM emission_results "
+        "GROUP BY activity_type, activity_id HAVING count(*) > 1) d",
+    )
+    dup_errors = scalar(
+        url,
+        "SELECT count(*) FROM (SELECT 1 FROM emission_errors "
+        "GROUP BY activity_type, activity_id, input_hash HAVING count(*) > 1) d",
+    )
+    return int(dup_results), int(dup_errors)
