@@ -273,6 +273,8 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
     return md
 
 
+_COLUMN_TYPES = {"jsonb": sql.SQL("jsonb"), "text": sql.SQL("text")}
+
 #: Columns added after a table's first release: ``create_schema`` adds them to older databases.
 _ADDED_COLUMNS = (
     (RUNS_TABLE, "quality", "jsonb"),
@@ -372,12 +374,12 @@ def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
                 {"t": table, "c": column},
             ).scalar()
             if found is None:
-                conn.execute(
-                    sa.text(
-                        f"ALTER TABLE {validate_identifier(table)} ADD COLUMN "
-                        f"{validate_identifier(column)} {validate_identifier(col_type)}"
+                with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+                    cur.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                            sql.Identifier(table), sql.Identifier(column), _COLUMN_TYPES[col_type]
+                        )
                     )
-                )
         # Only when missing, like the tables: replacing a view needs its owner, and a run may
         # use a role that can only read and write the tables.
         if conn.execute(sa.text("SELECT to_regclass(:v)"), {"v": EXPLAINED_VIEW}).scalar() is None:

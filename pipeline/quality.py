@@ -34,6 +34,26 @@ _LEVEL_SQL = {
 }
 
 
+_LEVEL_COUNTS = ", ".join(
+    f"count(*) FILTER (WHERE {cond}), coalesce(sum(kg_co2e) FILTER (WHERE {cond}), 0)"
+    for cond in _LEVEL_SQL.values()
+)
+#: Per activity type: results, kg, and per level its count and kg; of one run, or of all.
+_RESULTS_SQL = (
+    f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0), {_LEVEL_COUNTS} "
+    f"FROM {db.RESULTS_TABLE} WHERE (CAST(:run_id AS uuid) IS NULL "
+    "OR run_id = CAST(:run_id AS uuid)) GROUP BY activity_type"
+)
+#: Per activity type: activities with a dead letter (of the run, or any) and no result.
+_ERRORS_SQL = (
+    "SELECT e.activity_type, count(DISTINCT e.activity_id) "
+    f"FROM {db.ERRORS_TABLE} e WHERE NOT EXISTS (SELECT 1 FROM {db.RESULTS_TABLE} r "
+    "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+    "AND (CAST(:run_id AS uuid) IS NULL OR e.run_id = CAST(:run_id AS uuid)) "
+    "GROUP BY e.activity_type"
+)
+
+
 def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
@@ -43,35 +63,13 @@ def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
 
     Errors are the run's dead letters (or all) whose activity still has no result.
     """
-    counts = ", ".join(
-        f"count(*) FILTER (WHERE {cond}), coalesce(sum(kg_co2e) FILTER (WHERE {cond}), 0)"
-        for cond in _LEVEL_SQL.values()
-    )
-    where = "WHERE run_id = :run_id" if run_id else ""
-    err_where = "AND e.run_id = :run_id" if run_id else ""
-    params = {"run_id": run_id} if run_id else {}
+    params = {"run_id": run_id}
     per_type: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0), {counts} "
-                f"FROM {db.RESULTS_TABLE} {where} GROUP BY activity_type"
-            ),
-            params,
-        ).all()
-        errors: dict[str, int] = dict(
-            (r[0], int(r[1]))
-            for r in conn.execute(
-                sa.text(
-                    "SELECT e.activity_type, count(DISTINCT e.activity_id) "
-                    f"FROM {db.ERRORS_TABLE} e "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {db.RESULTS_TABLE} r "
-                    "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
-                    f"{err_where} GROUP BY e.activity_type"
-                ),
-                params,
-            ).all()
-        )
+        rows = conn.execute(sa.text(_RESULTS_SQL), params).all()
+        errors: dict[str, int] = {
+            r[0]: int(r[1]) for r in conn.execute(sa.text(_ERRORS_SQL), params).all()
+        }
     raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]] = {}
     for row in rows:
         levels = {

@@ -166,17 +166,18 @@ def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, A
         f"SELECT activity_type, count(*), sum(kg_co2e) FROM {db.RESULTS_TABLE} "
         "GROUP BY activity_type ORDER BY activity_type",
     )
-    month_union = " UNION ALL ".join(
-        f"SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, r.kg_co2e "
-        f"FROM {db.RESULTS_TABLE} r JOIN {table} a ON a.id = r.activity_id "
-        f"WHERE r.activity_type = '{t}'"
-        for t, table in db.ACTIVITY_TABLES.items()
-    )
-    months = _rows(
-        engine,
-        f"SELECT activity_type, month, sum(kg_co2e) FROM ({month_union}) m "
-        "WHERE month IS NOT NULL GROUP BY activity_type, month ORDER BY month, activity_type",
-    )
+    months = [
+        row
+        for t in db.ACTIVITY_TABLES
+        for row in _rows(
+            engine,
+            f"SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, "
+            f"sum(r.kg_co2e) FROM {db.RESULTS_TABLE} r JOIN {db.ACTIVITY_TABLES[t]} a "
+            "ON a.id = r.activity_id WHERE r.activity_type = :t AND a.activity_date IS NOT NULL "
+            "GROUP BY 1, 2 ORDER BY 2",
+            t=t,
+        )
+    ]
     top_sources = _rows(
         engine,
         f"SELECT r.activity_type, f.factor_set, f.key, count(*), sum(r.kg_co2e) "

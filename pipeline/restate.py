@@ -207,43 +207,35 @@ def _restate_type(
         outcome.changed += _supersede(conn, pending, outcome.restatement_id)
 
 
+#: A restatement's old rows (its history rows) beside the rows it wrote (still current, or
+#: superseded since by a later restatement).
+_DIFF_FROM = (
+    f"FROM {db.HISTORY_TABLE} h JOIN (SELECT activity_type, activity_id, kg_co2e, factor_id "
+    f"FROM {db.RESULTS_TABLE} WHERE run_id = :rid UNION ALL SELECT activity_type, activity_id, "
+    f"kg_co2e, factor_id FROM {db.HISTORY_TABLE} WHERE run_id = :rid) n "
+    "ON n.activity_type = h.activity_type AND n.activity_id = h.activity_id "
+)
+_DIFF_GROUPS_SQL = (
+    "SELECT h.activity_type, h.scope, h.category, count(*), sum(h.kg_co2e), sum(n.kg_co2e) "
+    f"{_DIFF_FROM} WHERE h.restatement_id = :rid GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+_DIFF_LARGEST_SQL = (
+    "SELECT h.activity_type, h.activity_id::text, h.kg_co2e, n.kg_co2e, "
+    "fo.factor_set || ' ' || fo.key || ' ' || fo.year || ' (' || fo.edition || ')', "
+    "fn.factor_set || ' ' || fn.key || ' ' || fn.year || ' (' || fn.edition || ')' "
+    f"{_DIFF_FROM} JOIN {db.FACTORS_TABLE} fo ON fo.id = h.factor_id "
+    f"JOIN {db.FACTORS_TABLE} fn ON fn.id = n.factor_id WHERE h.restatement_id = :rid "
+    "ORDER BY abs(n.kg_co2e - h.kg_co2e) DESC, h.activity_type, h.activity_id LIMIT :n"
+)
+
+
 def diff(engine: sa.Engine, restatement_id: str, largest: int = LARGEST) -> dict[str, Any]:
     """What a restatement changed, from the database: old rows are its history rows, new rows
     are those it wrote (still current, or superseded since by a later restatement)."""
-    new_rows = (
-        f"(SELECT activity_type, activity_id, kg_co2e, factor_id FROM {db.RESULTS_TABLE} "
-        "WHERE run_id = :rid UNION ALL SELECT activity_type, activity_id, kg_co2e, factor_id "
-        f"FROM {db.HISTORY_TABLE} WHERE run_id = :rid)"
-    )
-    joined = (
-        f"FROM {db.HISTORY_TABLE} h JOIN {new_rows} n ON n.activity_type = h.activity_type "
-        "AND n.activity_id = h.activity_id"
-    )
-    where = "WHERE h.restatement_id = :rid"
     params = {"rid": restatement_id}
     with engine.connect() as conn:
-        groups = conn.execute(
-            sa.text(
-                "SELECT h.activity_type, h.scope, h.category, count(*), sum(h.kg_co2e), "
-                f"sum(n.kg_co2e) {joined} {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            ),
-            params,
-        ).all()
-        factors = (
-            f"JOIN {db.FACTORS_TABLE} fo ON fo.id = h.factor_id "
-            f"JOIN {db.FACTORS_TABLE} fn ON fn.id = n.factor_id"
-        )
-        top = conn.execute(
-            sa.text(
-                "SELECT h.activity_type, h.activity_id::text, h.kg_co2e, n.kg_co2e, "
-                "fo.factor_set || ' ' || fo.key || ' ' || fo.year || ' (' || fo.edition || ')', "
-                "fn.factor_set || ' ' || fn.key || ' ' || fn.year || ' (' || fn.edition || ')' "
-                f"{joined} {factors} {where} "
-                "ORDER BY abs(n.kg_co2e - h.kg_co2e) DESC, h.activity_type, h.activity_id "
-                "LIMIT :n"
-            ),
-            {**params, "n": largest},
-        ).all()
+        groups = conn.execute(sa.text(_DIFF_GROUPS_SQL), params).all()
+        top = conn.execute(sa.text(_DIFF_LARGEST_SQL), {**params, "n": largest}).all()
     out_groups = [
         {
             "activity_type": t,
