@@ -174,21 +174,44 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
     for activity_type, numbers in flink["by_activity_type"].items():
         assert numbers["errors"] == direct["by_activity_type"][activity_type]["errors"]
 
-    # A rerun on Flink computes nothing new and writes nothing twice: the bad rows are read
-    # again and fail again, but their error rows already exist. It runs the Python code in an
-    # EXTERNAL worker pool, the way a multi-host deployment does.
+    # A rerun on Flink, after some refused rows were corrected, computes exactly those and
+    # rewrites nothing: rows already stored are skipped, unchanged refused rows are not read
+    # again. It runs the Python code in an EXTERNAL worker pool, as a multi-host deployment does.
     results_before = raw_rows(flink_url, db.RESULTS_TABLE)
     errors_before = raw_rows(flink_url, db.ERRORS_TABLE)
+    engine = db.make_engine(flink_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            corrected = conn.execute(
+                sa.text(
+                    "UPDATE spend_activities a SET amount = 100.0, currency = 'USD', "
+                    "naics_code = '334111' FROM emission_errors e "
+                    "WHERE e.activity_type = 'spend' AND e.activity_id = a.id"
+                )
+            ).rowcount
+    finally:
+        engine.dispose()
+    assert corrected > 0
     pool_address, pool_log = worker_pool
     external_args = flink_cluster.beam_args(
         local_flink.master, flink_job_server_jar, 2, "EXTERNAL", pool_address
     )
     again = run_pipeline(capsys, flink_url, external_args, local_flink)
     assert "Starting worker" in pool_log.read_text(), "the worker pool ran no SDK worker"
-    assert again["total_processed"] == 0
-    assert again["pending"] == flink["errors"]
-    assert raw_rows(flink_url, db.RESULTS_TABLE) == results_before
-    assert raw_rows(flink_url, db.ERRORS_TABLE) == errors_before
+    assert (again["pending"], again["total_processed"], again["errors"]) == (
+        corrected,
+        corrected,
+        0,
+    )
+    results_after = raw_rows(flink_url, db.RESULTS_TABLE)
+    assert set(results_before) <= set(results_after)  # nothing rewritten
+    assert len(results_after) == len(results_before) + corrected
+    assert raw_rows(flink_url, db.ERRORS_TABLE) == errors_before  # kept, as history
+
+    # And with nothing pending, a run writes nothing at all.
+    last = run_pipeline(capsys, flink_url, external_args, local_flink)
+    assert (last["pending"], last["total_processed"]) == (0, 0)
+    assert raw_rows(flink_url, db.RESULTS_TABLE) == results_after
 
 
 def test_beam_args_submit_to_the_given_cluster(tmp_path: Path) -> None:

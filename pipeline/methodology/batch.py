@@ -267,10 +267,9 @@ def _contexts(columns: list[pa.Array]) -> tuple[np.ndarray, list[Context]]:
 
 @dataclass
 class _Answer:
-    """One context's probe: the result as a row, and its factor's per-gas values."""
+    """One context's probe: its result, and its factor's per-gas values."""
 
     result: EmissionResult
-    row: dict[str, Any]
     gases: tuple[float, float, float]  # NaN where not published
 
 
@@ -304,13 +303,12 @@ class Probes:
         outcome = calculate_one(activity, self.activity_type, self.book, self.radiative_forcing)
         if not isinstance(outcome, EmissionResult):
             return None
-        row = {**_as_row(outcome), "activity_id": None}
         factor = self.book.get(outcome.factor_set, outcome.factor_key, outcome.factor_year)
         gases = tuple(
             math.nan if factor is None or getattr(factor, g) is None else float(getattr(factor, g))
             for _, g in _GASES
         )
-        return _Answer(outcome, row, gases)  # type: ignore[arg-type]
+        return _Answer(outcome, gases)  # type: ignore[arg-type]
 
 
 def _amounts(
@@ -406,13 +404,13 @@ def calculate_batch(
         kept_rows = rows[keep]
         columns: dict[str, pa.Array] = {}
         for a, axis in enumerate(kind.axes):
-            answered = [ans.row if ans is not None else None for ans in axis_answers[a]]
             used = sorted(set(axis_rows[a][kept_rows].tolist()))
             position = {c: i for i, c in enumerate(used)}
             fields = list(axis.fields or schema.names)
-            context_table = pa.Table.from_pylist([answered[c] for c in used], schema=schema).select(
-                fields
-            )
+            # Rows are built per batch, for the contexts it uses: kept across a run, one dict
+            # per context would be the cache's largest part.
+            context_rows = [_context_row(axis_answers[a][c]) for c in used]
+            context_table = pa.Table.from_pylist(context_rows, schema=schema).select(fields)
             take = pa.array([position[c] for c in axis_rows[a][kept_rows].tolist()])
             broadcast = context_table.take(take)
             for name in fields:
@@ -460,6 +458,11 @@ def calculate_batch(
         extra = pa.Table.from_pylist([_as_row(r) for r in slow_results], schema=schema)
         results = pa.concat_tables([results, extra])
     return BatchOutcome(results, errors)
+
+
+def _context_row(answer: _Answer | None) -> dict[str, Any]:
+    assert answer is not None, "only rows whose every context was answered are fast"
+    return {**_as_row(answer.result), "activity_id": None}
 
 
 def _gas_of(i: int) -> Callable[[_Answer], float]:

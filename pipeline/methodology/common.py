@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+from typing import Any
 
 from pipeline.methodology.book import FactorBook
 from pipeline.model import FactorRow, InputError
@@ -100,3 +101,18 @@ def select(book: FactorBook, factor_set: str, key: str, year: int) -> tuple[Fact
         return book.select(factor_set, key, year)
     except KeyError:
         raise no_factor(factor_set, key) from None
+
+
+def factor_reference(row: FactorRow) -> dict[str, Any]:
+    """The result fields that say which factor row produced it."""
+    return {
+        "factor_id": row.id,
+        "factor_set": row.factor_set,
+        "factor_key": row.key,
+        "factor_year": row.year,
+        "factor_value": row.value,
+        "factor_unit": row.unit,
+        "factor_source": row.source,
+        "factor_edition": row.edition,
+        "gwp_set": row.gwp_set,
+    }
