@@ -141,8 +141,11 @@ def reset(url: str, run_id: str) -> None:
     conn = db.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("DELETE FROM emission_results WHERE run_id = %s", (run_id,))
-            cur.execute("DELETE FROM emission_errors WHERE run_id = %s", (run_id,))
+            for table in (db.RESULTS_TABLE, db.ERRORS_TABLE, db.FINGERPRINTS_TABLE):
+                cur.execute(
+                    sql.SQL("DELETE FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
+                    (run_id,),
+                )
         conn.commit()
     finally:
         conn.close()
