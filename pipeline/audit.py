@@ -218,6 +218,9 @@ def seal(
     with db.raw_connection(engine) as conn:
         with conn.cursor() as cur:
             stable_text(cur)
+            # Right after a run, the statistics still describe the tables before it: PostgreSQL
+            # would expect a handful of results and join them row by row. It is a bulk join.
+            cur.execute("SET LOCAL enable_nestloop = off")
             for t in activity_types:
                 select = fingerprint_query(
                     t, sql.SQL("r.run_id = {} AND a.id IS NOT NULL").format(sql.Literal(run_id))
