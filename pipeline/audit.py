@@ -191,12 +191,6 @@ def fingerprint_query(
     )
 
 
-def combine(input_fp: str, factor_fp: str, version: str, radiative_forcing: bool | None) -> str:
-    """The result's single fingerprint, as ``seal`` computes it in SQL."""
-    rf = "" if radiative_forcing is None else ("true" if radiative_forcing else "false")
-    return hashlib.md5(f"{input_fp}:{factor_fp}:{version}:{rf}".encode()).hexdigest()
-
-
 def stable_text(cur: psycopg2.extensions.cursor) -> None:
     """Text forms that do not depend on the session: ISO dates, shortest exact floats."""
     cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
