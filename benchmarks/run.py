@@ -141,7 +141,7 @@ def reset(url: str, run_id: str) -> None:
     conn = db.connect(url)
     try:
         with conn.cursor() as cur:
-            for table in (db.RESULTS_TABLE, db.ERRORS_TABLE, db.FINGERPRINTS_TABLE):
+            for table in (db.RESULTS_TABLE, db.ERRORS_TABLE):
                 cur.execute(
                     sql.SQL("DELETE FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
                     (run_id,),

@@ -9,6 +9,7 @@ NOTHING`` to write, one transaction per flush. Identifiers are composed with
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -51,7 +52,6 @@ FACTORS_TABLE = "emission_factors"
 RUNS_TABLE = "calculation_runs"
 HISTORY_TABLE = "emission_results_history"
 RESTATEMENTS_TABLE = "restatements"
-FINGERPRINTS_TABLE = "result_fingerprints"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 APPLICATION_NAME = "emissions-pipeline"
 
@@ -69,6 +69,8 @@ FACTOR_DESCRIPTION = (
 RESULT_COLUMNS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(EmissionResult) if f.name not in FACTOR_DESCRIPTION
 )
+#: Stored beside a result's values: the fingerprints of its inputs (``pipeline.fingerprint``).
+FINGERPRINT_COLUMNS: tuple[str, ...] = ("input_fingerprint", "factor_fingerprint")
 EXPLAINED_VIEW = "emission_results_explained"
 ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorRecord))
 
@@ -182,6 +184,9 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("cpi_deflator", sa.Float(53)),
         sa.Column("cpi_factor_id", sa.BigInteger),
         sa.Column("cpi_base_factor_id", sa.BigInteger),
+        # NULL only on results written before fingerprints were stored beside them.
+        sa.Column("input_fingerprint", sa.BigInteger),
+        sa.Column("factor_fingerprint", sa.BigInteger),
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     ]
@@ -212,20 +217,6 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.Column("refused", sa.BigInteger),
         sa.Column("diff", postgresql.JSONB),
         sa.Column("message", sa.Text),
-    )
-    # The fingerprint of every result: its input row, its factor rows and the code version,
-    # taken in SQL right after the run wrote it (see pipeline/audit.py).
-    sa.Table(
-        FINGERPRINTS_TABLE,
-        md,
-        sa.Column("activity_type", sa.Text, primary_key=True),
-        activity_id("activity_id", primary_key=True),
-        sa.Column("input_fingerprint", sa.Text, nullable=False),
-        sa.Column("factor_fingerprint", sa.Text, nullable=False),
-        sa.Column("code_version", sa.Text, nullable=False),
-        sa.Column("fingerprint", sa.Text, nullable=False),
-        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
-        sa.Column("sealed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
     sa.Table(
         ERRORS_TABLE,
@@ -273,7 +264,7 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
     return md
 
 
-_COLUMN_TYPES = {"jsonb": sql.SQL("jsonb"), "text": sql.SQL("text")}
+_COLUMN_TYPES = {"jsonb": sql.SQL("jsonb"), "text": sql.SQL("text"), "bigint": sql.SQL("bigint")}
 
 #: Columns added after a table's first release: ``create_schema`` adds them to older databases.
 _ADDED_COLUMNS = (
@@ -281,6 +272,10 @@ _ADDED_COLUMNS = (
     (RUNS_TABLE, "factor_pins", "jsonb"),
     (RUNS_TABLE, "factor_editions", "jsonb"),
     (RUNS_TABLE, "code_version", "text"),
+    (RESULTS_TABLE, "input_fingerprint", "bigint"),
+    (RESULTS_TABLE, "factor_fingerprint", "bigint"),
+    (HISTORY_TABLE, "input_fingerprint", "bigint"),
+    (HISTORY_TABLE, "factor_fingerprint", "bigint"),
 )
 
 
@@ -332,14 +327,23 @@ def detect_id_type_of(conn: psycopg2.extensions.connection, activity_type: Activ
 
 
 def schema_ready(engine: sa.Engine) -> bool:
-    """Whether every table and the view exist (one catalogue query)."""
+    """Whether every table, the view and every column added since exist (one catalogue query)."""
     names = [*build_metadata().tables, EXPLAINED_VIEW]
     with engine.connect() as conn:
-        found = conn.execute(
-            sa.text("SELECT count(to_regclass(n)) FROM unnest(CAST(:names AS text[])) n"),
-            {"names": names},
-        ).scalar()
-    return found == len(names)
+        found, added = conn.execute(
+            sa.text(
+                "SELECT (SELECT count(to_regclass(n)) FROM unnest(CAST(:names AS text[])) n), "
+                "(SELECT count(*) FROM unnest(CAST(:tables AS text[]), CAST(:columns AS text[])) "
+                "x(t, c) WHERE EXISTS (SELECT 1 FROM pg_attribute "
+                "WHERE attrelid = to_regclass(x.t) AND attname = x.c AND NOT attisdropped))"
+            ),
+            {
+                "names": names,
+                "tables": [t for t, _, _ in _ADDED_COLUMNS],
+                "columns": [c for _, c, _ in _ADDED_COLUMNS],
+            },
+        ).one()
+    return found == len(names) and added == len(_ADDED_COLUMNS)
 
 
 def factors_loaded(engine: sa.Engine) -> bool:
@@ -808,12 +812,14 @@ def write_results(
 def write_results_table(
     conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
 ) -> int:
-    """Insert a results table (``result_schema``) not already stored. Returns rows written.
+    """Insert a results table (``result_schema``, with the fingerprint columns when computed)
+    not already stored. Returns rows written.
 
     Columns that are empty in the whole batch (the flight fields of electricity, say) are left
     out of the COPY: they are NULL by default, and PostgreSQL parses fewer fields.
     """
     present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
+    present += [c for c in FINGERPRINT_COLUMNS if c in results.column_names]
     table = results.select(present).append_column(
         "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
     )
@@ -849,32 +855,32 @@ def count_activities(
     activity_types: Sequence[ActivityType] = ACTIVITY_TYPES,
     date_from: str | None = None,
     date_to: str | None = None,
+    workers: int = 2,
 ) -> dict[str, dict[str, int]]:
-    """Per activity type: all activities in scope, and those still pending."""
-    out: dict[str, dict[str, int]] = {}
-    with raw_connection(engine) as raw:
-        with raw.cursor() as cur:
-            for t in activity_types:
-                cur.execute(*count_query(t, date_from, date_to))
-                (total,) = cur.fetchone()
-                cur.execute(*count_query(t, date_from, date_to, pending_only=True))
-                (pending,) = cur.fetchone()
-                out[t] = {"total": int(total), "pending": int(pending)}
-        raw.commit()
-    return out
+    """Per activity type: all activities in scope, and those still pending.
 
+    The counts are independent scans: they run on up to ``workers`` connections at once (the
+    engine's pool must allow as many)."""
+    queries = [
+        (t, key, count_query(t, date_from, date_to, pending_only=key == "pending"))
+        for t in activity_types
+        for key in ("pending", "total")  # the anti-joins, the longer ones, first
+    ]
 
-def run_totals(engine: sa.Engine, run_id: str) -> dict[str, dict[str, float]]:
-    """Results written by one run, per activity type: count and kg CO2e."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0) FROM {RESULTS_TABLE} "
-                "WHERE run_id = :run_id GROUP BY activity_type"
-            ),
-            {"run_id": run_id},
-        )
-        return {r[0]: {"processed": int(r[1]), "kg_co2e": float(r[2])} for r in rows}
+    def count(query: tuple[sql.Composed, dict[str, Any]]) -> int:
+        with raw_connection(engine) as raw:
+            with raw.cursor() as cur:
+                cur.execute(*query)
+                (n,) = cur.fetchone()
+            raw.commit()
+        return int(n)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(count, [q for _, _, q in queries]))
+    out: dict[str, dict[str, int]] = {t: {} for t in activity_types}
+    for (t, key, _), n in zip(queries, found, strict=True):
+        out[t][key] = n
+    return {t: {"total": c["total"], "pending": c["pending"]} for t, c in out.items()}
 
 
 def outstanding_errors(engine: sa.Engine) -> dict[str, int]:
@@ -891,8 +897,10 @@ def outstanding_errors(engine: sa.Engine) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in rows}
 
 
-def start_run(engine: sa.Engine, run_id: str, runner: str, options: dict[str, Any]) -> None:
-    """Record that a run has started."""
+def start_run(
+    engine: sa.Engine, run_id: str, runner: str, options: dict[str, Any], **fields: Any
+) -> None:
+    """Record that a run has started (``fields``: more columns known from the start)."""
     table = build_metadata().tables[RUNS_TABLE]
     with engine.begin() as conn:
         conn.execute(
@@ -901,6 +909,7 @@ def start_run(engine: sa.Engine, run_id: str, runner: str, options: dict[str, An
                 status="running",
                 runner=runner,
                 options=json.loads(json.dumps(options, default=str)),
+                **fields,
             )
         )
 

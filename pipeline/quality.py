@@ -64,7 +64,6 @@ def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
     Errors are the run's dead letters (or all) whose activity still has no result.
     """
     params = {"run_id": run_id}
-    per_type: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
         rows = conn.execute(sa.text(_RESULTS_SQL), params).all()
         errors: dict[str, int] = {
@@ -76,6 +75,18 @@ def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
             name: (int(row[3 + 2 * i]), float(row[4 + 2 * i])) for i, name in enumerate(LEVELS)
         }
         raw[row[0]] = (int(row[1]), float(row[2]), levels)
+    return _coverage(raw, errors)
+
+
+def nothing_written() -> dict[str, Any]:
+    """The coverage of a run that wrote nothing (it had nothing pending)."""
+    return _coverage({}, {})
+
+
+def _coverage(
+    raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]], errors: dict[str, int]
+) -> dict[str, Any]:
+    per_type: dict[str, dict[str, Any]] = {}
     for t in sorted(set(raw) | set(errors)):
         results, kg, levels = raw.get(t, (0, 0.0, {n: (0, 0.0) for n in LEVELS}))
         per_type[t] = _describe(results, kg, levels, int(errors.get(t, 0)))

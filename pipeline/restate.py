@@ -15,8 +15,8 @@ What happens. Every stored result of the types asked for is recomputed (the same
 methodology as the pipeline, the result's own radiative-forcing choice kept); a result is
 restated when its recomputation uses different factor rows (emission factor, FX or CPI). Its
 old row moves, whole, to ``emission_results_history`` (tagged with the restatement), and the
-new one takes its place, with ``run_id`` = the restatement's id, in the same transaction; the
-fingerprints are sealed again. A result whose input changed is not a restatement: ``verify``
+new one takes its place, with ``run_id`` = the restatement's id and its new fingerprints, in
+the same transaction. A result whose input changed is not a restatement: ``verify``
 reports it. An input the chosen editions cannot compute (a refused row) keeps its result and
 is counted. The restatement, its pins, the editions in force and the diff are stored in
 ``restatements``: per activity type, scope and category the old and new totals and the count
@@ -37,19 +37,15 @@ import psycopg2.extensions
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import audit, db
+from pipeline import audit, db, fingerprint
 from pipeline.embedded import resolve_database_url
 from pipeline.methodology import FactorBook
-from pipeline.methodology.batch import activities_table, calculate_batch, results_from_table
-from pipeline.model import (
-    ACTIVITY_CLASSES,
-    ACTIVITY_TYPES,
-    ActivityType,
-    EmissionResult,
-    activity_fields,
-)
+from pipeline.methodology.batch import activities_table, calculate_batch
+from pipeline.model import ACTIVITY_CLASSES, ACTIVITY_TYPES, ActivityType, activity_fields
 
-_FACTOR_ID_FIELDS = ("factor_id", "fx_factor_id", "cpi_factor_id", "cpi_base_factor_id")
+_FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
+#: What a restatement writes of a result: its values, its fingerprints, the restatement id.
+_WRITTEN = db.RESULT_COLUMNS + db.FINGERPRINT_COLUMNS + ("run_id",)
 LARGEST = 10
 _LOCK = 7355609  # advisory lock key of restatements (schema creation uses 7355608)
 
@@ -84,9 +80,11 @@ def _recompute(
     activity_type: ActivityType,
     pairs: Sequence[tuple[Any, dict[str, Any]]],
     book: FactorBook,
-) -> tuple[list[EmissionResult], int]:
-    """New results for (activity, stored result) pairs whose factor rows now differ."""
-    changed: list[EmissionResult] = []
+    factor_fps: fingerprint.FactorFingerprints,
+) -> tuple[list[dict[str, Any]], int]:
+    """New results (with fingerprints) for (activity, stored result) pairs whose factor rows
+    now differ."""
+    changed: list[dict[str, Any]] = []
     refused = 0
     # The result keeps its own radiative-forcing choice (air travel; None for the others).
     by_rf: dict[bool, list[tuple[Any, dict[str, Any]]]] = {}
@@ -97,25 +95,28 @@ def _recompute(
         table = activities_table(activity_type, [a for a, _ in group])
         outcome = calculate_batch(activity_type, table, book, radiative_forcing=rf)
         refused += len(outcome.errors)
+        results = fingerprint.with_fingerprints(
+            outcome.results, table, activity_fields(activity_type), factor_fps
+        )
         stored_by_id = {str(s["activity_id"]): s for _, s in group}
-        for new in results_from_table(outcome.results):
-            old = stored_by_id[str(new.activity_id)]
-            if any(old[c] != getattr(new, c) for c in _FACTOR_ID_FIELDS):
+        for new in results.to_pylist():
+            old = stored_by_id[str(new["activity_id"])]
+            if any(old[c] != new[c] for c in _FACTOR_ID_FIELDS):
                 changed.append(new)
     return changed, refused
 
 
 def _supersede(
-    conn: psycopg2.extensions.connection, results: Sequence[EmissionResult], restatement_id: str
+    conn: psycopg2.extensions.connection, results: Sequence[dict[str, Any]], restatement_id: str
 ) -> int:
     """Move the current rows of ``results`` to history and store ``results``; one transaction."""
     if not results:
         return 0
-    columns = db.RESULT_COLUMNS + ("run_id",)
+    columns = _WRITTEN
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    stored_cols = db.RESULT_COLUMNS + ("run_id", "created_at")
+    stored_cols = db.RESULT_COLUMNS + db.FINGERPRINT_COLUMNS + ("run_id", "created_at")
     staging = sql.Identifier("staging_restatement")
-    rows = [tuple(getattr(r, c) for c in db.RESULT_COLUMNS) + (restatement_id,) for r in results]
+    rows = [tuple(r[c] for c in _WRITTEN[:-1]) + (restatement_id,) for r in results]
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
@@ -179,7 +180,8 @@ def _restate_type(
         t=sql.Literal(activity_type),
     )
     cls = ACTIVITY_CLASSES[activity_type]
-    pending: list[EmissionResult] = []
+    factor_fps = fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(book.rows()))
+    pending: list[dict[str, Any]] = []
     # One connection streams the results (one snapshot) while another writes the changes.
     with db.raw_connection(engine) as reader, db.raw_connection(engine) as conn:
         with reader.cursor(name=f"restate_{activity_type}") as cur:
@@ -197,7 +199,7 @@ def _restate_type(
                     for row in fetched
                 ]
                 outcome.examined += len(pairs)
-                changed, refused = _recompute(activity_type, pairs, book)
+                changed, refused = _recompute(activity_type, pairs, book, factor_fps)
                 outcome.refused += refused
                 pending.extend(changed)
                 if len(pending) >= chunk:
@@ -316,11 +318,16 @@ def _restate(
                 code_version=audit.code_version(),
             )
         )
-    db.start_run(engine, outcome.restatement_id, "restatement", {"pins": chosen_pins})
+    db.start_run(
+        engine,
+        outcome.restatement_id,
+        "restatement",
+        {"pins": chosen_pins},
+        code_version=audit.code_version(),
+    )
     try:
         for t in activity_types:
             _restate_type(engine, t, book, outcome, chunk)
-        audit.seal(engine, outcome.restatement_id, activity_types)
         outcome.diff = diff(engine, outcome.restatement_id)
     except Exception as e:
         with engine.begin() as c:

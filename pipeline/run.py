@@ -157,15 +157,17 @@ def summarise(
     config: RunConfig,
     counts: dict[str, dict[str, int]],
     metrics: dict[str, int] | None,
+    coverage: dict[str, Any],
 ) -> dict[str, Any]:
-    """The run summary: what the old service reported, plus skipped, run id and sources."""
-    pending = sum(c["pending"] for c in counts.values())
-    written = db.run_totals(engine, config.run_id) if pending else {}
+    """The run summary: what the old service reported, plus skipped, run id and sources.
+
+    What the run wrote (results, kg CO2e) comes from its ``quality.coverage``: one query."""
+    written = coverage["by_activity_type"]
     outstanding = None if metrics is not None else db.outstanding_errors(engine)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
         c = counts[t]
-        processed = int(written.get(t, {}).get("processed", 0))
+        processed = int(written.get(t, {}).get("results", 0))
         kg = float(written.get(t, {}).get("kg_co2e", 0.0))
         if metrics is not None:
             errors = metrics.get(f"{t}_errors", 0)
@@ -317,7 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         pending = sum(c["pending"] for c in counts.values())
         retry.call(
-            lambda: db.start_run(engine, config.run_id, runner, safe_options(options, beam_args)),
+            lambda: db.start_run(
+                engine,
+                config.run_id,
+                runner,
+                safe_options(options, beam_args),
+                code_version=audit.code_version(),
+            ),
             what="recording the run",
             policy=policy,
         )
@@ -336,22 +344,19 @@ def main(argv: list[str] | None = None) -> int:
             with Progress(engine, config.run_id, pending, config.progress_interval):
                 metrics = execute(args, config)
         pipeline_s = time.monotonic() - started - setup_s
-        # The audit trail: fingerprint what this run wrote (in SQL), say how it was computed.
-        retry.call(
-            lambda: audit.seal(engine, config.run_id, config.activity_types),
-            what="sealing the run's results",
-            policy=policy,
-        )
-        summary = retry.call(
-            lambda: summarise(engine, config, counts, metrics),
-            what="summarising the run",
-            policy=policy,
-        )
-        summary["quality"] = retry.call(
-            lambda: quality.coverage(engine, config.run_id),
+        coverage = retry.call(
+            lambda: (
+                quality.coverage(engine, config.run_id) if pending else quality.nothing_written()
+            ),
             what="measuring data-quality coverage",
             policy=policy,
         )
+        summary = retry.call(
+            lambda: summarise(engine, config, counts, metrics, coverage),
+            what="summarising the run",
+            policy=policy,
+        )
+        summary["quality"] = coverage
         summary["factor_pins"] = pins
         summary["factor_editions"] = editions
         summary["code_version"] = audit.code_version()

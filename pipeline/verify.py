@@ -6,8 +6,9 @@
 For each result examined, the activity row is read back, the result is recomputed with the
 per-row methodology and the factor rows the result was computed against (the editions in
 force for its run or restatement, with any row it names that has since been superseded put
-back), and every stored field is compared exactly. The stored fingerprints (``pipeline.audit``)
-say why a result does not reproduce:
+back), and every stored field is compared exactly. The fingerprints stored beside the result
+(``pipeline.fingerprint``), against the same fingerprints of the rows as they are now, say why
+a result does not reproduce:
 
 - ``input_changed``: the activity row differs from the one the result was computed from;
 - ``input_missing``: the activity row is gone;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import math
 import sys
@@ -34,12 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
+import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import audit, db
+from pipeline import audit, db, fingerprint
 from pipeline.embedded import resolve_database_url
 from pipeline.methodology import FactorBook, calculate
+from pipeline.methodology.batch import activity_schema
 from pipeline.model import (
     ACTIVITY_CLASSES,
     ACTIVITY_TYPES,
@@ -51,8 +55,7 @@ from pipeline.model import (
 
 #: Stored result fields compared with the recomputation (the run and time are bookkeeping).
 COMPARED = db.RESULT_COLUMNS
-_FACTOR_ID_FIELDS = ("factor_id", "fx_factor_id", "cpi_factor_id", "cpi_base_factor_id")
-_STORED = ("input_fingerprint", "factor_fingerprint", "code_version", "fingerprint")
+_FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class VerifyReport:
 
     examined: int = 0
     reproduced: int = 0
-    unsealed: int = 0  # results with no stored fingerprint (written before sealing existed)
+    unsealed: int = 0  # results with no stored fingerprints (written before they were kept)
     by_status: Counter[str] = field(default_factory=Counter)
     mismatches: list[Mismatch] = field(default_factory=list)
     code_version: str = ""
@@ -129,77 +132,123 @@ class _Books:
         return self._books[key]
 
 
-def _pins_by_run(engine: sa.Engine) -> dict[str, dict[str, str]]:
-    """The editions each run or restatement was pinned to (none: the newest rows)."""
+def _runs(engine: sa.Engine) -> tuple[dict[str, dict[str, str]], dict[str, str | None]]:
+    """Per run or restatement: the editions it was pinned to (none: the newest rows), and the
+    methodology's code version it ran."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                f"SELECT restatement_id, pins FROM {db.RESTATEMENTS_TABLE} UNION ALL "
-                f"SELECT run_id, factor_pins FROM {db.RUNS_TABLE} WHERE factor_pins IS NOT NULL"
+                f"SELECT restatement_id, pins, code_version FROM {db.RESTATEMENTS_TABLE} "
+                f"UNION ALL SELECT run_id, factor_pins, code_version FROM {db.RUNS_TABLE}"
             )
         ).all()
-    return {str(r[0]): dict(r[1] or {}) for r in rows}
+    pins = {str(r[0]): dict(r[1] or {}) for r in rows if r[1] is not None}
+    versions: dict[str, str | None] = {}
+    for r in rows:
+        versions[str(r[0])] = versions.get(str(r[0])) or r[2]
+    return pins, versions
 
 
-def _query(
-    activity_type: ActivityType, sample: int | None, seed: str
-) -> tuple[sql.Composed, list[str], list[str]]:
-    a_cols = list(activity_fields(activity_type))
-    r_cols = list(COMPARED)
-    extra: list[sql.Composable] = [
-        sql.SQL("a.{} AS {}").format(sql.Identifier(c), sql.Identifier(f"a__{c}")) for c in a_cols
-    ]
-    extra += [
-        sql.SQL("r.{} AS {}").format(sql.Identifier(c), sql.Identifier(f"r__{c}")) for c in r_cols
-    ]
-    extra += [sql.SQL("fp.{}").format(sql.Identifier(c)) for c in _STORED]
+def _query(activity_type: ActivityType, sample: int | None, seed: str) -> sql.Composed:
+    """Results of one type with their activity row as it is now (NULLs when it is gone)."""
+    columns = [sql.SQL("a.id IS NULL")]
+    columns += [sql.SQL("a.{}").format(sql.Identifier(c)) for c in activity_fields(activity_type)]
+    columns += [sql.SQL("r.{}").format(sql.Identifier(c)) for c in _READ]
     if sample is None:
         tail = sql.SQL("")
     else:
         tail = sql.SQL("ORDER BY md5(r.activity_id::text || {}) LIMIT {}").format(
             sql.Literal(seed), sql.Literal(sample)
         )
-    return audit.fingerprint_query(activity_type, sql.SQL("TRUE"), extra, tail), a_cols, r_cols
+    return sql.SQL(
+        "SELECT {columns} FROM {results} r LEFT JOIN {activities} a ON a.id = r.activity_id "
+        "WHERE r.activity_type = {t} {tail}"
+    ).format(
+        columns=sql.SQL(", ").join(columns),
+        results=sql.Identifier(db.RESULTS_TABLE),
+        activities=sql.Identifier(db.ACTIVITY_TABLES[activity_type]),
+        t=sql.Literal(activity_type),
+        tail=tail,
+    )
+
+
+#: What is read of a stored result: the compared fields, its fingerprints and its run.
+_READ = (*COMPARED, *db.FINGERPRINT_COLUMNS, "run_id")
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every row's check needs besides the row."""
+
+    books: _Books
+    factor_fps: fingerprint.FactorFingerprints  # of the factor rows as they are now
+    code_versions: Mapping[str, str | None]  # run or restatement → its code version
+    version: str  # the code version now
 
 
 def _check_row(
     activity_type: ActivityType,
-    row: dict[str, Any],
-    a_cols: list[str],
-    r_cols: list[str],
-    books: _Books,
-    version: str,
+    missing: bool,
+    activity: dict[str, Any],
+    stored: dict[str, Any],
+    now: tuple[int, int],
+    ctx: _Context,
 ) -> Mismatch | None:
-    stored = {c: row[f"r__{c}"] for c in r_cols}
     ident = str(stored["activity_id"])
-    if row["input_fp"] is None:
+    if missing:
         return Mismatch(activity_type, ident, "input_missing", {}, "the activity row is gone")
-    sealed = row["fingerprint"] is not None
-    if sealed and row["input_fp"] != row["input_fingerprint"]:
+    sealed = stored["input_fingerprint"] is not None
+    if sealed and now[0] != stored["input_fingerprint"]:
         return Mismatch(activity_type, ident, "input_changed", {}, "the activity row changed since")
-    if sealed and row["factor_fp"] != row["factor_fingerprint"]:
+    if sealed and now[1] != stored["factor_fingerprint"]:
         return Mismatch(activity_type, ident, "factor_changed", {}, "a factor row it names changed")
-    activity = ACTIVITY_CLASSES[activity_type](**{c: row[f"a__{c}"] for c in a_cols})
-    book = books.for_result(str(row["run_id"]), [stored[c] for c in _FACTOR_ID_FIELDS])
+    run_id = str(stored["run_id"])
+    book = ctx.books.for_result(run_id, [stored[c] for c in _FACTOR_ID_FIELDS])
     rf = stored["radiative_forcing"]
     try:
-        again = calculate(activity, book, radiative_forcing=True if rf is None else bool(rf))
+        again = calculate(
+            ACTIVITY_CLASSES[activity_type](**activity),
+            book,
+            radiative_forcing=True if rf is None else bool(rf),
+        )
     except InputError as e:
         return Mismatch(activity_type, ident, "refused", {}, f"{e.code}: {e.message}")
     differ: dict[str, list[Any]] = {}
-    for c in r_cols:
+    for c in COMPARED:
         value = getattr(again, c)
         if stored[c] != value and not _same(stored[c], value):
             differ[c] = [stored[c], value]
     if not differ:
         return None
+    ran = ctx.code_versions.get(run_id)
     if any(c in differ for c in _FACTOR_ID_FIELDS):
         status = "factor_selection_changed"
-    elif sealed and row["code_version"] != version:
+    elif ran is not None and ran != ctx.version:
         status = "code_changed"
     else:
         status = "not_reproduced"
     return Mismatch(activity_type, ident, status, differ)
+
+
+def _fingerprints_now(
+    activity_type: ActivityType,
+    activities: list[dict[str, Any]],
+    stored: list[dict[str, Any]],
+    factor_fps: fingerprint.FactorFingerprints,
+) -> list[tuple[int, int]]:
+    """(input, factor) fingerprints of a chunk's activity rows and factor rows as they are now."""
+    id_type = pa.string() if isinstance(stored[0]["activity_id"], str) else pa.int64()
+    columns: dict[str, list[Any]] = {c: [] for c in activity_fields(activity_type)}
+    for a in activities:
+        for c, v in a.items():
+            columns[c].append(v.isoformat() if isinstance(v, datetime.date) else v)
+    if id_type == pa.string():
+        columns["id"] = [None if v is None else str(v) for v in columns["id"]]
+    table = pa.table(columns, schema=activity_schema(activity_type, id_type))
+    inputs = fingerprint.input_fingerprints(table, activity_fields(activity_type)).to_pylist()
+    ids = pa.table({c: pa.array([s[c] for s in stored], pa.int64()) for c in _FACTOR_ID_FIELDS})
+    factors = factor_fps.of_results(ids).to_pylist()
+    return list(zip(inputs, factors, strict=True))
 
 
 def verify(
@@ -210,14 +259,20 @@ def verify(
     batch: int = 10_000,
 ) -> VerifyReport:
     """Recompute ``sample`` results per type (all when None) and compare them exactly."""
-    db.create_schema(engine)  # an older database gains the audit tables and columns
+    db.create_schema(engine)  # an older database gains the audit columns
     version = audit.code_version()
     report = VerifyReport(code_version=version)
-    pins = _pins_by_run(engine)
+    pins, versions = _runs(engine)
     with db.raw_connection(engine) as conn:
-        books = _Books(audit.read_all_factor_rows(conn), pins)
+        factor_rows = audit.read_all_factor_rows(conn)
+        ctx = _Context(
+            _Books(factor_rows, pins),
+            fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(factor_rows)),
+            versions,
+            version,
+        )
         for t in activity_types:
-            _verify_type(conn, t, sample, seed, batch, books, version, report)
+            _verify_type(conn, t, sample, seed, batch, ctx, report)
     return report
 
 
@@ -227,32 +282,28 @@ def _verify_type(
     sample: int | None,
     seed: str,
     batch: int,
-    books: _Books,
-    version: str,
+    ctx: _Context,
     report: VerifyReport,
 ) -> None:
-    query, a_cols, r_cols = _query(activity_type, sample, seed)
-    with conn.cursor() as settings:
-        audit.stable_text(settings)  # for this transaction, which the named cursor runs in
+    a_cols = activity_fields(activity_type)
     with conn.cursor(name=f"verify_{activity_type}") as cur:
         cur.itersize = batch
-        cur.execute(query)
-        names: list[str] | None = None
-        for values in cur:
-            if names is None:
-                names = ["activity_id", "input_fp", "factor_fp", "run_id", "radiative_forcing"]
-                names += [f"a__{c}" for c in a_cols] + [f"r__{c}" for c in r_cols]
-                names += list(_STORED)
-            row = dict(zip(names, values, strict=True))
-            report.examined += 1
-            if row["fingerprint"] is None:
-                report.unsealed += 1
-            found = _check_row(activity_type, row, a_cols, r_cols, books, version)
-            if found is None:
-                report.reproduced += 1
-            else:
-                report.by_status[found.status] += 1
-                report.mismatches.append(found)
+        cur.execute(_query(activity_type, sample, seed))
+        while chunk := cur.fetchmany(batch):
+            missing = [bool(row[0]) for row in chunk]
+            activities = [dict(zip(a_cols, row[1 : 1 + len(a_cols)], strict=True)) for row in chunk]
+            stored = [dict(zip(_READ, row[1 + len(a_cols) :], strict=True)) for row in chunk]
+            now = _fingerprints_now(activity_type, activities, stored, ctx.factor_fps)
+            for i in range(len(chunk)):
+                report.examined += 1
+                if stored[i]["input_fingerprint"] is None:
+                    report.unsealed += 1
+                found = _check_row(activity_type, missing[i], activities[i], stored[i], now[i], ctx)
+                if found is None:
+                    report.reproduced += 1
+                else:
+                    report.by_status[found.status] += 1
+                    report.mismatches.append(found)
     conn.commit()
 
 

@@ -113,9 +113,15 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     # The restated results reproduce, on the pinned edition; their fingerprints are new.
     checked = verify.verify(engine, sample=None)
     assert checked.reproduced == checked.examined == len(before), checked.mismatches[:3]
-    assert rows(engine, "SELECT count(*) FROM result_fingerprints WHERE run_id = :r", r=rid) == [
-        (n,)
-    ]
+    # Same input row, other factor rows: the input fingerprint is kept, the factor one is new.
+    assert rows(
+        engine,
+        "SELECT count(*) FILTER (WHERE h.input_fingerprint = r.input_fingerprint), "
+        "count(*) FILTER (WHERE h.factor_fingerprint <> r.factor_fingerprint) "
+        "FROM emission_results_history h JOIN emission_results r "
+        "USING (activity_type, activity_id) WHERE r.run_id = :r",
+        r=rid,
+    ) == [(n, n)]
 
     # Twice changes nothing more.
     again = restate.restate(engine, audit.parse_pins([f"desnz_air={AIR_2025}"]))

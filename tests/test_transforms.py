@@ -56,6 +56,8 @@ def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, l
             assert out.tag == ERRORS
             errors.append(out.value)
         else:
+            assert out.column("input_fingerprint").null_count == 0  # computed beside them
+            assert out.column("factor_fingerprint").null_count == 0
             results += results_from_table(out)
     return results, errors
 

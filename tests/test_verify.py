@@ -1,4 +1,4 @@
-"""Replay: fingerprints are sealed by a run, and ``verify`` finds every row that does not
+"""Replay: a run stores every result's fingerprints, and ``verify`` finds every row that does not
 reproduce, and why."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def scalar(engine: sa.Engine, query: str, **params: object) -> object:
         return conn.execute(sa.text(query), params).scalar()
 
 
-def test_a_run_seals_every_result_and_every_result_reproduces(
+def test_a_run_fingerprints_every_result_and_every_result_reproduces(
     database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed(engine, 600, seed_value=11)
@@ -35,8 +35,9 @@ def test_a_run_seals_every_result_and_every_result_reproduces(
     assert results == summary["total_processed"] > 500
     sealed = scalar(
         engine,
-        "SELECT count(*) FROM result_fingerprints f JOIN emission_results r "
-        "USING (activity_type, activity_id) WHERE f.run_id = r.run_id AND f.code_version = :v",
+        "SELECT count(*) FROM emission_results r JOIN calculation_runs c USING (run_id) "
+        "WHERE r.input_fingerprint IS NOT NULL AND r.factor_fingerprint IS NOT NULL "
+        "AND c.code_version = :v",
         v=audit.code_version(),
     )
     assert sealed == results
@@ -98,3 +99,33 @@ def test_verify_names_the_tampered_rows_and_why(
     assert verify.main(["--database-url", database_url, "--all"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["by_status"] == {"input_changed": 1, "not_reproduced": 1}
+
+
+def test_verify_tells_an_edited_factor_row_and_a_deleted_activity(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 300, seed_value=13)
+    run_pipeline(database_url, capsys)
+    with engine.begin() as conn:
+        # The factor row the fewest electricity results use, edited in place.
+        factor_id, users = conn.execute(
+            sa.text(
+                "SELECT factor_id, count(*) FROM emission_results WHERE activity_type = "
+                "'electricity' GROUP BY factor_id ORDER BY count(*), factor_id LIMIT 1"
+            )
+        ).one()
+        conn.execute(
+            sa.text("UPDATE emission_factors SET edition = edition || ' (edited)' WHERE id = :i"),
+            {"i": factor_id},
+        )
+        gone = conn.execute(
+            sa.text(
+                "DELETE FROM spend_activities WHERE id = (SELECT min(activity_id) FROM "
+                "emission_results WHERE activity_type = 'spend') RETURNING id"
+            )
+        ).scalar_one()
+    report = verify.verify(engine, sample=None)
+    assert report.by_status == {"factor_changed": users, "input_missing": 1}
+    found = {(m.activity_type, m.activity_id): m.status for m in report.mismatches}
+    assert found[("spend", str(gone))] == "input_missing"
+    assert sum(1 for s in found.values() if s == "factor_changed") == users

@@ -1,5 +1,7 @@
 """CalculateEmissions: the methodology applied to Arrow tables of activities, with dead letters.
 
+Each results table leaves with the fingerprints of its inputs (``pipeline.fingerprint``).
+
 The DoFn is a thin shell over ``pipeline.methodology.batch.calculate_batch`` (itself built on
 the per-row functions); factors arrive as a side input (a ``FactorBook`` read from
 ``emission_factors``). Input the methodology refuses becomes an ``ErrorRecord`` on the
@@ -18,10 +20,10 @@ import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline import audit, db
+from pipeline import audit, db, fingerprint
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
-from pipeline.model import ActivityType, FactorRow
+from pipeline.model import ActivityType, FactorRow, activity_fields
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 ERRORS = "errors"
@@ -63,12 +65,17 @@ class CalculateFn(beam.DoFn):
         self._computed = Metrics.counter("calculate", f"{self._activity_type}_computed")
         self._errors = Metrics.counter("calculate", f"{self._activity_type}_errors")
         self._probes: Probes | None = None
+        self._factor_fps: fingerprint.FactorFingerprints | None = None
 
     def process(self, activities: pa.Table, book: FactorBook) -> Iterator[Any]:
         """``activities`` as read: the activity columns and ``activity_version``."""
         # The contexts' answers are kept for as long as the side input is the same object.
         if self._probes is None or self._probes.book is not book:
             self._probes = Probes(self._activity_type, book, self._radiative_forcing)
+            self._factor_fps = fingerprint.FactorFingerprints(
+                fingerprint.factor_fingerprints(book.rows())
+            )
+        assert self._factor_fps is not None
         # The row versions travel beside the calculation, onto the dead letters.
         versions = activities.column(db.VERSION_COLUMN)
         ids = activities.column("id")
@@ -83,7 +90,13 @@ class CalculateFn(beam.DoFn):
         self._computed.inc(outcome.results.num_rows)
         self._errors.inc(len(outcome.errors))
         if outcome.results.num_rows:
-            yield outcome.results
+            # Each result carries the fingerprints of its input row and factor rows.
+            yield fingerprint.with_fingerprints(
+                outcome.results,
+                activities,
+                activity_fields(self._activity_type),
+                self._factor_fps,
+            )
         if outcome.errors:
             version_of = dict(zip(ids.to_pylist(), versions.to_pylist(), strict=True))
             for error in outcome.errors:

@@ -479,8 +479,9 @@ def _axis_of(kind: _Kind, field: str) -> int:
 
 
 def results_from_table(table: pa.Table) -> list[EmissionResult]:
-    """A results table back as records (for tests and small tables)."""
-    return [EmissionResult(**row) for row in table.to_pylist()]
+    """A results table back as records (for tests and small tables); other columns, such as
+    the fingerprints, are left out."""
+    return [EmissionResult(**{f: row[f] for f in _RESULT_FIELDS}) for row in table.to_pylist()]
 
 
 def activities_table(activity_type: ActivityType, activities: Sequence[Activity]) -> pa.Table:

@@ -68,6 +68,12 @@ class FactorBook:
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking container; not hashable
 
+    def rows(self) -> list[FactorRow]:
+        """Every factor row in the book."""
+        return [
+            r for keys in self._index.values() for years in keys.values() for r in years.values()
+        ]
+
     def sets(self) -> frozenset[str]:
         """The factor set names present."""
         return frozenset(self._index)
