@@ -561,10 +561,34 @@ VERSION_COLUMN = "activity_version"
 #: not read again until it changes (a corrected row gets a new version, and is computed).
 _PENDING = sql.SQL(
     "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
-    "AND r.activity_id = a.id) "
+    "AND r.activity_id = a.id{r_range}) "
     "AND NOT EXISTS (SELECT 1 FROM {e} e WHERE e.activity_type = %(activity_type)s "
-    "AND e.activity_id = a.id AND e.activity_version = a.xmin::text::bigint)"
-).format(r=sql.Identifier(RESULTS_TABLE), e=sql.Identifier(ERRORS_TABLE))
+    "AND e.activity_id = a.id{e_range} AND e.activity_version = a.xmin::text::bigint)"
+)
+
+
+def _pending(start: Any = None, end: Any = None) -> sql.Composed:
+    """The pending condition; within a key range, results and dead letters are looked up in
+    that range only.
+
+    The bounds on ``r.activity_id`` follow from ``r.activity_id = a.id``, but PostgreSQL does
+    not carry inequalities across a join: without them, every range read would scan all the
+    results of its type, and a run's reads would grow with ranges × results."""
+
+    def bounds(alias: str) -> sql.Composed:
+        found: list[sql.Composable] = []
+        if start is not None:
+            found.append(sql.SQL(f" AND {alias}.activity_id >= %(start)s") + _key_cast(start))
+        if end is not None:
+            found.append(sql.SQL(f" AND {alias}.activity_id < %(end)s") + _key_cast(end))
+        return sql.Composed(found)
+
+    return _PENDING.format(
+        r=sql.Identifier(RESULTS_TABLE),
+        e=sql.Identifier(ERRORS_TABLE),
+        r_range=bounds("r"),
+        e_range=bounds("e"),
+    )
 
 
 def _in_scope(
@@ -611,7 +635,7 @@ def pending_query(
         select=select,
         table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
         where=sql.SQL(" AND ").join(conditions),
-        pending=_PENDING,
+        pending=_pending(start, end),
     )
     return query, params
 
@@ -626,7 +650,7 @@ def count_query(
     filter: PostgreSQL plans ``WHERE NOT EXISTS`` as one hash anti-join)."""
     conditions, params = _in_scope(activity_type, None, None, date_from, date_to)
     if pending_only:
-        conditions.append(_PENDING)
+        conditions.append(_pending())
     query = sql.SQL("SELECT count(*) FROM {table} a WHERE {where}").format(
         table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
         where=sql.SQL(" AND ").join(conditions),

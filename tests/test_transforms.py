@@ -23,7 +23,7 @@ from pipeline.methodology.batch import (
 )
 from pipeline.model import AirTravelActivity, ElectricityActivity, ErrorRecord, SpendActivity
 from tests.factories import result_for
-from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn
+from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn, pack_book
 from transforms.read import ReadPendingActivities
 from transforms.write import WriteErrors, WriteResults
 
@@ -51,7 +51,7 @@ def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, l
     table = as_read(activities_table(fn._activity_type, activities))
     results: list = []
     errors: list = []
-    for out in fn.process(table, book):
+    for out in fn.process(table, pack_book(book)):
         if isinstance(out, pvalue.TaggedOutput):
             assert out.tag == ERRORS
             errors.append(out.value)
@@ -104,7 +104,7 @@ def test_calculate_emissions_composite(book: FactorBook) -> None:
     bad_spend = SpendActivity(11, 100.0, "XYZ", "334111", datetime.date(2022, 1, 1))
     expected = calculate(spend, book)
     with pipeline() as p:
-        factors = p | "Book" >> beam.Create([book])
+        factors = p | "Book" >> beam.Create([pack_book(book)])
         out = (
             p
             | beam.Create([as_read(activities_table("spend", [spend, bad_spend]))])

@@ -3,20 +3,24 @@
 Each results table leaves with the fingerprints of its inputs (``pipeline.fingerprint``).
 
 The DoFn is a thin shell over ``pipeline.methodology.batch.calculate_batch`` (itself built on
-the per-row functions); factors arrive as a side input (a ``FactorBook`` read from
-``emission_factors``). Input the methodology refuses becomes an ``ErrorRecord`` on the
-``errors`` output, counted, and the run goes on.
+the per-row functions); factors arrive as a side input: a ``FactorBook`` read from
+``emission_factors``, pickled once into bytes (``pack_book``). The runner sizes a side input
+every time it serves it from its cache, and sizing a book walks thousands of objects; bytes
+are sized at once, and each DoFn unpickles them only when they change. Input the methodology
+refuses becomes an ``ErrorRecord`` on the ``errors`` output, counted, and the run goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import psycopg2.extensions
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -29,8 +33,13 @@ from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 ERRORS = "errors"
 
 
+def pack_book(book: FactorBook) -> bytes:
+    """A factor book as the side input carries it."""
+    return pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class ReadFactorsFn(beam.DoFn):
-    """Reads the factors in force from ``emission_factors`` once; emits the FactorBook."""
+    """Reads the factors in force from ``emission_factors`` once; emits the packed FactorBook."""
 
     def __init__(
         self,
@@ -42,11 +51,11 @@ class ReadFactorsFn(beam.DoFn):
         self._retry_policy = retry_policy
         self._pins = dict(pins or {})  # factor set → the only edition of it to use
 
-    def process(self, _: Any) -> Iterator[FactorBook]:
+    def process(self, _: Any) -> Iterator[bytes]:
         rows = db.with_connection(
             self._database_url, "reading emission_factors", self._read, self._retry_policy
         )
-        yield FactorBook.from_rows(rows)
+        yield pack_book(FactorBook.from_rows(rows))
 
     def _read(self, conn: psycopg2.extensions.connection) -> list[FactorRow]:
         if self._pins:
@@ -64,18 +73,25 @@ class CalculateFn(beam.DoFn):
     def setup(self) -> None:
         self._computed = Metrics.counter("calculate", f"{self._activity_type}_computed")
         self._errors = Metrics.counter("calculate", f"{self._activity_type}_errors")
-        self._probes: Probes | None = None
-        self._factor_fps: fingerprint.FactorFingerprints | None = None
+        self._packed: bytes | None = None
 
-    def process(self, activities: pa.Table, book: FactorBook) -> Iterator[Any]:
-        """``activities`` as read: the activity columns and ``activity_version``."""
-        # The contexts' answers are kept for as long as the side input is the same object.
-        if self._probes is None or self._probes.book is not book:
+    def _unpack(self, packed: bytes) -> tuple[FactorBook, Probes, fingerprint.FactorFingerprints]:
+        """The book, its probes and its rows' fingerprints: made again only when it changes
+        (the contexts' answers are kept for as long as the side input is the same)."""
+        if packed is not self._packed and packed != self._packed:
+            book = pickle.loads(packed)
+            self._book = book
             self._probes = Probes(self._activity_type, book, self._radiative_forcing)
             self._factor_fps = fingerprint.FactorFingerprints(
                 fingerprint.factor_fingerprints(book.rows())
             )
-        assert self._factor_fps is not None
+            self._packed = packed
+        return self._book, self._probes, self._factor_fps
+
+    def process(self, activities: pa.Table, packed: bytes) -> Iterator[Any]:
+        """``activities`` as read: the activity columns and ``activity_version``;
+        ``packed``: the side input's factor book (``pack_book``)."""
+        book, probes, factor_fps = self._unpack(packed)
         # The row versions travel beside the calculation, onto the dead letters.
         versions = activities.column(db.VERSION_COLUMN)
         ids = activities.column("id")
@@ -85,7 +101,7 @@ class CalculateFn(beam.DoFn):
             activities,
             book,
             radiative_forcing=self._radiative_forcing,
-            probes=self._probes,
+            probes=probes,
         )
         self._computed.inc(outcome.results.num_rows)
         self._errors.inc(len(outcome.errors))
@@ -95,14 +111,16 @@ class CalculateFn(beam.DoFn):
                 outcome.results,
                 activities,
                 activity_fields(self._activity_type),
-                self._factor_fps,
+                factor_fps,
             )
         if outcome.errors:
-            version_of = dict(zip(ids.to_pylist(), versions.to_pylist(), strict=True))
-            for error in outcome.errors:
-                versioned = dataclasses.replace(
-                    error, activity_version=version_of.get(error.activity_id)
-                )
+            # The versions of the refused rows only (not the whole batch as Python objects).
+            refused = pa.array([e.activity_id for e in outcome.errors], ids.type)
+            at = pc.index_in(refused, value_set=ids.combine_chunks())
+            for error, version in zip(
+                outcome.errors, versions.combine_chunks().take(at).to_pylist(), strict=True
+            ):
+                versioned = dataclasses.replace(error, activity_version=version)
                 yield pvalue.TaggedOutput(ERRORS, versioned)
 
 
