@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
 
-from pipeline import retry
+from pipeline import pgbinary, retry
 from pipeline.model import (
     ACTIVITY_TYPES,
     ActivityType,
@@ -778,8 +778,10 @@ def _staged_copy(
     columns: Sequence[str],
     csv_data: io.StringIO | io.BytesIO,
     conflict: sql.Composable,
+    fmt: Literal["csv", "binary"] = "csv",
 ) -> int:
-    """Insert the CSV rows that are new, in one transaction; returns how many were written.
+    """Insert the rows that are new (CSV or binary COPY data), in one transaction; returns how
+    many were written.
 
     First, optimistically, one ``COPY`` straight into the table: when every row is new (the
     usual case: rows were read as pending just before) that is all. If a row already exists
@@ -790,8 +792,8 @@ def _staged_copy(
     try:
         with conn.cursor() as cur:
             cur.copy_expert(
-                sql.SQL("COPY {t} ({c}) FROM STDIN WITH (FORMAT csv)").format(
-                    t=sql.Identifier(table), c=cols
+                sql.SQL("COPY {t} ({c}) FROM STDIN WITH (FORMAT {f})").format(
+                    t=sql.Identifier(table), c=cols, f=sql.SQL(fmt)
                 ),
                 csv_data,
             )
@@ -810,7 +812,9 @@ def _staged_copy(
             ).format(s=staging, c=cols, t=sql.Identifier(table))
         )
         cur.copy_expert(
-            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT csv)").format(s=staging, c=cols),
+            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT {f})").format(
+                s=staging, c=cols, f=sql.SQL(fmt)
+            ),
             csv_data,
         )
         cur.execute(
@@ -837,21 +841,51 @@ def write_results_table(
     conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
 ) -> int:
     """Insert a results table (``result_schema``, with the fingerprint columns when computed)
-    not already stored. Returns rows written.
+    not already stored, in binary ``COPY`` (``pipeline.pgbinary``). Returns rows written.
 
     Columns that are empty in the whole batch (the flight fields of electricity, say) are left
-    out of the COPY: they are NULL by default, and PostgreSQL parses fewer fields.
+    out of the COPY: they are NULL by default, and PostgreSQL reads fewer fields.
     """
     present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
     present += [c for c in FINGERPRINT_COLUMNS if c in results.column_names]
     table = results.select(present).append_column(
         "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
     )
-    buf = io.BytesIO()
-    pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False))
-    buf.seek(0)
+    uuid_ids = pa.types.is_string(results.schema.field("activity_id").type)
+    types = [
+        "uuid" if c == "activity_id" and uuid_ids else _RESULT_PG_TYPES[c]
+        for c in table.column_names
+    ]
+    data, order = pgbinary.encode(table, types)
     conflict = sql.SQL("(activity_type, activity_id)")
-    return _staged_copy(conn, RESULTS_TABLE, (*present, "run_id"), buf, conflict)
+    return _staged_copy(conn, RESULTS_TABLE, order, io.BytesIO(data), conflict, "binary")
+
+
+def _pg_type(column: sa.Column[Any]) -> pgbinary.PgType:
+    """The binary COPY type of a column of the schema."""
+    typ = column.type
+    if isinstance(typ, postgresql.UUID):
+        return "uuid"
+    if isinstance(typ, sa.SmallInteger):
+        return "int2"
+    if isinstance(typ, sa.BigInteger):
+        return "int8"
+    if isinstance(typ, sa.Integer):
+        return "int4"
+    if isinstance(typ, sa.Float):
+        return "float8"
+    if isinstance(typ, sa.Boolean):
+        return "bool"
+    if isinstance(typ, sa.Text):
+        return "text"
+    raise TypeError(f"no binary COPY type for {column.name} ({typ})")
+
+
+_RESULT_PG_TYPES: dict[str, pgbinary.PgType] = {
+    c.name: _pg_type(c)
+    for c in build_metadata("bigint").tables[RESULTS_TABLE].columns
+    if c.name != "created_at"
+}
 
 
 def error_hash(error: ErrorRecord) -> str:
