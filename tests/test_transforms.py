@@ -85,6 +85,7 @@ def test_calculate_fn_turns_an_unexpected_failure_into_a_dead_letter(
         raise RuntimeError("boom")
 
     monkeypatch.setattr("pipeline.methodology.batch.calculate", broken)
+    monkeypatch.setattr("transforms.calculate._CURRENT", [])  # no answers kept from before
     results, errors = run_fn(CalculateFn("electricity"), [GOOD], book)
     assert results == []
     assert [(e.activity_id, e.reason_code, e.reason) for e in errors] == [

@@ -6,7 +6,7 @@ The DoFn is a thin shell over ``pipeline.methodology.batch.calculate_batch`` (it
 the per-row functions); factors arrive as a side input: a ``FactorBook`` read from
 ``emission_factors``, pickled once into bytes (``pack_book``). The runner sizes a side input
 every time it serves it from its cache, and sizing a book walks thousands of objects; bytes
-are sized at once, and each DoFn unpickles them only when they change. Input the methodology
+are sized at once, and the process unpickles them once per book. Input the methodology
 refuses becomes an ``ErrorRecord`` on the ``errors`` output, counted, and the run goes on.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -36,6 +38,46 @@ ERRORS = "errors"
 def pack_book(book: FactorBook) -> bytes:
     """A factor book as the side input carries it."""
     return pickle.dumps(book, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@dataclass
+class _Unpacked:
+    """A packed book, unpickled, with what is derived from it once per process."""
+
+    packed: bytes
+    book: FactorBook
+    factor_fps: fingerprint.FactorFingerprints
+    probes: dict[tuple[ActivityType, bool], Probes] = field(default_factory=dict)
+
+    def probes_for(self, activity_type: ActivityType, radiative_forcing: bool) -> Probes:
+        """The contexts' answers, kept for as long as the book is the same. Shared by the
+        worker threads: an answer computed twice at the same time is the same answer."""
+        key = (activity_type, radiative_forcing)
+        if key not in self.probes:
+            with _LOCK:
+                if key not in self.probes:
+                    self.probes[key] = Probes(activity_type, self.book, radiative_forcing)
+        return self.probes[key]
+
+
+_LOCK = threading.Lock()
+_CURRENT: list[_Unpacked] = []  # the last book this process unpacked
+
+
+def _unpacked(packed: bytes) -> _Unpacked:
+    """The unpacked book of ``packed``: made once per process and book, not per DoFn (each
+    worker thread has its own DoFn per activity type)."""
+    with _LOCK:
+        if _CURRENT and (_CURRENT[0].packed is packed or _CURRENT[0].packed == packed):
+            return _CURRENT[0]
+        book = pickle.loads(packed)
+        current = _Unpacked(
+            packed,
+            book,
+            fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(book.rows())),
+        )
+        _CURRENT[:] = [current]
+        return current
 
 
 class ReadFactorsFn(beam.DoFn):
@@ -74,19 +116,15 @@ class CalculateFn(beam.DoFn):
         self._computed = Metrics.counter("calculate", f"{self._activity_type}_computed")
         self._errors = Metrics.counter("calculate", f"{self._activity_type}_errors")
         self._packed: bytes | None = None
+        self._unpacked: _Unpacked
 
     def _unpack(self, packed: bytes) -> tuple[FactorBook, Probes, fingerprint.FactorFingerprints]:
-        """The book, its probes and its rows' fingerprints: made again only when it changes
-        (the contexts' answers are kept for as long as the side input is the same)."""
-        if packed is not self._packed and packed != self._packed:
-            book = pickle.loads(packed)
-            self._book = book
-            self._probes = Probes(self._activity_type, book, self._radiative_forcing)
-            self._factor_fps = fingerprint.FactorFingerprints(
-                fingerprint.factor_fingerprints(book.rows())
-            )
+        """The book, its probes and its rows' fingerprints (shared by the process's DoFns)."""
+        if packed is not self._packed:
+            self._unpacked = _unpacked(packed)
             self._packed = packed
-        return self._book, self._probes, self._factor_fps
+        probes = self._unpacked.probes_for(self._activity_type, self._radiative_forcing)
+        return self._unpacked.book, probes, self._unpacked.factor_fps
 
     def process(self, activities: pa.Table, packed: bytes) -> Iterator[Any]:
         """``activities`` as read: the activity columns and ``activity_version``;

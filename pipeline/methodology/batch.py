@@ -404,15 +404,14 @@ def calculate_batch(
         kept_rows = rows[keep]
         columns: dict[str, pa.Array] = {}
         for a, axis in enumerate(kind.axes):
-            used = sorted(set(axis_rows[a][kept_rows].tolist()))
-            position = {c: i for i, c in enumerate(used)}
+            row_contexts = axis_rows[a][kept_rows]
+            used, take = np.unique(row_contexts, return_inverse=True)
             fields = list(axis.fields or schema.names)
             # Rows are built per batch, for the contexts it uses: kept across a run, one dict
             # per context would be the cache's largest part.
-            context_rows = [_context_row(axis_answers[a][c]) for c in used]
+            context_rows = [_context_row(axis_answers[a][c]) for c in used.tolist()]
             context_table = pa.Table.from_pylist(context_rows, schema=schema).select(fields)
-            take = pa.array([position[c] for c in axis_rows[a][kept_rows].tolist()])
-            broadcast = context_table.take(take)
+            broadcast = context_table.take(pa.array(take.reshape(-1)))
             for name in fields:
                 columns[name] = broadcast.column(name).combine_chunks()
         columns["activity_id"] = table.column("id").take(pa.array(kept_rows)).combine_chunks()
