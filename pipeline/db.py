@@ -16,6 +16,7 @@ import io
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, cast
 
@@ -914,27 +915,37 @@ def count_activities(
     date_from: str | None = None,
     date_to: str | None = None,
     workers: int = 2,
+    on_pending: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Per activity type: all activities in scope, and those still pending.
 
     The counts are independent scans: they run on up to ``workers`` connections at once (the
-    engine's pool must allow as many)."""
+    engine's pool must allow as many). ``on_pending`` is called once, as soon as a count
+    finds pending activities."""
+    announced: list[bool] = []
+    lock = threading.Lock()
     queries = [
         (t, key, count_query(t, date_from, date_to, pending_only=key == "pending"))
         for t in activity_types
         for key in ("pending", "total")  # the anti-joins, the longer ones, first
     ]
 
-    def count(query: tuple[sql.Composed, dict[str, Any]]) -> int:
+    def count(item: tuple[str, str, tuple[sql.Composed, dict[str, Any]]]) -> int:
+        _, key, query = item
         with raw_connection(engine) as raw:
             with raw.cursor() as cur:
                 cur.execute(*query)
                 (n,) = cur.fetchone()
             raw.commit()
+        if key == "pending" and n and on_pending is not None:
+            with lock:
+                first, announced[:] = not announced, [True]
+            if first:
+                on_pending()
         return int(n)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        found = list(pool.map(count, [q for _, _, q in queries]))
+        found = list(pool.map(count, queries))
     out: dict[str, dict[str, int]] = {t: {} for t in activity_types}
     for (t, key, _), n in zip(queries, found, strict=True):
         out[t][key] = n

@@ -7,6 +7,7 @@ Prints a JSON run summary and stores it in ``calculation_runs``; exits non-zero 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -78,11 +79,34 @@ def release_arrow_memory_promptly() -> None:
         pass
 
 
+def warm_up_beam() -> None:
+    """Starts importing Beam (most of a second) in the background, once some activity is
+    known to be pending, while the remaining counts run in the database."""
+
+    def load() -> None:
+        try:
+            importlib.import_module("apache_beam")
+            importlib.import_module("pipeline.graph")
+        except Exception:  # noqa: BLE001 - execute() imports them again and reports it
+            pass
+
+    thread = threading.Thread(target=load, name="import-beam", daemon=True)
+    _WARM_UP.append(thread)
+    thread.start()
+
+
+_WARM_UP: list[threading.Thread] = []
+
+
 def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
     """Builds and runs the Beam pipeline; returns its counters (None if the runner has none).
 
     Beam is imported here, and only here: a run with nothing pending never pays for it.
     """
+    # Beam's modules import each other in cycles: two threads importing them at once can see
+    # each other's half-made modules. Let the warm-up finish first.
+    for thread in _WARM_UP:
+        thread.join()
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline import beam_options, graph
@@ -312,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         counts = retry.call(
             lambda: db.count_activities(
-                engine, config.activity_types, config.date_from, config.date_to
+                engine,
+                config.activity_types,
+                config.date_from,
+                config.date_to,
+                on_pending=warm_up_beam,
             ),
             what="counting pending activities",
             policy=policy,
