@@ -773,11 +773,14 @@ def _staged_insert(
     return _staged_copy(conn, table, columns, copy_buffer(rows), conflict)
 
 
+_COPY_CHUNK = 1 << 20  # bytes handed to the server per read of the COPY data
+
+
 def _staged_copy(
     conn: psycopg2.extensions.connection,
     table: str,
     columns: Sequence[str],
-    csv_data: io.StringIO | io.BytesIO,
+    csv_data: io.StringIO | io.BytesIO | pgbinary.CopyData,
     conflict: sql.Composable,
     fmt: Literal["csv", "binary"] = "csv",
 ) -> int:
@@ -797,6 +800,7 @@ def _staged_copy(
                     t=sql.Identifier(table), c=cols, f=sql.SQL(fmt)
                 ),
                 csv_data,
+                size=_COPY_CHUNK,
             )
             written = cur.rowcount
         conn.commit()
@@ -809,14 +813,15 @@ def _staged_copy(
         cur.execute(
             sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
-                "AS SELECT {c} FROM {t} WITH NO DATA"
-            ).format(s=staging, c=cols, t=sql.Identifier(table))
+                "AS SELECT * FROM {t} WITH NO DATA"
+            ).format(s=staging, t=sql.Identifier(table))
         )
         cur.copy_expert(
             sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT {f})").format(
                 s=staging, c=cols, f=sql.SQL(fmt)
             ),
             csv_data,
+            size=_COPY_CHUNK,
         )
         cur.execute(
             sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING").format(
@@ -859,7 +864,7 @@ def write_results_table(
     ]
     data, order = pgbinary.encode(table, types)
     conflict = sql.SQL("(activity_type, activity_id)")
-    return _staged_copy(conn, RESULTS_TABLE, order, io.BytesIO(data), conflict, "binary")
+    return _staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary")
 
 
 def _pg_type(column: sa.Column[Any]) -> pgbinary.PgType:

@@ -14,8 +14,9 @@ The types supported are the ones the pipeline writes: ``int2``, ``int4``, ``int8
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -154,7 +155,44 @@ def _block(columns: Sequence[tuple[pa.Array, PgType]], n: int, count: int) -> pa
     ).cast(pa.binary())
 
 
-def encode(table: pa.Table, pg_types: Sequence[PgType]) -> tuple[bytes, list[str]]:
+class CopyData(io.RawIOBase):
+    """The COPY stream: the header, the rows and the trailer, read in order without being
+    joined into one more copy of the rows."""
+
+    def __init__(self, rows: memoryview) -> None:
+        super().__init__()
+        self._parts = [memoryview(HEADER), rows.cast("B"), memoryview(TRAILER)]
+        self._part = 0
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        while self._part < len(self._parts):
+            part = self._parts[self._part]
+            if self._at < len(part):
+                n = min(len(target), len(part) - self._at)
+                target[:n] = part[self._at : self._at + n]
+                self._at += n
+                return n
+            self._part, self._at = self._part + 1, 0
+        return 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Back to the start only (a retried COPY reads the stream again)."""
+        if (offset, whence) != (0, io.SEEK_SET):
+            raise io.UnsupportedOperation("CopyData only seeks back to the start")
+        self._part, self._at = 0, 0
+        return 0
+
+    def getvalue(self) -> bytes:
+        """The whole stream as bytes (for tests and small tables)."""
+        return b"".join(self._parts)
+
+
+def encode(table: pa.Table, pg_types: Sequence[PgType]) -> tuple[CopyData, list[str]]:
     """``table`` (columns of the given PostgreSQL types) as binary COPY data, and the order of
     its columns in it (the ``COPY`` column list): fixed-width columns without NULLs first, made
     as one block; then the rest, one Arrow column each."""
@@ -166,11 +204,12 @@ def encode(table: pa.Table, pg_types: Sequence[PgType]) -> tuple[bytes, list[str
     rest = [i for i in range(table.num_columns) if i not in fixed]
     order = [table.column_names[i] for i in fixed + rest]
     if n == 0:
-        return HEADER + TRAILER, order
+        return CopyData(memoryview(b"")), order
     block = _block([(columns[i], pg_types[i]) for i in fixed], n, table.num_columns)
     fields = [field(columns[i], pg_types[i]) for i in rest]
     rows = pc.binary_join_element_wise(block, *fields, b"") if fields else block
+    del block, fields
     width = np.int64 if rows.type == pa.large_binary() else np.int32
     offsets = np.frombuffer(rows.buffers()[1], dtype=width)[rows.offset :]
     data = memoryview(rows.buffers()[2])  # the rows, one after the other
-    return b"".join([HEADER, data[int(offsets[0]) : int(offsets[n])], TRAILER]), order
+    return CopyData(data[int(offsets[0]) : int(offsets[n])]), order

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from pipeline import db
 from pipeline.factors import load_shipped_factors
-from pipeline.methodology.batch import activity_schema
+from pipeline.methodology.batch import activity_schema, result_schema
 from pipeline.model import ErrorRecord
 from pipeline.ranges import plan_int_ranges, plan_uuid_ranges
 from tests.factories import RUN, result_for
@@ -122,6 +122,36 @@ def test_results_are_written_once_even_when_repeated(engine: sa.Engine, database
     with engine.connect() as conn2:
         rows = conn2.execute(sa.text("SELECT count(*), sum(kg_co2e) FROM emission_results")).one()
     assert rows == (20, 30.0)
+
+
+def test_results_tables_are_written_once_whatever_columns_a_batch_has(
+    engine: sa.Engine, database_url: str
+) -> None:
+    schema = result_schema(INT64)
+
+    def table(ids: range, **fields: object) -> pa.Table:
+        rows = [{**dataclasses.asdict(result_for(i)), **fields} for i in ids]
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    conn = db.connect(database_url)
+    try:
+        assert db.write_results_table(conn, table(range(1, 11)), RUN) == 10
+        # A retried batch: the binary COPY is refused whole, the staging path writes nothing.
+        assert db.write_results_table(conn, table(range(1, 6)), RUN) == 0
+        # Overlapping, and with a column the first batches did not have: only the new rows.
+        assert db.write_results_table(conn, table(range(6, 16), exchange_rate=0.5), RUN) == 5
+    finally:
+        conn.close()
+    with engine.connect() as c:
+        rows = c.execute(
+            sa.text(
+                "SELECT activity_id, exchange_rate, kg_co2e FROM emission_results "
+                "ORDER BY activity_id"
+            )
+        ).all()
+    assert [r[0] for r in rows] == list(range(1, 16))
+    assert [r[1] for r in rows] == [None] * 10 + [0.5] * 5  # stored rows are never overwritten
+    assert {r[2] for r in rows} == {1.5}
 
 
 def test_a_batch_larger_than_the_bind_parameter_limit(engine: sa.Engine, database_url: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import uuid
 from typing import Any
@@ -52,7 +51,7 @@ def round_trip(conn: psycopg2.extensions.connection, table: pa.Table) -> list[tu
         )
         cur.copy_expert(
             f"COPY round_trip ({', '.join(order)}) FROM STDIN WITH (FORMAT binary)",
-            io.BytesIO(data),
+            data,
         )
         cur.execute(f"SELECT {', '.join(n for n, _, _, _ in COLUMNS)} FROM round_trip ORDER BY n")
         found = cur.fetchall()

@@ -58,8 +58,11 @@ class _BufferedWriteFn(beam.DoFn):
         self._buffered = 0
 
     def process(self, element: Any) -> None:
+        size = self._size(element)
+        if self._buffer and self._buffered + size > self._batch_size:
+            self._flush()  # a flush holds at most one batch (or one larger element)
         self._buffer.append(element)
-        self._buffered += self._size(element)
+        self._buffered += size
         if self._buffered >= self._batch_size:
             self._flush()
 
@@ -117,6 +120,11 @@ class WriteResults(beam.PTransform):
         return results | "WriteBatches" >> beam.ParDo(self._fn)
 
 
+#: Dead letters per write, at most: each is a Python object with its input's text (about a
+#: kilobyte), so a bundle of a large table would otherwise hold tens of megabytes of them.
+ERRORS_BATCH = 5_000
+
+
 class WriteErrors(beam.PTransform):
     """Stores dead letters, once per activity and input."""
 
@@ -129,7 +137,13 @@ class WriteErrors(beam.PTransform):
     ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
-            database_url, run_id, batch_size, "errors", _write_errors, lambda _: 1, retry_policy
+            database_url,
+            run_id,
+            min(batch_size, ERRORS_BATCH),
+            "errors",
+            _write_errors,
+            lambda _: 1,
+            retry_policy,
         )
 
     def expand(self, errors: Any) -> Any:
