@@ -578,10 +578,11 @@ def _pending(start: Any = None, end: Any = None) -> sql.Composed:
 
     def bounds(alias: str) -> sql.Composed:
         found: list[sql.Composable] = []
+        column = sql.SQL(" AND {}.activity_id").format(sql.Identifier(alias))
         if start is not None:
-            found.append(sql.SQL(f" AND {alias}.activity_id >= %(start)s") + _key_cast(start))
+            found.append(column + sql.SQL(" >= %(start)s") + _key_cast(start))
         if end is not None:
-            found.append(sql.SQL(f" AND {alias}.activity_id < %(end)s") + _key_cast(end))
+            found.append(column + sql.SQL(" < %(end)s") + _key_cast(end))
         return sql.Composed(found)
 
     return _PENDING.format(

@@ -31,8 +31,8 @@ edition``; a result's factor fingerprint is taken over the fingerprints of the r
 ``factor_id, fx_factor_id, cpi_factor_id, cpi_base_factor_id`` (NULL where a type has none).
 Fingerprints are stored as signed ``bigint`` (the same 64 bits).
 
-Computed with numpy over whole Arrow columns: the run pays a few milliseconds per 100,000 rows
-and the database nothing beyond two more columns.
+Computed with numpy over whole Arrow columns: the run pays about a tenth of a second per
+100,000 rows, and the database nothing beyond two more columns.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The types supported are the ones the pipeline writes: ``int2``, ``int4``, ``int8
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -156,13 +156,16 @@ def _block(columns: Sequence[tuple[pa.Array, PgType]], n: int, count: int) -> pa
 
 
 class CopyData(io.RawIOBase):
-    """The COPY stream: the header, the rows and the trailer, read in order without being
-    joined into one more copy of the rows."""
+    """The COPY stream: the header, the rows a slice at a time, the trailer.
 
-    def __init__(self, rows: memoryview) -> None:
+    Each slice of ``SLICE_ROWS`` rows is encoded when the server has read the one before, so
+    a write holds its table and one encoded slice, not the whole batch encoded besides."""
+
+    def __init__(self, parts: Callable[[], Iterator[memoryview]]) -> None:
         super().__init__()
-        self._parts = [memoryview(HEADER), rows.cast("B"), memoryview(TRAILER)]
-        self._part = 0
+        self._make = parts
+        self._parts: Iterator[memoryview] = parts()
+        self._part: memoryview | None = memoryview(b"")
         self._at = 0
 
     def readable(self) -> bool:
@@ -170,26 +173,42 @@ class CopyData(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")
-        while self._part < len(self._parts):
-            part = self._parts[self._part]
-            if self._at < len(part):
-                n = min(len(target), len(part) - self._at)
-                target[:n] = part[self._at : self._at + n]
+        while self._part is not None:
+            if self._at < len(self._part):
+                n = min(len(target), len(self._part) - self._at)
+                target[:n] = self._part[self._at : self._at + n]
                 self._at += n
                 return n
-            self._part, self._at = self._part + 1, 0
+            self._part, self._at = next(self._parts, None), 0
         return 0
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Back to the start only (a retried COPY reads the stream again)."""
         if (offset, whence) != (0, io.SEEK_SET):
             raise io.UnsupportedOperation("CopyData only seeks back to the start")
-        self._part, self._at = 0, 0
+        self._parts, self._part, self._at = self._make(), memoryview(b""), 0
         return 0
 
     def getvalue(self) -> bytes:
         """The whole stream as bytes (for tests and small tables)."""
-        return b"".join(self._parts)
+        return b"".join(self._make())
+
+
+SLICE_ROWS = 8192
+
+
+def _rows(
+    columns: Sequence[pa.Array], pg_types: Sequence[PgType], fixed: list[int], rest: list[int]
+) -> memoryview:
+    """The rows of (a slice of) the columns: the fixed block and the other fields, joined."""
+    n = len(columns[0])
+    block = _block([(columns[i], pg_types[i]) for i in fixed], n, len(columns))
+    fields = [field(columns[i], pg_types[i]) for i in rest]
+    rows = pc.binary_join_element_wise(block, *fields, b"") if fields else block
+    width = np.int64 if rows.type == pa.large_binary() else np.int32
+    offsets = np.frombuffer(rows.buffers()[1], dtype=width)[rows.offset :]
+    data = memoryview(rows.buffers()[2]).cast("B")  # the rows, one after the other
+    return data[int(offsets[0]) : int(offsets[n])]
 
 
 def encode(table: pa.Table, pg_types: Sequence[PgType]) -> tuple[CopyData, list[str]]:
@@ -203,13 +222,17 @@ def encode(table: pa.Table, pg_types: Sequence[PgType]) -> tuple[CopyData, list[
     fixed = [i for i, t in enumerate(pg_types) if t in _FIXED and columns[i].null_count == 0]
     rest = [i for i in range(table.num_columns) if i not in fixed]
     order = [table.column_names[i] for i in fixed + rest]
-    if n == 0:
-        return CopyData(memoryview(b"")), order
-    block = _block([(columns[i], pg_types[i]) for i in fixed], n, table.num_columns)
-    fields = [field(columns[i], pg_types[i]) for i in rest]
-    rows = pc.binary_join_element_wise(block, *fields, b"") if fields else block
-    del block, fields
-    width = np.int64 if rows.type == pa.large_binary() else np.int32
-    offsets = np.frombuffer(rows.buffers()[1], dtype=width)[rows.offset :]
-    data = memoryview(rows.buffers()[2])  # the rows, one after the other
-    return CopyData(data[int(offsets[0]) : int(offsets[n])]), order
+    # Checked now, not half-way through a COPY: every value fits its type.
+    for i, t in enumerate(pg_types):
+        if t == "uuid":
+            _uuid_bytes(columns[i])
+        elif t in _BOUNDS:
+            _numbers(columns[i], t)
+
+    def parts() -> Iterator[memoryview]:
+        yield memoryview(HEADER)
+        for start in range(0, n, SLICE_ROWS):
+            yield _rows([c.slice(start, SLICE_ROWS) for c in columns], pg_types, fixed, rest)
+        yield memoryview(TRAILER)
+
+    return CopyData(parts), order

@@ -93,7 +93,9 @@ def _recompute(
         by_rf.setdefault(True if rf is None else bool(rf), []).append((activity, stored))
     for rf, group in by_rf.items():
         table = activities_table(activity_type, [a for a, _ in group])
-        outcome = calculate_batch(activity_type, table, book, radiative_forcing=rf)
+        outcome = calculate_batch(
+            activity_type, table, book, radiative_forcing=rf, fields=db.RESULT_COLUMNS
+        )
         refused += len(outcome.errors)
         results = fingerprint.with_fingerprints(
             outcome.results, table, activity_fields(activity_type), factor_fps

@@ -8,6 +8,7 @@ import math
 import pyarrow as pa
 import pytest
 
+from pipeline import db
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import (
     activities_table,
@@ -96,6 +97,17 @@ def test_batch_equals_per_row(
     assert set(outcome.errors) == expected_errors
     assert len(outcome.errors) == len(expected_errors)
     assert len(got) + len(outcome.errors) == len(activities)
+    # The stored columns only (as the pipeline asks): the same values, the same dead letters.
+    stored = calculate_batch(
+        activity_type,
+        activities_table(activity_type, activities),
+        book,
+        radiative_forcing=rf,
+        fields=db.RESULT_COLUMNS,
+    )
+    assert stored.results.column_names == list(db.RESULT_COLUMNS)
+    assert stored.results.equals(outcome.results.select(list(db.RESULT_COLUMNS)))
+    assert stored.errors == outcome.errors
 
 
 def test_every_fallback_and_flag_is_exercised(book: FactorBook) -> None:

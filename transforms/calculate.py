@@ -140,6 +140,7 @@ class CalculateFn(beam.DoFn):
             book,
             radiative_forcing=self._radiative_forcing,
             probes=probes,
+            fields=db.RESULT_COLUMNS,  # what is stored; not the factors' descriptions
         )
         self._computed.inc(outcome.results.num_rows)
         self._errors.inc(len(outcome.errors))

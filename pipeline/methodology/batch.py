@@ -344,16 +344,21 @@ def calculate_batch(
     *,
     radiative_forcing: bool = True,
     probes: Probes | None = None,
+    fields: Sequence[str] | None = None,
 ) -> BatchOutcome:
     """Results and dead letters for a table of activities of one type.
 
     ``table`` has the activity's columns (``activity_fields``), with ``activity_date`` as ISO
-    text. The results table follows ``result_schema`` with the input's id type. Pass the same
-    ``probes`` to every call of a run to reuse the contexts' answers.
+    text. The results table follows ``result_schema`` with the input's id type, or has only
+    ``fields`` of it (the pipeline leaves out what it does not store: a column of repeated
+    factor descriptions is megabytes per batch). Pass the same ``probes`` to every call of a
+    run to reuse the contexts' answers.
     """
     if probes is None:
         probes = Probes(activity_type, book, radiative_forcing)
     schema = result_schema(table.schema.field("id").type)
+    if fields is not None:
+        schema = pa.schema([schema.field(f) for f in schema.names if f in set(fields)])
     if table.num_rows == 0:
         return BatchOutcome(schema.empty_table(), [])
     kind = _KINDS[activity_type]
@@ -406,14 +411,14 @@ def calculate_batch(
         for a, axis in enumerate(kind.axes):
             row_contexts = axis_rows[a][kept_rows]
             used, take = np.unique(row_contexts, return_inverse=True)
-            fields = list(axis.fields or schema.names)
+            given = [n for n in (axis.fields or schema.names) if n in schema.names]
             # Rows are built per batch, for the contexts it uses: kept across a run, one dict
             # per context would be the cache's largest part.
             context_rows = [_context_row(axis_answers[a][c]) for c in used.tolist()]
-            context_table = pa.Table.from_pylist(context_rows, schema=schema).select(fields)
-            broadcast = context_table.take(pa.array(take.reshape(-1)))
-            for name in fields:
-                columns[name] = broadcast.column(name).combine_chunks()
+            context_table = pa.Table.from_pylist(context_rows, schema=schema)
+            indices = pa.array(take.reshape(-1))
+            for name in given:
+                columns[name] = context_table.column(name).chunk(0).take(indices)
         columns["activity_id"] = table.column("id").take(pa.array(kept_rows)).combine_chunks()
         columns["kg_co2e"] = pa.array(kg[keep], type=pa.float64())
         columns["activity_amount"] = pa.array(amount[keep], type=pa.float64())
