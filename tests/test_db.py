@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import random
 import uuid
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import db
+from pipeline.embedded import _same_setting, server_settings
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology.batch import activity_schema, result_schema
 from pipeline.model import ErrorRecord
@@ -214,3 +216,30 @@ def test_redact_and_scrub_hide_the_password() -> None:
     url = "postgresql://alice:s3cr%40t@db.example:5432/emissions"
     assert "s3cr" not in db.redact_url(url)
     assert db.scrub(f"failed on {url} with s3cr@t", url).count("s3cr") == 0
+
+
+def test_the_embedded_server_settings_are_read_back_in_their_units() -> None:
+    assert _same_setting(("shared_buffers", "131072", "8kB", False), "1GB")
+    assert _same_setting(("max_wal_size", "4096", "MB", False), "4GB")
+    assert _same_setting(("checkpoint_timeout", "900", "s", False), "15min")
+    assert not _same_setting(("checkpoint_timeout", "300", "s", False), "15min")
+    assert not _same_setting(("shared_buffers", "131072", "8kB", True), "1GB")  # not yet live
+    buffers = int(server_settings()["shared_buffers"].removesuffix("MB"))
+    assert 128 <= buffers <= 1024
+
+
+def test_the_embedded_test_server_runs_with_those_settings(engine: sa.Engine) -> None:
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("a server of the caller's, not the embedded one")
+    with engine.connect() as conn:
+        found = {
+            r[0]: r
+            for r in conn.execute(
+                sa.text(
+                    "SELECT name, setting, unit, pending_restart FROM pg_settings "
+                    "WHERE name = ANY(:n)"
+                ),
+                {"n": list(server_settings())},
+            )
+        }
+    assert all(_same_setting(tuple(found[n]), v) for n, v in server_settings().items())
