@@ -51,6 +51,7 @@ from pipeline.embedded import server_url
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, activity_schema, calculate_batch
 from pipeline.model import ACTIVITY_TYPES
+from pipeline.options import DEFAULT_ROWS_PER_RANGE
 from pipeline.ranges import plan_from_cuts, plan_int_ranges, plan_uuid_ranges, ranges_needed
 from pipeline.seed import seed
 
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         f"slower per row as tables grow); the pipeline on the same data: {small['wall_s']:.1f} s"
     )
 
-    figures["balance"] = balance(server, args.balance_rows, 8, 50_000)
+    figures["balance"] = balance(server, args.balance_rows, 8, DEFAULT_ROWS_PER_RANGE)
     for label, b in figures["balance"].items():
         say(
             f"ranges on {label} keys ({b['rows']:,} rows, {b['ranges']} ranges): largest/mean "

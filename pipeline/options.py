@@ -18,6 +18,10 @@ from pipeline.embedded import DATABASE_URL_ENV
 from pipeline.model import ACTIVITY_TYPES, ActivityType
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
+#: Rows per read range: small enough that a worker's batch is a few tens of megabytes (peak
+#: memory then stays flat as tables grow), large enough that per-range costs do not show.
+DEFAULT_ROWS_PER_RANGE = 25_000
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares the calculation's options (Beam's own are accepted alongside)."""
@@ -59,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows_per_range",
         dest="rows_per_range",
         type=int,
-        default=50_000,
-        help="Most rows one read range holds; bounds memory per worker (default: 50000).",
+        default=DEFAULT_ROWS_PER_RANGE,
+        help="Most rows one read range holds; bounds memory per worker (default: 25000).",
     )
     parser.add_argument(
         "--range-planner",

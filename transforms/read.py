@@ -156,7 +156,7 @@ class ReadPendingActivities(beam.PTransform):
         database_url: str,
         activity_type: ActivityType,
         partitions: int = 8,
-        rows_per_range: int = 50_000,
+        rows_per_range: int = 25_000,
         planner: Planner = "rows",
         date_from: str | None = None,
         date_to: str | None = None,
