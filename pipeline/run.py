@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
 
@@ -459,5 +459,17 @@ def main(argv: list[str] | None = None) -> int:
         engine.dispose()
 
 
+def exit_now(code: int) -> NoReturn:
+    """Ends the process once the run is recorded and its summary printed.
+
+    The interpreter's own shutdown joins the runner's idle threads and frees every object one
+    by one: half a second after a large run, for nothing, since everything that matters is
+    committed and flushed by then."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
