@@ -6,10 +6,13 @@ text, 16 raw bytes for a UUID). PostgreSQL then parses no text: for the results 
 is about a third less server time than CSV (no float parsing), and the client formats no
 floats either.
 
-Each field is made as one Arrow binary column (length prefix + value, with numpy over whole
-columns), and the row bytes are the fields joined element-wise by Arrow: no per-row Python.
-The types supported are the ones the pipeline writes: ``int2``, ``int4``, ``int8``,
-``float8``, ``bool``, ``text`` and ``uuid`` (from its text form).
+The fixed-width columns without NULLs are laid out together, one record per row, through a
+numpy structured dtype; every other column becomes an Arrow binary column (length prefix +
+value); the row bytes are these joined element-wise by Arrow: no per-row Python. Rows are
+encoded a slice at a time as the server reads them (``CopyData``). The types supported are
+the ones the pipeline writes: ``int2``, ``int4``, ``int8``, ``float8``, ``bool``, ``text``
+and ``uuid`` (from its text form); ``tests/test_pgbinary.py`` writes random tables of all of
+them, NULLs and edge values included, and reads them back from PostgreSQL.
 """
 
 from __future__ import annotations
