@@ -237,7 +237,7 @@ def _fingerprints_now(
     factor_fps: fingerprint.FactorFingerprints,
 ) -> list[tuple[int, int]]:
     """(input, factor) fingerprints of a chunk's activity rows and factor rows as they are now."""
-    id_type = pa.string() if isinstance(stored[0]["activity_id"], str) else pa.int64()
+    id_type = pa.int64() if isinstance(stored[0]["activity_id"], int) else pa.string()
     columns: dict[str, list[Any]] = {c: [] for c in activity_fields(activity_type)}
     for a in activities:
         for c, v in a.items():

@@ -4,11 +4,12 @@ reproduce, and why."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 
-from pipeline import audit, quality, run, verify
+from pipeline import audit, db, quality, run, verify
 from pipeline.seed import seed
 
 
@@ -129,3 +130,19 @@ def test_verify_tells_an_edited_factor_row_and_a_deleted_activity(
     found = {(m.activity_type, m.activity_id): m.status for m in report.mismatches}
     assert found[("spend", str(gone))] == "input_missing"
     assert sum(1 for s in found.values() if s == "factor_changed") == users
+
+
+def test_uuid_keyed_results_are_fingerprinted_and_reproduce(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_database("uuid")
+    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        seed(engine, 300, seed_value=14)
+        summary = run_pipeline(url, capsys)
+        report = verify.verify(engine, sample=None)
+        assert report.examined == summary["total_processed"] > 250
+        assert report.unsealed == 0
+        assert report.reproduced == report.examined, report.mismatches[:3]
+    finally:
+        engine.dispose()
