@@ -27,18 +27,6 @@ from pipeline import db
 from pipeline.model import FactorRow
 
 _PACKAGE = Path(__file__).resolve().parent
-_FACTOR_FIELDS = (
-    "id",
-    "factor_set",
-    "key",
-    "year",
-    "value",
-    "unit",
-    "kg_co2",
-    "kg_ch4_co2e",
-    "kg_n2o_co2e",
-    "edition",
-)
 
 
 @lru_cache(maxsize=1)
