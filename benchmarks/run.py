@@ -52,7 +52,6 @@ from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, activity_schema, calculate_batch
 from pipeline.model import ACTIVITY_TYPES
 from pipeline.options import DEFAULT_ROWS_PER_RANGE
-from pipeline.ranges import plan_from_cuts, plan_int_ranges, plan_uuid_ranges, ranges_needed
 from pipeline.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,15 +308,9 @@ def balance(server: str, rows: int, partitions: int, rows_per_range: int) -> dic
                     f"activity_date) SELECT i, 1, 'kWh', 'CAMX', '2023-01-01' FROM ({ids_sql}) s(i)"
                 )
             conn.commit()
-            n = ranges_needed(rows, rows_per_range, partitions)
-            cuts = db.key_cuts(conn, "electricity", -(-rows // n))
-            by_rows = plan_from_cuts("electricity", cuts)
-            lo, hi, _ = db.key_bounds(conn, "electricity")
-            by_bounds = (
-                plan_uuid_ranges("electricity", n)
-                if id_type == "uuid"
-                else plan_int_ranges("electricity", int(lo), int(hi), n)
-            )
+            by_rows = db.plan_ranges(conn, "electricity", partitions, rows_per_range, "rows")
+            n = len(by_rows)
+            by_bounds = db.plan_ranges(conn, "electricity", n, rows_per_range, "bounds")
             out[label] = {
                 "rows": rows,
                 "ranges": n,

@@ -38,6 +38,13 @@ from pipeline.model import (
     FactorRow,
     activity_fields,
 )
+from pipeline.ranges import (
+    KeyRange,
+    plan_from_cuts,
+    plan_int_ranges,
+    plan_uuid_ranges,
+    ranges_needed,
+)
 
 IdType = Literal["bigint", "uuid"]
 T = TypeVar("T")
@@ -732,6 +739,40 @@ def key_cuts(
     return cuts
 
 
+Planner = Literal["rows", "bounds"]
+PLANNERS: tuple[Planner, ...] = ("rows", "bounds")
+
+
+def plan_ranges(
+    conn: psycopg2.extensions.connection,
+    activity_type: ActivityType,
+    partitions: int,
+    rows_per_range: int,
+    planner: Planner = "rows",
+) -> list[KeyRange]:
+    """The key ranges an activity table is read in.
+
+    ``rows`` (default): cut points every N rows in key order (``key_cuts``), so ranges hold
+    equal numbers of rows however the keys are spread, and there are more ranges as the table
+    grows (``ranges_needed``). ``bounds``: ``partitions`` equal slices of the key span
+    (integers between the lowest and highest id; the 128-bit space for UUIDs): two index
+    lookups, balanced only when keys are spread evenly.
+    """
+    if planner == "bounds":
+        lo, hi, typ = key_bounds(conn, activity_type)
+        if lo is None:
+            return []
+        if typ == "uuid":
+            return plan_uuid_ranges(activity_type, partitions)
+        return plan_int_ranges(activity_type, int(lo), int(hi), partitions)
+    rows = count_rows(conn, activity_type)
+    n = ranges_needed(rows, rows_per_range, partitions)
+    if n == 0:
+        return []
+    cuts = key_cuts(conn, activity_type, -(-rows // n)) if n > 1 else []
+    return plan_from_cuts(activity_type, [c if isinstance(c, int) else str(c) for c in cuts])
+
+
 # --- Bulk writes ---------------------------------------------------------------------------
 
 
@@ -1020,12 +1061,13 @@ def scrub(text: str, url: str | None) -> str:
 DRIVER_CONNECTIONS = 2
 
 
-def connection_bound(activity_types: int, workers: int = 1) -> int:
+def connection_bound(workers: int = 1) -> int:
     """The most connections one run holds at once.
 
-    The driver's pool, and per worker and activity type: one range reader and two writers
-    (results, errors), each its own DoFn; plus one short-lived connection that plans key
-    ranges or reads the factors. Every DoFn opens its connection in ``setup`` and closes it in
-    ``teardown``; none opens one per element or per bundle.
+    The driver's pool (bookkeeping, planning the key ranges, progress), and per worker: one
+    range reader and two writers (results, errors), each its own DoFn, however many activity
+    types the run reads (one DoFn serves them all); plus one short-lived connection that reads
+    the factors. Every DoFn opens its connection in ``setup`` and closes it in ``teardown``;
+    none opens one per element or per bundle.
     """
-    return DRIVER_CONNECTIONS + workers * (3 * activity_types + 1)
+    return DRIVER_CONNECTIONS + workers * 4

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
@@ -22,7 +23,9 @@ import sqlalchemy as sa
 from pipeline import audit, db, quality, retry
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
+from pipeline.model import ActivityType
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
+from pipeline.ranges import KeyRange
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -30,6 +33,13 @@ if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineResult
 
 _LOG = logging.getLogger("pipeline.run")
+
+#: Beam loggers whose INFO lines say nothing to someone running the pipeline: one line per
+#: type hint it cannot use, and the BigQuery connector that is not installed.
+_CHATTY_LOGGERS = (
+    "apache_beam.typehints.native_type_compatibility",
+    "apache_beam.io.gcp.bigquery",
+)
 
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -113,8 +123,11 @@ def release_heap_memory_promptly() -> None:
         pass
 
 
-def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
-    """Builds and runs the Beam pipeline; returns its counters (None if the runner has none).
+def execute(
+    argv: list[str], config: RunConfig, ranges: Sequence[KeyRange]
+) -> dict[str, int] | None:
+    """Builds and runs the Beam pipeline over ``ranges``; returns its counters (None if the
+    runner has none).
 
     Beam is imported here, and only here: a run with nothing pending never pays for it.
     """
@@ -130,10 +143,26 @@ def execute(argv: list[str], config: RunConfig) -> dict[str, int] | None:
     options = PipelineOptions(with_local_defaults(argv))
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
     p = make_pipeline(options)
-    graph.build(p, config)
+    graph.build(p, config, ranges)
     result = p.run()
     result.wait_until_finish()
     return counters(result)
+
+
+def plan(
+    engine: sa.Engine, config: RunConfig, activity_types: Sequence[ActivityType]
+) -> list[KeyRange]:
+    """The key ranges of ``activity_types``' tables (``db.plan_ranges``), in one transaction."""
+    with db.raw_connection(engine) as conn:
+        ranges = [
+            r
+            for t in activity_types
+            for r in db.plan_ranges(
+                conn, t, config.partitions, config.rows_per_range, config.range_planner
+            )
+        ]
+    _LOG.info("%d key ranges to read (%s)", len(ranges), ", ".join(activity_types))
+    return ranges
 
 
 class Progress:
@@ -253,12 +282,12 @@ def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]
     """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
     local = runner in ("DirectRunner", "direct")
     workers = beam_workers(with_local_defaults(beam_args)) if local else 1
-    bound = db.connection_bound(len(config.activity_types), workers)
+    bound = db.connection_bound(workers)
     if config.max_connections is not None and bound > config.max_connections:
         raise OptionsError(
             f"this run could hold up to {bound} database connections at once ({workers} "
-            f"worker(s), {len(config.activity_types)} activity type(s)), more than "
-            f"--max-connections {config.max_connections}: use fewer workers or activity types"
+            f"worker(s)), more than --max-connections {config.max_connections}: use fewer "
+            "workers"
         )
     return bound
 
@@ -313,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
     )
+    for chatty in _CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     release_heap_memory_promptly()
     started = time.monotonic()
     parser = argparse.ArgumentParser(add_help=False)
@@ -385,8 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         if pending == 0:
             metrics = {}  # nothing to do: no pipeline, nothing written
         else:
+            # Planned here while Beam is still being imported (warm_up_beam): only the types
+            # with something pending are read at all.
+            ranges = retry.call(
+                lambda: plan(
+                    engine, config, [t for t in config.activity_types if counts[t]["pending"]]
+                ),
+                what="planning the key ranges",
+                policy=policy,
+            )
             with Progress(engine, config.run_id, pending, config.progress_interval):
-                metrics = execute(args, config)
+                metrics = execute(args, config, ranges)
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(
             lambda: (

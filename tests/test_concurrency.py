@@ -95,9 +95,7 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
             conn.close()
 
     # The default run: the DirectRunner's default workers, every activity type.
-    bound = db.connection_bound(
-        activity_types=3, workers=run.beam_workers(run.with_local_defaults([]))
-    )
+    bound = db.connection_bound(workers=run.beam_workers(run.with_local_defaults([])))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
@@ -124,6 +122,6 @@ def test_a_run_that_could_exceed_the_connection_maximum_does_not_start(
     argv = ["--database-url", database_url, "--progress-interval", "0"]
     assert run.main([*argv, "--max-connections", "4"]) == 2
     assert "more than --max-connections 4" in capsys.readouterr().err
-    two_workers = ["--direct_num_workers", "2", "--max-connections", "20"]
-    assert run.main([*argv, *two_workers]) == 2  # 2 + 2 × (3 × 3 + 1) = 22
-    assert "up to 22 database connections" in capsys.readouterr().err
+    two_workers = ["--direct_num_workers", "2", "--max-connections", "9"]
+    assert run.main([*argv, *two_workers]) == 2  # 2 + 2 × 4 = 10
+    assert "up to 10 database connections" in capsys.readouterr().err

@@ -21,7 +21,10 @@ from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
 from pipeline import graph
 from pipeline.beam_options import EmissionsOptions
+from pipeline.model import ACTIVITY_TYPES
 from pipeline.options import validate
+from pipeline.ranges import plan_int_ranges
+from transforms.calculate import ERRORS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,18 +60,20 @@ def test_dataflow_options_and_graph_build_without_submitting() -> None:
 
     # The Pipeline constructor runs the DataflowRunner's option validation (GCS paths, project).
     p = beam.Pipeline(runner=DataflowRunner(), options=options)
-    outputs = graph.build(p, config)
-    assert set(outputs) == {"electricity", "spend", "air_travel"}
+    # The launcher plans the ranges (from the database); here, 32 slices of each type's keys.
+    ranges = [r for t in ACTIVITY_TYPES for r in plan_int_ranges(t, 1, 1_000_000, 32)]
+    outputs = graph.build(p, config, ranges)
+    assert isinstance(outputs.results, beam.PCollection)
+    assert isinstance(outputs[ERRORS], beam.PCollection)
 
     proto = p.to_runner_api()
     labels = {t.unique_name for t in proto.components.transforms.values()}
     for label in (
         "ReadFactors",
-        "ReadPendingElectricity",
-        "ReadPendingSpend",
-        "ReadPendingAirTravel",
-        "CalculateElectricity",
-        "WriteResultsElectricity",
-        "WriteErrorsAirTravel",
+        "ReadPending/Ranges",
+        "ReadPending/ReadRange",
+        "Calculate/Calculate",
+        "WriteResults/WriteBatches",
+        "WriteErrors/WriteBatches",
     ):
         assert label in labels, label

@@ -21,15 +21,17 @@ from pipeline.methodology.batch import (
     input_repr,
 )
 from pipeline.model import (
+    ACTIVITY_CLASSES,
     AirTravelActivity,
     ElectricityActivity,
     EmissionResult,
     ErrorRecord,
     SpendActivity,
 )
+from pipeline.ranges import plan_int_ranges
 from tests.factories import result_for
 from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn, pack_book
-from transforms.read import ReadPendingActivities
+from transforms.read import ActivityTable, ReadPendingActivities
 from transforms.write import WriteErrors, WriteResults
 
 RUN = "00000000-0000-4000-8000-0000000000aa"
@@ -62,7 +64,8 @@ def rows_of(table: pa.Table) -> list[dict]:
 def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, list]:
     """Calls the DoFn directly on one table; returns (stored results, dead letters)."""
     fn.setup()
-    table = as_read(activities_table(fn._activity_type, activities))
+    (activity_type,) = {t for t, c in ACTIVITY_CLASSES.items() for a in activities if type(a) is c}
+    table = ActivityTable(activity_type, as_read(activities_table(activity_type, activities)))
     results: list = []
     errors: list = []
     for out in fn.process(table, pack_book(book)):
@@ -77,7 +80,7 @@ def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, l
 
 
 def test_calculate_fn_yields_results_and_dead_letters(book: FactorBook) -> None:
-    results, errors = run_fn(CalculateFn("electricity"), [GOOD, BAD], book)
+    results, errors = run_fn(CalculateFn(), [GOOD, BAD], book)
     assert results == [stored(calculate(GOOD, book))]
     assert results[0]["kg_co2e"] == pytest.approx(1000 * 429.983 * 0.45359237 / 1000, rel=1e-12)
     assert errors == [
@@ -100,7 +103,7 @@ def test_calculate_fn_turns_an_unexpected_failure_into_a_dead_letter(
 
     monkeypatch.setattr("pipeline.methodology.batch.calculate", broken)
     monkeypatch.setattr("transforms.calculate._CURRENT", [])  # no answers kept from before
-    results, errors = run_fn(CalculateFn("electricity"), [GOOD], book)
+    results, errors = run_fn(CalculateFn(), [GOOD], book)
     assert results == []
     assert [(e.activity_id, e.reason_code, e.reason) for e in errors] == [
         (1, "calculation_failed", "the calculation failed unexpectedly: RuntimeError: boom")
@@ -108,8 +111,8 @@ def test_calculate_fn_turns_an_unexpected_failure_into_a_dead_letter(
 
 
 def test_radiative_forcing_option_reaches_the_calculation(book: FactorBook) -> None:
-    (a,), _ = run_fn(CalculateFn("air_travel", radiative_forcing=True), [FLIGHT], book)
-    (b,), _ = run_fn(CalculateFn("air_travel", radiative_forcing=False), [FLIGHT], book)
+    (a,), _ = run_fn(CalculateFn(radiative_forcing=True), [FLIGHT], book)
+    (b,), _ = run_fn(CalculateFn(radiative_forcing=False), [FLIGHT], book)
     rf = calculate(FLIGHT, book, radiative_forcing=True)
     no_rf = calculate(FLIGHT, book, radiative_forcing=False)
     assert (rf.factor_key, no_rf.factor_key) == (
@@ -128,8 +131,10 @@ def test_calculate_emissions_composite(book: FactorBook) -> None:
         factors = p | "Book" >> beam.Create([pack_book(book)])
         out = (
             p
-            | beam.Create([as_read(activities_table("spend", [spend, bad_spend]))])
-            | CalculateEmissions("spend", factors)
+            | beam.Create(
+                [ActivityTable("spend", as_read(activities_table("spend", [spend, bad_spend])))]
+            )
+            | CalculateEmissions(factors)
         )
         assert_that(
             out.results | beam.FlatMap(rows_of), equal_to([stored(expected)]), label="Results"
@@ -160,7 +165,8 @@ def test_read_pending_activities_composite(engine: sa.Engine, database_url: str)
         conn.close()
     expected = [(i, float(i), "kWh", "CAMX", None, D.isoformat()) for i in range(11, 31)]
     with pipeline() as p:
-        read = p | ReadPendingActivities(database_url, "electricity", partitions=4)
+        ranges = plan_int_ranges("electricity", 1, 30, 4)
+        read = p | ReadPendingActivities(database_url, ranges) | beam.Map(lambda a: a.table)
         rows = read | beam.FlatMap(
             lambda t: [tuple(r.values()) for r in t.drop([db.VERSION_COLUMN]).to_pylist()]
         )
@@ -188,10 +194,11 @@ def test_read_pending_activities_by_date(engine: sa.Engine, database_url: str) -
         ],
     )
     with pipeline() as p:
+        ranges = plan_int_ranges("electricity", 1, 2, 2)
         read = p | ReadPendingActivities(
-            database_url, "electricity", 2, date_from="2024-01-01", date_to="2024-01-02"
+            database_url, ranges, date_from="2024-01-01", date_to="2024-01-02"
         )
-        assert_that(read | beam.FlatMap(lambda t: t.column("id").to_pylist()), equal_to([2]))
+        assert_that(read | beam.FlatMap(lambda a: a.table.column("id").to_pylist()), equal_to([2]))
 
 
 def test_write_composites_store_each_row_once(

@@ -29,8 +29,9 @@ from apache_beam.metrics import Metrics
 from pipeline import audit, db, fingerprint
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
-from pipeline.model import ActivityType, FactorRow, activity_fields
+from pipeline.model import ACTIVITY_TYPES, ActivityType, FactorRow, activity_fields
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
+from transforms.read import ActivityTable
 
 ERRORS = "errors"
 
@@ -106,50 +107,54 @@ class ReadFactorsFn(beam.DoFn):
 
 
 class CalculateFn(beam.DoFn):
-    """One table of activities of one type → a results table, and dead letters on ``errors``."""
+    """One table of activities → a results table, and dead letters on ``errors``.
 
-    def __init__(self, activity_type: ActivityType, radiative_forcing: bool = True) -> None:
-        self._activity_type = activity_type
+    Any activity type: each ``ActivityTable`` says its own. Counted per type."""
+
+    def __init__(self, radiative_forcing: bool = True) -> None:
         self._radiative_forcing = radiative_forcing
 
     def setup(self) -> None:
-        self._computed = Metrics.counter("calculate", f"{self._activity_type}_computed")
-        self._errors = Metrics.counter("calculate", f"{self._activity_type}_errors")
+        self._computed = {t: Metrics.counter("calculate", f"{t}_computed") for t in ACTIVITY_TYPES}
+        self._errors = {t: Metrics.counter("calculate", f"{t}_errors") for t in ACTIVITY_TYPES}
         self._packed: bytes | None = None
         self._unpacked: _Unpacked
 
-    def _unpack(self, packed: bytes) -> tuple[FactorBook, Probes, fingerprint.FactorFingerprints]:
+    def _unpack(
+        self, packed: bytes, activity_type: ActivityType
+    ) -> tuple[FactorBook, Probes, fingerprint.FactorFingerprints]:
         """The book, its probes and its rows' fingerprints (shared by the process's DoFns)."""
         if packed is not self._packed:
             self._unpacked = _unpacked(packed)
             self._packed = packed
-        probes = self._unpacked.probes_for(self._activity_type, self._radiative_forcing)
+        probes = self._unpacked.probes_for(activity_type, self._radiative_forcing)
         return self._unpacked.book, probes, self._unpacked.factor_fps
 
-    def process(self, activities: pa.Table, packed: bytes) -> Iterator[Any]:
-        """``activities`` as read: the activity columns and ``activity_version``;
+    def process(self, element: ActivityTable, packed: bytes) -> Iterator[Any]:
+        """``element``: a table as read (the activity columns and ``activity_version``);
         ``packed``: the side input's factor book (``pack_book``)."""
-        book, probes, factor_fps = self._unpack(packed)
+        activity_type, activities = element
+        book, probes, factor_fps = self._unpack(packed, activity_type)
         # The row versions travel beside the calculation, onto the dead letters.
         versions = activities.column(db.VERSION_COLUMN)
         ids = activities.column("id")
         activities = activities.drop([db.VERSION_COLUMN])
         outcome = calculate_batch(
-            self._activity_type,
+            activity_type,
             activities,
             book,
             radiative_forcing=self._radiative_forcing,
             probes=probes,
             fields=db.RESULT_COLUMNS,  # what is stored; not the factors' descriptions
         )
-        self._computed.inc(outcome.results.num_rows)
-        self._errors.inc(len(outcome.errors))
+        self._computed[activity_type].inc(outcome.results.num_rows)
+        self._errors[activity_type].inc(len(outcome.errors))
         if outcome.results.num_rows:
             # Each result carries the fingerprints of its input row and factor rows.
             yield fingerprint.with_fingerprints(
                 outcome.results,
                 activities,
-                activity_fields(self._activity_type),
+                activity_fields(activity_type),
                 factor_fps,
             )
         if outcome.errors:
@@ -164,18 +169,15 @@ class CalculateFn(beam.DoFn):
 
 
 class CalculateEmissions(beam.PTransform):
-    """Tables of activities of one type → results tables (main) and dead letters (``errors``)."""
+    """``ActivityTable`` elements → results tables (main) and dead letters (``errors``)."""
 
-    def __init__(
-        self, activity_type: ActivityType, factors: Any, radiative_forcing: bool = True
-    ) -> None:
+    def __init__(self, factors: Any, radiative_forcing: bool = True) -> None:
         super().__init__()
-        self._activity_type = activity_type
         self._factors = factors
         self._radiative_forcing = radiative_forcing
 
     def expand(self, activities: Any) -> Any:
         return activities | "Calculate" >> beam.ParDo(
-            CalculateFn(self._activity_type, self._radiative_forcing),
+            CalculateFn(self._radiative_forcing),
             beam.pvalue.AsSingleton(self._factors),
         ).with_outputs(ERRORS, main="results")

@@ -1,14 +1,15 @@
 """WriteResults and WriteErrors: buffered, idempotent bulk writes.
 
 Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting and in
-``finish_bundle``: one transaction per flush, ``COPY`` into a staging table and one
-``INSERT … ON CONFLICT DO NOTHING``. A runner that retries a bundle therefore never doubles a
-row, and a crash loses only what was not committed, which the next run finds still pending.
+``finish_bundle``: one transaction per flush, one ``COPY`` straight into the table, or, when a
+row of it is already stored, a staging table and ``INSERT … ON CONFLICT DO NOTHING``
+(``db._staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
+crash loses only what was not committed, which the next run finds still pending.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import apache_beam as beam
@@ -57,7 +58,7 @@ class _BufferedWriteFn(beam.DoFn):
         self._buffer = []
         self._buffered = 0
 
-    def process(self, element: Any) -> None:
+    def process(self, element: Any) -> Iterator[Any]:
         size = self._size(element)
         if self._buffer and self._buffered + size > self._batch_size:
             self._flush()  # a flush holds at most one batch (or one larger element)
@@ -65,6 +66,7 @@ class _BufferedWriteFn(beam.DoFn):
         self._buffered += size
         if self._buffered >= self._batch_size:
             self._flush()
+        return iter(())  # a sink: nothing to emit
 
     def finish_bundle(self) -> None:
         self._flush()
