@@ -7,7 +7,6 @@ Prints a JSON run summary and stores it in ``calculation_runs``; exits non-zero 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import json
 import logging
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
 
-from pipeline import audit, db, quality, retry
+from pipeline import audit, db, quality, retry, tuning
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
 from pipeline.model import ActivityType
@@ -79,17 +78,6 @@ def with_local_defaults(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
-def release_arrow_memory_promptly() -> None:
-    """Arrow's allocator keeps freed memory for reuse for a while; with a new table per range,
-    that shows as memory growing with the number of ranges. Hand it back at once instead."""
-    import pyarrow as pa
-
-    try:
-        pa.jemalloc_set_decay_ms(0)
-    except NotImplementedError:  # built without jemalloc: another allocator, nothing to tune
-        pass
-
-
 def warm_up_beam() -> None:
     """Starts importing Beam (most of a second) in the background, once some activity is
     known to be pending, while the remaining counts run in the database."""
@@ -109,20 +97,6 @@ def warm_up_beam() -> None:
 _WARM_UP: list[threading.Thread] = []
 
 
-def release_heap_memory_promptly() -> None:
-    """glibc's allocator raises its mmap threshold as big blocks are freed, after which the
-    batches' numpy arrays and COPY buffers come from heaps that fragment and are not handed
-    back, one heap per thread: the process grows with the number of batches. A fixed 1 MiB
-    threshold (big blocks are mapped, and unmapped when freed) and two heaps keep the peak
-    flat. Elsewhere than glibc, nothing to do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def execute(
     argv: list[str], config: RunConfig, ranges: Sequence[KeyRange]
 ) -> dict[str, int] | None:
@@ -139,7 +113,6 @@ def execute(
 
     from pipeline import beam_options, graph
 
-    release_arrow_memory_promptly()
     options = PipelineOptions(with_local_defaults(argv))
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
     p = make_pipeline(options)
@@ -344,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for chatty in _CHATTY_LOGGERS:
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    release_heap_memory_promptly()
+    tuning.tune_process()
     started = time.monotonic()
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import math
 
 import pyarrow as pa
@@ -14,6 +16,7 @@ from pipeline.methodology.batch import (
     activities_table,
     calculate_batch,
     calculate_one,
+    input_repr,
     results_from_table,
 )
 from pipeline.model import (
@@ -159,3 +162,18 @@ def test_error_records_are_the_per_row_ones(book: FactorBook) -> None:
     assert out.errors == [calculate_one(bad, "spend", book, True)]
     assert isinstance(out.errors[0], ErrorRecord)
     assert out.errors[0].reason_code == "negative_amount"
+
+
+@pytest.mark.parametrize("activity_type", ["electricity", "spend", "air_travel"])
+def test_input_repr_is_the_text_dead_letters_have_always_had(activity_type: ActivityType) -> None:
+    """The dead-letter text (and so its ``input_hash``, which keeps one record per bad input)
+    must not change between versions: it is ``dataclasses.asdict`` as JSON, byte for byte."""
+    cls = ACTIVITY_CLASSES[activity_type]
+    generated = [cls(*row) for row in generate(activity_type, 300, 5, 1, "uuid")]
+    activities = HOSTILE[activity_type] + generated
+    for a in activities:
+        assert input_repr(a) == json.dumps(dataclasses.asdict(a), default=str, sort_keys=True)
+    assert input_repr(HOSTILE["electricity"][0]) == (
+        '{"activity_date": "2024-02-29", "country": null, "id": -1, "quantity": 0.0, '
+        '"region": "CAMX", "unit": "kWh"}'
+    )

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline import audit, db, fingerprint
+from pipeline import audit, db, fingerprint, tuning
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
 from pipeline.model import ACTIVITY_TYPES, ActivityType, FactorRow, activity_fields
@@ -115,6 +115,7 @@ class CalculateFn(beam.DoFn):
         self._radiative_forcing = radiative_forcing
 
     def setup(self) -> None:
+        tuning.tune_process()
         self._computed = {t: Metrics.counter("calculate", f"{t}_computed") for t in ACTIVITY_TYPES}
         self._errors = {t: Metrics.counter("calculate", f"{t}_errors") for t in ACTIVITY_TYPES}
         self._packed: bytes | None = None

@@ -16,7 +16,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import db
+from pipeline import db, tuning
 from pipeline.methodology.batch import activity_schema
 from pipeline.model import ActivityType
 from pipeline.ranges import KeyRange
@@ -49,6 +49,7 @@ class ReadRangeFn(beam.DoFn):
         self._schemas: dict[ActivityType, pa.Schema] = {}
 
     def setup(self) -> None:
+        tuning.tune_process()
         self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
         self._conn.open()
         self._rows_read = Metrics.counter("read", "activities_read")

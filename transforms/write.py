@@ -17,7 +17,7 @@ import psycopg2.extensions
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import db
+from pipeline import db, tuning
 from pipeline.model import ErrorRecord
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
@@ -49,6 +49,7 @@ class _BufferedWriteFn(beam.DoFn):
         self._buffered = 0
 
     def setup(self) -> None:
+        tuning.tune_process()
         self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
         self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")

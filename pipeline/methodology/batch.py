@@ -73,8 +73,12 @@ def _as_row(result: EmissionResult) -> dict[str, Any]:
 
 
 def input_repr(activity: Activity) -> str:
-    """The activity as read, as stable JSON, for the dead-letter record."""
-    return json.dumps(dataclasses.asdict(activity), default=str, sort_keys=True)
+    """The activity as read, as stable JSON, for the dead-letter record.
+
+    Its fields are plain values, so a shallow dict is what ``dataclasses.asdict`` would give
+    (without its deep copies): the same text, hence the same ``input_hash``, as ever."""
+    fields = {f.name: getattr(activity, f.name) for f in dataclasses.fields(activity)}
+    return json.dumps(fields, default=str, sort_keys=True)
 
 
 def dead_letter(
