@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
 
-from pipeline import pgbinary, retry
+from pipeline import levels, pgbinary, retry
 from pipeline.model import (
     ACTIVITY_TYPES,
     ActivityType,
@@ -60,6 +60,8 @@ FACTORS_TABLE = "emission_factors"
 RUNS_TABLE = "calculation_runs"
 HISTORY_TABLE = "emission_results_history"
 RESTATEMENTS_TABLE = "restatements"
+#: One row per activity type and results flush of a run: what it wrote (``levels.Tally``).
+WRITES_TABLE = "calculation_run_writes"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 APPLICATION_NAME = "emissions-pipeline"
 
@@ -244,6 +246,19 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
         sa.UniqueConstraint(
             "activity_type", "activity_id", "input_hash", name="uq_error_activity_input"
         ),
+    )
+    # Written in the same transaction as the results it describes: the run's coverage and
+    # totals are a sum over a few rows per flush, not a scan of its results.
+    sa.Table(
+        WRITES_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False, index=True),
+        sa.Column("activity_type", sa.Text, nullable=False),
+        sa.Column("results", sa.BigInteger, nullable=False),
+        sa.Column("kg_co2e", sa.Float(53), nullable=False),
+        sa.Column("levels", postgresql.JSONB, nullable=False),  # level → [results, kg CO2e]
+        sa.Column("written_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
     sa.Table(
         RUNS_TABLE,
@@ -825,6 +840,7 @@ def _staged_copy(
     csv_data: io.StringIO | io.BytesIO | pgbinary.CopyData,
     conflict: sql.Composable,
     fmt: Literal["csv", "binary"] = "csv",
+    after: Callable[[psycopg2.extensions.cursor, list[tuple[str, str]] | None], None] | None = None,
 ) -> int:
     """Insert the rows that are new (CSV or binary COPY data), in one transaction; returns how
     many were written.
@@ -833,6 +849,10 @@ def _staged_copy(
     usual case: rows were read as pending just before) that is all. If a row already exists
     (a retried bundle, a concurrent run), the unique key refuses the whole COPY, nothing of it
     is kept, and the rows go through a staging table and ``INSERT … ON CONFLICT DO NOTHING``.
+
+    ``after`` runs in the same transaction, before the commit, with ``None`` when every row
+    was written, or else the keys (``activity_type``, ``activity_id`` as text) of those that
+    were.
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     try:
@@ -845,6 +865,8 @@ def _staged_copy(
                 size=_COPY_CHUNK,
             )
             written = cur.rowcount
+            if after is not None:
+                after(cur, None)
         conn.commit()
         return written
     except psycopg2.errors.UniqueViolation:
@@ -865,12 +887,15 @@ def _staged_copy(
             csv_data,
             size=_COPY_CHUNK,
         )
-        cur.execute(
-            sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING").format(
-                t=sql.Identifier(table), c=cols, s=staging, k=conflict
-            )
-        )
+        insert = sql.SQL(
+            "INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING"
+        ).format(t=sql.Identifier(table), c=cols, s=staging, k=conflict)
+        if after is not None:
+            insert += sql.SQL(" RETURNING activity_type, activity_id::text")
+        cur.execute(insert)
         written = cur.rowcount
+        if after is not None:
+            after(cur, [(t, k) for t, k in cur.fetchall()])
     conn.commit()
     return written
 
@@ -906,7 +931,36 @@ def write_results_table(
     ]
     data, order = pgbinary.encode(table, types)
     conflict = sql.SQL("(activity_type, activity_id)")
-    return _staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary")
+
+    def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
+        log_writes(cur, run_id, results if written is None else _only(results, written))
+
+    return _staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log)
+
+
+def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
+    """The rows of ``results`` with the given (activity type, id as text) keys."""
+    wanted = set(keys)
+    ids = results.column("activity_id").cast(pa.string()).to_pylist()
+    types = results.column("activity_type").to_pylist()
+    mask = [(t, i) in wanted for t, i in zip(types, ids, strict=True)]
+    return results.filter(pa.array(mask, pa.bool_()))
+
+
+def log_writes(cur: psycopg2.extensions.cursor, run_id: str, written: pa.Table) -> None:
+    """Records what a flush wrote (``levels.tally`` per activity type) in ``WRITES_TABLE``."""
+    rows = [
+        (run_id, t, c.results, c.kg_co2e, json.dumps({k: list(v) for k, v in c.levels.items()}))
+        for t, c in levels.tally(written).items()
+    ]
+    if rows:
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (run_id, activity_type, results, kg_co2e, levels) "
+                "VALUES (%s, %s, %s, %s, %s)"
+            ).format(sql.Identifier(WRITES_TABLE)),
+            rows,
+        )
 
 
 def _pg_type(column: sa.Column[Any]) -> pgbinary.PgType:

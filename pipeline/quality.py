@@ -21,22 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import db
-
-LEVELS = ("exact", "country_fallback", "year_mismatch", "class_substituted", "lifecycle_basis")
-
-_LEVEL_SQL = {
-    "exact": "fallback IS NULL AND NOT year_mismatch AND NOT class_substituted "
-    "AND coalesce(basis, '') <> 'lifecycle'",
-    "country_fallback": "fallback = 'country'",
-    "year_mismatch": "year_mismatch",
-    "class_substituted": "class_substituted",
-    "lifecycle_basis": "basis = 'lifecycle'",
-}
-
+from pipeline.levels import LEVEL_SQL, LEVELS, Tally
 
 _LEVEL_COUNTS = ", ".join(
     f"count(*) FILTER (WHERE {cond}), coalesce(sum(kg_co2e) FILTER (WHERE {cond}), 0)"
-    for cond in _LEVEL_SQL.values()
+    for cond in LEVEL_SQL.values()
 )
 #: Per activity type: results, kg, and per level its count and kg; of one run, or of all.
 _RESULTS_SQL = (
@@ -81,6 +70,36 @@ def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
             name: (int(row[3 + 2 * i]), float(row[4 + 2 * i])) for i, name in enumerate(LEVELS)
         }
         raw[row[0]] = (int(row[1]), float(row[2]), levels)
+    return _coverage(raw, errors)
+
+
+def run_coverage(engine: sa.Engine, run_id: str) -> dict[str, Any]:
+    """``coverage(engine, run_id)`` from the run's write log (``db.WRITES_TABLE``: a few rows
+    per flush, written with the results they describe) instead of a scan of its results.
+
+    The same counts; the kg CO2e are the same sums, added in another order (they agree to
+    floating-point rounding, about 1e-15 relative)."""
+    tallies: dict[str, Tally] = {}
+    with engine.connect() as conn:
+        logged = conn.execute(
+            sa.text(
+                f"SELECT activity_type, results, kg_co2e, levels FROM {db.WRITES_TABLE} "
+                "WHERE run_id = CAST(:run_id AS uuid) ORDER BY id"
+            ),
+            {"run_id": run_id},
+        ).all()
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # see coverage()
+        errors: dict[str, int] = {
+            r[0]: int(r[1]) for r in conn.execute(sa.text(_ERRORS_SQL), {"run_id": run_id}).all()
+        }
+    for activity_type, results, kg, by_level in logged:
+        flush = Tally(
+            int(results),
+            float(kg),
+            {name: (int(by_level[name][0]), float(by_level[name][1])) for name in LEVELS},
+        )
+        tallies.setdefault(activity_type, Tally()).add(flush)
+    raw = {t: (c.results, c.kg_co2e, c.levels) for t, c in tallies.items()}
     return _coverage(raw, errors)
 
 

@@ -202,7 +202,8 @@ def summarise(
 ) -> dict[str, Any]:
     """The run summary: what the old service reported, plus skipped, run id and sources.
 
-    What the run wrote (results, kg CO2e) comes from its ``quality.coverage``: one query."""
+    What the run wrote (results, kg CO2e) comes from its coverage (``quality.run_coverage``:
+    the run's write log)."""
     written = coverage["by_activity_type"]
     outstanding = None if metrics is not None else db.outstanding_errors(engine)
     by_type: dict[str, Any] = {}
@@ -403,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(
             lambda: (
-                quality.coverage(engine, config.run_id) if pending else quality.nothing_written()
+                quality.run_coverage(engine, config.run_id)
+                if pending
+                else quality.nothing_written()
             ),
             what="measuring data-quality coverage",
             policy=policy,

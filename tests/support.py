@@ -128,3 +128,29 @@ def duplicate_counts(url: str) -> tuple[int, int]:
         "GROUP BY activity_type, activity_id, input_hash HAVING count(*) > 1) d",
     )
     return int(dup_results), int(dup_errors)
+
+
+def assert_write_log_matches_results(engine: Any, run_id: str) -> None:
+    """The run's write log (``quality.run_coverage``) says exactly what its stored results do
+    (``quality.coverage``, a scan): the same counts per type and level, the same kg CO2e to
+    floating-point rounding."""
+    import pytest
+
+    from pipeline import quality
+
+    logged = quality.run_coverage(engine, run_id)
+    scanned = quality.coverage(engine, run_id)
+    assert logged["by_activity_type"].keys() == scanned["by_activity_type"].keys()
+    for part in [logged["overall"], *logged["by_activity_type"].values()]:
+        assert part["results"] > 0
+    pairs = [(logged["overall"], scanned["overall"])] + [
+        (logged["by_activity_type"][t], scanned["by_activity_type"][t])
+        for t in scanned["by_activity_type"]
+    ]
+    for got, want in pairs:
+        assert (got["records"], got["results"]) == (want["records"], want["results"])
+        assert got["kg_co2e"] == pytest.approx(want["kg_co2e"], rel=1e-12)
+        assert got["errors"] == want["errors"]
+        for level in quality.LEVELS:
+            assert got[level]["records"] == want[level]["records"], level
+            assert got[level]["kg_co2e"] == pytest.approx(want[level]["kg_co2e"], rel=1e-12)

@@ -24,7 +24,7 @@ from psycopg2 import sql
 
 from pipeline import db, run
 from pipeline.seed import seed
-from tests.support import duplicate_counts
+from tests.support import assert_write_log_matches_results, duplicate_counts
 from tests.test_end_to_end import check_every_activity_once
 
 # Which results-write commits fail, and how (numbered across the run from 1).
@@ -107,3 +107,5 @@ def test_retried_bundles_write_each_result_once(
     results = check_every_activity_once(database_url, engine)  # no gap; values match SQL
     assert duplicate_counts(database_url) == (0, 0)  # no duplicate
     assert summary["total_processed"] == len(results)
+    # The write log counts what was stored, once, however often a flush was retried.
+    assert_write_log_matches_results(engine, summary["run_id"])

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from pipeline import db, quality
 from pipeline.seed import seed
+from tests.support import assert_write_log_matches_results
 from tests.test_verify import run_pipeline
 
 
@@ -59,11 +60,14 @@ def test_coverage_counts_each_level_as_the_database_does(
         assert everything[level]["records"] == overall[level]["records"]
         assert everything[level]["kg_co2e"] == pytest.approx(overall[level]["kg_co2e"], rel=1e-12)
     assert everything["errors"] == overall["errors"]
+    # The summary's coverage came from the run's write log; a scan of its results agrees.
+    assert_write_log_matches_results(engine, summary["run_id"])
 
 
 def test_create_schema_adds_the_new_columns_to_an_older_database(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE calculation_runs DROP COLUMN quality"))
+        conn.execute(sa.text(f"DROP TABLE {db.WRITES_TABLE}"))  # added later still
         conn.execute(sa.text("DROP VIEW emission_results_explained"))  # made before them
         for table in ("emission_results", "emission_results_history"):
             conn.execute(
@@ -78,6 +82,7 @@ def test_create_schema_adds_the_new_columns_to_an_older_database(engine: sa.Engi
     assert db.schema_ready(engine)
     columns = {c["name"] for c in sa.inspect(engine).get_columns("calculation_runs")}
     assert {"quality", "factor_editions", "code_version"} <= columns
+    assert sa.inspect(engine).has_table(db.WRITES_TABLE)
     for table in ("emission_results", "emission_results_history"):
         columns = {c["name"] for c in sa.inspect(engine).get_columns(table)}
         assert {"input_fingerprint", "factor_fingerprint"} <= columns

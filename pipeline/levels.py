@@ -1,0 +1,98 @@
+"""Data-quality levels of a result, defined once for SQL and for Arrow tables.
+
+The levels are flags, so a result can be at more than one (a country fallback with a year
+mismatch); ``exact`` is a result with none of them. ``pipeline.quality`` explains each and
+reports them; ``LEVEL_SQL`` counts them over stored rows, ``tally`` over a results table
+before it is written (the run's write log, ``db.WRITES_TABLE``). A test holds the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+LEVELS = ("exact", "country_fallback", "year_mismatch", "class_substituted", "lifecycle_basis")
+
+LEVEL_SQL = {
+    "exact": "fallback IS NULL AND NOT year_mismatch AND NOT class_substituted "
+    "AND coalesce(basis, '') <> 'lifecycle'",
+    "country_fallback": "fallback = 'country'",
+    "year_mismatch": "year_mismatch",
+    "class_substituted": "class_substituted",
+    "lifecycle_basis": "basis = 'lifecycle'",
+}
+
+
+@dataclass
+class Tally:
+    """Results and kg CO2e, and per level its results and kg CO2e."""
+
+    results: int = 0
+    kg_co2e: float = 0.0
+    levels: dict[str, tuple[int, float]] = field(
+        default_factory=lambda: {name: (0, 0.0) for name in LEVELS}
+    )
+
+    def add(self, other: Tally) -> None:
+        self.results += other.results
+        self.kg_co2e += other.kg_co2e
+        for name in LEVELS:
+            n, kg = self.levels[name]
+            m, more = other.levels[name]
+            self.levels[name] = (n + m, kg + more)
+
+
+def _flag(table: pa.Table, name: str) -> np.ndarray:
+    values = pc.fill_null(table.column(name), False)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _equals(table: pa.Table, name: str, value: str) -> np.ndarray:
+    """``name = value`` as SQL has it in a filter: NULL is not a match."""
+    return np.asarray(
+        pc.fill_null(pc.equal(table.column(name), value), False).to_numpy(zero_copy_only=False),
+        dtype=bool,
+    )
+
+
+def masks(table: pa.Table) -> dict[str, np.ndarray]:
+    """Each level's rows of a results table: ``LEVEL_SQL``, row for row."""
+    no_fallback = np.asarray(
+        pc.is_null(table.column("fallback")).to_numpy(zero_copy_only=False), dtype=bool
+    )
+    country = _equals(table, "fallback", "country")
+    year = _flag(table, "year_mismatch")
+    substituted = _flag(table, "class_substituted")
+    lifecycle = _equals(table, "basis", "lifecycle")
+    return {
+        "exact": no_fallback & ~year & ~substituted & ~lifecycle,
+        "country_fallback": country,
+        "year_mismatch": year,
+        "class_substituted": substituted,
+        "lifecycle_basis": lifecycle,
+    }
+
+
+def tally(table: pa.Table) -> dict[str, Tally]:
+    """Per activity type, the ``Tally`` of a results table."""
+    if table.num_rows == 0:
+        return {}
+    types = pc.dictionary_encode(table.column("activity_type")).combine_chunks()
+    codes = types.indices.to_numpy(zero_copy_only=False)
+    kg = np.asarray(table.column("kg_co2e").to_numpy(), dtype=np.float64)
+    level_rows = masks(table)
+    out: dict[str, Tally] = {}
+    for code, activity_type in enumerate(types.dictionary.to_pylist()):
+        mine = codes == code
+        out[activity_type] = Tally(
+            int(mine.sum()),
+            float(kg[mine].sum()),
+            {
+                name: (int((rows & mine).sum()), float(kg[rows & mine].sum()))
+                for name, rows in level_rows.items()
+            },
+        )
+    return out
