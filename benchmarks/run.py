@@ -45,7 +45,7 @@ from psycopg2 import sql
 
 from benchmarks.in_database import load_reference_tables, reference_query
 from benchmarks.legacy import run_legacy
-from pipeline import db
+from pipeline import bulk, db
 from pipeline.admin import initialise
 from pipeline.embedded import server_url
 from pipeline.methodology import FactorBook
@@ -105,7 +105,7 @@ def precompute(url: str, share: float) -> None:
             cuts = db.key_cuts(conn, activity_type, step)
             end = cuts[0] if cuts else None
             probes = Probes(activity_type, book)
-            table = db.read_pending_table(
+            table = bulk.read_pending_table(
                 conn, activity_type, None, end, activity_schema(activity_type, pa.int64())
             )
             versions = dict(
@@ -118,7 +118,7 @@ def precompute(url: str, share: float) -> None:
             outcome = calculate_batch(
                 activity_type, table.drop([db.VERSION_COLUMN]), book, probes=probes
             )
-            db.write_results_table(conn, outcome.results, EARLIER_RUN)
+            bulk.write_results_table(conn, outcome.results, EARLIER_RUN)
             errors = [
                 dataclasses.replace(e, activity_version=versions[e.activity_id])
                 for e in outcome.errors

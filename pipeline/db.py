@@ -18,18 +18,16 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
 
-from pipeline import levels, pgbinary, retry
+from pipeline import retry
 from pipeline.model import (
     ACTIVITY_TYPES,
     ActivityType,
@@ -46,6 +44,9 @@ from pipeline.ranges import (
     ranges_needed,
 )
 
+if TYPE_CHECKING:
+    from pipeline.pgbinary import CopyData
+
 IdType = Literal["bigint", "uuid"]
 T = TypeVar("T")
 
@@ -60,7 +61,7 @@ FACTORS_TABLE = "emission_factors"
 RUNS_TABLE = "calculation_runs"
 HISTORY_TABLE = "emission_results_history"
 RESTATEMENTS_TABLE = "restatements"
-#: One row per activity type and results flush of a run: what it wrote (``levels.Tally``).
+#: One row per activity type and results flush of a run: what it wrote (``bulk.log_writes``).
 WRITES_TABLE = "calculation_run_writes"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 APPLICATION_NAME = "emissions-pipeline"
@@ -682,46 +683,6 @@ def count_query(
     return query, params
 
 
-def read_pending_table(
-    conn: psycopg2.extensions.connection,
-    activity_type: ActivityType,
-    start: Any,
-    end: Any,
-    schema: pa.Schema,
-    date_from: str | None = None,
-    date_to: str | None = None,
-) -> pa.Table:
-    """The pending rows of one key range as an Arrow table, in one ``COPY … TO STDOUT``.
-
-    ``schema`` gives the activity columns' Arrow types (``activity_date`` as ISO text); the
-    table has one more column, ``activity_version`` (the row's ``xmin``). An unquoted
-    empty field is NULL and a quoted one the empty string, as PostgreSQL writes them.
-    """
-    query, params = pending_query(activity_type, start, end, date_from, date_to)
-    schema = schema.append(pa.field(VERSION_COLUMN, pa.int64()))
-    buf = io.BytesIO()
-    with conn.cursor() as cur:
-        copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
-        cur.copy_expert(cur.mogrify(copy, params).decode(), buf)
-    conn.commit()
-    if buf.tell() == 0:
-        return schema.empty_table()
-    buf.seek(0)
-    return pa_csv.read_csv(
-        buf,
-        read_options=pa_csv.ReadOptions(column_names=schema.names, block_size=1 << 24),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=schema,
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        ),
-    )
-
-
 def count_rows(conn: psycopg2.extensions.connection, activity_type: ActivityType) -> int:
     """The number of rows in an activity table."""
     with conn.cursor() as cur:
@@ -827,17 +788,17 @@ def _staged_insert(
     conflict: sql.Composable,
 ) -> int:
     """COPY rows into a temporary staging table, then insert what is new; one transaction."""
-    return _staged_copy(conn, table, columns, copy_buffer(rows), conflict)
+    return staged_copy(conn, table, columns, copy_buffer(rows), conflict)
 
 
 _COPY_CHUNK = 1 << 20  # bytes handed to the server per read of the COPY data
 
 
-def _staged_copy(
+def staged_copy(
     conn: psycopg2.extensions.connection,
     table: str,
     columns: Sequence[str],
-    csv_data: io.StringIO | io.BytesIO | pgbinary.CopyData,
+    csv_data: io.StringIO | io.BytesIO | CopyData,
     conflict: sql.Composable,
     fmt: Literal["csv", "binary"] = "csv",
     after: Callable[[psycopg2.extensions.cursor, list[tuple[str, str]] | None], None] | None = None,
@@ -908,86 +869,6 @@ def write_results(
     rows = [tuple(getattr(r, c) for c in RESULT_COLUMNS) + (run_id,) for r in results]
     conflict = sql.SQL("(activity_type, activity_id)")
     return _staged_insert(conn, RESULTS_TABLE, columns, rows, conflict)
-
-
-def write_results_table(
-    conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
-) -> int:
-    """Insert a results table (``result_schema``, with the fingerprint columns when computed)
-    not already stored, in binary ``COPY`` (``pipeline.pgbinary``). Returns rows written.
-
-    Columns that are empty in the whole batch (the flight fields of electricity, say) are left
-    out of the COPY: they are NULL by default, and PostgreSQL reads fewer fields.
-    """
-    present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
-    present += [c for c in FINGERPRINT_COLUMNS if c in results.column_names]
-    table = results.select(present).append_column(
-        "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
-    )
-    uuid_ids = pa.types.is_string(results.schema.field("activity_id").type)
-    types = [
-        "uuid" if c == "activity_id" and uuid_ids else _RESULT_PG_TYPES[c]
-        for c in table.column_names
-    ]
-    data, order = pgbinary.encode(table, types)
-    conflict = sql.SQL("(activity_type, activity_id)")
-
-    def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
-        log_writes(cur, run_id, results if written is None else _only(results, written))
-
-    return _staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log)
-
-
-def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
-    """The rows of ``results`` with the given (activity type, id as text) keys."""
-    wanted = set(keys)
-    ids = results.column("activity_id").cast(pa.string()).to_pylist()
-    types = results.column("activity_type").to_pylist()
-    mask = [(t, i) in wanted for t, i in zip(types, ids, strict=True)]
-    return results.filter(pa.array(mask, pa.bool_()))
-
-
-def log_writes(cur: psycopg2.extensions.cursor, run_id: str, written: pa.Table) -> None:
-    """Records what a flush wrote (``levels.tally`` per activity type) in ``WRITES_TABLE``."""
-    rows = [
-        (run_id, t, c.results, c.kg_co2e, json.dumps({k: list(v) for k, v in c.levels.items()}))
-        for t, c in levels.tally(written).items()
-    ]
-    if rows:
-        cur.executemany(
-            sql.SQL(
-                "INSERT INTO {} (run_id, activity_type, results, kg_co2e, levels) "
-                "VALUES (%s, %s, %s, %s, %s)"
-            ).format(sql.Identifier(WRITES_TABLE)),
-            rows,
-        )
-
-
-def _pg_type(column: sa.Column[Any]) -> pgbinary.PgType:
-    """The binary COPY type of a column of the schema."""
-    typ = column.type
-    if isinstance(typ, postgresql.UUID):
-        return "uuid"
-    if isinstance(typ, sa.SmallInteger):
-        return "int2"
-    if isinstance(typ, sa.BigInteger):
-        return "int8"
-    if isinstance(typ, sa.Integer):
-        return "int4"
-    if isinstance(typ, sa.Float):
-        return "float8"
-    if isinstance(typ, sa.Boolean):
-        return "bool"
-    if isinstance(typ, sa.Text):
-        return "text"
-    raise TypeError(f"no binary COPY type for {column.name} ({typ})")
-
-
-_RESULT_PG_TYPES: dict[str, pgbinary.PgType] = {
-    c.name: _pg_type(c)
-    for c in build_metadata("bigint").tables[RESULTS_TABLE].columns
-    if c.name != "created_at"
-}
 
 
 def error_hash(error: ErrorRecord) -> str:

@@ -4,15 +4,19 @@ The levels are flags, so a result can be at more than one (a country fallback wi
 mismatch); ``exact`` is a result with none of them. ``pipeline.quality`` explains each and
 reports them; ``LEVEL_SQL`` counts them over stored rows, ``tally`` over a results table
 before it is written (the run's write log, ``db.WRITES_TABLE``). A test holds the two equal.
+
+numpy and Arrow are imported where the tables are tallied: the driver uses the SQL definitions
+without loading them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 LEVELS = ("exact", "country_fallback", "year_mismatch", "class_substituted", "lifecycle_basis")
 
@@ -45,28 +49,23 @@ class Tally:
             self.levels[name] = (n + m, kg + more)
 
 
-def _flag(table: pa.Table, name: str) -> np.ndarray:
-    values = pc.fill_null(table.column(name), False)
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
+def _bools(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A boolean column as numpy, NULL as false (as SQL has it in a filter)."""
+    import numpy as np
+    import pyarrow.compute as pc
 
-
-def _equals(table: pa.Table, name: str, value: str) -> np.ndarray:
-    """``name = value`` as SQL has it in a filter: NULL is not a match."""
-    return np.asarray(
-        pc.fill_null(pc.equal(table.column(name), value), False).to_numpy(zero_copy_only=False),
-        dtype=bool,
-    )
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def masks(table: pa.Table) -> dict[str, np.ndarray]:
     """Each level's rows of a results table: ``LEVEL_SQL``, row for row."""
-    no_fallback = np.asarray(
-        pc.is_null(table.column("fallback")).to_numpy(zero_copy_only=False), dtype=bool
-    )
-    country = _equals(table, "fallback", "country")
-    year = _flag(table, "year_mismatch")
-    substituted = _flag(table, "class_substituted")
-    lifecycle = _equals(table, "basis", "lifecycle")
+    import pyarrow.compute as pc
+
+    no_fallback = _bools(pc.is_null(table.column("fallback")))
+    country = _bools(pc.equal(table.column("fallback"), "country"))
+    year = _bools(table.column("year_mismatch"))
+    substituted = _bools(table.column("class_substituted"))
+    lifecycle = _bools(pc.equal(table.column("basis"), "lifecycle"))
     return {
         "exact": no_fallback & ~year & ~substituted & ~lifecycle,
         "country_fallback": country,
@@ -78,6 +77,9 @@ def masks(table: pa.Table) -> dict[str, np.ndarray]:
 
 def tally(table: pa.Table) -> dict[str, Tally]:
     """Per activity type, the ``Tally`` of a results table."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     if table.num_rows == 0:
         return {}
     types = pc.dictionary_encode(table.column("activity_type")).combine_chunks()

@@ -13,19 +13,23 @@ import sys
 import threading
 from typing import Any
 
-_DONE: list[bool] = []
+_DONE: set[str] = set()
 _LOCK = threading.Lock()
 
 
 def tune_process() -> None:
-    """Applies the settings below, once."""
+    """Applies the settings below, once each; Arrow's once Arrow is loaded (the driver loads
+    it only when there is something to compute, and the DoFns call this again)."""
     with _LOCK:
-        if _DONE:
-            return
-        _DONE.append(True)
-    release_heap_memory_promptly()
-    release_arrow_memory_promptly()
-    no_repeated_pandas_imports()
+        for apply, needs in (
+            (release_heap_memory_promptly, None),
+            (no_repeated_pandas_imports, None),
+            (release_arrow_memory_promptly, "pyarrow"),
+        ):
+            if apply.__name__ in _DONE or (needs is not None and needs not in sys.modules):
+                continue
+            apply()
+            _DONE.add(apply.__name__)
 
 
 def release_heap_memory_promptly() -> None:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db
+from pipeline import bulk, db
 from pipeline.embedded import _same_setting, server_settings
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology.batch import activity_schema, result_schema
@@ -52,7 +52,7 @@ def read_all(url: str, ranges: list, id_type: pa.DataType = INT64) -> list:
     try:
         ids: list = []
         for r in ranges:
-            table = db.read_pending_table(conn, r.activity_type, r.start, r.end, schema)
+            table = bulk.read_pending_table(conn, r.activity_type, r.start, r.end, schema)
             ids += table.column("id").to_pylist()
         return ids
     finally:
@@ -137,11 +137,11 @@ def test_results_tables_are_written_once_whatever_columns_a_batch_has(
 
     conn = db.connect(database_url)
     try:
-        assert db.write_results_table(conn, table(range(1, 11)), RUN) == 10
+        assert bulk.write_results_table(conn, table(range(1, 11)), RUN) == 10
         # A retried batch: the binary COPY is refused whole, the staging path writes nothing.
-        assert db.write_results_table(conn, table(range(1, 6)), RUN) == 0
+        assert bulk.write_results_table(conn, table(range(1, 6)), RUN) == 0
         # Overlapping, and with a column the first batches did not have: only the new rows.
-        assert db.write_results_table(conn, table(range(6, 16), exchange_rate=0.5), RUN) == 5
+        assert bulk.write_results_table(conn, table(range(6, 16), exchange_rate=0.5), RUN) == 5
     finally:
         conn.close()
     with engine.connect() as c:

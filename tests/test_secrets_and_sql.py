@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import db, retry
+from pipeline import bulk, db, retry
 from pipeline.methodology.batch import activity_schema
 from pipeline.seed import seed
 from tests.support import ROOT, start_run
@@ -228,7 +228,7 @@ def test_a_hostile_value_is_data_not_sql(database_url: str, engine: sa.Engine) -
         )
     conn2: psycopg2.extensions.connection = db.connect(database_url)
     try:
-        table = db.read_pending_table(
+        table = bulk.read_pending_table(
             conn2, "spend", None, None, activity_schema("spend", pa.int64())
         )
     finally:

@@ -16,7 +16,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import db, tuning
+from pipeline import bulk, db, tuning
 from pipeline.methodology.batch import activity_schema
 from pipeline.model import ActivityType
 from pipeline.ranges import KeyRange
@@ -73,7 +73,7 @@ class ReadRangeFn(beam.DoFn):
         # connection it is simply read again: nothing is emitted twice.
         table = self._conn.run(
             f"reading pending {key_range.activity_type} activities",
-            lambda conn: db.read_pending_table(
+            lambda conn: bulk.read_pending_table(
                 conn,
                 key_range.activity_type,
                 key_range.start,

@@ -3,7 +3,7 @@
 Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting and in
 ``finish_bundle``: one transaction per flush, one ``COPY`` straight into the table, or, when a
 row of it is already stored, a staging table and ``INSERT … ON CONFLICT DO NOTHING``
-(``db._staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
+(``db.staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
 crash loses only what was not committed, which the next run finds still pending.
 """
 
@@ -17,7 +17,7 @@ import psycopg2.extensions
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import db, tuning
+from pipeline import bulk, db, tuning
 from pipeline.model import ErrorRecord
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
@@ -91,7 +91,7 @@ class _BufferedWriteFn(beam.DoFn):
 
 
 def _write_tables(conn: Connection, tables: Sequence[pa.Table], run_id: str) -> int:
-    return db.write_results_table(conn, pa.concat_tables(tables), run_id)
+    return bulk.write_results_table(conn, pa.concat_tables(tables), run_id)
 
 
 def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str) -> int:
