@@ -725,8 +725,9 @@ def plan_ranges(
     partitions: int,
     rows_per_range: int,
     planner: Planner = "rows",
+    rows: int | None = None,
 ) -> list[KeyRange]:
-    """The key ranges an activity table is read in.
+    """The key ranges an activity table is read in (``rows``: its row count, if known).
 
     ``rows`` (default): cut points every N rows in key order (``key_cuts``), so ranges hold
     equal numbers of rows however the keys are spread, and there are more ranges as the table
@@ -741,7 +742,8 @@ def plan_ranges(
         if typ == "uuid":
             return plan_uuid_ranges(activity_type, partitions)
         return plan_int_ranges(activity_type, int(lo), int(hi), partitions)
-    rows = count_rows(conn, activity_type)
+    if rows is None:
+        rows = count_rows(conn, activity_type)
     n = ranges_needed(rows, rows_per_range, partitions)
     if n == 0:
         return []

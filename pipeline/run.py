@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from pipeline import audit, db, quality, retry, tuning
 from pipeline.admin import ensure_initialised
 from pipeline.embedded import resolve_database_url
-from pipeline.model import ActivityType
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
 from pipeline.ranges import KeyRange
 
@@ -123,18 +122,26 @@ def execute(
 
 
 def plan(
-    engine: sa.Engine, config: RunConfig, activity_types: Sequence[ActivityType]
+    engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
 ) -> list[KeyRange]:
-    """The key ranges of ``activity_types``' tables (``db.plan_ranges``), in one transaction."""
+    """The key ranges (``db.plan_ranges``) of the tables with pending activities, on one
+    connection. Without a date window, the counts already say how many rows each table has."""
+    whole_tables = config.date_from is None and config.date_to is None
+    types = [t for t in config.activity_types if counts[t]["pending"]]
     with db.raw_connection(engine) as conn:
         ranges = [
             r
-            for t in activity_types
+            for t in types
             for r in db.plan_ranges(
-                conn, t, config.partitions, config.rows_per_range, config.range_planner
+                conn,
+                t,
+                config.partitions,
+                config.rows_per_range,
+                config.range_planner,
+                rows=counts[t]["total"] if whole_tables else None,
             )
         ]
-    _LOG.info("%d key ranges to read (%s)", len(ranges), ", ".join(activity_types))
+    _LOG.info("%d key ranges to read (%s)", len(ranges), ", ".join(types))
     return ranges
 
 
@@ -393,9 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             # Planned here while Beam is still being imported (warm_up_beam): only the types
             # with something pending are read at all.
             ranges = retry.call(
-                lambda: plan(
-                    engine, config, [t for t in config.activity_types if counts[t]["pending"]]
-                ),
+                lambda: plan(engine, config, counts),
                 what="planning the key ranges",
                 policy=policy,
             )

@@ -147,9 +147,14 @@ def test_already_computed_activities_are_skipped(
     seed(engine, 1000, seed_value=3)
     first = run_pipeline(url := database_url, capsys, "--activity-types", "spend")
     assert first["by_activity_type"].keys() == {"spend"}
-    second = run_pipeline(url, capsys)
+    assert run.main(["--database-url", url, "--partitions", "3", "--progress-interval", "0"]) == 0
+    out, err = capsys.readouterr()
+    second = json.loads(out[out.index("{") :])
     assert second["by_activity_type"]["spend"]["skipped"] == first["total_processed"]
     assert second["by_activity_type"]["spend"]["processed"] == 0
+    assert second["by_activity_type"]["spend"]["pending"] == 0
+    # Only the tables with something pending are planned and read at all.
+    assert "6 key ranges to read (electricity, air_travel)" in err  # --partitions 3 each
     check_every_activity_once(url, engine)
 
 
