@@ -121,9 +121,7 @@ def execute(
     return counters(result)
 
 
-def plan(
-    engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
-) -> list[KeyRange]:
+def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
     """The key ranges (``db.plan_ranges``) of the tables with pending activities, on one
     connection. Without a date window, the counts already say how many rows each table has."""
     whole_tables = config.date_from is None and config.date_to is None

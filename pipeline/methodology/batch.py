@@ -415,14 +415,16 @@ def calculate_batch(
         for a, axis in enumerate(kind.axes):
             row_contexts = axis_rows[a][kept_rows]
             used, take = np.unique(row_contexts, return_inverse=True)
-            given = [n for n in (axis.fields or schema.names) if n in schema.names]
-            # Rows are built per batch, for the contexts it uses: kept across a run, one dict
-            # per context would be the cache's largest part.
-            context_rows = [_context_row(axis_answers[a][c]) for c in used.tolist()]
-            context_table = pa.Table.from_pylist(context_rows, schema=schema)
+            given = [
+                n for n in (axis.fields or schema.names) if n in schema.names and n != "activity_id"
+            ]
+            # Columns are built per batch, for the contexts it uses (kept across a run, they
+            # would be the cache's largest part), a column at a time: no dict per context.
+            used_results = [_answered(axis_answers[a][c]).result for c in used.tolist()]
             indices = pa.array(take.reshape(-1))
             for name in given:
-                columns[name] = context_table.column(name).chunk(0).take(indices)
+                values = [getattr(r, name) for r in used_results]
+                columns[name] = pa.array(values, schema.field(name).type).take(indices)
         columns["activity_id"] = table.column("id").take(pa.array(kept_rows)).combine_chunks()
         columns["kg_co2e"] = pa.array(kg[keep], type=pa.float64())
         columns["activity_amount"] = pa.array(amount[keep], type=pa.float64())
@@ -468,9 +470,9 @@ def calculate_batch(
     return BatchOutcome(results, errors)
 
 
-def _context_row(answer: _Answer | None) -> dict[str, Any]:
+def _answered(answer: _Answer | None) -> _Answer:
     assert answer is not None, "only rows whose every context was answered are fast"
-    return {**_as_row(answer.result), "activity_id": None}
+    return answer
 
 
 def _gas_of(i: int) -> Callable[[_Answer], float]:
