@@ -20,7 +20,9 @@ from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 #: Rows per read range: small enough that a worker's batch is a few tens of megabytes (peak
 #: memory then stays flat as tables grow), large enough that per-range costs do not show.
-DEFAULT_ROWS_PER_RANGE = 25_000
+DEFAULT_ROWS_PER_RANGE = 20_000
+#: One range's results per write: a worker never holds two ranges' results at once.
+DEFAULT_WRITE_BATCH_SIZE = DEFAULT_ROWS_PER_RANGE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="rows_per_range",
         type=int,
         default=DEFAULT_ROWS_PER_RANGE,
-        help="Most rows one read range holds; bounds memory per worker (default: 25000).",
+        help="Most rows one read range holds; bounds memory per worker (default: 20000).",
     )
     parser.add_argument(
         "--range-planner",
@@ -80,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write_batch_size",
         dest="write_batch_size",
         type=int,
-        default=50_000,
-        help="Rows per bulk write transaction (default: 50000).",
+        default=DEFAULT_WRITE_BATCH_SIZE,
+        help="Rows per bulk write transaction (default: 20000, one range's results).",
     )
     parser.add_argument(
         "--no-radiative-forcing",

@@ -46,6 +46,15 @@ def release_heap_memory_promptly() -> None:
         pass
 
 
+def trim_heap() -> None:
+    """Hands the heap's free pages back to the system (glibc ``malloc_trim``): called after
+    each flush, it keeps a long run's footprint from creeping up as its heaps fragment."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def release_arrow_memory_promptly() -> None:
     """Arrow's allocator keeps freed memory for reuse for a while; with a new table per range,
     that shows as memory growing with the number of ranges. Hand it back at once instead."""

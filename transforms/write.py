@@ -83,6 +83,7 @@ class _BufferedWriteFn(beam.DoFn):
         self._flushes.inc()
         self._buffer = []
         self._buffered = 0
+        tuning.trim_heap()
 
     def teardown(self) -> None:
         if self._conn is not None:
@@ -105,7 +106,7 @@ class WriteResults(beam.PTransform):
         self,
         database_url: str,
         run_id: str,
-        batch_size: int = 50_000,
+        batch_size: int = 20_000,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
@@ -135,7 +136,7 @@ class WriteErrors(beam.PTransform):
         self,
         database_url: str,
         run_id: str,
-        batch_size: int = 50_000,
+        batch_size: int = 20_000,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
