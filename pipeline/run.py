@@ -78,8 +78,9 @@ def with_local_defaults(argv: list[str]) -> list[str]:
 
 
 def warm_up_beam() -> None:
-    """Starts importing Beam (most of a second) in the background, once some activity is
-    known to be pending, while the remaining counts run in the database."""
+    """Starts importing Beam, Arrow and numpy (most of a second) in the background, once some
+    activity is known to be pending, while the remaining counts and the range planning run in
+    the database."""
 
     def load() -> None:
         try:
