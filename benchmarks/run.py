@@ -439,11 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(pipeline=one, pipeline_wall_s_all=[r["wall_s"] for r in runs], check=check)
     ratio = one["wall_s"] / sql_s
     figures["ratio_pipeline_over_sql"] = ratio
+    # Each pipeline run against the SQL run just before it: the pair saw the same machine.
+    pairs = [r["wall_s"] / s for r, s in zip(runs, sql_times, strict=True)]
+    figures["ratio_per_pair"] = pairs
     say(
         f"median of {args.repeat}: SQL {sql_s:.2f} s; pipeline {one['wall_s']:.2f} s wall, "
         f"{one['summary']['total_processed'] / one['wall_s']:,.0f}/s, peak RSS "
         f"{max(r['peak_rss_mb'] for r in runs):.0f} MB; pipeline / SQL = {ratio:.2f} "
         "(target ≤ 1.25; stretch ≤ 1.0)"
+    )
+    say(
+        "per alternated pair: "
+        + ", ".join(f"{p:.2f}" for p in pairs)
+        + f" (median {statistics.median(pairs):.2f})"
     )
     say(
         f"same rows as the SQL: {check['same']} ({check['only_in_baseline']} only in SQL, "
