@@ -60,10 +60,7 @@ def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
         # at millions of rows). Grouped by hashing, and looked up in the primary key.
         conn.execute(sa.text("SET LOCAL enable_sort = off"))
         rows = conn.execute(sa.text(_RESULTS_SQL), params).all()
-        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
-        errors: dict[str, int] = {
-            r[0]: int(r[1]) for r in conn.execute(sa.text(_ERRORS_SQL), params).all()
-        }
+        errors = _errors_without_result(conn, run_id)
     raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]] = {}
     for row in rows:
         levels = {
@@ -88,10 +85,7 @@ def run_coverage(engine: sa.Engine, run_id: str) -> dict[str, Any]:
             ),
             {"run_id": run_id},
         ).all()
-        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # see coverage()
-        errors: dict[str, int] = {
-            r[0]: int(r[1]) for r in conn.execute(sa.text(_ERRORS_SQL), {"run_id": run_id}).all()
-        }
+        errors = _errors_without_result(conn, run_id)
     for activity_type, results, kg, by_level in logged:
         flush = Tally(
             int(results),
@@ -101,6 +95,29 @@ def run_coverage(engine: sa.Engine, run_id: str) -> dict[str, Any]:
         tallies.setdefault(activity_type, Tally()).add(flush)
     raw = {t: (c.results, c.kg_co2e, c.levels) for t, c in tallies.items()}
     return _coverage(raw, errors)
+
+
+def _errors_without_result(conn: sa.Connection, run_id: str | None) -> dict[str, int]:
+    """Per activity type, the run's (or all) dead-lettered activities that have no result.
+    Each is looked up in the results' primary key (see ``coverage``), never by a scan."""
+    conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+    found = conn.execute(sa.text(_ERRORS_SQL), {"run_id": run_id}).all()
+    return {r[0]: int(r[1]) for r in found}
+
+
+def results_written(engine: sa.Engine, run_id: str) -> int:
+    """How many results a run has committed so far, from its write log (no scan)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    f"SELECT coalesce(sum(results), 0) FROM {db.WRITES_TABLE} "
+                    "WHERE run_id = CAST(:run_id AS uuid)"
+                ),
+                {"run_id": run_id},
+            ).scalar()
+            or 0
+        )
 
 
 def nothing_written() -> dict[str, Any]:

@@ -62,6 +62,9 @@ def test_coverage_counts_each_level_as_the_database_does(
     assert everything["errors"] == overall["errors"]
     # The summary's coverage came from the run's write log; a scan of its results agrees.
     assert_write_log_matches_results(engine, summary["run_id"])
+    # Progress lines read the same log: every stored result, counted once.
+    assert quality.results_written(engine, summary["run_id"]) == results
+    assert quality.results_written(engine, "00000000-0000-4000-8000-000000000000") == 0
 
 
 def test_create_schema_adds_the_new_columns_to_an_older_database(engine: sa.Engine) -> None:

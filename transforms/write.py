@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import bulk, db, tuning
 from pipeline.model import ErrorRecord
+from pipeline.options import DEFAULT_WRITE_BATCH_SIZE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 
 Connection: TypeAlias = psycopg2.extensions.connection
@@ -106,7 +107,7 @@ class WriteResults(beam.PTransform):
         self,
         database_url: str,
         run_id: str,
-        batch_size: int = 20_000,
+        batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
@@ -136,7 +137,7 @@ class WriteErrors(beam.PTransform):
         self,
         database_url: str,
         run_id: str,
-        batch_size: int = 20_000,
+        batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
     ) -> None:
         super().__init__()
