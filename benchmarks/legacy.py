@@ -13,31 +13,31 @@ import sqlalchemy as sa
 from sqlalchemy.ext.automap import automap_base
 from sqlalchemy.orm import Session
 
-from pipeline import db
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import calculate_one
 from pipeline.model import ACTIVITY_CLASSES, ACTIVITY_TYPES, EmissionResult, activity_fields
+from pipeline.store import connections, queries, tables, writes
 
 PAGE = 100
 
 
 def run_legacy(url: str, page: int = PAGE) -> dict[str, int]:
     """Computes every activity without a result, the old way; returns counts per outcome."""
-    engine = db.make_engine(url)
+    engine = connections.make_engine(url)
     base: Any = automap_base()
     base.prepare(autoload_with=engine)
     results_cls = base.classes.emission_results
     errors_cls = base.classes.emission_errors
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
-        book = FactorBook.from_rows(db.read_factor_rows(conn))
+        book = FactorBook.from_rows(queries.read_factor_rows(conn))
     finally:
         conn.close()
     run_id = str(uuid.uuid4())
     counts = {"computed": 0, "errors": 0, "skipped": 0}
     with Session(engine) as session:
         for activity_type in ACTIVITY_TYPES:
-            model = getattr(base.classes, db.ACTIVITY_TABLES[activity_type])
+            model = getattr(base.classes, tables.ACTIVITY_TABLES[activity_type])
             fields = activity_fields(activity_type)
             offset = 0
             while True:
@@ -62,7 +62,7 @@ def run_legacy(url: str, page: int = PAGE) -> dict[str, int]:
                     activity = ACTIVITY_CLASSES[activity_type](**values)
                     outcome = calculate_one(activity, activity_type, book, True)
                     if isinstance(outcome, EmissionResult):
-                        stored = {c: getattr(outcome, c) for c in db.RESULT_COLUMNS}
+                        stored = {c: getattr(outcome, c) for c in tables.RESULT_COLUMNS}
                         session.add(results_cls(**stored, run_id=run_id))
                         counts["computed"] += 1
                     else:
@@ -73,7 +73,7 @@ def run_legacy(url: str, page: int = PAGE) -> dict[str, int]:
                                 reason_code=outcome.reason_code,
                                 reason=outcome.reason,
                                 input_repr=outcome.input_repr,
-                                input_hash=db.error_hash(outcome),
+                                input_hash=writes.error_hash(outcome),
                                 run_id=run_id,
                             )
                         )

@@ -45,14 +45,15 @@ from psycopg2 import sql
 
 from benchmarks.in_database import load_reference_tables, reference_query
 from benchmarks.legacy import run_legacy
-from pipeline import bulk, db
-from pipeline.admin import initialise
-from pipeline.embedded import server_url
+from ops.seed import seed
+from pipeline import ranges
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, activity_schema, calculate_batch
 from pipeline.model import ACTIVITY_TYPES
 from pipeline.options import DEFAULT_ROWS_PER_RANGE
-from pipeline.seed import seed
+from pipeline.store import bulk, connections, queries, tables, writes
+from pipeline.store.embedded import server_url
+from pipeline.store.install import initialise
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -64,7 +65,7 @@ EARLIER_RUN = "00000000-0000-4000-8000-00000000e001"  # the "earlier nightly run
 
 def fresh_database(server: str, name: str) -> str:
     """Drop and create database ``name`` on ``server``; return its URL."""
-    conn = db.connect(server)
+    conn = connections.connect(server)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -80,7 +81,7 @@ def fresh_database(server: str, name: str) -> str:
 def seeded(server: str, name: str, count: int, done_share: float) -> str:
     """A database with ``count`` seeded activities, the first ``done_share`` computed."""
     url = fresh_database(server, name)
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         initialise(engine)
         seed(engine, count, seed_value=42)
@@ -94,15 +95,15 @@ def seeded(server: str, name: str, count: int, done_share: float) -> str:
 
 def precompute(url: str, share: float) -> None:
     """Computes the first ``share`` of each table (by key) as an earlier run would have."""
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
-        book = FactorBook.from_rows(db.read_factor_rows(conn))
+        book = FactorBook.from_rows(queries.read_factor_rows(conn))
         for activity_type in ACTIVITY_TYPES:
-            rows = db.count_rows(conn, activity_type)
+            rows = ranges.count_rows(conn, activity_type)
             if rows == 0:
                 continue
             step = max(1, int(rows * share))
-            cuts = db.key_cuts(conn, activity_type, step)
+            cuts = ranges.key_cuts(conn, activity_type, step)
             end = cuts[0] if cuts else None
             probes = Probes(activity_type, book)
             table = bulk.read_pending_table(
@@ -111,25 +112,25 @@ def precompute(url: str, share: float) -> None:
             versions = dict(
                 zip(
                     table.column("id").to_pylist(),
-                    table.column(db.VERSION_COLUMN).to_pylist(),
+                    table.column(queries.VERSION_COLUMN).to_pylist(),
                     strict=True,
                 )
             )
             outcome = calculate_batch(
-                activity_type, table.drop([db.VERSION_COLUMN]), book, probes=probes
+                activity_type, table.drop([queries.VERSION_COLUMN]), book, probes=probes
             )
             bulk.write_results_table(conn, outcome.results, EARLIER_RUN)
             errors = [
                 dataclasses.replace(e, activity_version=versions[e.activity_id])
                 for e in outcome.errors
             ]
-            db.write_errors(conn, errors, EARLIER_RUN)
+            writes.write_errors(conn, errors, EARLIER_RUN)
     finally:
         conn.close()
 
 
 def vacuum(url: str) -> None:
-    conn = db.connect(url)
+    conn = connections.connect(url)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -140,10 +141,10 @@ def vacuum(url: str) -> None:
 
 def reset(url: str, run_id: str) -> None:
     """Removes what one run wrote, so the next run starts from the same state."""
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
-            for table in (db.RESULTS_TABLE, db.ERRORS_TABLE):
+            for table in (tables.RESULTS_TABLE, tables.ERRORS_TABLE):
                 cur.execute(
                     sql.SQL("DELETE FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
                     (run_id,),
@@ -159,7 +160,7 @@ def reset(url: str, run_id: str) -> None:
 
 def timed_sql(url: str, statement: str, params: dict[str, Any] | None = None) -> tuple[float, Any]:
     """Seconds one statement takes (after the session's reference tables are loaded)."""
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         load_reference_tables(conn)
         with conn.cursor() as cur:
@@ -208,7 +209,7 @@ def run_pipeline(url: str, *extra: str) -> dict[str, Any]:
 
 def baseline(url: str) -> tuple[float, int]:
     """The in-database statement: compute every pending activity into ``baseline_results``."""
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -237,9 +238,9 @@ def anti_join_count(url: str) -> float:
     parts = [
         f"(SELECT count(*) FROM {table} a WHERE NOT EXISTS (SELECT 1 FROM emission_results r "
         f"WHERE r.activity_type = '{t}' AND r.activity_id = a.id))"
-        for t, table in db.ACTIVITY_TABLES.items()
+        for t, table in tables.ACTIVITY_TABLES.items()
     ]
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             started = time.perf_counter()
@@ -252,7 +253,7 @@ def anti_join_count(url: str) -> float:
 
 def compare(url: str, run_id: str) -> dict[str, Any]:
     """The pipeline's rows of one run against the baseline's: keys, values, totals."""
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -297,10 +298,10 @@ def balance(server: str, rows: int, partitions: int, rows_per_range: int) -> dic
         ("random_uuid", "uuid", f"SELECT gen_random_uuid() FROM generate_series(1, {rows})"),
     ]:
         url = fresh_database(server, f"emissions_bench_{label}")
-        engine = db.make_engine(url, poolclass=sa.pool.NullPool)
-        db.create_schema(engine, id_type)  # type: ignore[arg-type]
+        engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+        tables.create_schema(engine, id_type)  # type: ignore[arg-type]
         engine.dispose()
-        conn = db.connect(url)
+        conn = connections.connect(url)
         try:
             with conn.cursor() as cur:
                 cur.execute(
@@ -308,9 +309,9 @@ def balance(server: str, rows: int, partitions: int, rows_per_range: int) -> dic
                     f"activity_date) SELECT i, 1, 'kWh', 'CAMX', '2023-01-01' FROM ({ids_sql}) s(i)"
                 )
             conn.commit()
-            by_rows = db.plan_ranges(conn, "electricity", partitions, rows_per_range, "rows")
+            by_rows = ranges.plan_ranges(conn, "electricity", partitions, rows_per_range, "rows")
             n = len(by_rows)
-            by_bounds = db.plan_ranges(conn, "electricity", n, rows_per_range, "bounds")
+            by_bounds = ranges.plan_ranges(conn, "electricity", n, rows_per_range, "bounds")
             out[label] = {
                 "rows": rows,
                 "ranges": n,
@@ -327,7 +328,7 @@ def _largest_over_mean(conn: Any, ranges: list[Any]) -> float:
     sizes = []
     with conn.cursor() as cur:
         for r in ranges:
-            query, params = db.pending_query("electricity", r.start, r.end)
+            query, params = queries.pending_query("electricity", r.start, r.end)
             cur.execute(sql.SQL("SELECT count(*) FROM ({}) q").format(query), params)
             sizes.append(cur.fetchone()[0])
     conn.commit()

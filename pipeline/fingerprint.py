@@ -6,7 +6,7 @@ Every result stores two 64-bit fingerprints (``bigint`` columns of ``emission_re
 - ``factor_fingerprint``: the factor rows it used (the emission factor and, for spend, the FX
   row and both CPI rows).
 
-``pipeline.verify`` computes the same digests over the rows as they are now, with these
+``audit.verify`` computes the same digests over the rows as they are now, with these
 functions, to tell a changed input or factor row from a result that does not reproduce. They
 detect change; they are not signatures (whoever can rewrite a row can rewrite its fingerprint).
 

@@ -1,9 +1,9 @@
 """Data-quality levels of a result, defined once for SQL and for Arrow tables.
 
 The levels are flags, so a result can be at more than one (a country fallback with a year
-mismatch); ``exact`` is a result with none of them. ``pipeline.quality`` explains each and
+mismatch); ``exact`` is a result with none of them. ``audit.coverage`` explains each and
 reports them; ``LEVEL_SQL`` counts them over stored rows, ``tally`` over a results table
-before it is written (the run's write log, ``db.WRITES_TABLE``). A test holds the two equal.
+before it is written (the run's write log, ``tables.WRITES_TABLE``). A test holds the two equal.
 
 numpy and Arrow are imported where the tables are tallied: the driver uses the SQL definitions
 without loading them.
@@ -12,7 +12,7 @@ without loading them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,4 +97,48 @@ def tally(table: pa.Table) -> dict[str, Tally]:
                 for name, rows in level_rows.items()
             },
         )
+    return out
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def describe_coverage(
+    raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]], errors: dict[str, int]
+) -> dict[str, Any]:
+    per_type: dict[str, dict[str, Any]] = {}
+    for t in sorted(set(raw) | set(errors)):
+        results, kg, levels = raw.get(t, (0, 0.0, {n: (0, 0.0) for n in LEVELS}))
+        per_type[t] = _describe(results, kg, levels, int(errors.get(t, 0)))
+    total_levels = {
+        n: (
+            sum(raw[t][2][n][0] for t in raw),
+            sum(raw[t][2][n][1] for t in raw),
+        )
+        for n in LEVELS
+    }
+    overall = _describe(
+        sum(v[0] for v in raw.values()),
+        sum(v[1] for v in raw.values()),
+        total_levels,
+        sum(errors.values(), 0),
+    )
+    return {"overall": overall, "by_activity_type": per_type}
+
+
+def _describe(
+    results: int, kg: float, levels: dict[str, tuple[int, float]], errors: int
+) -> dict[str, Any]:
+    records = results + errors
+    out: dict[str, Any] = {"records": records, "results": results, "kg_co2e": kg}
+    for name in LEVELS:
+        n, level_kg = levels[name]
+        out[name] = {
+            "records": n,
+            "kg_co2e": level_kg,
+            "share_of_records": _share(n, records),
+            "share_of_kg": _share(level_kg, kg),
+        }
+    out["errors"] = {"records": errors, "share_of_records": _share(errors, records)}
     return out

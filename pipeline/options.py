@@ -14,9 +14,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.embedded import DATABASE_URL_ENV
+from pipeline import cli
 from pipeline.model import ACTIVITY_TYPES, ActivityType
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
+from pipeline.store.connections import DATABASE_URL_ENV
 
 #: Rows per read range: small enough that a worker's batch is a few tens of megabytes (peak
 #: memory then stays flat as tables grow), large enough that per-range costs do not show.
@@ -27,18 +28,7 @@ DEFAULT_WRITE_BATCH_SIZE = DEFAULT_ROWS_PER_RANGE
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares the calculation's options (Beam's own are accepted alongside)."""
-    parser.add_argument(
-        "--database-url",
-        "--database_url",
-        dest="database_url",
-        default=None,
-        help=(
-            "SQLAlchemy URL of the PostgreSQL database, e.g. "
-            "postgresql://user:pass@host:5432/db. Defaults to $"
-            + DATABASE_URL_ENV
-            + ", else an embedded PostgreSQL kept under ./.pgdata."
-        ),
-    )
+    cli.add_database_option(parser)
     parser.add_argument(
         "--run-id",
         "--run_id",
@@ -137,8 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=(
             "Refuse to start when the run could hold more database connections than this "
-            "at once (2 for the driver, plus per worker 3 per activity type (a reader, "
-            "2 writers) and 1 short-lived: 22 for all types on the default 2 local workers). "
+            "at once: 2 for the driver, plus 4 per worker (a range reader, two writers and "
+            "a short-lived factor read), so 10 on the default 2 local workers. "
             "Default: no limit."
         ),
     )

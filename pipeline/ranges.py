@@ -1,4 +1,8 @@
-"""Planning key ranges for partitioned reads. Pure functions: no Beam, no SQL.
+"""Planning key ranges for partitioned reads: every step from the options to the ranges.
+
+The planners (``plan_int_ranges``, ``plan_uuid_ranges``, ``plan_from_cuts``, ``ranges_needed``)
+are pure functions; ``plan_ranges`` asks the database for what they need (row counts, cut points
+in key order, key bounds) and calls them.
 
 A range is half-open, ``start <= id < end``; ``None`` means unbounded. The first range of a
 plan starts at ``None`` and the last ends at ``None``, so a plan always covers the whole key
@@ -9,8 +13,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg2.extensions
+from psycopg2 import sql
 
 from pipeline.model import ActivityType
+from pipeline.store.tables import ACTIVITY_TABLES
 
 Key = int | str | None
 
@@ -77,3 +86,92 @@ def plan_from_cuts(activity_type: ActivityType, cuts: list[Key]) -> list[KeyRang
     starts: list[Key] = [None, *cuts]
     ends: list[Key] = [*cuts, None]
     return [KeyRange(activity_type, s, e) for s, e in zip(starts, ends, strict=True)]
+
+
+def key_bounds(
+    conn: psycopg2.extensions.connection, activity_type: ActivityType
+) -> tuple[Any, Any, str]:
+    """(lowest id, highest id, id type) of an activity table; ids are None when it is empty.
+
+    Two index lookups (``min()`` is not defined for ``uuid``).
+    """
+    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT id, pg_typeof(id)::text FROM {} ORDER BY id LIMIT 1").format(table)
+        )
+        first = cur.fetchone()
+        cur.execute(sql.SQL("SELECT id FROM {} ORDER BY id DESC LIMIT 1").format(table))
+        last = cur.fetchone()
+    conn.commit()
+    if first is None or last is None:
+        return None, None, ""
+    return first[0], last[0], first[1]
+
+
+def count_rows(conn: psycopg2.extensions.connection, activity_type: ActivityType) -> int:
+    """The number of rows in an activity table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(ACTIVITY_TABLES[activity_type])
+            )
+        )
+        (count,) = cur.fetchone()
+    conn.commit()
+    return int(count)
+
+
+def key_cuts(
+    conn: psycopg2.extensions.connection, activity_type: ActivityType, step: int
+) -> list[Any]:
+    """Every ``step``-th id in key order after the first, from one ordered index scan: ranges
+    between consecutive cuts hold ``step`` rows however the keys are spread."""
+    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM {}) s "
+                "WHERE rn > 1 AND rn %% %s = 1 ORDER BY rn"
+            ).format(table),
+            (step,),
+        )
+        cuts = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    return cuts
+
+
+Planner = Literal["rows", "bounds"]
+PLANNERS: tuple[Planner, ...] = ("rows", "bounds")
+
+
+def plan_ranges(
+    conn: psycopg2.extensions.connection,
+    activity_type: ActivityType,
+    partitions: int,
+    rows_per_range: int,
+    planner: Planner = "rows",
+    rows: int | None = None,
+) -> list[KeyRange]:
+    """The key ranges an activity table is read in (``rows``: its row count, if known).
+
+    ``rows`` (default): cut points every N rows in key order (``key_cuts``), so ranges hold
+    equal numbers of rows however the keys are spread, and there are more ranges as the table
+    grows (``ranges_needed``). ``bounds``: ``partitions`` equal slices of the key span
+    (integers between the lowest and highest id; the 128-bit space for UUIDs): two index
+    lookups, balanced only when keys are spread evenly.
+    """
+    if planner == "bounds":
+        lo, hi, typ = key_bounds(conn, activity_type)
+        if lo is None:
+            return []
+        if typ == "uuid":
+            return plan_uuid_ranges(activity_type, partitions)
+        return plan_int_ranges(activity_type, int(lo), int(hi), partitions)
+    if rows is None:
+        rows = count_rows(conn, activity_type)
+    n = ranges_needed(rows, rows_per_range, partitions)
+    if n == 0:
+        return []
+    cuts = key_cuts(conn, activity_type, -(-rows // n)) if n > 1 else []
+    return plan_from_cuts(activity_type, [c if isinstance(c, int) else str(c) for c in cuts])

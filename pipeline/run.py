@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
 
-from pipeline import audit, db, quality, retry, tuning
-from pipeline.admin import ensure_initialised
-from pipeline.embedded import resolve_database_url
+from pipeline import cli, editions, retry, tuning
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
-from pipeline.ranges import KeyRange
+from pipeline.ranges import KeyRange, plan_ranges
+from pipeline.store import connections, queries, runs, tables
+from pipeline.store.install import ensure_initialised
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -123,15 +123,16 @@ def execute(
 
 
 def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
-    """The key ranges (``db.plan_ranges``) of the tables with pending activities, on one
-    connection. Without a date window, the counts already say how many rows each table has."""
+    """The key ranges (``pipeline.ranges.plan_ranges``) of the tables with pending activities,
+    on one connection. Without a date window, the counts already say how many rows each table
+    has."""
     whole_tables = config.date_from is None and config.date_to is None
     types = [t for t in config.activity_types if counts[t]["pending"]]
-    with db.raw_connection(engine) as conn:
-        ranges = [
+    with connections.raw_connection(engine) as conn:
+        planned = [
             r
             for t in types
-            for r in db.plan_ranges(
+            for r in plan_ranges(
                 conn,
                 t,
                 config.partitions,
@@ -140,8 +141,8 @@ def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
                 rows=counts[t]["total"] if whole_tables else None,
             )
         ]
-    _LOG.info("%d key ranges to read (%s)", len(ranges), ", ".join(types))
-    return ranges
+    _LOG.info("%d key ranges to read (%s)", len(planned), ", ".join(types))
+    return planned
 
 
 class Progress:
@@ -170,7 +171,7 @@ class Progress:
         while not self._stop.wait(self._interval):
             try:
                 # From the write log: a count of the run's results would scan them all.
-                done = quality.results_written(self._engine, self._run_id)
+                done = runs.results_written(self._engine, self._run_id)
             except Exception as e:  # noqa: BLE001 - progress is best-effort
                 _LOG.warning("progress: could not count results (%s)", type(e).__name__)
                 continue
@@ -207,10 +208,10 @@ def summarise(
 ) -> dict[str, Any]:
     """The run summary: what the old service reported, plus skipped, run id and sources.
 
-    What the run wrote (results, kg CO2e) comes from its coverage (``quality.run_coverage``:
+    What the run wrote (results, kg CO2e) comes from its coverage (``runs.run_coverage``:
     the run's write log)."""
     written = coverage["by_activity_type"]
-    outstanding = None if metrics is not None else db.outstanding_errors(engine)
+    outstanding = None if metrics is not None else queries.outstanding_errors(engine)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
         c = counts[t]
@@ -261,7 +262,7 @@ def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]
     """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
     local = runner in ("DirectRunner", "direct")
     workers = beam_workers(with_local_defaults(beam_args)) if local else 1
-    bound = db.connection_bound(workers)
+    bound = connections.connection_bound(workers)
     if config.max_connections is not None and bound > config.max_connections:
         raise OptionsError(
             f"this run could hold up to {bound} database connections at once ({workers} "
@@ -294,7 +295,7 @@ def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str,
     """The options as given, without the database URL's password."""
     shown: dict[str, Any] = dict(vars(options))
     if shown.get("database_url"):
-        shown["database_url"] = db.redact_url(shown["database_url"])
+        shown["database_url"] = connections.redact_url(shown["database_url"])
     if beam_args:
         shown["beam_args"] = beam_args
     return shown
@@ -302,10 +303,9 @@ def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str,
 
 def print_help() -> None:
     """``--help``: this pipeline's options (Beam's own, such as ``--runner``, also apply)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli.parser(
+        "pipeline.run",
+        __doc__,
         epilog="Apache Beam's options are accepted too, e.g. --runner=DirectRunner "
         "(default), --runner=FlinkRunner --flink_master=HOST:PORT, --direct_num_workers=2.",
     )
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2  # argparse has said what is wrong
     url = None
     try:
-        url = resolve_database_url(options.database_url)
+        url = connections.resolve_database_url(options.database_url)
         config = validate(options, url)
         check_connection_budget(config, runner_name(beam_args), beam_args)
     except OptionsError as e:
@@ -341,27 +341,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
         print(
-            f"error: could not reach the database: {db.scrub(str(e), url)}",
+            f"error: could not reach the database: {connections.scrub(str(e), url)}",
             file=sys.stderr,
         )
         return 1
     runner = runner_name(beam_args)
-    engine = db.make_engine(config.database_url, pool_size=2, max_overflow=0)
+    engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
     policy = config.retry_policy
     try:
         retry.call(lambda: ensure_initialised(engine), what="checking the schema", policy=policy)
         pins = dict(config.factor_pins)
         try:
-            editions = retry.call(
-                lambda: audit.current_editions(engine, pins),
+            in_force = retry.call(
+                lambda: editions.current_editions(engine, pins),
                 what="reading the factor editions",
                 policy=policy,
             )
-        except audit.EditionError as e:
+        except editions.EditionError as e:
             print(f"error: --factor-edition: {e}", file=sys.stderr)
             return 2
         counts = retry.call(
-            lambda: db.count_activities(
+            lambda: queries.count_activities(
                 engine,
                 config.activity_types,
                 config.date_from,
@@ -373,12 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         pending = sum(c["pending"] for c in counts.values())
         retry.call(
-            lambda: db.start_run(
+            lambda: runs.start_run(
                 engine,
                 config.run_id,
                 runner,
                 safe_options(options, beam_args),
-                code_version=audit.code_version(),
+                code_version=editions.code_version(),
             ),
             what="recording the run",
             policy=policy,
@@ -406,11 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics = execute(args, config, ranges)
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(
-            lambda: (
-                quality.run_coverage(engine, config.run_id)
-                if pending
-                else quality.nothing_written()
-            ),
+            lambda: runs.run_coverage(engine, config.run_id) if pending else runs.nothing_written(),
             what="measuring data-quality coverage",
             policy=policy,
         )
@@ -421,18 +417,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary["quality"] = coverage
         summary["factor_pins"] = pins
-        summary["factor_editions"] = editions
-        summary["code_version"] = audit.code_version()
+        summary["factor_editions"] = in_force
+        summary["code_version"] = editions.code_version()
         summary["status"] = "succeeded"
         summary["runner"] = runner
-        summary["database"] = db.redact_url(config.database_url)
+        summary["database"] = connections.redact_url(config.database_url)
         summary["timings"] = {
             "setup_s": round(setup_s, 3),
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(time.monotonic() - started, 3),
         }
         retry.call(
-            lambda: db.finish_run(
+            lambda: runs.finish_run(
                 engine,
                 config.run_id,
                 status="succeeded",
@@ -456,12 +452,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
-        message = db.scrub(failure_message(e), config.database_url)
+        message = connections.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
         try:
             # Briefly: the database may be what failed, and the run must still end.
             retry.call(
-                lambda: db.finish_run(engine, config.run_id, status="failed", message=message),
+                lambda: runs.finish_run(engine, config.run_id, status="failed", message=message),
                 what="recording the failure",
                 policy=retry.RetryPolicy(attempts=2, base_delay=0.5),
             )
@@ -469,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             _LOG.error(
                 "run %s could not be marked failed in %s (%s); it stays 'running' there",
                 config.run_id,
-                db.RUNS_TABLE,
-                db.scrub(retry.describe(again), config.database_url),
+                tables.RUNS_TABLE,
+                connections.scrub(retry.describe(again), config.database_url),
             )
         print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
         return 1

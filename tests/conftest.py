@@ -1,5 +1,9 @@
 """Fixtures: a real PostgreSQL for every test that needs one.
 
+Every test that uses a database (through ``pg_server_url``, or the TLS server of
+``tests.tls_server``) is marked ``db`` when collected: ``./run_tests.sh -m "not db"`` runs the
+pure tests alone, in seconds, with no server started.
+
 The server is the embedded one (kept under ``.pgdata-test``), or the server of
 ``$TEST_DATABASE_URL`` when set (its user needs CREATEDB). A template database with the schema
 and the shipped factors is made once per session; each test gets its own copy of it, so tests
@@ -19,17 +23,27 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import db
-from pipeline.admin import initialise
-from pipeline.embedded import server_url
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology import FactorBook
+from pipeline.store import connections, tables
+from pipeline.store.embedded import server_url
+from pipeline.store.install import initialise
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Fixtures that start or need a PostgreSQL server.
+_SERVER_FIXTURES = frozenset({"pg_server_url", "tls_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``db`` every test whose fixtures reach a PostgreSQL server."""
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
 
 def _admin_connect(url: str) -> psycopg2.extensions.connection:
-    conn = db.connect(url)
+    conn = connections.connect(url)
     conn.autocommit = True
     return conn
 
@@ -72,15 +86,15 @@ def _drop_database(server: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_template(pg_server_url: str) -> Iterator[Callable[[db.IdType], str]]:
+def database_template(pg_server_url: str) -> Iterator[Callable[[tables.IdType], str]]:
     """Name of a template database with schema and factors, per id type (made once)."""
     made: dict[str, str] = {}
 
-    def template(id_type: db.IdType) -> str:
+    def template(id_type: tables.IdType) -> str:
         if id_type not in made:
             name = f"emissions_tpl_{id_type}_{uuid.uuid4().hex[:8]}"
             url = _create_database(pg_server_url, name)
-            engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+            engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
             try:
                 initialise(engine, id_type)
             finally:
@@ -95,12 +109,12 @@ def database_template(pg_server_url: str) -> Iterator[Callable[[db.IdType], str]
 
 @pytest.fixture
 def make_database(
-    pg_server_url: str, database_template: Callable[[db.IdType], str]
+    pg_server_url: str, database_template: Callable[[tables.IdType], str]
 ) -> Iterator[Callable[..., str]]:
     """Factory: a fresh database (schema and factors loaded) for this test; dropped after."""
     created: list[str] = []
 
-    def make(id_type: db.IdType = "bigint") -> str:
+    def make(id_type: tables.IdType = "bigint") -> str:
         name = f"emissions_test_{uuid.uuid4().hex[:12]}"
         url = _create_database(pg_server_url, name, template=database_template(id_type))
         created.append(name)
@@ -119,6 +133,6 @@ def database_url(make_database: Callable[..., str]) -> str:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[sa.Engine]:
-    eng = db.make_engine(database_url, poolclass=sa.pool.NullPool)
+    eng = connections.make_engine(database_url, poolclass=sa.pool.NullPool)
     yield eng
     eng.dispose()

@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg2
 
-from pipeline import db
+from pipeline.levels import LEVELS
+from pipeline.store import connections, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +82,7 @@ def start_run(url: str, workdir: Path, *extra: str, name: str = "run") -> RunPro
 
 def scalar(url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
     """One value from a fresh connection (closed at once)."""
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute(query, params)
@@ -131,15 +132,15 @@ def duplicate_counts(url: str) -> tuple[int, int]:
 
 
 def assert_write_log_matches_results(engine: Any, run_id: str) -> None:
-    """The run's write log (``quality.run_coverage``) says exactly what its stored results do
-    (``quality.coverage``, a scan): the same counts per type and level, the same kg CO2e to
+    """The run's write log (``runs.run_coverage``) says exactly what its stored results do
+    (``coverage.coverage``, a scan): the same counts per type and level, the same kg CO2e to
     floating-point rounding."""
     import pytest
 
-    from pipeline import quality
+    from audit import coverage
 
-    logged = quality.run_coverage(engine, run_id)
-    scanned = quality.coverage(engine, run_id)
+    logged = runs.run_coverage(engine, run_id)
+    scanned = coverage.coverage(engine, run_id)
     assert logged["by_activity_type"].keys() == scanned["by_activity_type"].keys()
     for part in [logged["overall"], *logged["by_activity_type"].values()]:
         assert part["results"] > 0
@@ -151,6 +152,6 @@ def assert_write_log_matches_results(engine: Any, run_id: str) -> None:
         assert (got["records"], got["results"]) == (want["records"], want["results"])
         assert got["kg_co2e"] == pytest.approx(want["kg_co2e"], rel=1e-12)
         assert got["errors"] == want["errors"]
-        for level in quality.LEVELS:
+        for level in LEVELS:
             assert got[level]["records"] == want[level]["records"], level
             assert got[level]["kg_co2e"] == pytest.approx(want[level]["kg_co2e"], rel=1e-12)

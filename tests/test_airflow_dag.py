@@ -28,9 +28,9 @@ import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from psycopg2 import sql
 
-from pipeline import db
+from ops.seed import seed
 from pipeline.options import add_arguments, validate
-from pipeline.seed import seed
+from pipeline.store import connections, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -259,7 +259,7 @@ def test_connection_becomes_the_database_url_the_pipeline_reads(
 
 
 def _admin(url: str) -> psycopg2.extensions.connection:
-    conn = db.connect(url)
+    conn = connections.connect(url)
     conn.autocommit = True
     return conn
 
@@ -280,7 +280,7 @@ def _create_database(server: str, name: str, template: str) -> str:
 
 def _snapshot(url: str, table: str, drop: tuple[str, ...]) -> list[tuple[Any, ...]]:
     """Every row of ``table`` without the ``drop`` columns, in a stable order."""
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
             reflected = sa.Table(table, sa.MetaData(), autoload_with=conn)
@@ -293,18 +293,18 @@ def _snapshot(url: str, table: str, drop: tuple[str, ...]) -> list[tuple[Any, ..
 
 def _outcomes(url: str, drop: tuple[str, ...] = ("id", "run_id", "created_at")) -> dict[str, Any]:
     return {
-        "results": _snapshot(url, db.RESULTS_TABLE, drop),
-        "errors": _snapshot(url, db.ERRORS_TABLE, drop),
+        "results": _snapshot(url, tables.RESULTS_TABLE, drop),
+        "errors": _snapshot(url, tables.ERRORS_TABLE, drop),
     }
 
 
 def _activities_on(url: str, day: datetime.date | None) -> set[tuple[str, str]]:
     """(type, id) of the activities dated ``day``; of all activities when ``day`` is None."""
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     found: set[tuple[str, str]] = set()
     try:
         with engine.connect() as conn:
-            for activity_type, table in db.ACTIVITY_TABLES.items():
+            for activity_type, table in tables.ACTIVITY_TABLES.items():
                 query = sa.text(
                     f"SELECT id::text FROM {table} WHERE (:d)::date IS NULL OR activity_date = :d"
                 )
@@ -315,11 +315,11 @@ def _activities_on(url: str, day: datetime.date | None) -> set[tuple[str, str]]:
 
 
 def _busiest_day(url: str) -> datetime.date:
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
             union = " UNION ALL ".join(
-                f"SELECT activity_date FROM {t}" for t in db.ACTIVITY_TABLES.values()
+                f"SELECT activity_date FROM {t}" for t in tables.ACTIVITY_TABLES.values()
             )
             row = conn.execute(
                 sa.text(
@@ -386,7 +386,7 @@ class Runs:
 def runs(
     airflow_env: dict[str, str],
     pg_server_url: str,
-    database_template: Callable[[db.IdType], str],
+    database_template: Callable[[tables.IdType], str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Runs]:
     """Seed a database and copy it; DAG run, rerun and failing run on it, direct run on the copy."""
@@ -398,7 +398,7 @@ def runs(
     )
     try:
         url = _create_database(pg_server_url, via_airflow, database_template("bigint"))
-        engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+        engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
         try:
             seed(engine, SEEDED)
         finally:

@@ -10,7 +10,7 @@ import math
 import pyarrow as pa
 import pytest
 
-from pipeline import db
+from ops.seed import generate
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import (
     activities_table,
@@ -28,7 +28,7 @@ from pipeline.model import (
     ErrorRecord,
     SpendActivity,
 )
-from pipeline.seed import generate
+from pipeline.store import tables
 
 D = datetime.date(2024, 2, 29)
 HOSTILE: dict[ActivityType, list] = {
@@ -106,10 +106,10 @@ def test_batch_equals_per_row(
         activities_table(activity_type, activities),
         book,
         radiative_forcing=rf,
-        fields=db.RESULT_COLUMNS,
+        fields=tables.RESULT_COLUMNS,
     )
-    assert stored.results.column_names == list(db.RESULT_COLUMNS)
-    assert stored.results.equals(outcome.results.select(list(db.RESULT_COLUMNS)))
+    assert stored.results.column_names == list(tables.RESULT_COLUMNS)
+    assert stored.results.equals(outcome.results.select(list(tables.RESULT_COLUMNS)))
     assert stored.errors == outcome.errors
 
 

@@ -22,8 +22,9 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import db, run
-from pipeline.seed import seed
+from ops.seed import seed
+from pipeline import run
+from pipeline.store import connections, tables
 from tests.support import assert_write_log_matches_results, duplicate_counts
 from tests.test_end_to_end import check_every_activity_once
 
@@ -46,13 +47,13 @@ class InjectedFault(RuntimeError):
 class MarkingCursor(psycopg2.extensions.cursor):
     def execute(self, query: Any, vars: Any = None) -> None:
         text = query.as_string(self) if isinstance(query, sql.Composable) else str(query)
-        if text.startswith("INSERT INTO") and db.RESULTS_TABLE in text:
+        if text.startswith("INSERT INTO") and tables.RESULTS_TABLE in text:
             self.connection.writes_results = True
         super().execute(query, vars)
 
     def copy_expert(self, query: Any, file: Any, size: int = 8192) -> None:
         text = query.as_string(self) if isinstance(query, sql.Composable) else str(query)
-        if text.startswith("COPY") and db.RESULTS_TABLE in text and "FROM STDIN" in text:
+        if text.startswith("COPY") and tables.RESULTS_TABLE in text and "FROM STDIN" in text:
             self.connection.writes_results = True
         super().copy_expert(query, file, size)
 
@@ -88,9 +89,11 @@ def test_retried_bundles_write_each_result_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed(engine, 1_500, seed_value=17)
-    real_connect = db.connect
+    real_connect = connections.connect
     monkeypatch.setattr(
-        db, "connect", lambda url, **kw: real_connect(url, connection_factory=FlakyConnection)
+        connections,
+        "connect",
+        lambda url, **kw: real_connect(url, connection_factory=FlakyConnection),
     )
     code = run.main(
         [

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, run
-from pipeline.seed import seed
+from ops.seed import seed
+from pipeline import run
+from pipeline.store import connections
 from tests.support import duplicate_counts, results_count, scalar, start_run
 from tests.test_end_to_end import all_activities, stored
 
@@ -29,7 +30,7 @@ def test_two_runs_at_once_write_each_result_once(
     make_database: Callable[..., str], tmp_path: Path
 ) -> None:
     url = make_database("bigint")
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     seed(engine, COUNT, seed_value=21)
     engine.dispose()
 
@@ -41,7 +42,7 @@ def test_two_runs_at_once_write_each_result_once(
     assert codes == [0, 0], [r.stderr[-2000:] for r in runs]
     summaries = [r.summary() for r in runs]
 
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     results, errors = stored(engine)
     assert set(results) | set(errors) == all_activities(engine)
     assert not set(results) & set(errors)
@@ -68,7 +69,7 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
     url = make_database("bigint")
     database = sa.make_url(url).database
     assert database is not None
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     seed(engine, COUNT, seed_value=22)
     engine.dispose()
     assert count_connections(pg_server_url, database) == 0
@@ -79,7 +80,7 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
 
     def sample() -> None:
         nonlocal peak
-        conn = db.connect(pg_server_url)
+        conn = connections.connect(pg_server_url)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
@@ -95,7 +96,7 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
             conn.close()
 
     # The default run: the DirectRunner's default workers, every activity type.
-    bound = db.connection_bound(workers=run.beam_workers(run.with_local_defaults([])))
+    bound = connections.connection_bound(workers=run.beam_workers(run.with_local_defaults([])))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
@@ -111,7 +112,7 @@ def test_connections_stay_bounded_and_are_all_closed_after_the_run(
         sampler.join(timeout=10)
     assert 0 < peak <= bound, (peak, bound)
     # Every connection says whose it is (a backend shows '' until its start-up completes).
-    assert names - {""} == {db.APPLICATION_NAME}
+    assert names - {""} == {connections.APPLICATION_NAME}
     assert count_connections(pg_server_url, database) == 0
     print(f"peak connections {peak} (bound {bound})")
 

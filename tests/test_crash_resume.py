@@ -13,8 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipeline import db
-from pipeline.seed import seed
+from ops.seed import seed
+from pipeline.store import connections
 from tests.support import duplicate_counts, results_count, scalar, start_run, wait_for
 from tests.test_end_to_end import check_every_activity_once
 
@@ -26,7 +26,7 @@ SMALL_COMMITS = ("--rows-per-range", "1000", "--write-batch-size", "500", "--par
 
 def test_sigkill_part_way_then_resume(make_database: Callable[..., str], tmp_path: Path) -> None:
     url = make_database("bigint")
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     seed(engine, COUNT, seed_value=11)
 
     first = start_run(url, tmp_path, *SMALL_COMMITS, name="1")

@@ -13,20 +13,20 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from pipeline import bulk, db
-from pipeline.embedded import _same_setting, server_settings
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology.batch import activity_schema, result_schema
 from pipeline.model import ErrorRecord
-from pipeline.ranges import plan_int_ranges, plan_uuid_ranges
+from pipeline.ranges import key_bounds, plan_int_ranges, plan_uuid_ranges
+from pipeline.store import bulk, connections, queries, tables, writes
+from pipeline.store.embedded import _same_setting, server_settings
 from tests.factories import RUN, result_for
 
 INT64 = pa.int64()
 
 
 def insert_electricity(engine: sa.Engine, ids: list[int] | list[str]) -> None:
-    table = db.build_metadata(db.detect_id_type(engine) or "bigint").tables[
-        db.ACTIVITY_TABLES["electricity"]
+    table = tables.build_metadata(tables.detect_id_type(engine) or "bigint").tables[
+        tables.ACTIVITY_TABLES["electricity"]
     ]
     with engine.begin() as conn:
         if ids:
@@ -48,7 +48,7 @@ def insert_electricity(engine: sa.Engine, ids: list[int] | list[str]) -> None:
 def read_all(url: str, ranges: list, id_type: pa.DataType = INT64) -> list:
     """Every id read by the range reads of ``ranges``, in order."""
     schema = activity_schema("electricity", id_type)
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         ids: list = []
         for r in ranges:
@@ -60,15 +60,15 @@ def read_all(url: str, ranges: list, id_type: pa.DataType = INT64) -> list:
 
 
 def test_create_schema_is_safe_to_run_twice(engine: sa.Engine) -> None:
-    assert db.create_schema(engine) == "bigint"
-    assert db.create_schema(engine) == "bigint"
+    assert tables.create_schema(engine) == "bigint"
+    assert tables.create_schema(engine) == "bigint"
     with pytest.raises(ValueError, match="already uses bigint"):
-        db.create_schema(engine, "uuid")
+        tables.create_schema(engine, "uuid")
 
 
 def test_factors_load_once(engine: sa.Engine) -> None:
     rows = load_shipped_factors()
-    assert db.insert_factors(engine, rows) == 0  # the template already loaded them
+    assert queries.insert_factors(engine, rows) == 0  # the template already loaded them
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT count(*) FROM emission_factors")).scalar()
     assert stored == len(rows)
@@ -83,26 +83,26 @@ def test_every_pending_row_is_read_exactly_once(
 ) -> None:
     insert_electricity(engine, ids)
     done = set(ids[::3])
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        db.write_results(conn, [result_for(i) for i in done], RUN)
-        lo, hi, _ = db.key_bounds(conn, "electricity")
+        writes.write_results(conn, [result_for(i) for i in done], RUN)
+        lo, hi, _ = key_bounds(conn, "electricity")
     finally:
         conn.close()
-    ranges = plan_int_ranges("electricity", lo, hi, partitions)
-    read = read_all(database_url, ranges)
+    planned = plan_int_ranges("electricity", lo, hi, partitions)
+    read = read_all(database_url, planned)
     assert sorted(read) == sorted(set(ids) - done)
 
 
 def test_uuid_keys_are_read_exactly_once(make_database: Callable[..., str]) -> None:
     url = make_database("uuid")
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     rng = random.Random(7)
     ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(500)]
     insert_electricity(engine, ids)
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
-        db.write_results(conn, [result_for(i) for i in ids[:100]], RUN)
+        writes.write_results(conn, [result_for(i) for i in ids[:100]], RUN)
     finally:
         conn.close()
     read = read_all(url, plan_uuid_ranges("electricity", 5), pa.string())
@@ -113,12 +113,12 @@ def test_uuid_keys_are_read_exactly_once(make_database: Callable[..., str]) -> N
 def test_results_are_written_once_even_when_repeated(engine: sa.Engine, database_url: str) -> None:
     batch = [result_for(i) for i in range(1, 21)]
     duplicated = batch + batch[:5]  # duplicates inside one batch
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        assert db.write_results(conn, duplicated, RUN) == 20
-        assert db.write_results(conn, batch, RUN) == 0  # a retried bundle
+        assert writes.write_results(conn, duplicated, RUN) == 20
+        assert writes.write_results(conn, batch, RUN) == 0  # a retried bundle
         # a different value for a stored activity does not overwrite it
-        assert db.write_results(conn, [result_for(1, kg=99.0)], RUN) == 0
+        assert writes.write_results(conn, [result_for(1, kg=99.0)], RUN) == 0
     finally:
         conn.close()
     with engine.connect() as conn2:
@@ -135,7 +135,7 @@ def test_results_tables_are_written_once_whatever_columns_a_batch_has(
         rows = [{**dataclasses.asdict(result_for(i)), **fields} for i in ids]
         return pa.Table.from_pylist(rows, schema=schema)
 
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
         assert bulk.write_results_table(conn, table(range(1, 11)), RUN) == 10
         # A retried batch: the binary COPY is refused whole, the staging path writes nothing.
@@ -159,9 +159,9 @@ def test_results_tables_are_written_once_whatever_columns_a_batch_has(
 def test_a_batch_larger_than_the_bind_parameter_limit(engine: sa.Engine, database_url: str) -> None:
     # 70,000 rows × 36 columns would be 2.5 million bind parameters; COPY has no such limit.
     batch = [result_for(i) for i in range(70_000)]
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        assert db.write_results(conn, batch, RUN) == 70_000
+        assert writes.write_results(conn, batch, RUN) == 70_000
     finally:
         conn.close()
     with engine.connect() as c:
@@ -170,9 +170,9 @@ def test_a_batch_larger_than_the_bind_parameter_limit(engine: sa.Engine, databas
 
 def test_floats_round_trip_exactly(engine: sa.Engine, database_url: str) -> None:
     value = 0.1 + 0.2  # 0.30000000000000004
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        db.write_results(conn, [result_for(1, kg=value)], RUN)
+        writes.write_results(conn, [result_for(1, kg=value)], RUN)
     finally:
         conn.close()
     with engine.connect() as c:
@@ -182,11 +182,11 @@ def test_floats_round_trip_exactly(engine: sa.Engine, database_url: str) -> None
 def test_errors_are_recorded_once_per_input(engine: sa.Engine, database_url: str) -> None:
     error = ErrorRecord("spend", 3, "unknown_currency", "The currency 'XYZ' ...", '{"id": 3}')
     changed = dataclasses.replace(error, input_repr='{"id": 3, "currency": "XYQ"}')
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        assert db.write_errors(conn, [error, error], RUN) == 1
-        assert db.write_errors(conn, [error], RUN) == 0
-        assert db.write_errors(conn, [changed], RUN) == 1  # new input, new record
+        assert writes.write_errors(conn, [error, error], RUN) == 1
+        assert writes.write_errors(conn, [error], RUN) == 0
+        assert writes.write_errors(conn, [changed], RUN) == 1  # new input, new record
     finally:
         conn.close()
 
@@ -196,9 +196,9 @@ def test_text_with_quotes_commas_and_newlines_survives_copy(
 ) -> None:
     nasty = 'a "quoted", comma\nnewline \\ backslash é 🚀'
     error = ErrorRecord("spend", 4, "unknown_currency", nasty, nasty)
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        db.write_errors(conn, [error], RUN)
+        writes.write_errors(conn, [error], RUN)
     finally:
         conn.close()
     with engine.connect() as c:
@@ -206,16 +206,16 @@ def test_text_with_quotes_commas_and_newlines_survives_copy(
 
 
 def test_identifiers_are_validated() -> None:
-    assert db.validate_identifier("emission_results") == "emission_results"
+    assert tables.validate_identifier("emission_results") == "emission_results"
     for bad in ["Results", "a;drop table x", "", "1abc", "x" * 64]:
         with pytest.raises(ValueError, match="not a valid identifier"):
-            db.validate_identifier(bad)
+            tables.validate_identifier(bad)
 
 
 def test_redact_and_scrub_hide_the_password() -> None:
     url = "postgresql://alice:s3cr%40t@db.example:5432/emissions"
-    assert "s3cr" not in db.redact_url(url)
-    assert db.scrub(f"failed on {url} with s3cr@t", url).count("s3cr") == 0
+    assert "s3cr" not in connections.redact_url(url)
+    assert connections.scrub(f"failed on {url} with s3cr@t", url).count("s3cr") == 0
 
 
 def test_the_embedded_server_settings_are_read_back_in_their_units() -> None:

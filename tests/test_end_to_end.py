@@ -9,8 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from benchmarks.in_database import load_reference_tables, reference_results
-from pipeline import db, run
-from pipeline.seed import seed
+from ops.seed import seed
+from pipeline import run
+from pipeline.store import connections, tables
 
 COUNT = 4000
 
@@ -48,7 +49,7 @@ def all_activities(engine: sa.Engine) -> set[tuple[str, str]]:
     with engine.connect() as conn:
         return {
             (t, str(i))
-            for t, table in db.ACTIVITY_TABLES.items()
+            for t, table in tables.ACTIVITY_TABLES.items()
             for (i,) in conn.execute(sa.text(f"SELECT id FROM {table}"))
         }
 
@@ -65,7 +66,7 @@ def check_every_activity_once(
         assert not set(results) & set(errors)
         assert all(n == 1 for n in errors.values())
     # the same rows and values as the independent in-database computation
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         load_reference_tables(conn)
         reference = reference_results(conn, radiative_forcing=rf)
@@ -83,7 +84,7 @@ def test_seed_run_check_rerun(
     make_database: Callable[..., str], capsys: pytest.CaptureFixture[str], id_type: str
 ) -> None:
     url = make_database(id_type)
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     added = seed(engine, COUNT, seed_value=7)
     assert sum(added.values()) == COUNT
 
@@ -125,7 +126,7 @@ def test_seed_run_check_rerun(
     assert stored(engine) == (results, errors)
 
     # Correcting a refused row makes it pending again; the next run computes it.
-    table = db.ACTIVITY_TABLES["spend"]
+    table = tables.ACTIVITY_TABLES["spend"]
     with engine.begin() as conn:
         fixed = conn.execute(
             sa.text(
@@ -171,7 +172,7 @@ def test_radiative_forcing_off(
     # only air travel was asked for; now the rest
     run_pipeline(database_url, capsys)
     results, _ = stored(engine)
-    conn2 = db.connect(database_url)
+    conn2 = connections.connect(database_url)
     try:
         load_reference_tables(conn2)
         with_rf = reference_results(conn2, radiative_forcing=True)

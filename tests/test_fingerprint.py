@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ops.seed import seed
 from pipeline import fingerprint, run
 from pipeline.model import FactorRow, activity_fields
-from pipeline.seed import seed
 
 MASK = (1 << 64) - 1
 

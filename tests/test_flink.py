@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, flink_cluster, run
-from pipeline.flink_cluster import FlinkSetupError, LocalFlinkCluster
-from pipeline.seed import seed
+from ops import flink_cluster
+from ops.flink_cluster import FlinkSetupError, LocalFlinkCluster
+from ops.seed import seed
+from pipeline import run
+from pipeline.store import connections, tables
 
 SEED_COUNT = 3000
 # A Flink run here takes about half a minute; past this the jobs are cancelled so a hang fails.
@@ -107,11 +109,11 @@ def run_pipeline(
 
 def table_rows(url: str, table: str) -> list[dict[str, Any]]:
     """All rows of ``table`` without ids, run ids and timestamps, in a stable order."""
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.text(f"SELECT * FROM {db.validate_identifier(table)}")
+                sa.text(f"SELECT * FROM {tables.validate_identifier(table)}")
             ).mappings()
             kept = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
     finally:
@@ -121,10 +123,10 @@ def table_rows(url: str, table: str) -> list[dict[str, Any]]:
 
 def raw_rows(url: str, table: str) -> list[tuple[Any, ...]]:
     """All rows of ``table`` as stored, ids and run ids included, in column order."""
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            name = db.validate_identifier(table)
+            name = tables.validate_identifier(table)
             query = sa.text(f"SELECT * FROM {name} t ORDER BY t::text")
             return [tuple(r) for r in conn.execute(query)]
     finally:
@@ -133,7 +135,7 @@ def raw_rows(url: str, table: str) -> list[tuple[Any, ...]]:
 
 def seeded(make_database: Callable[..., str]) -> str:
     url = make_database("bigint")
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         seed(engine, SEED_COUNT, seed_value=7)
     finally:
@@ -161,9 +163,9 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
     assert flink["runner"] == "FlinkRunner"
     assert flink["pending"] == SEED_COUNT
 
-    results = table_rows(flink_url, db.RESULTS_TABLE)
-    assert results == table_rows(direct_url, db.RESULTS_TABLE)
-    assert table_rows(flink_url, db.ERRORS_TABLE) == table_rows(direct_url, db.ERRORS_TABLE)
+    results = table_rows(flink_url, tables.RESULTS_TABLE)
+    assert results == table_rows(direct_url, tables.RESULTS_TABLE)
+    assert table_rows(flink_url, tables.ERRORS_TABLE) == table_rows(direct_url, tables.ERRORS_TABLE)
     assert len(results) + flink["errors"] == SEED_COUNT
     assert flink["errors"] > 0  # the seed has bad rows: the dead-letter path ran on Flink too
 
@@ -177,9 +179,9 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
     # A rerun on Flink, after some refused rows were corrected, computes exactly those and
     # rewrites nothing: rows already stored are skipped, unchanged refused rows are not read
     # again. It runs the Python code in an EXTERNAL worker pool, as a multi-host deployment does.
-    results_before = raw_rows(flink_url, db.RESULTS_TABLE)
-    errors_before = raw_rows(flink_url, db.ERRORS_TABLE)
-    engine = db.make_engine(flink_url, poolclass=sa.pool.NullPool)
+    results_before = raw_rows(flink_url, tables.RESULTS_TABLE)
+    errors_before = raw_rows(flink_url, tables.ERRORS_TABLE)
+    engine = connections.make_engine(flink_url, poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
             corrected = conn.execute(
@@ -203,15 +205,15 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
         corrected,
         0,
     )
-    results_after = raw_rows(flink_url, db.RESULTS_TABLE)
+    results_after = raw_rows(flink_url, tables.RESULTS_TABLE)
     assert set(results_before) <= set(results_after)  # nothing rewritten
     assert len(results_after) == len(results_before) + corrected
-    assert raw_rows(flink_url, db.ERRORS_TABLE) == errors_before  # kept, as history
+    assert raw_rows(flink_url, tables.ERRORS_TABLE) == errors_before  # kept, as history
 
     # And with nothing pending, a run writes nothing at all.
     last = run_pipeline(capsys, flink_url, external_args, local_flink)
     assert (last["pending"], last["total_processed"]) == (0, 0)
-    assert raw_rows(flink_url, db.RESULTS_TABLE) == results_after
+    assert raw_rows(flink_url, tables.RESULTS_TABLE) == results_after
 
 
 def test_beam_args_submit_to_the_given_cluster(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from psycopg2 import sql
 
-from pipeline import db, run
+from pipeline import run
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology import FactorBook, calculate
 from pipeline.model import (
@@ -36,6 +36,7 @@ from pipeline.model import (
     InputError,
     SpendActivity,
 )
+from pipeline.store import connections, tables
 
 # Tallies for the report in docs/guarantees.md (printed with -s).
 TRIED = {"calculate_examples": 0, "rows_in_runs": 0, "runs": 0}
@@ -188,10 +189,10 @@ def insert(url: str, activity_type: str, rows: list[tuple[Any, ...]]) -> None:
     cols = COLUMNS[activity_type]
     template = "(" + ", ".join("%s::date" if c == "activity_date" else "%s" for c in cols) + ")"
     query = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
-        sql.Identifier(db.ACTIVITY_TABLES[activity_type]),  # type: ignore[index]
+        sql.Identifier(tables.ACTIVITY_TABLES[activity_type]),  # type: ignore[index]
         sql.SQL(", ").join(map(sql.Identifier, cols)),
     )
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             psycopg2.extras.execute_values(cur, query.as_string(conn), rows, template=template)
@@ -201,7 +202,7 @@ def insert(url: str, activity_type: str, rows: list[tuple[Any, ...]]) -> None:
 
 
 def fetch(url: str, query: str) -> list[tuple[Any, ...]]:
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute(query)
@@ -233,7 +234,7 @@ def check_every_row_accounted_for(url: str, corrected: set[tuple[str, str]] | No
     corrected after its error (the error stays, as the record of the input it refused)."""
     activities = {
         (t, str(i))
-        for t, table in db.ACTIVITY_TABLES.items()
+        for t, table in tables.ACTIVITY_TABLES.items()
         for (i,) in fetch(url, f"SELECT id FROM {table}")
     }
     results = fetch(url, "SELECT activity_type, activity_id::text FROM emission_results")
@@ -247,7 +248,7 @@ def check_every_row_accounted_for(url: str, corrected: set[tuple[str, str]] | No
     assert not set(results) & with_error - (corrected or set())
 
 
-def tables(date: Any) -> Any:
+def activity_tables(date: Any) -> Any:
     def rows(row: Any) -> Any:
         keyed = st.tuples(ids.map(lambda i: i | 1), row)  # odd: never a GOOD id
         return st.lists(keyed, min_size=8, max_size=25, unique_by=lambda r: r[0]).map(
@@ -270,7 +271,7 @@ def tables(date: Any) -> Any:
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(bad=tables(sql_dates), more=tables(sql_dates))
+@given(bad=activity_tables(sql_dates), more=activity_tables(sql_dates))
 def test_runs_over_hostile_tables(
     make_database: Callable[..., str],
     capsys: pytest.CaptureFixture[str],

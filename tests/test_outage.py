@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db
-from pipeline.admin import initialise
-from pipeline.embedded import ensure_database
-from pipeline.seed import seed
+from ops.seed import seed
+from pipeline.store import connections
+from pipeline.store.embedded import ensure_database
+from pipeline.store.install import initialise
 from tests.support import ROOT, duplicate_counts, results_count, start_run, try_scalar, wait_for
 from tests.test_end_to_end import all_activities, stored
 
@@ -80,7 +80,7 @@ def server() -> Iterator[ThrowawayServer]:
 @pytest.fixture
 def url(server: ThrowawayServer) -> str:
     database_url = ensure_database(server.url, f"outage_{uuid.uuid4().hex[:8]}")
-    engine = db.make_engine(database_url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(database_url, poolclass=sa.pool.NullPool)
     initialise(engine)
     seed(engine, COUNT, seed_value=31)
     engine.dispose()
@@ -88,7 +88,7 @@ def url(server: ThrowawayServer) -> str:
 
 
 def check_once_each(url: str) -> tuple[int, int]:
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         results, errors = stored(engine)
         assert set(results) | set(errors) == all_activities(engine)

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import db, pgbinary
+from pipeline import pgbinary
+from pipeline.store import connections
 
 COLUMNS: list[tuple[str, pgbinary.PgType, pa.DataType, str]] = [
     ("a_text", "text", pa.string(), "text"),
@@ -69,7 +70,7 @@ def same(a: Any, b: Any) -> bool:
 
 @pytest.fixture
 def conn(database_url: str) -> Any:
-    c = db.connect(database_url)
+    c = connections.connect(database_url)
     yield c
     c.close()
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, quality
-from pipeline.seed import seed
+from audit import coverage
+from ops.seed import seed
+from pipeline.levels import LEVELS
+from pipeline.store import runs, tables
 from tests.support import assert_write_log_matches_results
 from tests.test_verify import run_pipeline
 
@@ -55,22 +57,22 @@ def test_coverage_counts_each_level_as_the_database_does(
     assert by_type["air_travel"]["class_substituted"]["records"] > 0
     assert by_type["spend"]["class_substituted"]["records"] == 0
     # Over everything stored, after one run, it is the run's coverage (up to summation order).
-    everything = quality.coverage(engine)["overall"]
-    for level in quality.LEVELS:
+    everything = coverage.coverage(engine)["overall"]
+    for level in LEVELS:
         assert everything[level]["records"] == overall[level]["records"]
         assert everything[level]["kg_co2e"] == pytest.approx(overall[level]["kg_co2e"], rel=1e-12)
     assert everything["errors"] == overall["errors"]
     # The summary's coverage came from the run's write log; a scan of its results agrees.
     assert_write_log_matches_results(engine, summary["run_id"])
     # Progress lines read the same log: every stored result, counted once.
-    assert quality.results_written(engine, summary["run_id"]) == results
-    assert quality.results_written(engine, "00000000-0000-4000-8000-000000000000") == 0
+    assert runs.results_written(engine, summary["run_id"]) == results
+    assert runs.results_written(engine, "00000000-0000-4000-8000-000000000000") == 0
 
 
 def test_create_schema_adds_the_new_columns_to_an_older_database(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE calculation_runs DROP COLUMN quality"))
-        conn.execute(sa.text(f"DROP TABLE {db.WRITES_TABLE}"))  # added later still
+        conn.execute(sa.text(f"DROP TABLE {tables.WRITES_TABLE}"))  # added later still
         conn.execute(sa.text("DROP VIEW emission_results_explained"))  # made before them
         for table in ("emission_results", "emission_results_history"):
             conn.execute(
@@ -79,13 +81,13 @@ def test_create_schema_adds_the_new_columns_to_an_older_database(engine: sa.Engi
                     "DROP COLUMN factor_fingerprint"
                 )
             )
-    assert not db.schema_ready(engine)  # so a run upgrades it before writing
-    db.create_schema(engine)
-    db.create_schema(engine)
-    assert db.schema_ready(engine)
+    assert not tables.schema_ready(engine)  # so a run upgrades it before writing
+    tables.create_schema(engine)
+    tables.create_schema(engine)
+    assert tables.schema_ready(engine)
     columns = {c["name"] for c in sa.inspect(engine).get_columns("calculation_runs")}
     assert {"quality", "factor_editions", "code_version"} <= columns
-    assert sa.inspect(engine).has_table(db.WRITES_TABLE)
+    assert sa.inspect(engine).has_table(tables.WRITES_TABLE)
     for table in ("emission_results", "emission_results_history"):
         columns = {c["name"] for c in sa.inspect(engine).get_columns(table)}
         assert {"input_fingerprint", "factor_fingerprint"} <= columns

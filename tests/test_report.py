@@ -11,8 +11,10 @@ from uuid import uuid4
 import pytest
 import sqlalchemy as sa
 
-from pipeline import quality, report, run
-from pipeline.seed import seed
+from audit import coverage, report
+from ops.seed import seed
+from pipeline import run
+from pipeline.levels import LEVELS
 from tests.browser import dump_dom, ensure_chromium
 
 
@@ -143,12 +145,12 @@ def test_report_renders_in_chromium_and_matches_the_database(
         assert sum(k for tt, _, k in months if tt == t) == pytest.approx(kg, rel=1e-12)
 
     # Data quality: the shares are the coverage computed from the database.
-    cov = quality.coverage(engine)
+    cov = coverage.coverage(engine)
     (overall,) = dom.having(data_row="quality", data_type="all")
     start = dom.found.index(overall)
     cells = [e for e in dom.found[start : start + 20] if "data-level" in e[1]]
     assert {e[1]["data-level"]: float(e[1]["data-value"]) for e in cells} == {
-        level: cov["overall"][level]["share_of_records"] for level in [*quality.LEVELS, "errors"]
+        level: cov["overall"][level]["share_of_records"] for level in [*LEVELS, "errors"]
     }
     fallback = sql_rows(
         engine,

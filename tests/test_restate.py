@@ -10,8 +10,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from pipeline import audit, db, report, restate, run, verify
-from pipeline.seed import seed
+from audit import report, restate, verify
+from ops.seed import seed
+from pipeline import editions, run
+from pipeline.store import connections, queries, tables
 from tests.test_report import parse
 from tests.test_verify import run_pipeline
 
@@ -25,7 +27,7 @@ def rows(engine: sa.Engine, query: str, **params: object) -> list[tuple]:
 
 
 def snapshot(engine: sa.Engine) -> dict[tuple[str, str], tuple]:
-    cols = ", ".join(db.RESULT_COLUMNS + ("run_id",))
+    cols = ", ".join(tables.RESULT_COLUMNS + ("run_id",))
     return {(r[0], str(r[1])): r for r in rows(engine, f"SELECT {cols} FROM emission_results")}
 
 
@@ -63,7 +65,7 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
         "SELECT DISTINCT f.edition FROM emission_results r JOIN emission_factors f "
         "ON f.id = r.factor_id WHERE r.activity_type = 'air_travel'",
     ) == [(AIR_2025,)]
-    ym = db.RESULT_COLUMNS.index("year_mismatch")
+    ym = tables.RESULT_COLUMNS.index("year_mismatch")
     assert all(after[k][ym] for k in changed), [
         (before[k], after[k]) for k in changed if not after[k][ym]
     ][:2]
@@ -73,7 +75,8 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
         (r[0], str(r[1])): r
         for r in rows(
             engine,
-            f"SELECT {', '.join(db.RESULT_COLUMNS + ('run_id',))} FROM emission_results_history "
+            f"SELECT {', '.join(tables.RESULT_COLUMNS + ('run_id',))} "
+            "FROM emission_results_history "
             "WHERE restatement_id = :r",
             r=rid,
         )
@@ -124,7 +127,7 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     ) == [(n, n)]
 
     # Twice changes nothing more.
-    again = restate.restate(engine, audit.parse_pins([f"desnz_air={AIR_2025}"]))
+    again = restate.restate(engine, editions.parse_pins([f"desnz_air={AIR_2025}"]))
     assert again.changed == 0 and again.diff["groups"] == []
     assert snapshot(engine) == after
     assert rows(engine, "SELECT count(*) FROM emission_results_history") == [(n,)]
@@ -154,17 +157,17 @@ def test_a_newer_edition_restates_only_the_results_on_the_revised_factor(
         "ON f.id = r.factor_id WHERE f.factor_set = 'egrid_subregion' "
         "GROUP BY f.key ORDER BY 2 DESC, 1 LIMIT 1",
     )[0]
-    with db.raw_connection(engine) as conn:
+    with connections.raw_connection(engine) as conn:
         current = [
             r
-            for r in audit.read_all_factor_rows(conn)
+            for r in editions.read_all_factor_rows(conn)
             if r.factor_set == "egrid_subregion" and r.key == key
         ]
     revised = [
         dataclasses.replace(r, id=None, edition="eGRID2023 rev3 (test)", value=r.value * 1.1)
         for r in current
     ]
-    assert db.insert_factors(engine, revised) == len(revised)
+    assert queries.insert_factors(engine, revised) == len(revised)
     before = snapshot(engine)
 
     outcome = restate.restate(engine)
@@ -173,8 +176,8 @@ def test_a_newer_edition_restates_only_the_results_on_the_revised_factor(
     after = snapshot(engine)
     changed = {k for k in after if after[k] != before[k]}
     assert len(changed) == uses
-    kg = db.RESULT_COLUMNS.index("kg_co2e")
-    amount = db.RESULT_COLUMNS.index("activity_amount")
+    kg = tables.RESULT_COLUMNS.index("kg_co2e")
+    amount = tables.RESULT_COLUMNS.index("activity_amount")
     for k in changed:
         assert after[k][kg] == after[k][amount] * (current[0].value * 1.1)
     assert outcome.diff["new_kg"] == pytest.approx(outcome.diff["old_kg"] * 1.1, rel=1e-9)
@@ -238,7 +241,7 @@ def test_a_run_pinned_to_an_edition_uses_and_records_it(
 
 
 def test_one_restatement_at_a_time(engine: sa.Engine) -> None:
-    with db.raw_connection(engine) as other:
+    with connections.raw_connection(engine) as other:
         with other.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(7355609)")
         other.commit()

@@ -9,8 +9,9 @@ import psycopg2.errors
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, retry
+from pipeline import retry
 from pipeline.model import ErrorRecord
+from pipeline.store import connections, writes
 from tests.factories import RUN, result_for
 
 
@@ -107,7 +108,9 @@ def test_policy_is_validated() -> None:
 def test_a_resilient_connection_reconnects_after_losing_its_connection(
     database_url: str, engine: sa.Engine
 ) -> None:
-    conn = db.ResilientConnection(database_url, retry.RetryPolicy(attempts=3, base_delay=0.01))
+    conn = connections.ResilientConnection(
+        database_url, retry.RetryPolicy(attempts=3, base_delay=0.01)
+    )
     conn.open()
     first = conn.run("pid", lambda c: c.get_backend_pid())
     # The server ends the session, as a restart or a failover would.
@@ -124,12 +127,12 @@ def test_duplicates_inside_one_batch_larger_than_the_bind_parameter_limit(
     # 3,000 distinct results × 36 columns is over 100,000 values, above the 65,535 bind
     # parameters one statement may carry; every one appears twice, and a third is stored.
     distinct = [result_for(i) for i in range(3_000)]
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:
-        assert db.write_results(conn, distinct[::3], RUN) == 1_000
-        assert db.write_results(conn, distinct + distinct[::-1], RUN) == 2_000
+        assert writes.write_results(conn, distinct[::3], RUN) == 1_000
+        assert writes.write_results(conn, distinct + distinct[::-1], RUN) == 2_000
         errors = [ErrorRecord("spend", i, "x", "y", f'{{"id": {i}}}') for i in range(3_000)]
-        assert db.write_errors(conn, errors + errors, RUN) == 3_000
+        assert writes.write_errors(conn, errors + errors, RUN) == 3_000
     finally:
         conn.close()
     with engine.connect() as c:

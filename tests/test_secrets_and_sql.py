@@ -23,9 +23,10 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import bulk, db, retry
+from ops.seed import seed
+from pipeline import retry
 from pipeline.methodology.batch import activity_schema
-from pipeline.seed import seed
+from pipeline.store import bulk, connections, tables
 from tests.support import ROOT, start_run
 
 PASSWORD = "Tr0ub4dor&3-s3cr3t@x%"
@@ -39,7 +40,7 @@ def forms(password: str) -> list[str]:
 def role_url(database_url: str, pg_server_url: str) -> Iterator[str]:
     """The test database's URL for a new role that has a password and the rights a run needs."""
     role = f"alice_{uuid.uuid4().hex[:8]}"
-    admin = db.connect(database_url)
+    admin = connections.connect(database_url)
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(
@@ -58,7 +59,7 @@ def role_url(database_url: str, pg_server_url: str) -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         admin.close()
-        server = db.connect(pg_server_url)
+        server = connections.connect(pg_server_url)
         server.autocommit = True
         try:
             with server.cursor() as cur:
@@ -68,7 +69,7 @@ def role_url(database_url: str, pg_server_url: str) -> Iterator[str]:
 
 
 def runs_table_text(url: str) -> str:
-    conn = db.connect(url)
+    conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT r::text FROM calculation_runs r")
@@ -89,7 +90,7 @@ def test_the_password_never_appears_in_output_runs_or_errors(
     seed(engine, 500, seed_value=4)
     env_path = {"PYTHONPATH": str(ROOT)}
     init = subprocess.run(
-        [sys.executable, "-m", "pipeline.admin", "init", "--database-url", role_url],
+        [sys.executable, "-m", "ops.admin", "init", "--database-url", role_url],
         cwd=ROOT,
         env={**env_path, "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -124,10 +125,12 @@ def test_errors_raised_on_the_way_do_not_carry_the_password() -> None:
     url = f"postgresql://alice:{quote(PASSWORD, safe='')}@127.0.0.1:1/nowhere"
     policy = retry.RetryPolicy(attempts=2, base_delay=0.01)
     with pytest.raises(retry.DatabaseUnavailable) as caught:
-        db.ResilientConnection(url, policy).open()
+        connections.ResilientConnection(url, policy).open()
     assert_no_password(str(caught.value) + repr(caught.value.__cause__))
     assert "connecting to the database failed 2 time(s)" in str(caught.value)
-    assert_no_password(db.redact_url(url) + db.scrub(f"boom {url} {PASSWORD}", url))
+    assert_no_password(
+        connections.redact_url(url) + connections.scrub(f"boom {url} {PASSWORD}", url)
+    )
 
 
 # --- Identifiers and SQL text ------------------------------------------------------------
@@ -135,13 +138,13 @@ def test_errors_raised_on_the_way_do_not_carry_the_password() -> None:
 
 def test_every_table_name_is_a_checked_identifier() -> None:
     """No option names a table or schema today; the names are constants, and valid ones."""
-    names = [*db.ACTIVITY_TABLES.values(), db.RESULTS_TABLE, db.ERRORS_TABLE]
-    names += [db.FACTORS_TABLE, db.RUNS_TABLE]
+    names = [*tables.ACTIVITY_TABLES.values(), tables.RESULTS_TABLE, tables.ERRORS_TABLE]
+    names += [tables.FACTORS_TABLE, tables.RUNS_TABLE]
     for name in names:
-        assert db.validate_identifier(name) == name
+        assert tables.validate_identifier(name) == name
     for hostile in ['x"; DROP TABLE emission_results; --', "Emission_Results", "a b", "é"]:
         with pytest.raises(ValueError, match="not a valid identifier"):
-            db.validate_identifier(hostile)
+            tables.validate_identifier(hostile)
 
 
 SQL_SINKS = {"execute", "text", "SQL", "executemany", "copy_expert", "mogrify"}
@@ -226,7 +229,7 @@ def test_a_hostile_value_is_data_not_sql(database_url: str, engine: sa.Engine) -
             ),
             {"c": hostile},
         )
-    conn2: psycopg2.extensions.connection = db.connect(database_url)
+    conn2: psycopg2.extensions.connection = connections.connect(database_url)
     try:
         table = bulk.read_pending_table(
             conn2, "spend", None, None, activity_schema("spend", pa.int64())
@@ -244,7 +247,7 @@ def test_a_wrong_password_fails_at_once_without_leaking_it(
     """Only where the server checks passwords (not the embedded one, which trusts its socket)."""
     wrong = sa.make_url(role_url).set(password=PASSWORD + "-wrong")
     try:
-        db.connect(wrong.render_as_string(hide_password=False)).close()
+        connections.connect(wrong.render_as_string(hide_password=False)).close()
     except psycopg2.OperationalError as e:
         assert not retry.is_transient(e)  # a refused login is not retried
         assert_no_password(str(e))

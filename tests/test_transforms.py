@@ -13,7 +13,6 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import db
 from pipeline.methodology import FactorBook, calculate
 from pipeline.methodology.batch import (
     activities_table,
@@ -29,6 +28,7 @@ from pipeline.model import (
     SpendActivity,
 )
 from pipeline.ranges import plan_int_ranges
+from pipeline.store import connections, queries, tables, writes
 from tests.factories import result_for
 from tests.support import assert_write_log_matches_results
 from transforms.calculate import ERRORS, CalculateEmissions, CalculateFn, pack_book
@@ -50,16 +50,18 @@ FLIGHT = AirTravelActivity(3, "LHR", "JFK", "business", 1, True, datetime.date(2
 
 def as_read(table: pa.Table, version: int = 7) -> pa.Table:
     """A table as the range read gives it: with each row's version."""
-    return table.append_column(db.VERSION_COLUMN, pa.array([version] * table.num_rows, pa.int64()))
+    return table.append_column(
+        queries.VERSION_COLUMN, pa.array([version] * table.num_rows, pa.int64())
+    )
 
 
 def stored(result: EmissionResult) -> dict:
     """What is stored of a result (the factor's description lives in ``emission_factors``)."""
-    return {c: getattr(result, c) for c in db.RESULT_COLUMNS}
+    return {c: getattr(result, c) for c in tables.RESULT_COLUMNS}
 
 
 def rows_of(table: pa.Table) -> list[dict]:
-    return table.select(list(db.RESULT_COLUMNS)).to_pylist()
+    return table.select(list(tables.RESULT_COLUMNS)).to_pylist()
 
 
 def run_fn(fn: CalculateFn, activities: list, book: FactorBook) -> tuple[list, list]:
@@ -148,7 +150,7 @@ def test_calculate_emissions_composite(book: FactorBook) -> None:
 
 
 def _insert(engine: sa.Engine, rows: list[dict]) -> None:
-    table = db.build_metadata().tables[db.ACTIVITY_TABLES["electricity"]]
+    table = tables.build_metadata().tables[tables.ACTIVITY_TABLES["electricity"]]
     with engine.begin() as conn:
         conn.execute(table.insert(), rows)
 
@@ -159,9 +161,9 @@ def test_read_pending_activities_composite(engine: sa.Engine, database_url: str)
         for i in range(1, 31)
     ]
     _insert(engine, rows)
-    conn = db.connect(database_url)
+    conn = connections.connect(database_url)
     try:  # activities 1..10 already have a result
-        db.write_results(conn, [result_for(i) for i in range(1, 11)], RUN)
+        writes.write_results(conn, [result_for(i) for i in range(1, 11)], RUN)
     finally:
         conn.close()
     expected = [(i, float(i), "kWh", "CAMX", None, D.isoformat()) for i in range(11, 31)]
@@ -169,10 +171,10 @@ def test_read_pending_activities_composite(engine: sa.Engine, database_url: str)
         ranges = plan_int_ranges("electricity", 1, 30, 4)
         read = p | ReadPendingActivities(database_url, ranges) | beam.Map(lambda a: a.table)
         rows = read | beam.FlatMap(
-            lambda t: [tuple(r.values()) for r in t.drop([db.VERSION_COLUMN]).to_pylist()]
+            lambda t: [tuple(r.values()) for r in t.drop([queries.VERSION_COLUMN]).to_pylist()]
         )
         assert_that(rows, equal_to(expected))
-        versions = read | beam.FlatMap(lambda t: t.column(db.VERSION_COLUMN).to_pylist())
+        versions = read | beam.FlatMap(lambda t: t.column(queries.VERSION_COLUMN).to_pylist())
         assert_that(
             versions | beam.Map(lambda v: isinstance(v, int) and v > 0),
             equal_to([True] * 20),
@@ -231,7 +233,7 @@ def test_write_composites_store_each_row_once(
     # wrote: 100 results in all, whatever order the flushes ran in.
     with engine.connect() as conn:
         logged = conn.execute(
-            sa.text(f"SELECT sum(results), sum(kg_co2e), count(*) FROM {db.WRITES_TABLE}")
+            sa.text(f"SELECT sum(results), sum(kg_co2e), count(*) FROM {tables.WRITES_TABLE}")
         ).one()
     assert logged[0] == 100 and logged[1] == pytest.approx(total, rel=1e-12)
     assert_write_log_matches_results(engine, RUN)

@@ -9,8 +9,11 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from pipeline import audit, db, quality, run, verify
-from pipeline.seed import seed
+from audit import coverage, verify
+from ops.seed import seed
+from pipeline import editions, run
+from pipeline.levels import LEVELS
+from pipeline.store import connections
 
 
 def run_pipeline(url: str, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
@@ -39,14 +42,14 @@ def test_a_run_fingerprints_every_result_and_every_result_reproduces(
         "SELECT count(*) FROM emission_results r JOIN calculation_runs c USING (run_id) "
         "WHERE r.input_fingerprint IS NOT NULL AND r.factor_fingerprint IS NOT NULL "
         "AND c.code_version = :v",
-        v=audit.code_version(),
+        v=editions.code_version(),
     )
     assert sealed == results
     # The summary carries the audit facts, and they are stored with the run.
-    assert summary["code_version"] == audit.code_version()
+    assert summary["code_version"] == editions.code_version()
     assert summary["factor_editions"]["desnz_air"] == ["2024 full set v1.1", "2025 flat file"]
-    again = quality.coverage(engine, summary["run_id"])["overall"]
-    for level in quality.LEVELS:
+    again = coverage.coverage(engine, summary["run_id"])["overall"]
+    for level in LEVELS:
         assert summary["quality"]["overall"][level]["records"] == again[level]["records"]
     stored = scalar(
         engine, "SELECT quality FROM calculation_runs WHERE run_id = :r", r=summary["run_id"]
@@ -136,7 +139,7 @@ def test_uuid_keyed_results_are_fingerprinted_and_reproduce(
     make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = make_database("uuid")
-    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         seed(engine, 300, seed_value=14)
         summary = run_pipeline(url, capsys)

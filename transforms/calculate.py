@@ -26,11 +26,12 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipeline import audit, db, fingerprint, tuning
+from pipeline import editions, fingerprint, tuning
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
 from pipeline.model import ACTIVITY_TYPES, ActivityType, FactorRow, activity_fields
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
+from pipeline.store import connections, queries, tables
 from transforms.read import ActivityTable
 
 ERRORS = "errors"
@@ -81,6 +82,7 @@ def _unpacked(packed: bytes) -> _Unpacked:
         return current
 
 
+@beam.typehints.with_output_types(bytes)
 class ReadFactorsFn(beam.DoFn):
     """Reads the factors in force from ``emission_factors`` once; emits the packed FactorBook."""
 
@@ -95,17 +97,19 @@ class ReadFactorsFn(beam.DoFn):
         self._pins = dict(pins or {})  # factor set → the only edition of it to use
 
     def process(self, _: Any) -> Iterator[bytes]:
-        rows = db.with_connection(
+        rows = connections.with_connection(
             self._database_url, "reading emission_factors", self._read, self._retry_policy
         )
         yield pack_book(FactorBook.from_rows(rows))
 
     def _read(self, conn: psycopg2.extensions.connection) -> list[FactorRow]:
         if self._pins:
-            return audit.choose_factor_rows(audit.read_all_factor_rows(conn), self._pins)
-        return db.read_factor_rows(conn)
+            return editions.choose_factor_rows(editions.read_all_factor_rows(conn), self._pins)
+        return queries.read_factor_rows(conn)
 
 
+@beam.typehints.with_input_types(ActivityTable, bytes)
+@beam.typehints.with_output_types(pa.Table)
 class CalculateFn(beam.DoFn):
     """One table of activities → a results table, and dead letters on ``errors``.
 
@@ -137,16 +141,16 @@ class CalculateFn(beam.DoFn):
         activity_type, activities = element
         book, probes, factor_fps = self._unpack(packed, activity_type)
         # The row versions travel beside the calculation, onto the dead letters.
-        versions = activities.column(db.VERSION_COLUMN)
+        versions = activities.column(queries.VERSION_COLUMN)
         ids = activities.column("id")
-        activities = activities.drop([db.VERSION_COLUMN])
+        activities = activities.drop([queries.VERSION_COLUMN])
         outcome = calculate_batch(
             activity_type,
             activities,
             book,
             radiative_forcing=self._radiative_forcing,
             probes=probes,
-            fields=db.RESULT_COLUMNS,  # what is stored; not the factors' descriptions
+            fields=tables.RESULT_COLUMNS,  # what is stored; not the factors' descriptions
         )
         self._computed[activity_type].inc(outcome.results.num_rows)
         self._errors[activity_type].inc(len(outcome.errors))

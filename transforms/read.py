@@ -1,6 +1,6 @@
 """ReadPendingActivities: planned key ranges → Reshuffle → read each range as one Arrow table.
 
-The ranges are planned before the pipeline is built (``db.plan_ranges``), for every activity
+The ranges are planned before the pipeline is built (``ranges.plan_ranges``), for every activity
 type at once, so the reads of all types share the workers in one stage. The anti-join against
 ``emission_results`` is part of each range's query, so only pending rows leave the database;
 each range is read with one ``COPY … TO STDOUT`` and parsed by Arrow, and since no range holds
@@ -16,11 +16,12 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import bulk, db, tuning
+from pipeline import tuning
 from pipeline.methodology.batch import activity_schema
 from pipeline.model import ActivityType
 from pipeline.ranges import KeyRange
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
+from pipeline.store import bulk, connections, tables
 
 
 class ActivityTable(NamedTuple):
@@ -31,6 +32,8 @@ class ActivityTable(NamedTuple):
     table: pa.Table
 
 
+@beam.typehints.with_input_types(KeyRange)
+@beam.typehints.with_output_types(ActivityTable)
 class ReadRangeFn(beam.DoFn):
     """Reads the pending activities of one key range as an Arrow table."""
 
@@ -45,12 +48,12 @@ class ReadRangeFn(beam.DoFn):
         self._date_from = date_from
         self._date_to = date_to
         self._retry_policy = retry_policy
-        self._conn: db.ResilientConnection | None = None
+        self._conn: connections.ResilientConnection | None = None
         self._schemas: dict[ActivityType, pa.Schema] = {}
 
     def setup(self) -> None:
         tuning.tune_process()
-        self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
+        self._conn = connections.ResilientConnection(self._database_url, self._retry_policy)
         self._conn.open()
         self._rows_read = Metrics.counter("read", "activities_read")
         self._ranges_read = Metrics.counter("read", "ranges_read")
@@ -60,7 +63,7 @@ class ReadRangeFn(beam.DoFn):
         if activity_type not in self._schemas:
             assert self._conn is not None, "setup() opens the connection"
             id_type = self._conn.run(
-                "reading the key type", lambda conn: db.detect_id_type_of(conn, activity_type)
+                "reading the key type", lambda conn: tables.detect_id_type_of(conn, activity_type)
             )
             arrow_id = pa.string() if id_type == "uuid" else pa.int64()
             self._schemas[activity_type] = activity_schema(activity_type, arrow_id)
@@ -96,8 +99,8 @@ class ReadRangeFn(beam.DoFn):
 
 class ReadPendingActivities(beam.PTransform):
     """Pending activities (no row in ``emission_results`` yet) of planned key ranges, as
-    ``ActivityTable`` elements. ``beam.Create`` redistributes the ranges (a ``Reshuffle``), so
-    the workers share them."""
+    ``ActivityTable`` elements: plan (done by the driver) → ``Reshuffle`` → read. The
+    ``Reshuffle`` spreads the ranges over the workers, so they share them."""
 
     def __init__(
         self,
@@ -113,5 +116,8 @@ class ReadPendingActivities(beam.PTransform):
 
     def expand(self, pbegin: Any) -> Any:
         return (
-            pbegin | "Ranges" >> beam.Create(self._ranges) | "ReadRange" >> beam.ParDo(self._read)
+            pbegin
+            | "Ranges" >> beam.Create(self._ranges, reshuffle=False)
+            | "Reshuffle" >> beam.Reshuffle()
+            | "ReadRange" >> beam.ParDo(self._read)
         )

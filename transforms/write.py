@@ -3,7 +3,7 @@
 Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting and in
 ``finish_bundle``: one transaction per flush, one ``COPY`` straight into the table, or, when a
 row of it is already stored, a staging table and ``INSERT … ON CONFLICT DO NOTHING``
-(``db.staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
+(``writes.staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
 crash loses only what was not committed, which the next run finds still pending.
 """
 
@@ -17,10 +17,11 @@ import psycopg2.extensions
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import bulk, db, tuning
+from pipeline import tuning
 from pipeline.model import ErrorRecord
 from pipeline.options import DEFAULT_WRITE_BATCH_SIZE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
+from pipeline.store import bulk, connections, writes
 
 Connection: TypeAlias = psycopg2.extensions.connection
 
@@ -45,13 +46,13 @@ class _BufferedWriteFn(beam.DoFn):
         self._write = write
         self._size = size
         self._retry_policy = retry_policy
-        self._conn: db.ResilientConnection | None = None
+        self._conn: connections.ResilientConnection | None = None
         self._buffer: list[Any] = []
         self._buffered = 0
 
     def setup(self) -> None:
         tuning.tune_process()
-        self._conn = db.ResilientConnection(self._database_url, self._retry_policy)
+        self._conn = connections.ResilientConnection(self._database_url, self._retry_policy)
         self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")
         self._flushes = Metrics.counter("write", f"{self._name}_flushes")
@@ -97,7 +98,7 @@ def _write_tables(conn: Connection, tables: Sequence[pa.Table], run_id: str) -> 
 
 
 def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str) -> int:
-    return db.write_errors(conn, errors, run_id)
+    return writes.write_errors(conn, errors, run_id)
 
 
 class WriteResults(beam.PTransform):
@@ -122,7 +123,7 @@ class WriteResults(beam.PTransform):
         )
 
     def expand(self, results: Any) -> Any:
-        return results | "WriteBatches" >> beam.ParDo(self._fn)
+        return results | "WriteBatches" >> beam.ParDo(self._fn).with_input_types(pa.Table)
 
 
 #: Dead letters per write, at most: each is a Python object with its input's text (about a
@@ -152,4 +153,4 @@ class WriteErrors(beam.PTransform):
         )
 
     def expand(self, errors: Any) -> Any:
-        return errors | "WriteBatches" >> beam.ParDo(self._fn)
+        return errors | "WriteBatches" >> beam.ParDo(self._fn).with_input_types(ErrorRecord)

@@ -1,4 +1,4 @@
-"""Business air travel, distance-based, Scope 3 category 6 (METHODOLOGY.md section 3).
+"""Business air travel, distance-based, Scope 3 category 6 (docs/methodology.md §3).
 
 kg CO2e = one-way distance × passengers × (2 if return) × DESNZ factor (kg CO2e per
 passenger.km), with radiative forcing unless the caller turns it off.
@@ -41,7 +41,7 @@ from pipeline.model import AirTravelActivity, EmissionResult, InputError
 
 METHOD = "distance_based_desnz"
 AIR_SET = "desnz_air"
-#: IUGG mean Earth radius, as METHODOLOGY.md prescribes.
+#: IUGG mean Earth radius, as docs/methodology.md §3.2 prescribes.
 EARTH_RADIUS_KM = 6371.0088
 #: The United Kingdom and the Crown Dependencies (Guernsey, Isle of Man, Jersey), ISO alpha-2.
 UK_TERRITORIES = frozenset({"GB", "GG", "IM", "JE"})

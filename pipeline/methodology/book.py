@@ -13,7 +13,7 @@ from pipeline.model import FactorRow
 
 
 def select_year(available: Iterable[int], year: int) -> int:
-    """The factor year for an activity year, per METHODOLOGY.md.
+    """The factor year for an activity year, per docs/methodology.md §4.
 
     The same year if published; otherwise the nearest earlier year; otherwise the earliest
     later year. ``available`` must not be empty.

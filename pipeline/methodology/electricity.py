@@ -1,4 +1,4 @@
-"""Purchased electricity, GHG Protocol Scope 2 location-based (METHODOLOGY.md section 1).
+"""Purchased electricity, GHG Protocol Scope 2 location-based (docs/methodology.md §1).
 
 Factor selection, most specific first:
 

@@ -1,4 +1,4 @@
-"""Purchased goods and services, spend-based, Scope 3 category 1 (METHODOLOGY.md section 2).
+"""Purchased goods and services, spend-based, Scope 3 category 1 (docs/methodology.md §2).
 
 amount (currency, activity year) → USD at the ``fx_usd`` annual average of the activity year
 → 2022 USD with the CPI-U deflator CPI(2022) / CPI(year) → × the EPA SEF v1.3.0 factor (kg

@@ -1,8 +1,8 @@
 """Arrow tables in and out of PostgreSQL: a key range's pending activities (a CSV ``COPY``
 parsed by Arrow), results (a binary ``COPY``, ``pipeline.pgbinary``) and the run's write log.
 
-Apart from ``pipeline.db`` so that the driver, which only counts, plans and records, does not
-load Arrow and numpy (a quarter of a second) before it knows there is anything to compute.
+Apart from the other store modules so that the driver, which only counts, plans and records,
+does not load Arrow and numpy (a quarter of a second) before it knows there is anything to compute.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ from psycopg2 import sql
 from sqlalchemy.dialects import postgresql
 
 from pipeline import levels, pgbinary
-from pipeline.db import (
+from pipeline.model import ActivityType
+from pipeline.store.queries import VERSION_COLUMN, pending_query
+from pipeline.store.tables import (
     FINGERPRINT_COLUMNS,
     RESULT_COLUMNS,
     RESULTS_TABLE,
-    VERSION_COLUMN,
     WRITES_TABLE,
     build_metadata,
-    pending_query,
-    staged_copy,
 )
-from pipeline.model import ActivityType
+from pipeline.store.writes import staged_copy
 
 
 def read_pending_table(

@@ -1,4 +1,4 @@
-"""Deterministic demo data: ``python -m pipeline.seed --count N [--database-url URL]``.
+"""Deterministic demo data: ``python -m ops.seed --count N [--database-url URL]``.
 
 A realistic mix of the three activity types (real eGRID subregions and countries, real NAICS
 codes, real airport pairs) with about 1% bad rows of every kind the methodology refuses. The
@@ -8,24 +8,22 @@ million takes seconds.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import io
-import logging
 import random
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import db
-from pipeline.embedded import resolve_database_url
+from pipeline import cli
+from pipeline.factors import DATA_DIR
 from pipeline.model import ActivityType, activity_fields
+from pipeline.store import connections, queries, tables, writes
 
 SUBREGIONS = (
     "AKGD AKMS AZNM CAMX ERCT FRCC HIMS HIOA MROE MROW NEWE NWPP NYCW NYLI NYUP PRMS RFCE "
@@ -77,7 +75,7 @@ BAD_SHARE = 0.01
 
 def naics_codes() -> list[str]:
     """The NAICS codes of the shipped EPA factors, excluding 2211xx (electricity)."""
-    path = Path(__file__).parent / "data" / "epa_sef_v1_3_0_co2e.csv"
+    path = DATA_DIR / "epa_sef_v1_3_0_co2e.csv"
     with path.open(newline="", encoding="utf-8-sig") as f:
         return [r[0] for r in csv.reader(f) if r and r[0].isdigit() and not r[0].startswith("2211")]
 
@@ -155,7 +153,7 @@ def generate(
     count: int,
     seed: int,
     first_id: int,
-    id_type: db.IdType,
+    id_type: tables.IdType,
 ) -> Iterator[tuple[Any, ...]]:
     """``count`` rows of one type, deterministic in (seed, first_id)."""
     rng = random.Random(f"{seed}:{activity_type}:{first_id}")
@@ -192,7 +190,7 @@ def _copy_rows(
 def _copy_chunk(cur: Any, table: str, columns: Sequence[str], chunk: list[tuple[Any, ...]]) -> int:
     if not chunk:
         return 0
-    buf: io.StringIO = db.copy_buffer(chunk)
+    buf: io.StringIO = writes.copy_buffer(chunk)
     cur.copy_expert(
         sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
             sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
@@ -204,13 +202,13 @@ def _copy_chunk(cur: Any, table: str, columns: Sequence[str], chunk: list[tuple[
 
 def seed(engine: sa.Engine, count: int, seed_value: int = 42) -> dict[str, int]:
     """Append ``count`` activities split across the types; returns rows added per type."""
-    id_type = db.create_schema(engine)
+    id_type = tables.create_schema(engine)
     split = {t: int(count * share) for t, share in SHARES.items()}
     split["electricity"] += count - sum(split.values())
     added: dict[str, int] = {}
-    with db.raw_connection(engine) as raw:
+    with connections.raw_connection(engine) as raw:
         for activity_type, n in split.items():
-            table = db.ACTIVITY_TABLES[activity_type]
+            table = tables.ACTIVITY_TABLES[activity_type]
             with raw.cursor() as cur:
                 cur.execute(
                     sql.SQL("SELECT count(*), max(id) FROM {}").format(sql.Identifier(table))
@@ -226,14 +224,10 @@ def seed(engine: sa.Engine, count: int, seed_value: int = 42) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.seed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("ops.seed", __doc__)
     parser.add_argument("--count", type=int, required=True, help="activities to add")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--seed", type=int, default=42, help="random seed")
+    cli.add_database_option(parser)
     parser.add_argument(
         "--if-empty",
         action="store_true",
@@ -242,23 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 0:
         parser.error("--count must not be negative")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-    )
-    url = resolve_database_url(args.database_url)
-    engine = db.make_engine(url)
-    try:
-        db.create_schema(engine)
+    cli.setup_logging()
+
+    def seed_database(url: str, engine: sa.Engine) -> int:
+        tables.create_schema(engine)
         if args.if_empty:
-            existing = db.count_activities(engine)
+            existing = queries.count_activities(engine)
             if any(c["total"] for c in existing.values()):
-                print("activities already present: nothing seeded")
-                return 0
+                cli.print_json({"database": connections.redact_url(url), "seeded": {}})
+                return cli.OK
         added = seed(engine, args.count, args.seed)
-    finally:
-        engine.dispose()
-    print(f"seeded {sum(added.values())} activities into {db.redact_url(url)}: {added}")
-    return 0
+        cli.print_json({"database": connections.redact_url(url), "seeded": added})
+        return cli.OK
+
+    return cli.run(args, "seeding", seed_database)
 
 
 if __name__ == "__main__":

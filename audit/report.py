@@ -1,10 +1,10 @@
 """A self-contained HTML report of the inventory: charts as inline SVG, no script, no network.
 
-    python -m pipeline.report [--database-url URL] [--out report.html] [--restatement ID]
+    python -m audit.report [--database-url URL] [--out report.html] [--restatement ID]
 
 Sections: totals; emissions by scope and category; by activity type and month; data-quality
-coverage (``pipeline.quality``); the top sources (factor set and key); the latest restatement's
-diff (``pipeline.restate``), when there is one; and the audit facts (factor editions in force,
+coverage (``audit.coverage``); the top sources (factor set and key); the latest restatement's
+diff (``audit.restate``), when there is one; and the audit facts (factor editions in force,
 code version, recent runs). Every figure is read from the database when the report is written;
 each carries its exact value in a ``data-kg`` (or ``data-value``) attribute, so a test (or an
 auditor) can check the page against the database, and shows it rounded for people.
@@ -12,7 +12,6 @@ auditor) can check the page against the database, and shows it rounded for peopl
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import html
 import sys
@@ -23,8 +22,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import audit, db, quality
-from pipeline.embedded import resolve_database_url
+from audit import coverage
+from pipeline import cli, editions
+from pipeline.levels import LEVELS
+from pipeline.store import connections, tables
 
 TYPE_LABELS = {"electricity": "Electricity", "spend": "Purchased goods", "air_travel": "Air travel"}
 TYPE_COLOURS = {"electricity": "#1b6ca8", "spend": "#e0a100", "air_travel": "#c0392b"}
@@ -154,25 +155,27 @@ def _rows(engine: sa.Engine, query: str, **params: Any) -> list[tuple[Any, ...]]
 
 def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, Any]:
     """Everything the report shows, as read from the database now."""
-    db.create_schema(engine)  # an older database gains the audit tables and columns
-    total = _rows(engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {db.RESULTS_TABLE}")[0]
+    tables.create_schema(engine)  # an older database gains the audit tables and columns
+    total = _rows(
+        engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {tables.RESULTS_TABLE}"
+    )[0]
     scopes = _rows(
         engine,
-        f"SELECT scope, category, count(*), sum(kg_co2e) FROM {db.RESULTS_TABLE} "
+        f"SELECT scope, category, count(*), sum(kg_co2e) FROM {tables.RESULTS_TABLE} "
         "GROUP BY scope, category ORDER BY scope, category NULLS FIRST",
     )
     by_type = _rows(
         engine,
-        f"SELECT activity_type, count(*), sum(kg_co2e) FROM {db.RESULTS_TABLE} "
+        f"SELECT activity_type, count(*), sum(kg_co2e) FROM {tables.RESULTS_TABLE} "
         "GROUP BY activity_type ORDER BY activity_type",
     )
     months = [
         row
-        for t in db.ACTIVITY_TABLES
+        for t in tables.ACTIVITY_TABLES
         for row in _rows(
             engine,
             f"SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, "
-            f"sum(r.kg_co2e) FROM {db.RESULTS_TABLE} r JOIN {db.ACTIVITY_TABLES[t]} a "
+            f"sum(r.kg_co2e) FROM {tables.RESULTS_TABLE} r JOIN {tables.ACTIVITY_TABLES[t]} a "
             "ON a.id = r.activity_id WHERE r.activity_type = :t AND a.activity_date IS NOT NULL "
             "GROUP BY 1, 2 ORDER BY 2",
             t=t,
@@ -181,42 +184,44 @@ def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, A
     top_sources = _rows(
         engine,
         f"SELECT r.activity_type, f.factor_set, f.key, count(*), sum(r.kg_co2e) "
-        f"FROM {db.RESULTS_TABLE} r JOIN {db.FACTORS_TABLE} f ON f.id = r.factor_id "
+        f"FROM {tables.RESULTS_TABLE} r JOIN {tables.FACTORS_TABLE} f ON f.id = r.factor_id "
         "GROUP BY r.activity_type, f.factor_set, f.key ORDER BY sum(r.kg_co2e) DESC, "
         "f.factor_set, f.key LIMIT 10",
     )
     runs = _rows(
         engine,
         f"SELECT run_id, status, runner, finished_at, total_processed, errors, "
-        f"total_co2e_tonnes FROM {db.RUNS_TABLE} ORDER BY started_at DESC LIMIT 8",
+        f"total_co2e_tonnes FROM {tables.RUNS_TABLE} ORDER BY started_at DESC LIMIT 8",
     )
     if restatement_id is None:
         chosen = _rows(
             engine,
-            f"SELECT restatement_id, finished_at, pins, changed, diff FROM {db.RESTATEMENTS_TABLE} "
+            "SELECT restatement_id, finished_at, pins, changed, diff "
+            f"FROM {tables.RESTATEMENTS_TABLE} "
             "WHERE status = 'succeeded' AND changed > 0 ORDER BY finished_at DESC LIMIT 1",
         )
     else:
         chosen = _rows(
             engine,
-            f"SELECT restatement_id, finished_at, pins, changed, diff FROM {db.RESTATEMENTS_TABLE} "
+            "SELECT restatement_id, finished_at, pins, changed, diff "
+            f"FROM {tables.RESTATEMENTS_TABLE} "
             "WHERE restatement_id = :r",
             r=restatement_id,
         )
         if not chosen:
             raise ValueError(f"no restatement {restatement_id}")
-    coverage = quality.coverage(engine)
+    quality = coverage.coverage(engine)
     return {
         "results": int(total[0]),
         "kg_co2e": float(total[1]),
-        "errors": coverage["overall"]["errors"]["records"],
+        "errors": quality["overall"]["errors"]["records"],
         "scopes": [(int(s), c, int(n), float(kg)) for s, c, n, kg in scopes],
         "by_type": [(t, int(n), float(kg)) for t, n, kg in by_type],
         "months": [(t, m, float(kg)) for t, m, kg in months],
         "top_sources": [(t, s, k, int(n), float(kg)) for t, s, k, n, kg in top_sources],
-        "quality": coverage,
-        "editions": audit.current_editions(engine),
-        "code_version": audit.code_version(),
+        "quality": quality,
+        "editions": editions.current_editions(engine),
+        "code_version": editions.code_version(),
         "runs": runs,
         "restatement": chosen[0] if chosen else None,
     }
@@ -279,7 +284,7 @@ def _month_section(f: dict[str, Any]) -> str:
 def _quality_section(f: dict[str, Any]) -> str:
     q = f["quality"]
     overall = q["overall"]
-    levels = [*quality.LEVELS, "errors"]
+    levels = [*LEVELS, "errors"]
     bars = [
         Bar(
             LEVEL_LABELS[level],
@@ -376,7 +381,7 @@ def _restatement_section(f: dict[str, Any]) -> str:
         f"<h2>Restatement</h2><p class='meta' data-restatement='{_e(rid)}'>Restatement "
         f"<code>{_e(rid)}</code> ({_e(pinned)}), finished {_e(_when(finished))}: "
         f"{changed:,} results changed; the superseded results are kept in "
-        f"<code>{db.HISTORY_TABLE}</code>.</p>"
+        f"<code>{tables.HISTORY_TABLE}</code>.</p>"
         + hbar_chart("restatement", bars)
         + "<table><tr><th>activity type</th><th>scope</th><th class='num'>changed</th>"
         "<th class='num'>old t CO2e</th><th class='num'>new t CO2e</th><th class='num'>change"
@@ -414,7 +419,7 @@ def _audit_section(f: dict[str, Any]) -> str:
     return (
         "<h2>Audit trail</h2><p class='meta'>Every result stores its factor row, its "
         "intermediate values and the run that produced it, and a fingerprint of its input row, "
-        "factor rows and code version (<code>python -m pipeline.verify</code> replays them). "
+        "factor rows and code version (<code>python -m audit.verify</code> replays them). "
         f"Code version now: <code data-code-version>{_e(f['code_version'])}</code>.</p>"
         "<h3>Factor editions in force</h3><table><tr><th>factor set</th><th>editions</th></tr>"
         + editions
@@ -465,28 +470,20 @@ def write_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--database-url", default=None)
+    parser = cli.parser("audit.report", __doc__)
+    cli.add_database_option(parser)
     parser.add_argument("--out", default="report.html", help="where to write the page")
     parser.add_argument(
         "--restatement", default=None, help="the restatement to show (default: the latest)"
     )
     args = parser.parse_args(argv)
-    url = resolve_database_url(args.database_url)
-    engine = db.make_engine(url, pool_size=1, max_overflow=0)
-    try:
-        out = write_report(engine, Path(args.out), db.redact_url(url), args.restatement)
-    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
-        print(f"error: report failed: {db.scrub(f'{type(e).__name__}: {e}', url)}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
-    print(f"wrote {out}")
-    return 0
+
+    def report(url: str, engine: sa.Engine) -> int:
+        out = write_report(engine, Path(args.out), connections.redact_url(url), args.restatement)
+        print(f"wrote {out}")
+        return cli.OK
+
+    return cli.run(args, "report", report, pool_size=1, max_overflow=0)
 
 
 if __name__ == "__main__":

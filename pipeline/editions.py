@@ -23,8 +23,8 @@ import psycopg2.extensions
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import db
 from pipeline.model import FactorRow
+from pipeline.store import connections, tables
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -70,7 +70,7 @@ def read_all_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow
     """Every row of ``emission_factors``, every edition, oldest first."""
     cols = ("id",) + tuple(f for f in FactorRow.__dataclass_fields__ if f != "id")
     query = sql.SQL("SELECT {} FROM {} ORDER BY id").format(
-        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(db.FACTORS_TABLE)
+        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(tables.FACTORS_TABLE)
     )
     with conn.cursor() as cur:
         cur.execute(query)
@@ -113,6 +113,6 @@ def current_editions(
     engine: sa.Engine, pins: Mapping[str, str] | None = None
 ) -> dict[str, list[str]]:
     """The editions in force in the database, for the run summary and the report."""
-    with db.raw_connection(engine) as conn:
+    with connections.raw_connection(engine) as conn:
         rows = read_all_factor_rows(conn)
     return editions_in_force(choose_factor_rows(rows, pins or {}))

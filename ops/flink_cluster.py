@@ -1,6 +1,6 @@
 """A local Apache Flink session cluster to run the pipeline on, and the Beam options to use it.
 
-``python -m pipeline.flink_cluster fetch|start|stop|status|args`` (see ``--help``).
+``python -m ops.flink_cluster fetch|start|stop|status|args`` (see ``--help``).
 
 What it needs is fetched once into a cache (``.cache/flink`` in the project, or
 ``$EMISSIONS_FLINK_CACHE``) from the package registries only:
@@ -20,7 +20,6 @@ Beam or the pipeline.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -37,6 +36,8 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline import cli
 
 # The combination tests/test_flink.py proves; docs/flink.md has the matrix.
 FLINK_VERSION = "1.19.3"
@@ -487,7 +488,7 @@ def _state_file() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.flink_cluster", description=__doc__)
+    parser = cli.parser("ops.flink_cluster", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download Flink and build the job server jar, if missing")
     start = sub.add_parser("start", help="fetch, then start the local session cluster")

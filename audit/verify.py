@@ -1,6 +1,6 @@
 """Replay: recompute stored results from their stored inputs and say which do not reproduce.
 
-    python -m pipeline.verify [--database-url URL] [--sample N | --all] [--seed S]
+    python -m audit.verify [--database-url URL] [--sample N | --all] [--seed S]
                               [--activity-types electricity,spend,air_travel] [--show 20]
 
 For each result examined, the activity row is read back, the result is recomputed with the
@@ -24,7 +24,6 @@ Exit status 0 when every examined result reproduces, 1 when any does not, 2 for 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -40,8 +39,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import audit, db, fingerprint
-from pipeline.embedded import resolve_database_url
+from pipeline import cli, editions, fingerprint
 from pipeline.methodology import FactorBook, calculate
 from pipeline.methodology.batch import activity_schema
 from pipeline.model import (
@@ -52,9 +50,10 @@ from pipeline.model import (
     InputError,
     activity_fields,
 )
+from pipeline.store import connections, tables
 
 #: Stored result fields compared with the recomputation (the run and time are bookkeeping).
-COMPARED = db.RESULT_COLUMNS
+COMPARED = tables.RESULT_COLUMNS
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
 
 
@@ -119,7 +118,7 @@ class _Books:
         if pins_key is None:
             pins_key = self._keys[run_id] = json.dumps(pins, sort_keys=True)
         if pins_key not in self._chosen:
-            rows = audit.choose_factor_rows(self._rows, pins)
+            rows = editions.choose_factor_rows(self._rows, pins)
             self._chosen[pins_key] = (rows, {r.id for r in rows})
         chosen, in_force = self._chosen[pins_key]
         back = tuple(sorted(i for i in factor_ids if i is not None and i not in in_force))
@@ -138,8 +137,8 @@ def _runs(engine: sa.Engine) -> tuple[dict[str, dict[str, str]], dict[str, str |
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                f"SELECT restatement_id, pins, code_version FROM {db.RESTATEMENTS_TABLE} "
-                f"UNION ALL SELECT run_id, factor_pins, code_version FROM {db.RUNS_TABLE}"
+                f"SELECT restatement_id, pins, code_version FROM {tables.RESTATEMENTS_TABLE} "
+                f"UNION ALL SELECT run_id, factor_pins, code_version FROM {tables.RUNS_TABLE}"
             )
         ).all()
     pins = {str(r[0]): dict(r[1] or {}) for r in rows if r[1] is not None}
@@ -165,15 +164,15 @@ def _query(activity_type: ActivityType, sample: int | None, seed: str) -> sql.Co
         "WHERE r.activity_type = {t} {tail}"
     ).format(
         columns=sql.SQL(", ").join(columns),
-        results=sql.Identifier(db.RESULTS_TABLE),
-        activities=sql.Identifier(db.ACTIVITY_TABLES[activity_type]),
+        results=sql.Identifier(tables.RESULTS_TABLE),
+        activities=sql.Identifier(tables.ACTIVITY_TABLES[activity_type]),
         t=sql.Literal(activity_type),
         tail=tail,
     )
 
 
 #: What is read of a stored result: the compared fields, its fingerprints and its run.
-_READ = (*COMPARED, *db.FINGERPRINT_COLUMNS, "run_id")
+_READ = (*COMPARED, *tables.FINGERPRINT_COLUMNS, "run_id")
 
 
 @dataclass(frozen=True)
@@ -259,12 +258,12 @@ def verify(
     batch: int = 10_000,
 ) -> VerifyReport:
     """Recompute ``sample`` results per type (all when None) and compare them exactly."""
-    db.create_schema(engine)  # an older database gains the audit columns
-    version = audit.code_version()
+    tables.create_schema(engine)  # an older database gains the audit columns
+    version = editions.code_version()
     report = VerifyReport(code_version=version)
     pins, versions = _runs(engine)
-    with db.raw_connection(engine) as conn:
-        factor_rows = audit.read_all_factor_rows(conn)
+    with connections.raw_connection(engine) as conn:
+        factor_rows = editions.read_all_factor_rows(conn)
         ctx = _Context(
             _Books(factor_rows, pins),
             fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(factor_rows)),
@@ -308,43 +307,34 @@ def _verify_type(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.verify",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--database-url", default=None)
+    parser = cli.parser("audit.verify", __doc__)
+    cli.add_database_option(parser)
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--sample", type=int, default=1000, help="results per activity type")
     how.add_argument("--all", action="store_true", help="every result")
     parser.add_argument("--seed", default="0", help="chooses the sample (deterministic)")
-    parser.add_argument("--activity-types", default=",".join(ACTIVITY_TYPES))
+    parser.add_argument(
+        "--activity-types", default=",".join(ACTIVITY_TYPES), help="comma-separated"
+    )
     parser.add_argument("--show", type=int, default=20, help="mismatches listed in the output")
     args = parser.parse_args(argv)
     types = [t.strip() for t in args.activity_types.split(",") if t.strip()]
     unknown = [t for t in types if t not in ACTIVITY_TYPES]
     if unknown or (not args.all and args.sample < 1):
-        print(
-            f"error: activity types are {', '.join(ACTIVITY_TYPES)}; --sample must be ≥ 1",
-            file=sys.stderr,
-        )
-        return 2
-    url = resolve_database_url(args.database_url)
-    engine = db.make_engine(url, pool_size=1, max_overflow=0)
-    try:
+        cli.error(f"activity types are {', '.join(ACTIVITY_TYPES)}; --sample must be ≥ 1")
+        return cli.USAGE
+
+    def check(url: str, engine: sa.Engine) -> int:
         report = verify(
             engine,
             [t for t in ACTIVITY_TYPES if t in types],
             sample=None if args.all else args.sample,
             seed=args.seed,
         )
-    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
-        print(f"error: verify failed: {db.scrub(f'{type(e).__name__}: {e}', url)}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
-    print(json.dumps(report.as_dict(args.show), indent=2, default=str))
-    return 0 if report.reproduced == report.examined else 1
+        cli.print_json(report.as_dict(args.show))
+        return cli.OK if report.reproduced == report.examined else cli.FAILED
+
+    return cli.run(args, "verify", check, pool_size=1, max_overflow=0)
 
 
 if __name__ == "__main__":

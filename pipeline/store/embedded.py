@@ -17,7 +17,6 @@ import psycopg2
 import sqlalchemy as sa
 from psycopg2 import sql
 
-DATABASE_URL_ENV = "EMISSIONS_DATABASE_URL"
 PGDATA_ENV = "EMISSIONS_PGDATA"
 DEFAULT_DATABASE = "emissions"
 
@@ -121,12 +120,3 @@ def ensure_database(maintenance_url: str, name: str) -> str:
     finally:
         conn.close()
     return url.set(database=name).render_as_string(hide_password=False)
-
-
-def resolve_database_url(url: str | None) -> str:
-    """The URL given, else $EMISSIONS_DATABASE_URL, else the embedded server's database."""
-    chosen = url or os.environ.get(DATABASE_URL_ENV)
-    if chosen:
-        return chosen
-    _LOG.info("no database URL given: using the embedded PostgreSQL under ./.pgdata")
-    return ensure_database(server_url(), DEFAULT_DATABASE)

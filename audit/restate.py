@@ -1,7 +1,7 @@
 """Restatement: recompute stored results against the factor editions now chosen, keep what they
 replace, and say what changed.
 
-    python -m pipeline.restate [--database-url URL] [--pin SET=EDITION ...]
+    python -m audit.restate [--database-url URL] [--pin SET=EDITION ...]
                                [--activity-types electricity,spend,air_travel]
 
 Editions. ``emission_factors`` holds every edition ever loaded, side by side. By default the
@@ -25,8 +25,6 @@ changed, and the largest changes. Running it again with the same editions change
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,15 +35,15 @@ import psycopg2.extensions
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import audit, db, fingerprint
-from pipeline.embedded import resolve_database_url
+from pipeline import cli, editions, fingerprint
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import activities_table, calculate_batch
 from pipeline.model import ACTIVITY_CLASSES, ACTIVITY_TYPES, ActivityType, activity_fields
+from pipeline.store import connections, runs, tables, writes
 
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
 #: What a restatement writes of a result: its values, its fingerprints, the restatement id.
-_WRITTEN = db.RESULT_COLUMNS + db.FINGERPRINT_COLUMNS + ("run_id",)
+_WRITTEN = tables.RESULT_COLUMNS + tables.FINGERPRINT_COLUMNS + ("run_id",)
 LARGEST = 10
 _LOCK = 7355609  # advisory lock key of restatements (schema creation uses 7355608)
 
@@ -94,7 +92,7 @@ def _recompute(
     for rf, group in by_rf.items():
         table = activities_table(activity_type, [a for a, _ in group])
         outcome = calculate_batch(
-            activity_type, table, book, radiative_forcing=rf, fields=db.RESULT_COLUMNS
+            activity_type, table, book, radiative_forcing=rf, fields=tables.RESULT_COLUMNS
         )
         refused += len(outcome.errors)
         results = fingerprint.with_fingerprints(
@@ -116,18 +114,18 @@ def _supersede(
         return 0
     columns = _WRITTEN
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    stored_cols = db.RESULT_COLUMNS + db.FINGERPRINT_COLUMNS + ("run_id", "created_at")
+    stored_cols = tables.RESULT_COLUMNS + tables.FINGERPRINT_COLUMNS + ("run_id", "created_at")
     staging = sql.Identifier("staging_restatement")
     rows = [tuple(r[c] for c in _WRITTEN[:-1]) + (restatement_id,) for r in results]
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
                 "CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} WITH NO DATA"
-            ).format(s=staging, c=cols, t=sql.Identifier(db.RESULTS_TABLE))
+            ).format(s=staging, c=cols, t=sql.Identifier(tables.RESULTS_TABLE))
         )
         cur.copy_expert(
             sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT csv)").format(s=staging, c=cols),
-            db.copy_buffer(rows),
+            writes.copy_buffer(rows),
         )
         cur.execute(
             sql.SQL(
@@ -135,11 +133,11 @@ def _supersede(
                 "JOIN {s} s ON s.activity_type = r.activity_type AND s.activity_id = "
                 "r.activity_id ON CONFLICT DO NOTHING"
             ).format(
-                h=sql.Identifier(db.HISTORY_TABLE),
+                h=sql.Identifier(tables.HISTORY_TABLE),
                 hc=sql.SQL(", ").join(map(sql.Identifier, stored_cols)),
                 rc=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in stored_cols),
                 rid=sql.Literal(restatement_id),
-                t=sql.Identifier(db.RESULTS_TABLE),
+                t=sql.Identifier(tables.RESULTS_TABLE),
                 s=staging,
             )
         )
@@ -148,7 +146,7 @@ def _supersede(
                 "UPDATE {t} r SET {sets}, created_at = now() FROM {s} s "
                 "WHERE s.activity_type = r.activity_type AND s.activity_id = r.activity_id"
             ).format(
-                t=sql.Identifier(db.RESULTS_TABLE),
+                t=sql.Identifier(tables.RESULTS_TABLE),
                 s=staging,
                 sets=sql.SQL(", ").join(
                     sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
@@ -170,22 +168,22 @@ def _restate_type(
     chunk: int,
 ) -> None:
     a_cols = list(activity_fields(activity_type))
-    r_cols = list(db.RESULT_COLUMNS)
+    r_cols = list(tables.RESULT_COLUMNS)
     query = sql.SQL(
         "SELECT {a}, {r} FROM {results} r JOIN {activities} a ON a.id = r.activity_id "
         "WHERE r.activity_type = {t} ORDER BY r.activity_id"
     ).format(
         a=sql.SQL(", ").join(sql.SQL("a.") + sql.Identifier(c) for c in a_cols),
         r=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in r_cols),
-        results=sql.Identifier(db.RESULTS_TABLE),
-        activities=sql.Identifier(db.ACTIVITY_TABLES[activity_type]),
+        results=sql.Identifier(tables.RESULTS_TABLE),
+        activities=sql.Identifier(tables.ACTIVITY_TABLES[activity_type]),
         t=sql.Literal(activity_type),
     )
     cls = ACTIVITY_CLASSES[activity_type]
     factor_fps = fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(book.rows()))
     pending: list[dict[str, Any]] = []
     # One connection streams the results (one snapshot) while another writes the changes.
-    with db.raw_connection(engine) as reader, db.raw_connection(engine) as conn:
+    with connections.raw_connection(engine) as reader, connections.raw_connection(engine) as conn:
         with reader.cursor(name=f"restate_{activity_type}") as cur:
             cur.itersize = chunk
             cur.execute(query)
@@ -214,9 +212,9 @@ def _restate_type(
 #: A restatement's old rows (its history rows) beside the rows it wrote (still current, or
 #: superseded since by a later restatement).
 _DIFF_FROM = (
-    f"FROM {db.HISTORY_TABLE} h JOIN (SELECT activity_type, activity_id, kg_co2e, factor_id "
-    f"FROM {db.RESULTS_TABLE} WHERE run_id = :rid UNION ALL SELECT activity_type, activity_id, "
-    f"kg_co2e, factor_id FROM {db.HISTORY_TABLE} WHERE run_id = :rid) n "
+    f"FROM {tables.HISTORY_TABLE} h JOIN (SELECT activity_type, activity_id, kg_co2e, factor_id "
+    f"FROM {tables.RESULTS_TABLE} WHERE run_id = :rid UNION ALL SELECT activity_type, activity_id, "
+    f"kg_co2e, factor_id FROM {tables.HISTORY_TABLE} WHERE run_id = :rid) n "
     "ON n.activity_type = h.activity_type AND n.activity_id = h.activity_id "
 )
 _DIFF_GROUPS_SQL = (
@@ -227,8 +225,8 @@ _DIFF_LARGEST_SQL = (
     "SELECT h.activity_type, h.activity_id::text, h.kg_co2e, n.kg_co2e, "
     "fo.factor_set || ' ' || fo.key || ' ' || fo.year || ' (' || fo.edition || ')', "
     "fn.factor_set || ' ' || fn.key || ' ' || fn.year || ' (' || fn.edition || ')' "
-    f"{_DIFF_FROM} JOIN {db.FACTORS_TABLE} fo ON fo.id = h.factor_id "
-    f"JOIN {db.FACTORS_TABLE} fn ON fn.id = n.factor_id WHERE h.restatement_id = :rid "
+    f"{_DIFF_FROM} JOIN {tables.FACTORS_TABLE} fo ON fo.id = h.factor_id "
+    f"JOIN {tables.FACTORS_TABLE} fn ON fn.id = n.factor_id WHERE h.restatement_id = :rid "
     "ORDER BY abs(n.kg_co2e - h.kg_co2e) DESC, h.activity_type, h.activity_id LIMIT :n"
 )
 
@@ -281,8 +279,8 @@ def restate(
     One restatement at a time: it reads results in one snapshot and replaces them afterwards,
     so a second one must not interleave (a session advisory lock; refused if held).
     """
-    db.create_schema(engine)  # an older database gains the audit tables and columns
-    with db.raw_connection(engine) as lock:
+    tables.create_schema(engine)  # an older database gains the audit tables and columns
+    with connections.raw_connection(engine) as lock:
         with lock.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK,))
             (locked,) = cur.fetchone()
@@ -305,27 +303,27 @@ def _restate(
 ) -> Outcome:
     chosen_pins = dict(pins or {})
     outcome = Outcome(str(uuid.uuid4()), chosen_pins)
-    with db.raw_connection(engine) as conn:
-        rows = audit.choose_factor_rows(audit.read_all_factor_rows(conn), chosen_pins)
+    with connections.raw_connection(engine) as conn:
+        rows = editions.choose_factor_rows(editions.read_all_factor_rows(conn), chosen_pins)
     book = FactorBook.from_rows(rows)
-    editions = audit.editions_in_force(rows)
-    table = db.build_metadata().tables[db.RESTATEMENTS_TABLE]
+    in_force = editions.editions_in_force(rows)
+    table = tables.build_metadata().tables[tables.RESTATEMENTS_TABLE]
     with engine.begin() as c:
         c.execute(
             table.insert().values(
                 restatement_id=outcome.restatement_id,
                 status="running",
                 pins=chosen_pins,
-                factor_editions=editions,
-                code_version=audit.code_version(),
+                factor_editions=in_force,
+                code_version=editions.code_version(),
             )
         )
-    db.start_run(
+    runs.start_run(
         engine,
         outcome.restatement_id,
         "restatement",
         {"pins": chosen_pins},
-        code_version=audit.code_version(),
+        code_version=editions.code_version(),
     )
     try:
         for t in activity_types:
@@ -338,7 +336,7 @@ def _restate(
                 .where(table.c.restatement_id == outcome.restatement_id)
                 .values(status="failed", finished_at=sa.func.now(), message=str(e)[:2000])
             )
-        db.finish_run(engine, outcome.restatement_id, status="failed", message=str(e)[:2000])
+        runs.finish_run(engine, outcome.restatement_id, status="failed", message=str(e)[:2000])
         raise
     with engine.begin() as c:
         c.execute(
@@ -353,26 +351,22 @@ def _restate(
                 diff=outcome.diff,
             )
         )
-    db.finish_run(
+    runs.finish_run(
         engine,
         outcome.restatement_id,
         status="succeeded",
         total_processed=outcome.changed,
         total_co2e_tonnes=outcome.diff["new_kg"] / 1000.0,
-        factor_editions=editions,
-        code_version=audit.code_version(),
+        factor_editions=in_force,
+        code_version=editions.code_version(),
         message=f"restatement: {outcome.changed} of {outcome.examined} results restated",
     )
     return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.restate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--database-url", default=None)
+    parser = cli.parser("audit.restate", __doc__)
+    cli.add_database_option(parser)
     parser.add_argument(
         "--pin",
         action="append",
@@ -380,34 +374,30 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SET=EDITION",
         help="use only this edition of a factor set (repeatable)",
     )
-    parser.add_argument("--activity-types", default=",".join(ACTIVITY_TYPES))
+    parser.add_argument(
+        "--activity-types", default=",".join(ACTIVITY_TYPES), help="comma-separated"
+    )
     args = parser.parse_args(argv)
     types = [t.strip() for t in args.activity_types.split(",") if t.strip()]
     try:
-        pins = audit.parse_pins(args.pin)
+        pins = editions.parse_pins(args.pin)
         unknown = [t for t in types if t not in ACTIVITY_TYPES]
         if unknown:
-            raise audit.EditionError(f"unknown activity types {unknown}: {ACTIVITY_TYPES}")
-    except audit.EditionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    url = resolve_database_url(args.database_url)
-    engine = db.make_engine(url, pool_size=3, max_overflow=0)  # lock, reader, writer
-    try:
-        outcome = restate(engine, pins, [t for t in ACTIVITY_TYPES if t in types])
-    except audit.EditionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
-        print(
-            f"error: restatement failed: {db.scrub(f'{type(e).__name__}: {e}', url)}",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        engine.dispose()
-    print(json.dumps(outcome.as_dict(), indent=2, default=str))
-    return 0
+            raise editions.EditionError(f"unknown activity types {unknown}: {ACTIVITY_TYPES}")
+    except editions.EditionError as e:
+        cli.error(str(e))
+        return cli.USAGE
+
+    def restate_results(url: str, engine: sa.Engine) -> int:
+        try:
+            outcome = restate(engine, pins, [t for t in ACTIVITY_TYPES if t in types])
+        except editions.EditionError as e:
+            raise cli.UsageError(str(e)) from None
+        cli.print_json(outcome.as_dict())
+        return cli.OK
+
+    # Three connections: the lock, the reader and the writer.
+    return cli.run(args, "restatement", restate_results, pool_size=3, max_overflow=0)
 
 
 if __name__ == "__main__":

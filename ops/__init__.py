@@ -1,0 +1,1 @@
+"""Operations tools around runs: set-up, demo data, the local Flink cluster (not run on workers)."""

@@ -1,0 +1,109 @@
+"""What every command line of the project shares, so that each ``main`` reads as what it does.
+
+- ``parser``: help that shows defaults, and descriptions without reST markup;
+- ``add_database_option``: ``--database-url`` spelled (and explained) the same everywhere;
+- ``run``: the tail every command repeated: resolve the database, make an engine, call the
+  command's body, dispose of the engine, and turn an exception into one line on stderr and an
+  exit code (2: bad usage, 1: the command failed), with the database password scrubbed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import retry
+from pipeline.store import connections
+
+#: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """The command was asked for something it cannot do; the message says what to fix."""
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and an option's default after its help (unless the help says
+    it, or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, True, argparse.SUPPRESS, [])
+        if shown and "default" not in text.lower() and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def plain(text: str | None) -> str:
+    """A docstring as help text: ``code`` markup becomes plain code."""
+    return re.sub(r"``([^`]+)``", r"\1", text or "").strip()
+
+
+def parser(prog: str, doc: str | None, **kw: Any) -> argparse.ArgumentParser:
+    """An argument parser for ``python -m PROG``, described by the module's docstring."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=plain(doc), formatter_class=Formatter, **kw
+    )
+
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    """``--database-url`` (also ``--database_url``, Beam's spelling)."""
+    parser.add_argument(
+        "--database-url",
+        "--database_url",
+        dest="database_url",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL URL (postgresql://user@host:5432/db?sslmode=verify-full). Default: $"
+        + connections.DATABASE_URL_ENV
+        + ", else an embedded PostgreSQL kept under ./.pgdata. A password here shows in the "
+        "process list: keep it in $" + connections.DATABASE_URL_ENV + " or ~/.pgpass instead.",
+    )
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
+
+
+def print_json(value: Any) -> None:
+    """A command's outcome on stdout, as JSON (machine-readable, one object)."""
+    print(json.dumps(value, indent=2, default=str))
+
+
+def error(message: str, url: str | None = None) -> None:
+    """One line on stderr, with the database password scrubbed."""
+    print(f"error: {connections.scrub(message, url)}", file=sys.stderr)
+
+
+def run(
+    args: argparse.Namespace,
+    what: str,
+    body: Callable[[str, sa.Engine], int],
+    **engine_options: Any,
+) -> int:
+    """``body(url, engine)`` on the database the arguments name; its exit code, or the exit
+    code of what it raised (``UsageError``: 2, anything else: 1, said in one line)."""
+    url: str | None = None
+    try:
+        url = connections.resolve_database_url(args.database_url)
+        engine = connections.make_engine(url, **engine_options)
+        try:
+            return body(url, engine)
+        finally:
+            engine.dispose()
+    except UsageError as e:
+        error(str(e), url)
+        return USAGE
+    except Exception as e:  # noqa: BLE001 - one line and an exit code, never a traceback
+        error(f"{what} failed: {retry.describe(e)}", url)
+        return FAILED

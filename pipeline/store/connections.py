@@ -1,0 +1,184 @@
+"""Connections: how a URL becomes a connection, retried when the failure is transient.
+
+``make_engine`` gives SQLAlchemy engines for set-up and bookkeeping; ``connect`` and
+``ResilientConnection`` give the raw psycopg2 connections the hot paths use (COPY). URLs are
+shown only redacted (``redact_url``, ``scrub``). ``connection_bound`` is the most connections
+one run can hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import sqlalchemy as sa
+
+from pipeline import retry
+
+T = TypeVar("T")
+
+_LOG = logging.getLogger(__name__)
+
+APPLICATION_NAME = "emissions-pipeline"
+#: The database URL, when none is given on the command line.
+DATABASE_URL_ENV = "EMISSIONS_DATABASE_URL"
+
+
+def redact_url(url: str) -> str:
+    """The database URL with its password masked, for logs, summaries and errors."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL must still never be printed raw
+        return "<unparsable database URL>"
+
+
+@contextlib.contextmanager
+def raw_connection(engine: sa.Engine) -> Iterator[psycopg2.extensions.connection]:
+    """The engine's psycopg2 connection (for COPY and cursors), returned to the pool after."""
+    pooled = engine.raw_connection()
+    try:
+        yield cast(psycopg2.extensions.connection, pooled.driver_connection)
+    finally:
+        pooled.close()
+
+
+def make_engine(url: str, **kw: Any) -> sa.Engine:
+    """An engine for set-up and bookkeeping (not for the hot path), always on psycopg2."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    kw.setdefault("connect_args", {}).setdefault("application_name", APPLICATION_NAME)
+    return sa.create_engine(parsed, pool_pre_ping=True, **kw)
+
+
+# --- Connections ---------------------------------------------------------------------------
+
+
+def connect(url: str, **driver_options: Any) -> psycopg2.extensions.connection:
+    """A raw psycopg2 connection for the hot paths, from a SQLAlchemy-style URL.
+
+    ``driver_options`` go to ``psycopg2.connect`` (e.g. ``connection_factory``).
+    """
+    u = sa.make_url(url)
+    params: dict[str, Any] = {
+        "dbname": u.database,
+        "user": u.username,
+        "password": u.password,
+        "host": u.host,
+        "port": u.port,
+        "application_name": APPLICATION_NAME,
+    }
+    params.update(u.query)  # e.g. host=/path/to/socket for the embedded server
+    params = {k: v for k, v in params.items() if v is not None}
+    return psycopg2.connect(**params, **driver_options)
+
+
+class ResilientConnection:
+    """One psycopg2 connection for a DoFn, reopened and retried after transient failures.
+
+    ``run(what, fn)`` calls ``fn(connection)``; when that fails transiently (the connection was
+    lost, the server restarted, a serialization failure or deadlock), the connection is dropped
+    and ``fn`` runs again on a fresh one, with backoff, up to the policy's attempts. ``fn`` must
+    therefore be one whole transaction that is safe to repeat: every write here is idempotent.
+    """
+
+    def __init__(self, url: str, policy: retry.RetryPolicy = retry.DEFAULT_POLICY) -> None:
+        self._url = url
+        self._policy = policy
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def open(self) -> None:
+        """Connect now (retrying), so that a database that is down fails in ``setup``."""
+        retry.call(self._ensure, what="connecting to the database", policy=self._policy)
+
+    def _ensure(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._url)
+        return self._conn
+
+    def _drop(self, _: BaseException | None = None) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def run(self, what: str, fn: Callable[[psycopg2.extensions.connection], T]) -> T:
+        def attempt() -> T:
+            conn = self._ensure()
+            try:
+                return fn(conn)
+            except Exception as e:
+                if not retry.is_transient(e) and not conn.closed:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                raise
+
+        return retry.call(attempt, what=what, policy=self._policy, on_retry=self._drop)
+
+    def close(self) -> None:
+        self._drop()
+
+
+def with_connection(
+    url: str,
+    what: str,
+    fn: Callable[[psycopg2.extensions.connection], T],
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
+) -> T:
+    """``fn`` on a short-lived connection, retried after transient failures, closed after."""
+    resilient = ResilientConnection(url, policy)
+    try:
+        return resilient.run(what, fn)
+    finally:
+        resilient.close()
+
+
+def scrub(text: str, url: str | None) -> str:
+    """``text`` with the URL's password (and the raw URL) replaced, for errors and logs."""
+    if not url:
+        return text
+    text = text.replace(url, redact_url(url))
+    try:
+        password = sa.make_url(url).password
+    except Exception:  # noqa: BLE001
+        return text
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+# --- Connection budget ---------------------------------------------------------------------
+
+#: The run's own engine (bookkeeping and progress lines): ``pool_size=2, max_overflow=0``.
+DRIVER_CONNECTIONS = 2
+
+
+def connection_bound(workers: int = 1) -> int:
+    """The most connections one run holds at once.
+
+    The driver's pool (bookkeeping, planning the key ranges, progress), and per worker: one
+    range reader and two writers (results, errors), each its own DoFn, however many activity
+    types the run reads (one DoFn serves them all); plus one short-lived connection that reads
+    the factors. Every DoFn opens its connection in ``setup`` and closes it in ``teardown``;
+    none opens one per element or per bundle.
+    """
+    return DRIVER_CONNECTIONS + workers * 4
+
+
+def resolve_database_url(url: str | None) -> str:
+    """The database a command works on: the URL given, else ``$EMISSIONS_DATABASE_URL``, else
+    the embedded server's database (started if needed). Every command and script asks this
+    one function."""
+    chosen = url or os.environ.get(DATABASE_URL_ENV)
+    if chosen:
+        return chosen
+    from pipeline.store import embedded
+
+    _LOG.info("no database URL given: using the embedded PostgreSQL under ./.pgdata")
+    return embedded.ensure_database(embedded.server_url(), embedded.DEFAULT_DATABASE)

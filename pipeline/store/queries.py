@@ -1,0 +1,241 @@
+"""Queries: which activities are pending, how many, and the factor rows.
+
+The pending condition is an anti-join inside each range read: only rows with no result (and no
+dead letter for their current version) leave the database. Identifiers are composed with
+``psycopg2.sql.Identifier``; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import sqlalchemy as sa
+from psycopg2 import sql
+from sqlalchemy.dialects import postgresql
+
+from pipeline.model import (
+    ACTIVITY_TYPES,
+    ActivityType,
+    FactorRow,
+    activity_fields,
+)
+from pipeline.store.connections import raw_connection
+from pipeline.store.tables import (
+    ACTIVITY_TABLES,
+    ERRORS_TABLE,
+    FACTORS_TABLE,
+    RESULTS_TABLE,
+    build_metadata,
+)
+
+# --- Factors -------------------------------------------------------------------------------
+
+_FACTOR_COLUMNS = tuple(f.name for f in dataclasses.fields(FactorRow) if f.name != "id")
+
+
+def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
+    """Insert factor rows not already present (by set, edition, key, year). Returns rows added."""
+    table = build_metadata().tables[FACTORS_TABLE]
+    payload = [{c: getattr(r, c) for c in _FACTOR_COLUMNS} for r in rows]
+    if not payload:
+        return 0
+    stmt = postgresql.insert(table).on_conflict_do_nothing(constraint="uq_factor_identity")
+    added = 0
+    with engine.begin() as conn:
+        for start in range(0, len(payload), 5000):
+            added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
+    return added
+
+
+def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
+    """The factor rows in force, with their database ids.
+
+    Where several editions hold a value for the same set, key and year (a re-published file
+    loaded next to the old one), the one loaded last is in force.
+    """
+    cols = ("id",) + _FACTOR_COLUMNS
+    query = sql.SQL(
+        "SELECT DISTINCT ON (factor_set, key, year) {} FROM {} "
+        "ORDER BY factor_set, key, year, id DESC"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(FACTORS_TABLE))
+    with conn.cursor() as cur:
+        cur.execute(query)
+        fetched = cur.fetchall()
+    conn.commit()
+    return [FactorRow(**dict(zip(cols, row, strict=True))) for row in fetched]
+
+
+def _key_cast(key: Any) -> sql.SQL:
+    return sql.SQL("::uuid" if isinstance(key, str) else "::bigint")
+
+
+#: The column the range reads add: the row version (PostgreSQL ``xmin``) the input was read at.
+VERSION_COLUMN = "activity_version"
+
+#: Pending: no result, and no dead letter for this very version of the row. A refused row is
+#: not read again until it changes (a corrected row gets a new version, and is computed).
+_PENDING = sql.SQL(
+    "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
+    "AND r.activity_id = a.id{r_range}) "
+    "AND NOT EXISTS (SELECT 1 FROM {e} e WHERE e.activity_type = %(activity_type)s "
+    "AND e.activity_id = a.id{e_range} AND e.activity_version = a.xmin::text::bigint)"
+)
+
+
+def _pending(start: Any = None, end: Any = None) -> sql.Composed:
+    """The pending condition; within a key range, results and dead letters are looked up in
+    that range only.
+
+    The bounds on ``r.activity_id`` follow from ``r.activity_id = a.id``, but PostgreSQL does
+    not carry inequalities across a join: without them, every range read would scan all the
+    results of its type, and a run's reads would grow with ranges × results."""
+
+    def bounds(alias: str) -> sql.Composed:
+        found: list[sql.Composable] = []
+        column = sql.SQL(" AND {}.activity_id").format(sql.Identifier(alias))
+        if start is not None:
+            found.append(column + sql.SQL(" >= %(start)s") + _key_cast(start))
+        if end is not None:
+            found.append(column + sql.SQL(" < %(end)s") + _key_cast(end))
+        return sql.Composed(found)
+
+    return _PENDING.format(
+        r=sql.Identifier(RESULTS_TABLE),
+        e=sql.Identifier(ERRORS_TABLE),
+        r_range=bounds("r"),
+        e_range=bounds("e"),
+    )
+
+
+def _in_scope(
+    activity_type: ActivityType,
+    start: Any = None,
+    end: Any = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """Conditions (and their parameters) for a key range and an activity-date window.
+
+    Integer bounds are compared as ``bigint``, text bounds as ``uuid``."""
+    conditions: list[sql.Composable] = [sql.SQL("true")]
+    params: dict[str, Any] = {"activity_type": activity_type}
+    if start is not None:
+        conditions.append(sql.SQL("a.id >= %(start)s") + _key_cast(start))
+        params["start"] = str(start)
+    if end is not None:
+        conditions.append(sql.SQL("a.id < %(end)s") + _key_cast(end))
+        params["end"] = str(end)
+    if date_from is not None:
+        conditions.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
+        params["date_from"] = date_from
+    if date_to is not None:
+        conditions.append(sql.SQL("a.activity_date < %(date_to)s::date"))
+        params["date_to"] = date_to
+    return conditions, params
+
+
+def pending_query(
+    activity_type: ActivityType,
+    start: Any,
+    end: Any,
+    date_from: str | None = None,
+    date_to: str | None = None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The anti-join that reads one key range of pending activities, with their row version."""
+    conditions, params = _in_scope(activity_type, start, end, date_from, date_to)
+    select = sql.SQL(", ").join(
+        [sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(activity_type)]
+        + [sql.SQL("a.xmin::text::bigint AS {}").format(sql.Identifier(VERSION_COLUMN))]
+    )
+    query = sql.SQL("SELECT {select} FROM {table} a WHERE {where} AND {pending}").format(
+        select=select,
+        table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
+        where=sql.SQL(" AND ").join(conditions),
+        pending=_pending(start, end),
+    )
+    return query, params
+
+
+def count_query(
+    activity_type: ActivityType,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    pending_only: bool = False,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The number of activities in scope, or of pending ones (an anti-join, not a per-row
+    filter: PostgreSQL plans ``WHERE NOT EXISTS`` as one hash anti-join)."""
+    conditions, params = _in_scope(activity_type, None, None, date_from, date_to)
+    if pending_only:
+        conditions.append(_pending())
+    query = sql.SQL("SELECT count(*) FROM {table} a WHERE {where}").format(
+        table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
+        where=sql.SQL(" AND ").join(conditions),
+    )
+    return query, params
+
+
+# --- Bookkeeping ---------------------------------------------------------------------------
+
+
+def count_activities(
+    engine: sa.Engine,
+    activity_types: Sequence[ActivityType] = ACTIVITY_TYPES,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    workers: int = 2,
+    on_pending: Callable[[], None] | None = None,
+) -> dict[str, dict[str, int]]:
+    """Per activity type: all activities in scope, and those still pending.
+
+    The counts are independent scans: they run on up to ``workers`` connections at once (the
+    engine's pool must allow as many). ``on_pending`` is called once, as soon as a count
+    finds pending activities."""
+    announced: list[bool] = []
+    lock = threading.Lock()
+    queries = [
+        (t, key, count_query(t, date_from, date_to, pending_only=key == "pending"))
+        for t in activity_types
+        for key in ("pending", "total")  # the anti-joins, the longer ones, first
+    ]
+
+    def count(item: tuple[str, str, tuple[sql.Composed, dict[str, Any]]]) -> int:
+        _, key, query = item
+        with raw_connection(engine) as raw:
+            with raw.cursor() as cur:
+                cur.execute(*query)
+                (n,) = cur.fetchone()
+            raw.commit()
+        if key == "pending" and n and on_pending is not None:
+            with lock:
+                first, announced[:] = not announced, [True]
+            if first:
+                on_pending()
+        return int(n)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(count, queries))
+    out: dict[str, dict[str, int]] = {t: {} for t in activity_types}
+    for (t, key, _), n in zip(queries, found, strict=True):
+        out[t][key] = n
+    return {t: {"total": c["total"], "pending": c["pending"]} for t, c in out.items()}
+
+
+def outstanding_errors(engine: sa.Engine) -> dict[str, int]:
+    """Activities with a dead letter and still no result, per activity type."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                f"SELECT e.activity_type, count(DISTINCT e.activity_id) FROM {ERRORS_TABLE} e "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {RESULTS_TABLE} r "
+                "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+                "GROUP BY e.activity_type"
+            )
+        )
+        return {r[0]: int(r[1]) for r in rows}
