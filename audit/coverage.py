@@ -27,15 +27,21 @@ _LEVEL_COUNTS = ", ".join(
     f"count(*) FILTER (WHERE {cond}), coalesce(sum(kg_co2e) FILTER (WHERE {cond}), 0)"
     for cond in LEVEL_SQL.values()
 )
-#: Per activity type: results, kg, and per level its count and kg; of one run, or of all.
-_RESULTS_SQL = (
-    f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0), {_LEVEL_COUNTS} "
-    f"FROM {tables.RESULTS_TABLE} WHERE (CAST(:run_id AS uuid) IS NULL "
-    "OR run_id = CAST(:run_id AS uuid)) GROUP BY activity_type"
-)
 
 
-def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
+def _results_sql(schema: str) -> str:
+    """Per activity type: results, kg, and per level its count and kg; of one run, or of all."""
+    return (
+        f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0), {_LEVEL_COUNTS} "
+        f"FROM {tables.qualified_text(tables.RESULTS_TABLE, schema)} "
+        "WHERE (CAST(:run_id AS uuid) IS NULL OR run_id = CAST(:run_id AS uuid)) "
+        "GROUP BY activity_type"
+    )
+
+
+def coverage(
+    engine: sa.Engine, run_id: str | None = None, schema: str = tables.DEFAULT_SCHEMA
+) -> dict[str, Any]:
     """Coverage of the results of one run (or of every stored result when ``run_id`` is None).
 
     Errors are the run's dead letters (or all) whose activity still has no result.
@@ -47,8 +53,8 @@ def coverage(engine: sa.Engine, run_id: str | None = None) -> dict[str, Any]:
         # (spilling to disk), or look each dead letter up by a scan of every result (minutes
         # at millions of rows). Grouped by hashing, and looked up in the primary key.
         conn.execute(sa.text("SET LOCAL enable_sort = off"))
-        rows = conn.execute(sa.text(_RESULTS_SQL), params).all()
-        errors = runs.errors_without_result(conn, run_id)
+        rows = conn.execute(sa.text(_results_sql(schema)), params).all()
+        errors = runs.errors_without_result(conn, run_id, schema)
     raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]] = {}
     for row in rows:
         levels = {

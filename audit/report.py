@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg2 import sql
 
 from audit import coverage
 from pipeline import cli, editions
 from pipeline.levels import LEVELS
-from pipeline.store import connections, tables
+from pipeline.store import connections, install, tables
+from pipeline.store.sources import Sources, default_sources, relation
 
 TYPE_LABELS = {"electricity": "Electricity", "spend": "Purchased goods", "air_travel": "Air travel"}
 TYPE_COLOURS = {"electricity": "#1b6ca8", "spend": "#e0a100", "air_travel": "#c0392b"}
@@ -153,64 +155,85 @@ def _rows(engine: sa.Engine, query: str, **params: Any) -> list[tuple[Any, ...]]
         return [tuple(r) for r in conn.execute(sa.text(query), params)]
 
 
-def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, Any]:
-    """Everything the report shows, as read from the database now."""
-    tables.create_schema(engine)  # an older database gains the audit tables and columns
-    total = _rows(
-        engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {tables.RESULTS_TABLE}"
-    )[0]
+def _months(engine: sa.Engine, schema: str, sources: Sources) -> list[tuple[Any, ...]]:
+    """kg CO2e per activity type and month of the activity date, from each source."""
+    found: list[tuple[Any, ...]] = []
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+            for activity_type, source in sources.items():
+                cur.execute(
+                    sql.SQL(
+                        "SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, "
+                        "sum(r.kg_co2e) FROM {results} r JOIN ({activities}) a "
+                        "ON a.id = r.activity_id WHERE r.activity_type = %s "
+                        "AND a.activity_date IS NOT NULL GROUP BY 1, 2 ORDER BY 2"
+                    ).format(
+                        results=tables.qualified(tables.RESULTS_TABLE, schema),
+                        activities=relation(source),
+                    ),
+                    (activity_type,),
+                )
+                found.extend(tuple(r) for r in cur.fetchall())
+        conn.commit()
+    return found
+
+
+def figures(
+    engine: sa.Engine,
+    restatement_id: str | None = None,
+    schema: str = tables.DEFAULT_SCHEMA,
+    sources: Sources | None = None,
+) -> dict[str, Any]:
+    """Everything the report shows, as read from the database now (each activity's date from
+    its source: ``sources``, checked; default: the pipeline's own tables)."""
+    install.ensure_initialised(engine, schema)  # an older database gains the audit tables
+    results = tables.qualified_text(tables.RESULTS_TABLE, schema)
+    restatements = tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)
+    total = _rows(engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {results}")[0]
     scopes = _rows(
         engine,
-        f"SELECT scope, category, count(*), sum(kg_co2e) FROM {tables.RESULTS_TABLE} "
+        f"SELECT scope, category, count(*), sum(kg_co2e) FROM {results} "
         "GROUP BY scope, category ORDER BY scope, category NULLS FIRST",
     )
     by_type = _rows(
         engine,
-        f"SELECT activity_type, count(*), sum(kg_co2e) FROM {tables.RESULTS_TABLE} "
+        f"SELECT activity_type, count(*), sum(kg_co2e) FROM {results} "
         "GROUP BY activity_type ORDER BY activity_type",
     )
-    months = [
-        row
-        for t in tables.ACTIVITY_TABLES
-        for row in _rows(
-            engine,
-            f"SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, "
-            f"sum(r.kg_co2e) FROM {tables.RESULTS_TABLE} r JOIN {tables.ACTIVITY_TABLES[t]} a "
-            "ON a.id = r.activity_id WHERE r.activity_type = :t AND a.activity_date IS NOT NULL "
-            "GROUP BY 1, 2 ORDER BY 2",
-            t=t,
-        )
-    ]
+    months = _months(engine, schema, sources or default_sources(schema))
     top_sources = _rows(
         engine,
         f"SELECT r.activity_type, f.factor_set, f.key, count(*), sum(r.kg_co2e) "
-        f"FROM {tables.RESULTS_TABLE} r JOIN {tables.FACTORS_TABLE} f ON f.id = r.factor_id "
+        f"FROM {results} r JOIN {tables.qualified_text(tables.FACTORS_TABLE, schema)} f "
+        "ON f.id = r.factor_id "
         "GROUP BY r.activity_type, f.factor_set, f.key ORDER BY sum(r.kg_co2e) DESC, "
         "f.factor_set, f.key LIMIT 10",
     )
     runs = _rows(
         engine,
         f"SELECT run_id, status, runner, finished_at, total_processed, errors, "
-        f"total_co2e_tonnes FROM {tables.RUNS_TABLE} ORDER BY started_at DESC LIMIT 8",
+        f"total_co2e_tonnes FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} "
+        "ORDER BY started_at DESC LIMIT 8",
     )
     if restatement_id is None:
         chosen = _rows(
             engine,
             "SELECT restatement_id, finished_at, pins, changed, diff "
-            f"FROM {tables.RESTATEMENTS_TABLE} "
+            f"FROM {restatements} "
             "WHERE status = 'succeeded' AND changed > 0 ORDER BY finished_at DESC LIMIT 1",
         )
     else:
         chosen = _rows(
             engine,
             "SELECT restatement_id, finished_at, pins, changed, diff "
-            f"FROM {tables.RESTATEMENTS_TABLE} "
+            f"FROM {restatements} "
             "WHERE restatement_id = :r",
             r=restatement_id,
         )
         if not chosen:
             raise ValueError(f"no restatement {restatement_id}")
-    quality = coverage.coverage(engine)
+    quality = coverage.coverage(engine, schema=schema)
     return {
         "results": int(total[0]),
         "kg_co2e": float(total[1]),
@@ -220,7 +243,7 @@ def figures(engine: sa.Engine, restatement_id: str | None = None) -> dict[str, A
         "months": [(t, m, float(kg)) for t, m, kg in months],
         "top_sources": [(t, s, k, int(n), float(kg)) for t, s, k, n, kg in top_sources],
         "quality": quality,
-        "editions": editions.current_editions(engine),
+        "editions": editions.current_editions(engine, schema=schema),
         "code_version": editions.code_version(),
         "runs": runs,
         "restatement": chosen[0] if chosen else None,
@@ -460,10 +483,15 @@ def render(f: dict[str, Any], database: str, now: datetime.datetime | None = Non
 
 
 def write_report(
-    engine: sa.Engine, out: Path, database: str, restatement_id: str | None = None
+    engine: sa.Engine,
+    out: Path,
+    database: str,
+    restatement_id: str | None = None,
+    schema: str = tables.DEFAULT_SCHEMA,
+    sources: Sources | None = None,
 ) -> Path:
     """Write the report for the database behind ``engine`` to ``out``."""
-    page = render(figures(engine, restatement_id), database)
+    page = render(figures(engine, restatement_id, schema, sources), database)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
@@ -478,8 +506,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    def report(url: str, engine: sa.Engine) -> int:
-        out = write_report(engine, Path(args.out), connections.redact_url(url), args.restatement)
+    def report(target: cli.Target) -> int:
+        out = write_report(
+            target.engine,
+            Path(args.out),
+            connections.redact_url(target.url),
+            args.restatement,
+            target.schema,
+            cli.checked_sources(target),
+        )
         print(f"wrote {out}")
         return cli.OK
 

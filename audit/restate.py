@@ -39,7 +39,8 @@ from pipeline import cli, editions, fingerprint
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import activities_table, calculate_batch
 from pipeline.model import ACTIVITY_CLASSES, ACTIVITY_TYPES, ActivityType, activity_fields
-from pipeline.store import connections, runs, tables, writes
+from pipeline.store import connections, install, runs, tables, writes
+from pipeline.store.sources import Source, Sources, default_sources, relation
 
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
 #: What a restatement writes of a result: its values, its fingerprints, the restatement id.
@@ -107,7 +108,10 @@ def _recompute(
 
 
 def _supersede(
-    conn: psycopg2.extensions.connection, results: Sequence[dict[str, Any]], restatement_id: str
+    conn: psycopg2.extensions.connection,
+    results: Sequence[dict[str, Any]],
+    restatement_id: str,
+    schema: str,
 ) -> int:
     """Move the current rows of ``results`` to history and store ``results``; one transaction."""
     if not results:
@@ -121,7 +125,7 @@ def _supersede(
         cur.execute(
             sql.SQL(
                 "CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} WITH NO DATA"
-            ).format(s=staging, c=cols, t=sql.Identifier(tables.RESULTS_TABLE))
+            ).format(s=staging, c=cols, t=tables.qualified(tables.RESULTS_TABLE, schema))
         )
         cur.copy_expert(
             sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT csv)").format(s=staging, c=cols),
@@ -133,11 +137,11 @@ def _supersede(
                 "JOIN {s} s ON s.activity_type = r.activity_type AND s.activity_id = "
                 "r.activity_id ON CONFLICT DO NOTHING"
             ).format(
-                h=sql.Identifier(tables.HISTORY_TABLE),
+                h=tables.qualified(tables.HISTORY_TABLE, schema),
                 hc=sql.SQL(", ").join(map(sql.Identifier, stored_cols)),
                 rc=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in stored_cols),
                 rid=sql.Literal(restatement_id),
-                t=sql.Identifier(tables.RESULTS_TABLE),
+                t=tables.qualified(tables.RESULTS_TABLE, schema),
                 s=staging,
             )
         )
@@ -146,7 +150,7 @@ def _supersede(
                 "UPDATE {t} r SET {sets}, created_at = now() FROM {s} s "
                 "WHERE s.activity_type = r.activity_type AND s.activity_id = r.activity_id"
             ).format(
-                t=sql.Identifier(tables.RESULTS_TABLE),
+                t=tables.qualified(tables.RESULTS_TABLE, schema),
                 s=staging,
                 sets=sql.SQL(", ").join(
                     sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
@@ -162,21 +166,23 @@ def _supersede(
 
 def _restate_type(
     engine: sa.Engine,
-    activity_type: ActivityType,
+    source: Source,
     book: FactorBook,
     outcome: Outcome,
     chunk: int,
+    schema: str,
 ) -> None:
+    activity_type = source.activity_type
     a_cols = list(activity_fields(activity_type))
     r_cols = list(tables.RESULT_COLUMNS)
     query = sql.SQL(
-        "SELECT {a}, {r} FROM {results} r JOIN {activities} a ON a.id = r.activity_id "
+        "SELECT {a}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
         "WHERE r.activity_type = {t} ORDER BY r.activity_id"
     ).format(
         a=sql.SQL(", ").join(sql.SQL("a.") + sql.Identifier(c) for c in a_cols),
         r=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in r_cols),
-        results=sql.Identifier(tables.RESULTS_TABLE),
-        activities=sql.Identifier(tables.ACTIVITY_TABLES[activity_type]),
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(source),
         t=sql.Literal(activity_type),
     )
     cls = ACTIVITY_CLASSES[activity_type]
@@ -203,41 +209,56 @@ def _restate_type(
                 outcome.refused += refused
                 pending.extend(changed)
                 if len(pending) >= chunk:
-                    outcome.changed += _supersede(conn, pending, outcome.restatement_id)
+                    outcome.changed += _supersede(conn, pending, outcome.restatement_id, schema)
                     pending = []
         reader.commit()
-        outcome.changed += _supersede(conn, pending, outcome.restatement_id)
+        outcome.changed += _supersede(conn, pending, outcome.restatement_id, schema)
 
 
-#: A restatement's old rows (its history rows) beside the rows it wrote (still current, or
-#: superseded since by a later restatement).
-_DIFF_FROM = (
-    f"FROM {tables.HISTORY_TABLE} h JOIN (SELECT activity_type, activity_id, kg_co2e, factor_id "
-    f"FROM {tables.RESULTS_TABLE} WHERE run_id = :rid UNION ALL SELECT activity_type, activity_id, "
-    f"kg_co2e, factor_id FROM {tables.HISTORY_TABLE} WHERE run_id = :rid) n "
-    "ON n.activity_type = h.activity_type AND n.activity_id = h.activity_id "
-)
-_DIFF_GROUPS_SQL = (
-    "SELECT h.activity_type, h.scope, h.category, count(*), sum(h.kg_co2e), sum(n.kg_co2e) "
-    f"{_DIFF_FROM} WHERE h.restatement_id = :rid GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-)
-_DIFF_LARGEST_SQL = (
-    "SELECT h.activity_type, h.activity_id::text, h.kg_co2e, n.kg_co2e, "
-    "fo.factor_set || ' ' || fo.key || ' ' || fo.year || ' (' || fo.edition || ')', "
-    "fn.factor_set || ' ' || fn.key || ' ' || fn.year || ' (' || fn.edition || ')' "
-    f"{_DIFF_FROM} JOIN {tables.FACTORS_TABLE} fo ON fo.id = h.factor_id "
-    f"JOIN {tables.FACTORS_TABLE} fn ON fn.id = n.factor_id WHERE h.restatement_id = :rid "
-    "ORDER BY abs(n.kg_co2e - h.kg_co2e) DESC, h.activity_type, h.activity_id LIMIT :n"
-)
+def _diff_from(schema: str) -> str:
+    """A restatement's old rows (its history rows) beside the rows it wrote (still current, or
+    superseded since by a later restatement)."""
+    history = tables.qualified_text(tables.HISTORY_TABLE, schema)
+    results = tables.qualified_text(tables.RESULTS_TABLE, schema)
+    return (
+        f"FROM {history} h JOIN (SELECT activity_type, activity_id, kg_co2e, factor_id "
+        f"FROM {results} WHERE run_id = :rid UNION ALL SELECT activity_type, activity_id, "
+        f"kg_co2e, factor_id FROM {history} WHERE run_id = :rid) n "
+        "ON n.activity_type = h.activity_type AND n.activity_id = h.activity_id "
+    )
 
 
-def diff(engine: sa.Engine, restatement_id: str, largest: int = LARGEST) -> dict[str, Any]:
+def _diff_groups_sql(schema: str) -> str:
+    return (
+        "SELECT h.activity_type, h.scope, h.category, count(*), sum(h.kg_co2e), sum(n.kg_co2e) "
+        f"{_diff_from(schema)} WHERE h.restatement_id = :rid GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
+
+
+def _diff_largest_sql(schema: str) -> str:
+    factors = tables.qualified_text(tables.FACTORS_TABLE, schema)
+    return (
+        "SELECT h.activity_type, h.activity_id::text, h.kg_co2e, n.kg_co2e, "
+        "fo.factor_set || ' ' || fo.key || ' ' || fo.year || ' (' || fo.edition || ')', "
+        "fn.factor_set || ' ' || fn.key || ' ' || fn.year || ' (' || fn.edition || ')' "
+        f"{_diff_from(schema)} JOIN {factors} fo ON fo.id = h.factor_id "
+        f"JOIN {factors} fn ON fn.id = n.factor_id WHERE h.restatement_id = :rid "
+        "ORDER BY abs(n.kg_co2e - h.kg_co2e) DESC, h.activity_type, h.activity_id LIMIT :n"
+    )
+
+
+def diff(
+    engine: sa.Engine,
+    restatement_id: str,
+    largest: int = LARGEST,
+    schema: str = tables.DEFAULT_SCHEMA,
+) -> dict[str, Any]:
     """What a restatement changed, from the database: old rows are its history rows, new rows
     are those it wrote (still current, or superseded since by a later restatement)."""
     params = {"rid": restatement_id}
     with engine.connect() as conn:
-        groups = conn.execute(sa.text(_DIFF_GROUPS_SQL), params).all()
-        top = conn.execute(sa.text(_DIFF_LARGEST_SQL), {**params, "n": largest}).all()
+        groups = conn.execute(sa.text(_diff_groups_sql(schema)), params).all()
+        top = conn.execute(sa.text(_diff_largest_sql(schema)), {**params, "n": largest}).all()
     out_groups = [
         {
             "activity_type": t,
@@ -273,13 +294,18 @@ def restate(
     pins: Mapping[str, str] | None = None,
     activity_types: Sequence[ActivityType] = ACTIVITY_TYPES,
     chunk: int = 20_000,
+    schema: str = tables.DEFAULT_SCHEMA,
+    sources: Sources | None = None,
 ) -> Outcome:
-    """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``.
+    """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``,
+    with each activity as its source holds it (``sources``: checked; default: the pipeline's
+    own tables).
 
     One restatement at a time: it reads results in one snapshot and replaces them afterwards,
     so a second one must not interleave (a session advisory lock; refused if held).
     """
-    tables.create_schema(engine)  # an older database gains the audit tables and columns
+    install.ensure_initialised(engine, schema)  # an older database gains the audit tables
+    sources = sources or default_sources(schema)
     with connections.raw_connection(engine) as lock:
         with lock.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK,))
@@ -288,7 +314,7 @@ def restate(
         if not locked:
             raise RestatementRunning("another restatement is running on this database")
         try:
-            return _restate(engine, pins, activity_types, chunk)
+            return _restate(engine, pins, activity_types, chunk, schema, sources)
         finally:
             with lock.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
@@ -300,14 +326,16 @@ def _restate(
     pins: Mapping[str, str] | None,
     activity_types: Sequence[ActivityType],
     chunk: int,
+    schema: str,
+    sources: Sources,
 ) -> Outcome:
     chosen_pins = dict(pins or {})
     outcome = Outcome(str(uuid.uuid4()), chosen_pins)
     with connections.raw_connection(engine) as conn:
-        rows = editions.choose_factor_rows(editions.read_all_factor_rows(conn), chosen_pins)
+        rows = editions.choose_factor_rows(editions.read_all_factor_rows(conn, schema), chosen_pins)
     book = FactorBook.from_rows(rows)
     in_force = editions.editions_in_force(rows)
-    table = tables.build_metadata().tables[tables.RESTATEMENTS_TABLE]
+    table = tables.table(tables.RESTATEMENTS_TABLE, schema)
     with engine.begin() as c:
         c.execute(
             table.insert().values(
@@ -323,12 +351,14 @@ def _restate(
         outcome.restatement_id,
         "restatement",
         {"pins": chosen_pins},
+        schema,
         code_version=editions.code_version(),
     )
     try:
         for t in activity_types:
-            _restate_type(engine, t, book, outcome, chunk)
-        outcome.diff = diff(engine, outcome.restatement_id)
+            if t in sources:
+                _restate_type(engine, sources[t], book, outcome, chunk, schema)
+        outcome.diff = diff(engine, outcome.restatement_id, schema=schema)
     except Exception as e:
         with engine.begin() as c:
             c.execute(
@@ -336,7 +366,9 @@ def _restate(
                 .where(table.c.restatement_id == outcome.restatement_id)
                 .values(status="failed", finished_at=sa.func.now(), message=str(e)[:2000])
             )
-        runs.finish_run(engine, outcome.restatement_id, status="failed", message=str(e)[:2000])
+        runs.finish_run(
+            engine, outcome.restatement_id, schema, status="failed", message=str(e)[:2000]
+        )
         raise
     with engine.begin() as c:
         c.execute(
@@ -354,6 +386,7 @@ def _restate(
     runs.finish_run(
         engine,
         outcome.restatement_id,
+        schema,
         status="succeeded",
         total_processed=outcome.changed,
         total_co2e_tonnes=outcome.diff["new_kg"] / 1000.0,
@@ -388,9 +421,15 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(str(e))
         return cli.USAGE
 
-    def restate_results(url: str, engine: sa.Engine) -> int:
+    def restate_results(target: cli.Target) -> int:
         try:
-            outcome = restate(engine, pins, [t for t in ACTIVITY_TYPES if t in types])
+            outcome = restate(
+                target.engine,
+                pins,
+                [t for t in ACTIVITY_TYPES if t in types],
+                schema=target.schema,
+                sources=cli.checked_sources(target),
+            )
         except editions.EditionError as e:
             raise cli.UsageError(str(e)) from None
         cli.print_json(outcome.as_dict())

@@ -50,7 +50,8 @@ from pipeline.model import (
     InputError,
     activity_fields,
 )
-from pipeline.store import connections, tables
+from pipeline.store import connections, install, tables
+from pipeline.store.sources import Source, Sources, default_sources, relation
 
 #: Stored result fields compared with the recomputation (the run and time are bookkeeping).
 COMPARED = tables.RESULT_COLUMNS
@@ -131,14 +132,18 @@ class _Books:
         return self._books[key]
 
 
-def _runs(engine: sa.Engine) -> tuple[dict[str, dict[str, str]], dict[str, str | None]]:
+def _runs(
+    engine: sa.Engine, schema: str
+) -> tuple[dict[str, dict[str, str]], dict[str, str | None]]:
     """Per run or restatement: the editions it was pinned to (none: the newest rows), and the
     methodology's code version it ran."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                f"SELECT restatement_id, pins, code_version FROM {tables.RESTATEMENTS_TABLE} "
-                f"UNION ALL SELECT run_id, factor_pins, code_version FROM {tables.RUNS_TABLE}"
+                "SELECT restatement_id, pins, code_version FROM "
+                f"{tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)} "
+                "UNION ALL SELECT run_id, factor_pins, code_version FROM "
+                f"{tables.qualified_text(tables.RUNS_TABLE, schema)}"
             )
         ).all()
     pins = {str(r[0]): dict(r[1] or {}) for r in rows if r[1] is not None}
@@ -148,8 +153,9 @@ def _runs(engine: sa.Engine) -> tuple[dict[str, dict[str, str]], dict[str, str |
     return pins, versions
 
 
-def _query(activity_type: ActivityType, sample: int | None, seed: str) -> sql.Composed:
+def _query(source: Source, sample: int | None, seed: str, schema: str) -> sql.Composed:
     """Results of one type with their activity row as it is now (NULLs when it is gone)."""
+    activity_type = source.activity_type
     columns = [sql.SQL("a.id IS NULL")]
     columns += [sql.SQL("a.{}").format(sql.Identifier(c)) for c in activity_fields(activity_type)]
     columns += [sql.SQL("r.{}").format(sql.Identifier(c)) for c in _READ]
@@ -160,12 +166,12 @@ def _query(activity_type: ActivityType, sample: int | None, seed: str) -> sql.Co
             sql.Literal(seed), sql.Literal(sample)
         )
     return sql.SQL(
-        "SELECT {columns} FROM {results} r LEFT JOIN {activities} a ON a.id = r.activity_id "
+        "SELECT {columns} FROM {results} r LEFT JOIN ({activities}) a ON a.id = r.activity_id "
         "WHERE r.activity_type = {t} {tail}"
     ).format(
         columns=sql.SQL(", ").join(columns),
-        results=sql.Identifier(tables.RESULTS_TABLE),
-        activities=sql.Identifier(tables.ACTIVITY_TABLES[activity_type]),
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(source),
         t=sql.Literal(activity_type),
         tail=tail,
     )
@@ -256,14 +262,19 @@ def verify(
     sample: int | None = 1000,
     seed: str = "0",
     batch: int = 10_000,
+    schema: str = tables.DEFAULT_SCHEMA,
+    sources: Sources | None = None,
 ) -> VerifyReport:
-    """Recompute ``sample`` results per type (all when None) and compare them exactly."""
-    tables.create_schema(engine)  # an older database gains the audit columns
+    """Recompute ``sample`` results per type (all when None) and compare them exactly, with
+    each activity as its source holds it now (``sources``: checked; default: the pipeline's
+    own tables)."""
+    install.ensure_initialised(engine, schema)  # an older database gains the audit columns
+    sources = sources or default_sources(schema)
     version = editions.code_version()
     report = VerifyReport(code_version=version)
-    pins, versions = _runs(engine)
+    pins, versions = _runs(engine, schema)
     with connections.raw_connection(engine) as conn:
-        factor_rows = editions.read_all_factor_rows(conn)
+        factor_rows = editions.read_all_factor_rows(conn, schema)
         ctx = _Context(
             _Books(factor_rows, pins),
             fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(factor_rows)),
@@ -271,23 +282,26 @@ def verify(
             version,
         )
         for t in activity_types:
-            _verify_type(conn, t, sample, seed, batch, ctx, report)
+            if t in sources:
+                _verify_type(conn, sources[t], sample, seed, batch, ctx, report, schema)
     return report
 
 
 def _verify_type(
     conn: psycopg2.extensions.connection,
-    activity_type: ActivityType,
+    source: Source,
     sample: int | None,
     seed: str,
     batch: int,
     ctx: _Context,
     report: VerifyReport,
+    schema: str,
 ) -> None:
+    activity_type = source.activity_type
     a_cols = activity_fields(activity_type)
     with conn.cursor(name=f"verify_{activity_type}") as cur:
         cur.itersize = batch
-        cur.execute(_query(activity_type, sample, seed))
+        cur.execute(_query(source, sample, seed, schema))
         while chunk := cur.fetchmany(batch):
             missing = [bool(row[0]) for row in chunk]
             activities = [dict(zip(a_cols, row[1 : 1 + len(a_cols)], strict=True)) for row in chunk]
@@ -324,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(f"activity types are {', '.join(ACTIVITY_TYPES)}; --sample must be ≥ 1")
         return cli.USAGE
 
-    def check(url: str, engine: sa.Engine) -> int:
+    def check(target: cli.Target) -> int:
         report = verify(
-            engine,
+            target.engine,
             [t for t in ACTIVITY_TYPES if t in types],
             sample=None if args.all else args.sample,
             seed=args.seed,
+            schema=target.schema,
+            sources=cli.checked_sources(target),
         )
         cli.print_json(report.as_dict(args.show))
         return cli.OK if report.reproduced == report.examined else cli.FAILED

@@ -20,7 +20,7 @@ WITH
 elec AS (
   SELECT a.id, a.quantity * u.kwh AS kwh, extract(year FROM a.activity_date)::int AS y,
          sr.key AS subregion, coalesce(rc.alpha3, cc.alpha3) AS iso3
-  FROM electricity_activities a
+  FROM emissions.electricity_activities a
   JOIN ref_units u ON u.unit = lower(trim(a.unit))
   LEFT JOIN (SELECT DISTINCT key FROM ref_factor_year WHERE factor_set = 'egrid_subregion') sr
          ON sr.key = upper(trim(a.region))
@@ -40,7 +40,7 @@ elec_keyed AS (
 spend AS (
   SELECT a.id, a.amount, upper(trim(a.currency)) AS currency, trim(a.naics_code) AS naics,
          extract(year FROM a.activity_date)::int AS y
-  FROM spend_activities a
+  FROM emissions.spend_activities a
   WHERE a.amount >= 0 AND a.amount < 'Infinity' AND a.activity_date IS NOT NULL {pending_s}
 ),
 air AS (
@@ -55,7 +55,7 @@ air AS (
               WHEN NOT o.uk AND NOT d.uk THEN 'international'
               WHEN o.uk THEN nullif(hd.haul, 'domestic')
               ELSE nullif(ho.haul, 'domestic') END AS haul
-  FROM air_travel_activities a
+  FROM emissions.air_travel_activities a
   JOIN ref_airports o ON o.iata = upper(trim(a.origin))
   JOIN ref_airports d ON d.iata = upper(trim(a.destination))
   LEFT JOIN ref_hauls ho ON ho.iso3 = o.iso3
@@ -86,7 +86,7 @@ JOIN ref_factor_year f ON f.factor_set = 'desnz_air' AND f.key = k.key AND f.yea
 
 #: Activity years are clamped to the span of the published factor years before the lookup:
 #: beyond it, the year rule picks the first or last year anyway.
-_YEAR_SPAN = "SELECT min(year), max(year) FROM emission_factors"
+_YEAR_SPAN = "SELECT min(year), max(year) FROM emissions.emission_factors"
 
 #: For every factor set, key and year in YEARS, the row the year rule picks: the same year,
 #: else the nearest earlier, else the earliest later; the newest edition where several exist.
@@ -94,7 +94,7 @@ _FACTOR_YEARS = """
 CREATE TEMP TABLE ref_factor_year AS
 WITH f AS (
   SELECT DISTINCT ON (factor_set, key, year) factor_set, key, year, value
-  FROM emission_factors ORDER BY factor_set, key, year, id DESC
+  FROM emissions.emission_factors ORDER BY factor_set, key, year, id DESC
 )
 SELECT DISTINCT ON (k.factor_set, k.key, y.year) k.factor_set, k.key, y.year, f.value
 FROM (SELECT DISTINCT factor_set, key FROM f) k
@@ -122,7 +122,7 @@ CROSS JOIN (VALUES ('rf'), ('no_rf')) r(rf);
 """
 
 _PENDING = (
-    "AND NOT EXISTS (SELECT 1 FROM emission_results r "
+    "AND NOT EXISTS (SELECT 1 FROM emissions.emission_results r "
     "WHERE r.activity_type = '{t}' AND r.activity_id = a.id)"
 )
 

@@ -51,7 +51,7 @@ from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, activity_schema, calculate_batch
 from pipeline.model import ACTIVITY_TYPES
 from pipeline.options import DEFAULT_ROWS_PER_RANGE
-from pipeline.store import bulk, connections, queries, tables, writes
+from pipeline.store import bulk, connections, install, queries, tables, writes
 from pipeline.store.embedded import server_url
 from pipeline.store.install import initialise
 
@@ -217,7 +217,7 @@ def baseline(url: str) -> tuple[float, int]:
                 "CREATE TABLE baseline_results (activity_type text, activity_id bigint, "
                 "kg_co2e float8, PRIMARY KEY (activity_type, activity_id))"
             )
-            cur.execute("SELECT min(year), max(year) FROM emission_factors")
+            cur.execute("SELECT min(year), max(year) FROM emissions.emission_factors")
             first, last = cur.fetchone()
         conn.commit()
     finally:
@@ -236,7 +236,8 @@ def baseline(url: str) -> tuple[float, int]:
 def anti_join_count(url: str) -> float:
     """The SQL anti-join count of activities without a result, over all activity tables."""
     parts = [
-        f"(SELECT count(*) FROM {table} a WHERE NOT EXISTS (SELECT 1 FROM emission_results r "
+        f"(SELECT count(*) FROM {tables.qualified_text(table)} a WHERE NOT EXISTS (SELECT 1 FROM "
+        "emissions.emission_results r "
         f"WHERE r.activity_type = '{t}' AND r.activity_id = a.id))"
         for t, table in tables.ACTIVITY_TABLES.items()
     ]
@@ -261,7 +262,7 @@ def compare(url: str, run_id: str) -> dict[str, Any]:
                 "count(*) FILTER (WHERE b.activity_id IS NULL), "
                 "coalesce(max(abs(r.kg_co2e - b.kg_co2e) / nullif(abs(b.kg_co2e), 0)), 0), "
                 "sum(r.kg_co2e), sum(b.kg_co2e), count(*) "
-                "FROM (SELECT * FROM emission_results WHERE run_id = %s) r "
+                "FROM (SELECT * FROM emissions.emission_results WHERE run_id = %s) r "
                 "FULL JOIN baseline_results b USING (activity_type, activity_id)",
                 (run_id,),
             )
@@ -299,13 +300,13 @@ def balance(server: str, rows: int, partitions: int, rows_per_range: int) -> dic
     ]:
         url = fresh_database(server, f"emissions_bench_{label}")
         engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
-        tables.create_schema(engine, id_type)  # type: ignore[arg-type]
+        install.create_schema(engine, id_type)  # type: ignore[arg-type]
         engine.dispose()
         conn = connections.connect(url)
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    "INSERT INTO electricity_activities (id, quantity, unit, region, "
+                    "INSERT INTO emissions.electricity_activities (id, quantity, unit, region, "
                     f"activity_date) SELECT i, 1, 'kWh', 'CAMX', '2023-01-01' FROM ({ids_sql}) s(i)"
                 )
             conn.commit()

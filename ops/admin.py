@@ -1,9 +1,15 @@
-"""Set-up commands: create the schema and load the shipped emission factors.
+"""Set-up commands: create or upgrade the pipeline's schema, load the emission factors.
 
-    python -m ops.admin init [--database-url URL] [--id-type bigint|uuid]
-    python -m ops.admin load-factors --kind egrid --file PATH [--database-url URL]
+    python -m ops.admin init [--schema S] [--sources FILE] [--id-type bigint|uuid|text]
+    python -m ops.admin revision [--schema S]
+    python -m ops.admin check-sources --sources FILE
+    python -m ops.admin load-factors --kind egrid --file PATH
 
-Safe to run twice: missing tables are created, factor rows already present are kept. A factor
+``init`` checks the sources (when a file is given) against the database, creates the
+pipeline's schema if it is missing, migrates it to the newest revision and loads the shipped
+factors; it is safe to run twice, and it never alters anything outside the schema.
+``revision`` shows the schema's migration revision and the newest one. ``check-sources``
+reports every problem of a sources file at once, writing nothing. A factor
 file is checked whole before anything is written (a negative, missing or duplicate value or an
 unknown unit refuses the file, naming the row), then loaded in one transaction: the factors in
 force change completely or not at all.
@@ -11,7 +17,9 @@ force change completely or not at all.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +28,9 @@ import sqlalchemy as sa
 
 from pipeline import cli, factors
 from pipeline.factors import FactorFileError
-from pipeline.model import FactorRow
-from pipeline.store import connections, queries
-from pipeline.store.install import initialise
+from pipeline.model import ActivityType, FactorRow
+from pipeline.store import connections, queries, sources, tables
+from pipeline.store.install import initialise, revision
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,57 +46,103 @@ FACTOR_PARSERS = {
 }
 
 
-def load_factor_file(engine: sa.Engine, kind: str, path: str) -> int:
+def load_factor_file(
+    engine: sa.Engine, kind: str, path: str, schema: str = tables.DEFAULT_SCHEMA
+) -> int:
     """Check a whole factor file, then insert its new rows in one transaction; rows added.
 
     Raises ``FactorFileError`` (naming the file and line) before writing anything.
     """
     parse: Callable[[Path], list[FactorRow]] = FACTOR_PARSERS[kind]
     rows = parse(Path(path))
-    return queries.insert_factors(engine, rows)
+    return queries.insert_factors(engine, rows, schema)
+
+
+def key_type(checked: dict[ActivityType, sources.Source]) -> tables.IdType | None:
+    """The sources' common key type (``check_sources`` makes sure there is one)."""
+    found = {s.key_type for s in checked.values()}
+    return found.pop() if len(found) == 1 else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("ops.admin", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser(
-        "init", help="create the schema and load the shipped factors", formatter_class=cli.Formatter
-    )
-    cli.add_database_option(init)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        found = sub.add_parser(name, help=text, description=text, formatter_class=cli.Formatter)
+        cli.add_database_option(found)
+        return found
+
+    init = command("init", "create or upgrade the pipeline's schema, load the shipped factors")
     init.add_argument(
         "--id-type",
-        choices=["bigint", "uuid"],
+        choices=tables.ID_TYPES,
         default=None,
-        help="key type of the activity tables, when they are created (default: bigint)",
+        help="key type of the results, when they are created (default: the sources' keys; "
+        "bigint for the pipeline's own tables)",
     )
-    load = sub.add_parser(
-        "load-factors", help="check a factor file, then load it", formatter_class=cli.Formatter
-    )
-    cli.add_database_option(load)
+    command("revision", "show the schema's migration revision and the newest one")
+    command("check-sources", "check the sources against the database; writes nothing")
+    load = command("load-factors", "check a factor file, then load it")
     load.add_argument("--kind", choices=sorted(FACTOR_PARSERS), required=True)
     load.add_argument("--file", required=True, help="the CSV, in the shipped file's layout")
     args = parser.parse_args(argv)
     cli.setup_logging()
 
-    def init_database(url: str, engine: sa.Engine) -> int:
-        outcome = initialise(engine, args.id_type)
-        cli.print_json({"database": connections.redact_url(url), **outcome})
+    def init_database(target: cli.Target) -> int:
+        id_type = args.id_type
+        if args.sources or os.environ.get(sources.SOURCES_ENV):
+            id_type = id_type or key_type(cli.checked_sources(target))
+        outcome = initialise(target.engine, id_type, target.schema)
+        cli.print_json({"database": connections.redact_url(target.url), **outcome})
         return cli.OK
 
-    def load_factors(url: str, engine: sa.Engine) -> int:
+    def show_revision(target: cli.Target) -> int:
+        found = revision(target.engine, target.schema)
+        cli.print_json(
+            {
+                "database": connections.redact_url(target.url),
+                "schema": target.schema,
+                "revision": found.current,
+                "newest": found.head,
+                "up_to_date": found.up_to_date,
+            }
+        )
+        return cli.OK if found.up_to_date else cli.FAILED
+
+    def check(target: cli.Target) -> int:
+        checked = cli.checked_sources(target)
+        cli.print_json(
+            {
+                t: {"source": s.name, "key": s.key, "key_type": s.key_type, "version": s.version}
+                for t, s in checked.items()
+            }
+        )
+        return cli.OK
+
+    def load_factors(target: cli.Target) -> int:
         try:
-            added = load_factor_file(engine, args.kind, args.file)
+            added = load_factor_file(target.engine, args.kind, args.file, target.schema)
         except FactorFileError as e:
             cli.error(f"refused: {e}; nothing was loaded")
             return cli.FAILED
         cli.print_json(
-            {"database": connections.redact_url(url), "file": args.file, "factor_rows_added": added}
+            {
+                "database": connections.redact_url(target.url),
+                "file": args.file,
+                "factor_rows_added": added,
+            }
         )
         return cli.OK
 
-    if args.command == "load-factors":
-        return cli.run(args, "loading the factor file (nothing was loaded)", load_factors)
-    return cli.run(args, "init", init_database)
+    bodies = {
+        "init": (init_database, "init"),
+        "revision": (show_revision, "reading the revision"),
+        "check-sources": (check, "checking the sources"),
+        "load-factors": (load_factors, "loading the factor file (nothing was loaded)"),
+    }
+    body, what = bodies[args.command]
+    return cli.run(args, what, body)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 
 from ops.seed import seed
 from pipeline import cli, run
-from pipeline.store import connections, queries
+from pipeline.store import connections, queries, sources, tables
 from pipeline.store.install import initialise
 
 _LOG = logging.getLogger("ops.local")
@@ -28,21 +28,24 @@ _LOG = logging.getLogger("ops.local")
 DEFAULT_SEED_COUNT = 100_000
 
 
-def prepare(url: str, seed_demo: bool, count: int) -> None:
-    """Create the schema and load the factors; with ``seed_demo``, seed ``count`` demo
-    activities into a database that holds none."""
-    engine = connections.make_engine(url)
-    try:
-        initialise(engine)
-        if not seed_demo:
-            return
-        existing = queries.count_activities(engine)
-        if any(c["total"] for c in existing.values()):
-            return
-        added = seed(engine, count)
-        _LOG.info("seeded %d demo activities", sum(added.values()))
-    finally:
-        engine.dispose()
+def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool) -> None:
+    """Check the sources (when a file names them), create or upgrade the schema and load the
+    factors; with ``seed_demo``, seed ``count`` demo activities into the pipeline's own
+    activity tables when they hold none."""
+    engine, schema = target.engine, target.schema
+    id_type = None
+    if with_sources:
+        with connections.raw_connection(engine) as conn:
+            checked = sources.check_sources(conn, target.sources)
+        id_type = next(iter({s.key_type for s in checked.values()}))
+    initialise(engine, id_type, schema)
+    if not seed_demo or with_sources:
+        return
+    existing = queries.count_activities(engine, schema=schema)
+    if any(c["total"] for c in existing.values()):
+        return
+    added = seed(engine, count, schema=schema)
+    _LOG.info("seeded %d demo activities into %s", sum(added.values()), schema)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,17 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_database_option(parser)
     own, rest = parser.parse_known_args(args)
     cli.setup_logging()
-    url: str | None = None
-    try:
-        given = own.database_url or os.environ.get(connections.DATABASE_URL_ENV)
-        url = connections.resolve_database_url(given)
-        count = int(os.environ.get("SEED_COUNT", DEFAULT_SEED_COUNT))
-        prepare(url, own.seed_demo or not given, count)
-    except Exception as e:  # noqa: BLE001 - one line and an exit code
-        cli.error(f"setting up the database failed: {e}", url)
-        return cli.FAILED
-    # The run resolves the same database: through the environment, never a command line.
-    os.environ[connections.DATABASE_URL_ENV] = url
+    given = own.database_url or os.environ.get(connections.DATABASE_URL_ENV)
+    with_sources = sources.resolve_path(own.sources) is not None
+    count = int(os.environ.get("SEED_COUNT", DEFAULT_SEED_COUNT))
+    resolved: list[str] = []
+
+    def set_up(target: cli.Target) -> int:
+        resolved.append(target.url)
+        prepare(target, own.seed_demo or not given, count, with_sources)
+        return cli.OK
+
+    code = cli.run(own, "setting up the database", set_up)
+    if code != cli.OK:
+        return code
+    # The run resolves the same database, schema and sources: through the environment,
+    # never a command line (a password there shows in the process list).
+    os.environ[connections.DATABASE_URL_ENV] = resolved[0]
+    os.environ[tables.SCHEMA_ENV] = own.schema
+    if own.sources:
+        os.environ[sources.SOURCES_ENV] = own.sources
     return run.main(rest)
 
 

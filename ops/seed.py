@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import os
 import random
 import sys
 import uuid
@@ -23,7 +24,7 @@ from psycopg2 import sql
 from pipeline import cli
 from pipeline.factors import DATA_DIR
 from pipeline.model import ActivityType, activity_fields
-from pipeline.store import connections, queries, tables, writes
+from pipeline.store import connections, install, queries, sources, tables, writes
 
 SUBREGIONS = (
     "AKGD AKMS AZNM CAMX ERCT FRCC HIMS HIOA MROE MROW NEWE NWPP NYCW NYLI NYUP PRMS RFCE "
@@ -169,11 +170,13 @@ def generate(
         key: Any = first_id + i
         if id_type == "uuid":
             key = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        elif id_type == "text":
+            key = f"{activity_type[:2]}-{first_id + i:012d}"
         yield (key, *row)
 
 
 def _copy_rows(
-    conn: Any, table: str, columns: Sequence[str], rows: Iterator[tuple[Any, ...]]
+    conn: Any, table: sql.Identifier, columns: Sequence[str], rows: Iterator[tuple[Any, ...]]
 ) -> int:
     n = 0
     chunk: list[tuple[Any, ...]] = []
@@ -187,33 +190,41 @@ def _copy_rows(
     return n
 
 
-def _copy_chunk(cur: Any, table: str, columns: Sequence[str], chunk: list[tuple[Any, ...]]) -> int:
+def _copy_chunk(
+    cur: Any, table: sql.Identifier, columns: Sequence[str], chunk: list[tuple[Any, ...]]
+) -> int:
     if not chunk:
         return 0
     buf: io.StringIO = writes.copy_buffer(chunk)
     cur.copy_expert(
         sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+            table, sql.SQL(", ").join(map(sql.Identifier, columns))
         ),
         buf,
     )
     return len(chunk)
 
 
-def seed(engine: sa.Engine, count: int, seed_value: int = 42) -> dict[str, int]:
-    """Append ``count`` activities split across the types; returns rows added per type."""
-    id_type = tables.create_schema(engine)
+def seed(
+    engine: sa.Engine, count: int, seed_value: int = 42, schema: str = tables.DEFAULT_SCHEMA
+) -> dict[str, int]:
+    """Append ``count`` activities split across the pipeline's own activity tables (in
+    ``schema``, made first if missing); returns rows added per type."""
+    with connections.raw_connection(engine) as raw:
+        id_type = tables.results_id_type(raw, schema)
+    if id_type is None:
+        id_type = install.create_schema(engine, schema=schema)
     split = {t: int(count * share) for t, share in SHARES.items()}
     split["electricity"] += count - sum(split.values())
     added: dict[str, int] = {}
     with connections.raw_connection(engine) as raw:
         for activity_type, n in split.items():
-            table = tables.ACTIVITY_TABLES[activity_type]
+            table = tables.qualified(tables.ACTIVITY_TABLES[activity_type], schema)
             with raw.cursor() as cur:
                 cur.execute(
-                    sql.SQL("SELECT count(*), max(id) FROM {}").format(sql.Identifier(table))
+                    sql.SQL("SELECT count(*), max(id) FROM {}").format(table)
                     if id_type == "bigint"
-                    else sql.SQL("SELECT count(*), NULL FROM {}").format(sql.Identifier(table))
+                    else sql.SQL("SELECT count(*), NULL FROM {}").format(table)
                 )
                 existing, max_id = cur.fetchone()
             first_id = (max_id or 0) + 1 if id_type == "bigint" else existing + 1
@@ -238,15 +249,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count must not be negative")
     cli.setup_logging()
 
-    def seed_database(url: str, engine: sa.Engine) -> int:
-        tables.create_schema(engine)
+    def seed_database(target: cli.Target) -> int:
+        if args.sources or os.environ.get(sources.SOURCES_ENV):
+            raise cli.UsageError(
+                "seed adds demo rows to the pipeline's own activity tables, which a sources "
+                "file replaces: it never writes to your sources. Seed without --sources."
+            )
+        database = connections.redact_url(target.url)
+        install.create_schema(target.engine, schema=target.schema)
         if args.if_empty:
-            existing = queries.count_activities(engine)
+            existing = queries.count_activities(target.engine, schema=target.schema)
             if any(c["total"] for c in existing.values()):
-                cli.print_json({"database": connections.redact_url(url), "seeded": {}})
+                cli.print_json({"database": database, "seeded": {}})
                 return cli.OK
-        added = seed(engine, args.count, args.seed)
-        cli.print_json({"database": connections.redact_url(url), "seeded": added})
+        added = seed(target.engine, args.count, args.seed, target.schema)
+        cli.print_json({"database": database, "schema": target.schema, "seeded": added})
         return cli.OK
 
     return cli.run(args, "seeding", seed_database)

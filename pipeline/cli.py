@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from pipeline import retry
-from pipeline.store import connections
+from pipeline.model import ActivityType
+from pipeline.store import connections, sources, tables
 
 #: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
 OK, FAILED, USAGE = 0, 1, 2
@@ -55,7 +58,9 @@ def parser(prog: str, doc: str | None, **kw: Any) -> argparse.ArgumentParser:
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:
-    """``--database-url`` (also ``--database_url``, Beam's spelling)."""
+    """``--database-url`` (also ``--database_url``, Beam's spelling), ``--schema`` and
+    ``--sources``: which database, which schema of it is the pipeline's, where the activities
+    are."""
     parser.add_argument(
         "--database-url",
         "--database_url",
@@ -67,6 +72,49 @@ def add_database_option(parser: argparse.ArgumentParser) -> None:
         + ", else an embedded PostgreSQL kept under ./.pgdata. A password here shows in the "
         "process list: keep it in $" + connections.DATABASE_URL_ENV + " or ~/.pgpass instead.",
     )
+    parser.add_argument(
+        "--schema",
+        default=os.environ.get(tables.SCHEMA_ENV) or tables.DEFAULT_SCHEMA,
+        help="the PostgreSQL schema that holds everything the pipeline creates ($"
+        + tables.SCHEMA_ENV
+        + ")",
+    )
+    parser.add_argument(
+        "--sources",
+        default=None,
+        metavar="FILE",
+        help="TOML file mapping each activity type to your own table or query and columns "
+        "(docs/adoption.md). Default: $" + sources.SOURCES_ENV + ", else the pipeline's own "
+        "activity tables in its schema.",
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a command works on: the database (its URL and an engine), the pipeline's schema
+    in it, and the activity sources (read from the file, not yet checked against the
+    database)."""
+
+    url: str
+    engine: sa.Engine
+    schema: str
+    sources: dict[ActivityType, sources.Source]
+
+
+def checked_sources(target: Target) -> dict[ActivityType, sources.Source]:
+    """The target's sources, checked against its database (``SourcesError`` lists every
+    problem; nothing is written)."""
+    with connections.raw_connection(target.engine) as conn:
+        return sources.check_sources(conn, target.sources)
+
+
+def target_sources(args: argparse.Namespace) -> dict[ActivityType, sources.Source]:
+    """The sources the arguments name (``UsageError`` when the file cannot be used)."""
+    try:
+        schema = tables.validate_schema(args.schema)
+        return sources.load_sources(sources.resolve_path(args.sources), schema)
+    except (sources.SourcesError, ValueError) as e:
+        raise UsageError(str(e)) from None
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -88,19 +136,23 @@ def error(message: str, url: str | None = None) -> None:
 def run(
     args: argparse.Namespace,
     what: str,
-    body: Callable[[str, sa.Engine], int],
+    body: Callable[[Target], int],
     **engine_options: Any,
 ) -> int:
-    """``body(url, engine)`` on the database the arguments name; its exit code, or the exit
-    code of what it raised (``UsageError``: 2, anything else: 1, said in one line)."""
+    """``body(target)`` on the database the arguments name; its exit code, or the exit code of
+    what it raised (``UsageError``, ``SourcesError``: 2, anything else: 1, said in one line)."""
     url: str | None = None
     try:
+        found = target_sources(args)
         url = connections.resolve_database_url(args.database_url)
         engine = connections.make_engine(url, **engine_options)
         try:
-            return body(url, engine)
+            return body(Target(url, engine, args.schema, found))
         finally:
             engine.dispose()
+    except sources.SourcesError as e:
+        error(str(e), url)
+        return USAGE
     except UsageError as e:
         error(str(e), url)
         return USAGE

@@ -66,11 +66,14 @@ def parse_pins(values: Iterable[str]) -> dict[str, str]:
     return pins
 
 
-def read_all_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
+def read_all_factor_rows(
+    conn: psycopg2.extensions.connection, schema: str = tables.DEFAULT_SCHEMA
+) -> list[FactorRow]:
     """Every row of ``emission_factors``, every edition, oldest first."""
     cols = ("id",) + tuple(f for f in FactorRow.__dataclass_fields__ if f != "id")
     query = sql.SQL("SELECT {} FROM {} ORDER BY id").format(
-        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(tables.FACTORS_TABLE)
+        sql.SQL(", ").join(map(sql.Identifier, cols)),
+        tables.qualified(tables.FACTORS_TABLE, schema),
     )
     with conn.cursor() as cur:
         cur.execute(query)
@@ -110,9 +113,9 @@ def editions_in_force(rows: Iterable[FactorRow]) -> dict[str, list[str]]:
 
 
 def current_editions(
-    engine: sa.Engine, pins: Mapping[str, str] | None = None
+    engine: sa.Engine, pins: Mapping[str, str] | None = None, schema: str = tables.DEFAULT_SCHEMA
 ) -> dict[str, list[str]]:
     """The editions in force in the database, for the run summary and the report."""
     with connections.raw_connection(engine) as conn:
-        rows = read_all_factor_rows(conn)
+        rows = read_all_factor_rows(conn, schema)
     return editions_in_force(choose_factor_rows(rows, pins or {}))

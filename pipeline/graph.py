@@ -28,7 +28,12 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
         | "Factors" >> beam.Create([None])
         | "ReadFactors"
         >> beam.ParDo(
-            ReadFactorsFn(config.database_url, config.retry_policy, dict(config.factor_pins))
+            ReadFactorsFn(
+                config.database_url,
+                config.retry_policy,
+                dict(config.factor_pins),
+                config.schema,
+            )
         )
     )
     activities = p | "ReadPending" >> ReadPendingActivities(
@@ -37,12 +42,23 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
         date_from=config.date_from,
         date_to=config.date_to,
         retry_policy=config.retry_policy,
+        sources=config.sources,
+        schema=config.schema,
     )
     calculated = activities | "Calculate" >> CalculateEmissions(factors, config.radiative_forcing)
     calculated.results | "WriteResults" >> WriteResults(
-        config.database_url, config.run_id, config.write_batch_size, config.retry_policy
+        config.database_url,
+        config.run_id,
+        config.write_batch_size,
+        config.retry_policy,
+        config.schema,
+        config.text_ids,
     )
     calculated[ERRORS] | "WriteErrors" >> WriteErrors(
-        config.database_url, config.run_id, config.write_batch_size, config.retry_policy
+        config.database_url,
+        config.run_id,
+        config.write_batch_size,
+        config.retry_policy,
+        config.schema,
     )
     return calculated

@@ -11,13 +11,22 @@ import argparse
 import datetime
 import os
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline import cli
 from pipeline.model import ACTIVITY_TYPES, ActivityType
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store.connections import DATABASE_URL_ENV
+from pipeline.store.sources import (
+    Source,
+    SourcesError,
+    default_sources,
+    load_sources,
+    resolve_path,
+)
+from pipeline.store.tables import DEFAULT_SCHEMA, validate_schema
 
 #: Rows per read range: small enough that a worker's batch is a few tens of megabytes (peak
 #: memory then stays flat as tables grow), large enough that per-range costs do not show.
@@ -171,6 +180,15 @@ class RunConfig:
     retry_policy: RetryPolicy = DEFAULT_POLICY
     #: (factor set, edition) pairs: only that edition of the set is used.
     factor_pins: tuple[tuple[str, str], ...] = ()
+    #: The PostgreSQL schema of the pipeline's own tables.
+    schema: str = DEFAULT_SCHEMA
+    #: Where each activity type is read from (checked against the catalogue before a run).
+    sources: Mapping[ActivityType, Source] = field(default_factory=default_sources)
+
+    @property
+    def text_ids(self) -> bool:
+        """Whether the results are keyed by text (the sources' keys are text)."""
+        return any(s.key_type == "text" for s in self.sources.values())
 
 
 class OptionsError(ValueError):
@@ -234,6 +252,20 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
     if options.retry_base_delay < 0:
         raise OptionsError("--retry-base-delay must not be negative")
+    schema = getattr(options, "schema", None) or DEFAULT_SCHEMA
+    try:
+        validate_schema(schema)
+        found = load_sources(resolve_path(getattr(options, "sources", None)), schema)
+    except SourcesError as e:
+        raise OptionsError(str(e)) from None
+    except ValueError as e:
+        raise OptionsError(f"--schema: {e}") from None
+    missing = [t for t in types if t not in found]
+    if missing and options.activity_types != ",".join(ACTIVITY_TYPES):
+        raise OptionsError(
+            f"--activity-types asks for {', '.join(missing)}, which the sources file does not map"
+        )
+    types = tuple(t for t in types if t in found)  # by default, every type that is mapped
     return RunConfig(
         database_url=url,
         run_id=run_id,
@@ -253,4 +285,6 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
             max_delay=max(10.0, options.retry_base_delay),
         ),
         factor_pins=tuple(sorted(pins.items())),
+        schema=schema,
+        sources=found,
     )

@@ -19,7 +19,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from pipeline.model import ActivityType
-from pipeline.store.tables import ACTIVITY_TABLES
+from pipeline.store.sources import Source, as_source, from_clause, key_column
 
 Key = int | str | None
 
@@ -89,19 +89,24 @@ def plan_from_cuts(activity_type: ActivityType, cuts: list[Key]) -> list[KeyRang
 
 
 def key_bounds(
-    conn: psycopg2.extensions.connection, activity_type: ActivityType
+    conn: psycopg2.extensions.connection, source: Source | ActivityType
 ) -> tuple[Any, Any, str]:
-    """(lowest id, highest id, id type) of an activity table; ids are None when it is empty.
+    """(lowest key, highest key, key type) of a source; keys are None when it is empty.
 
     Two index lookups (``min()`` is not defined for ``uuid``).
     """
-    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    found = as_source(source)
+    key, relation = key_column(found), from_clause(found)
     with conn.cursor() as cur:
         cur.execute(
-            sql.SQL("SELECT id, pg_typeof(id)::text FROM {} ORDER BY id LIMIT 1").format(table)
+            sql.SQL("SELECT {k}, pg_typeof({k})::text FROM {r} ORDER BY {k} LIMIT 1").format(
+                k=key, r=relation
+            )
         )
         first = cur.fetchone()
-        cur.execute(sql.SQL("SELECT id FROM {} ORDER BY id DESC LIMIT 1").format(table))
+        cur.execute(
+            sql.SQL("SELECT {k} FROM {r} ORDER BY {k} DESC LIMIT 1").format(k=key, r=relation)
+        )
         last = cur.fetchone()
     conn.commit()
     if first is None or last is None:
@@ -109,31 +114,27 @@ def key_bounds(
     return first[0], last[0], first[1]
 
 
-def count_rows(conn: psycopg2.extensions.connection, activity_type: ActivityType) -> int:
-    """The number of rows in an activity table."""
+def count_rows(conn: psycopg2.extensions.connection, source: Source | ActivityType) -> int:
+    """The number of rows of a source."""
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(ACTIVITY_TABLES[activity_type])
-            )
-        )
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(from_clause(as_source(source))))
         (count,) = cur.fetchone()
     conn.commit()
     return int(count)
 
 
 def key_cuts(
-    conn: psycopg2.extensions.connection, activity_type: ActivityType, step: int
+    conn: psycopg2.extensions.connection, source: Source | ActivityType, step: int
 ) -> list[Any]:
-    """Every ``step``-th id in key order after the first, from one ordered index scan: ranges
-    between consecutive cuts hold ``step`` rows however the keys are spread."""
-    table = sql.Identifier(ACTIVITY_TABLES[activity_type])
+    """Every ``step``-th key in key order after the first, from one ordered index scan:
+    ranges between consecutive cuts hold ``step`` rows however the keys are spread."""
+    found = as_source(source)
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM {}) s "
-                "WHERE rn > 1 AND rn %% %s = 1 ORDER BY rn"
-            ).format(table),
+                "SELECT id FROM (SELECT {k} AS id, row_number() OVER (ORDER BY {k}) AS rn "
+                "FROM {r}) c WHERE rn > 1 AND rn %% %s = 1 ORDER BY rn"
+            ).format(k=key_column(found), r=from_clause(found)),
             (step,),
         )
         cuts = [row[0] for row in cur.fetchall()]
@@ -147,7 +148,7 @@ PLANNERS: tuple[Planner, ...] = ("rows", "bounds")
 
 def plan_ranges(
     conn: psycopg2.extensions.connection,
-    activity_type: ActivityType,
+    source: Source | ActivityType,
     partitions: int,
     rows_per_range: int,
     planner: Planner = "rows",
@@ -161,17 +162,20 @@ def plan_ranges(
     (integers between the lowest and highest id; the 128-bit space for UUIDs): two index
     lookups, balanced only when keys are spread evenly.
     """
-    if planner == "bounds":
-        lo, hi, typ = key_bounds(conn, activity_type)
-        if lo is None:
+    found = as_source(source)
+    activity_type = found.activity_type
+    lo, hi, typ = key_bounds(conn, found) if planner == "bounds" else (None, None, "")
+    if planner == "bounds" and typ in ("uuid", "bigint", "integer", "smallint"):
+        if lo is None or hi is None:
             return []
         if typ == "uuid":
             return plan_uuid_ranges(activity_type, partitions)
         return plan_int_ranges(activity_type, int(lo), int(hi), partitions)
+    # Text keys have no span to slice: they are cut by rows, like the default.
     if rows is None:
-        rows = count_rows(conn, activity_type)
+        rows = count_rows(conn, found)
     n = ranges_needed(rows, rows_per_range, partitions)
     if n == 0:
         return []
-    cuts = key_cuts(conn, activity_type, -(-rows // n)) if n > 1 else []
+    cuts = key_cuts(conn, found, -(-rows // n)) if n > 1 else []
     return plan_from_cuts(activity_type, [c if isinstance(c, int) else str(c) for c in cuts])

@@ -7,6 +7,7 @@ Prints a JSON run summary and stores it in ``calculation_runs``; exits non-zero 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -20,10 +21,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import sqlalchemy as sa
 
 from pipeline import cli, editions, retry, tuning
+from pipeline.model import ActivityType
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
 from pipeline.ranges import KeyRange, plan_ranges
-from pipeline.store import connections, queries, runs, tables
+from pipeline.store import connections, queries, runs, sources, tables
 from pipeline.store.install import ensure_initialised
+from pipeline.store.sources import Source, SourcesError
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -122,6 +125,14 @@ def execute(
     return counters(result)
 
 
+def check_sources(engine: sa.Engine, config: RunConfig) -> dict[ActivityType, Source]:
+    """The run's sources, checked against the catalogue (``SourcesError`` names every
+    problem); their key and version types come from there."""
+    wanted = {t: config.sources[t] for t in config.activity_types}
+    with connections.raw_connection(engine) as conn:
+        return sources.check_sources(conn, wanted)
+
+
 def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
     """The key ranges (``pipeline.ranges.plan_ranges``) of the tables with pending activities,
     on one connection. Without a date window, the counts already say how many rows each table
@@ -134,7 +145,7 @@ def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
             for t in types
             for r in plan_ranges(
                 conn,
-                t,
+                config.sources[t],
                 config.partitions,
                 config.rows_per_range,
                 config.range_planner,
@@ -148,8 +159,16 @@ def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
 class Progress:
     """Logs how many results this run has stored, every few seconds, while the pipeline runs."""
 
-    def __init__(self, engine: sa.Engine, run_id: str, pending: int, interval: float) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        run_id: str,
+        pending: int,
+        interval: float,
+        schema: str = tables.DEFAULT_SCHEMA,
+    ) -> None:
         self._engine = engine
+        self._schema = schema
         self._run_id = run_id
         self._pending = pending
         self._interval = interval
@@ -171,7 +190,7 @@ class Progress:
         while not self._stop.wait(self._interval):
             try:
                 # From the write log: a count of the run's results would scan them all.
-                done = runs.results_written(self._engine, self._run_id)
+                done = runs.results_written(self._engine, self._run_id, self._schema)
             except Exception as e:  # noqa: BLE001 - progress is best-effort
                 _LOG.warning("progress: could not count results (%s)", type(e).__name__)
                 continue
@@ -211,7 +230,7 @@ def summarise(
     What the run wrote (results, kg CO2e) comes from its coverage (``runs.run_coverage``:
     the run's write log)."""
     written = coverage["by_activity_type"]
-    outstanding = None if metrics is not None else queries.outstanding_errors(engine)
+    outstanding = None if metrics is not None else queries.outstanding_errors(engine, config.schema)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
         c = counts[t]
@@ -349,11 +368,24 @@ def main(argv: list[str] | None = None) -> int:
     engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
     policy = config.retry_policy
     try:
-        retry.call(lambda: ensure_initialised(engine), what="checking the schema", policy=policy)
+        try:
+            checked = retry.call(
+                lambda: check_sources(engine, config), what="checking the sources", policy=policy
+            )
+        except SourcesError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, sources=checked)
+        id_type = next(iter({s.key_type for s in checked.values()}))
+        retry.call(
+            lambda: ensure_initialised(engine, config.schema, id_type),
+            what="checking the schema",
+            policy=policy,
+        )
         pins = dict(config.factor_pins)
         try:
             in_force = retry.call(
-                lambda: editions.current_editions(engine, pins),
+                lambda: editions.current_editions(engine, pins, config.schema),
                 what="reading the factor editions",
                 policy=policy,
             )
@@ -367,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                 config.date_from,
                 config.date_to,
                 on_pending=warm_up_beam,
+                sources=config.sources,
+                schema=config.schema,
             ),
             what="counting pending activities",
             policy=policy,
@@ -378,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                 config.run_id,
                 runner,
                 safe_options(options, beam_args),
+                config.schema,
                 code_version=editions.code_version(),
             ),
             what="recording the run",
@@ -402,11 +437,15 @@ def main(argv: list[str] | None = None) -> int:
                 what="planning the key ranges",
                 policy=policy,
             )
-            with Progress(engine, config.run_id, pending, config.progress_interval):
+            with Progress(engine, config.run_id, pending, config.progress_interval, config.schema):
                 metrics = execute(args, config, ranges)
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(
-            lambda: runs.run_coverage(engine, config.run_id) if pending else runs.nothing_written(),
+            lambda: (
+                runs.run_coverage(engine, config.run_id, config.schema)
+                if pending
+                else runs.nothing_written()
+            ),
             what="measuring data-quality coverage",
             policy=policy,
         )
@@ -422,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["status"] = "succeeded"
         summary["runner"] = runner
         summary["database"] = connections.redact_url(config.database_url)
+        summary["schema"] = config.schema
+        summary["sources"] = {t: s.name for t, s in config.sources.items()}
         summary["timings"] = {
             "setup_s": round(setup_s, 3),
             "pipeline_s": round(pipeline_s, 3),
@@ -431,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: runs.finish_run(
                 engine,
                 config.run_id,
+                config.schema,
                 status="succeeded",
                 total_activities=summary["total_activities"],
                 skipped=summary["skipped"],
@@ -457,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # Briefly: the database may be what failed, and the run must still end.
             retry.call(
-                lambda: runs.finish_run(engine, config.run_id, status="failed", message=message),
+                lambda: runs.finish_run(
+                    engine, config.run_id, config.schema, status="failed", message=message
+                ),
                 what="recording the failure",
                 policy=retry.RetryPolicy(attempts=2, base_delay=0.5),
             )

@@ -113,19 +113,19 @@ def wait_for(
 
 
 def results_count(url: str) -> int:
-    return int(scalar(url, "SELECT count(*) FROM emission_results"))
+    return int(scalar(url, "SELECT count(*) FROM emissions.emission_results"))
 
 
 def duplicate_counts(url: str) -> tuple[int, int]:
     """(activities with more than one result, (activity, input) pairs with more than one error)."""
     dup_results = scalar(
         url,
-        "SELECT count(*) FROM (SELECT 1 FROM emission_results "
+        "SELECT count(*) FROM (SELECT 1 FROM emissions.emission_results "
         "GROUP BY activity_type, activity_id HAVING count(*) > 1) d",
     )
     dup_errors = scalar(
         url,
-        "SELECT count(*) FROM (SELECT 1 FROM emission_errors "
+        "SELECT count(*) FROM (SELECT 1 FROM emissions.emission_errors "
         "GROUP BY activity_type, activity_id, input_hash HAVING count(*) > 1) d",
     )
     return int(dup_results), int(dup_errors)

@@ -306,7 +306,8 @@ def _activities_on(url: str, day: datetime.date | None) -> set[tuple[str, str]]:
         with engine.connect() as conn:
             for activity_type, table in tables.ACTIVITY_TABLES.items():
                 query = sa.text(
-                    f"SELECT id::text FROM {table} WHERE (:d)::date IS NULL OR activity_date = :d"
+                    f"SELECT id::text FROM {tables.qualified_text(table)} WHERE (:d)::date IS NULL "
+                    "OR activity_date = :d"
                 )
                 found |= {(activity_type, i) for (i,) in conn.execute(query, {"d": day})}
     finally:

@@ -49,7 +49,7 @@ def test_two_runs_at_once_write_each_result_once(
     assert duplicate_counts(url) == (0, 0)
     # Every stored result is credited to exactly one of the two runs.
     assert sum(s["total_processed"] for s in summaries) == len(results) == results_count(url)
-    assert int(scalar(url, "SELECT count(DISTINCT run_id) FROM emission_results")) <= 2
+    assert int(scalar(url, "SELECT count(DISTINCT run_id) FROM emissions.emission_results")) <= 2
     engine.dispose()
 
 

@@ -39,7 +39,7 @@ def test_sigkill_part_way_then_resume(make_database: Callable[..., str], tmp_pat
     assert 1_000 <= committed < COUNT * 0.9, committed  # part-way, not done
     assert duplicate_counts(url) == (0, 0)
     # The killed run never got to record an outcome.
-    assert scalar(url, "SELECT status FROM calculation_runs") == "running"
+    assert scalar(url, "SELECT status FROM emissions.calculation_runs") == "running"
 
     second = start_run(url, tmp_path, "--partitions", "4", name="2")
     assert second.wait() == 0, second.stderr
@@ -47,7 +47,7 @@ def test_sigkill_part_way_then_resume(make_database: Callable[..., str], tmp_pat
     assert summary["total_activities"] == COUNT
     assert summary["skipped"] == committed
     assert summary["pending"] == COUNT - committed
-    errors = int(scalar(url, "SELECT count(*) FROM emission_errors"))
+    errors = int(scalar(url, "SELECT count(*) FROM emissions.emission_errors"))
     assert committed + summary["total_processed"] + errors == COUNT
 
     check_every_activity_once(url, engine)  # one result or one error each; totals match SQL

@@ -17,7 +17,7 @@ from pipeline.factors import load_shipped_factors
 from pipeline.methodology.batch import activity_schema, result_schema
 from pipeline.model import ErrorRecord
 from pipeline.ranges import key_bounds, plan_int_ranges, plan_uuid_ranges
-from pipeline.store import bulk, connections, queries, tables, writes
+from pipeline.store import bulk, connections, install, queries, tables, writes
 from pipeline.store.embedded import _same_setting, server_settings
 from tests.factories import RUN, result_for
 
@@ -25,9 +25,9 @@ INT64 = pa.int64()
 
 
 def insert_electricity(engine: sa.Engine, ids: list[int] | list[str]) -> None:
-    table = tables.build_metadata(tables.detect_id_type(engine) or "bigint").tables[
-        tables.ACTIVITY_TABLES["electricity"]
-    ]
+    with connections.raw_connection(engine) as raw:
+        id_type = tables.results_id_type(raw) or "bigint"
+    table = tables.table(tables.ACTIVITY_TABLES["electricity"], id_type=id_type)
     with engine.begin() as conn:
         if ids:
             conn.execute(
@@ -60,17 +60,17 @@ def read_all(url: str, ranges: list, id_type: pa.DataType = INT64) -> list:
 
 
 def test_create_schema_is_safe_to_run_twice(engine: sa.Engine) -> None:
-    assert tables.create_schema(engine) == "bigint"
-    assert tables.create_schema(engine) == "bigint"
-    with pytest.raises(ValueError, match="already uses bigint"):
-        tables.create_schema(engine, "uuid")
+    assert install.create_schema(engine) == "bigint"
+    assert install.create_schema(engine) == "bigint"
+    with pytest.raises(install.SchemaError, match="keyed by bigint"):
+        install.create_schema(engine, "uuid")
 
 
 def test_factors_load_once(engine: sa.Engine) -> None:
     rows = load_shipped_factors()
     assert queries.insert_factors(engine, rows) == 0  # the template already loaded them
     with engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT count(*) FROM emission_factors")).scalar()
+        stored = conn.execute(sa.text("SELECT count(*) FROM emissions.emission_factors")).scalar()
     assert stored == len(rows)
 
 
@@ -122,7 +122,9 @@ def test_results_are_written_once_even_when_repeated(engine: sa.Engine, database
     finally:
         conn.close()
     with engine.connect() as conn2:
-        rows = conn2.execute(sa.text("SELECT count(*), sum(kg_co2e) FROM emission_results")).one()
+        rows = conn2.execute(
+            sa.text("SELECT count(*), sum(kg_co2e) FROM emissions.emission_results")
+        ).one()
     assert rows == (20, 30.0)
 
 
@@ -147,7 +149,7 @@ def test_results_tables_are_written_once_whatever_columns_a_batch_has(
     with engine.connect() as c:
         rows = c.execute(
             sa.text(
-                "SELECT activity_id, exchange_rate, kg_co2e FROM emission_results "
+                "SELECT activity_id, exchange_rate, kg_co2e FROM emissions.emission_results "
                 "ORDER BY activity_id"
             )
         ).all()
@@ -165,7 +167,9 @@ def test_a_batch_larger_than_the_bind_parameter_limit(engine: sa.Engine, databas
     finally:
         conn.close()
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT count(*) FROM emission_results")).scalar() == 70_000
+        assert (
+            c.execute(sa.text("SELECT count(*) FROM emissions.emission_results")).scalar() == 70_000
+        )
 
 
 def test_floats_round_trip_exactly(engine: sa.Engine, database_url: str) -> None:
@@ -176,7 +180,9 @@ def test_floats_round_trip_exactly(engine: sa.Engine, database_url: str) -> None
     finally:
         conn.close()
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT kg_co2e FROM emission_results")).scalar() == value
+        assert (
+            c.execute(sa.text("SELECT kg_co2e FROM emissions.emission_results")).scalar() == value
+        )
 
 
 def test_errors_are_recorded_once_per_input(engine: sa.Engine, database_url: str) -> None:
@@ -202,7 +208,7 @@ def test_text_with_quotes_commas_and_newlines_survives_copy(
     finally:
         conn.close()
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT reason FROM emission_errors")).scalar() == nasty
+        assert c.execute(sa.text("SELECT reason FROM emissions.emission_errors")).scalar() == nasty
 
 
 def test_identifiers_are_validated() -> None:

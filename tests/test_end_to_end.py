@@ -30,14 +30,18 @@ def stored(engine: sa.Engine) -> tuple[dict[tuple[str, str], float], dict[tuple[
         results = {
             (t, i): kg
             for t, i, kg in conn.execute(
-                sa.text("SELECT activity_type, activity_id::text, kg_co2e FROM emission_results")
+                sa.text(
+                    "SELECT activity_type, activity_id::text, kg_co2e FROM "
+                    "emissions.emission_results"
+                )
             )
         }
         errors = {
             (t, i): n
             for t, i, n in conn.execute(
                 sa.text(
-                    "SELECT activity_type, activity_id::text, count(*) FROM emission_errors "
+                    "SELECT activity_type, activity_id::text, count(*) FROM "
+                    "emissions.emission_errors "
                     "GROUP BY 1, 2"
                 )
             )
@@ -50,7 +54,7 @@ def all_activities(engine: sa.Engine) -> set[tuple[str, str]]:
         return {
             (t, str(i))
             for t, table in tables.ACTIVITY_TABLES.items()
-            for (i,) in conn.execute(sa.text(f"SELECT id FROM {table}"))
+            for (i,) in conn.execute(sa.text(f"SELECT id FROM {tables.qualified_text(table)}"))
         }
 
 
@@ -106,7 +110,7 @@ def test_seed_run_check_rerun(
         row = conn.execute(
             sa.text(
                 "SELECT status, total_processed, errors, total_co2e_tonnes, metrics_source "
-                "FROM calculation_runs WHERE run_id = :r"
+                "FROM emissions.calculation_runs WHERE run_id = :r"
             ),
             {"r": summary["run_id"]},
         ).one()
@@ -130,8 +134,10 @@ def test_seed_run_check_rerun(
     with engine.begin() as conn:
         fixed = conn.execute(
             sa.text(
-                f"UPDATE {table} a SET amount = 100.0, currency = 'USD', naics_code = '334111' "
-                "FROM emission_errors e WHERE e.activity_type = 'spend' AND e.activity_id = a.id "
+                f"UPDATE {tables.qualified_text(table)} a SET amount = 100.0, currency = 'USD', "
+                "naics_code = '334111' "
+                "FROM emissions.emission_errors e WHERE e.activity_type = 'spend' AND "
+                "e.activity_id = a.id "
                 "RETURNING a.id::text"
             )
         ).all()
@@ -166,7 +172,7 @@ def test_radiative_forcing_off(
     run_pipeline(database_url, capsys, "--activity-types", "air_travel", "--no-radiative-forcing")
     with engine.connect() as conn:
         flags = conn.execute(
-            sa.text("SELECT DISTINCT radiative_forcing FROM emission_results")
+            sa.text("SELECT DISTINCT radiative_forcing FROM emissions.emission_results")
         ).all()
     assert flags == [(False,)]
     # only air travel was asked for; now the rest

@@ -47,7 +47,8 @@ def fingerprint(engine: sa.Engine) -> tuple[int, str]:
     with engine.connect() as conn:
         row = conn.execute(
             sa.text(
-                "SELECT count(*), md5(string_agg(f::text, '|' ORDER BY id)) FROM emission_factors f"
+                "SELECT count(*), md5(string_agg(f::text, '|' ORDER BY id)) FROM "
+                "emissions.emission_factors f"
             )
         ).one()
     return int(row[0]), str(row[1])

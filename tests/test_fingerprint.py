@@ -138,7 +138,7 @@ def test_a_run_stores_the_fingerprints_of_the_rows_it_read(
                     sa.text(
                         "SELECT id, factor_set, key, year, value, unit, kg_co2, kg_ch4_co2e, "
                         "kg_n2o_co2e, basis, gwp_set, source, edition, source_ref "
-                        "FROM emission_factors"
+                        "FROM emissions.emission_factors"
                     )
                 )
             )
@@ -153,7 +153,8 @@ def test_a_run_stores_the_fingerprints_of_the_rows_it_read(
                 sa.text(
                     f"SELECT {', '.join('a.' + f for f in fields)}, r.input_fingerprint, "
                     "r.factor_fingerprint, r.factor_id, r.fx_factor_id, r.cpi_factor_id, "
-                    f"r.cpi_base_factor_id FROM emission_results r JOIN {table} a "
+                    "r.cpi_base_factor_id FROM emissions.emission_results r JOIN "
+                    f"emissions.{table} a "
                     "ON a.id = r.activity_id WHERE r.activity_type = :t"
                 ),
                 {"t": activity_type},

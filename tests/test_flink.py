@@ -112,9 +112,7 @@ def table_rows(url: str, table: str) -> list[dict[str, Any]]:
     engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(f"SELECT * FROM {tables.validate_identifier(table)}")
-            ).mappings()
+            rows = conn.execute(sa.text(f"SELECT * FROM {tables.qualified_text(table)}")).mappings()
             kept = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
     finally:
         engine.dispose()
@@ -186,8 +184,8 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
         with engine.begin() as conn:
             corrected = conn.execute(
                 sa.text(
-                    "UPDATE spend_activities a SET amount = 100.0, currency = 'USD', "
-                    "naics_code = '334111' FROM emission_errors e "
+                    "UPDATE emissions.spend_activities a SET amount = 100.0, currency = 'USD', "
+                    "naics_code = '334111' FROM emissions.emission_errors e "
                     "WHERE e.activity_type = 'spend' AND e.activity_id = a.id"
                 )
             ).rowcount

@@ -189,7 +189,7 @@ def insert(url: str, activity_type: str, rows: list[tuple[Any, ...]]) -> None:
     cols = COLUMNS[activity_type]
     template = "(" + ", ".join("%s::date" if c == "activity_date" else "%s" for c in cols) + ")"
     query = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
-        sql.Identifier(tables.ACTIVITY_TABLES[activity_type]),  # type: ignore[index]
+        tables.qualified(tables.ACTIVITY_TABLES[activity_type]),  # type: ignore[index]
         sql.SQL(", ").join(map(sql.Identifier, cols)),
     )
     conn = connections.connect(url)
@@ -217,7 +217,7 @@ RESULT_VIEW = (
     "SELECT activity_type, activity_id::text, kg_co2e, kg_co2, kg_ch4_co2e, kg_n2o_co2e, "
     "activity_amount, factor_id, factor_value, fallback, "
     "year_mismatch, class_substituted, distance_km, haul, exchange_rate, cpi_deflator "
-    "FROM emission_results"
+    "FROM emissions.emission_results"
 )
 
 
@@ -235,11 +235,13 @@ def check_every_row_accounted_for(url: str, corrected: set[tuple[str, str]] | No
     activities = {
         (t, str(i))
         for t, table in tables.ACTIVITY_TABLES.items()
-        for (i,) in fetch(url, f"SELECT id FROM {table}")
+        for (i,) in fetch(url, f"SELECT id FROM {tables.qualified_text(table)}")
     }
-    results = fetch(url, "SELECT activity_type, activity_id::text FROM emission_results")
+    results = fetch(url, "SELECT activity_type, activity_id::text FROM emissions.emission_results")
     errors = fetch(
-        url, "SELECT activity_type, activity_id::text, reason_code, reason FROM emission_errors"
+        url,
+        "SELECT activity_type, activity_id::text, reason_code, reason FROM "
+        "emissions.emission_errors",
     )
     assert len(results) == len(set(results))
     assert all(code and reason for _, _, code, reason in errors)
@@ -313,11 +315,12 @@ def test_runs_over_hostile_tables(
         assert ("electricity", str(i)) in {r[:2] for r in after_results}
 
 
-ERROR_KEYS = "SELECT activity_type, activity_id, input_hash FROM emission_errors"
+ERROR_KEYS = "SELECT activity_type, activity_id, input_hash FROM emissions.emission_errors"
 # Correct the first electricity row that ended as an error: the next run must compute it.
 CORRECT_ONE = (
-    "UPDATE electricity_activities SET quantity = 5, unit = 'kWh', region = 'CAMX', "
-    "activity_date = '2023-01-01' WHERE id = (SELECT min(activity_id) FROM emission_errors "
+    "UPDATE emissions.electricity_activities SET quantity = 5, unit = 'kWh', region = 'CAMX', "
+    "activity_date = '2023-01-01' WHERE id = (SELECT min(activity_id) FROM "
+    "emissions.emission_errors "
     "WHERE activity_type = 'electricity') RETURNING id"
 )
 

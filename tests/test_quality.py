@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from audit import coverage
 from ops.seed import seed
 from pipeline.levels import LEVELS
-from pipeline.store import runs, tables
+from pipeline.store import runs
 from tests.support import assert_write_log_matches_results
 from tests.test_verify import run_pipeline
 
@@ -26,7 +26,7 @@ def test_coverage_counts_each_level_as_the_database_does(
     summary = run_pipeline(database_url, capsys)
     cov = summary["quality"]
     overall = cov["overall"]
-    results, kg = one(engine, "SELECT count(*), sum(kg_co2e) FROM emission_results")
+    results, kg = one(engine, "SELECT count(*), sum(kg_co2e) FROM emissions.emission_results")
     errors = summary["errors"]
     assert overall["results"] == results and overall["records"] == results + errors
     assert overall["kg_co2e"] == pytest.approx(kg, rel=1e-12)
@@ -44,7 +44,8 @@ def test_coverage_counts_each_level_as_the_database_does(
     for level, condition in checks.items():
         n, level_kg = one(
             engine,
-            f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM emission_results WHERE {condition}",
+            "SELECT count(*), coalesce(sum(kg_co2e), 0) FROM emissions.emission_results WHERE "
+            f"{condition}",
         )
         assert overall[level]["records"] == n, level
         assert overall[level]["kg_co2e"] == pytest.approx(level_kg, rel=1e-12), level
@@ -67,27 +68,3 @@ def test_coverage_counts_each_level_as_the_database_does(
     # Progress lines read the same log: every stored result, counted once.
     assert runs.results_written(engine, summary["run_id"]) == results
     assert runs.results_written(engine, "00000000-0000-4000-8000-000000000000") == 0
-
-
-def test_create_schema_adds_the_new_columns_to_an_older_database(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE calculation_runs DROP COLUMN quality"))
-        conn.execute(sa.text(f"DROP TABLE {tables.WRITES_TABLE}"))  # added later still
-        conn.execute(sa.text("DROP VIEW emission_results_explained"))  # made before them
-        for table in ("emission_results", "emission_results_history"):
-            conn.execute(
-                sa.text(
-                    f"ALTER TABLE {table} DROP COLUMN input_fingerprint, "
-                    "DROP COLUMN factor_fingerprint"
-                )
-            )
-    assert not tables.schema_ready(engine)  # so a run upgrades it before writing
-    tables.create_schema(engine)
-    tables.create_schema(engine)
-    assert tables.schema_ready(engine)
-    columns = {c["name"] for c in sa.inspect(engine).get_columns("calculation_runs")}
-    assert {"quality", "factor_editions", "code_version"} <= columns
-    assert sa.inspect(engine).has_table(tables.WRITES_TABLE)
-    for table in ("emission_results", "emission_results_history"):
-        columns = {c["name"] for c in sa.inspect(engine).get_columns(table)}
-        assert {"input_fingerprint", "factor_fingerprint"} <= columns

@@ -92,15 +92,17 @@ def test_report_renders_in_chromium_and_matches_the_database(
     assert dom.having(data_measured="yes"), "Chromium did not lay the page out"
 
     # Headline figures.
-    (total,) = sql_rows(engine, "SELECT sum(kg_co2e), count(*) FROM emission_results")
+    (total,) = sql_rows(engine, "SELECT sum(kg_co2e), count(*) FROM emissions.emission_results")
     (card,) = dom.having(data_figure="total")
     assert float(card[1]["data-kg"]) == total[0]
     assert "".join(card[2]).strip() == f"{total[0] / 1000:,.2f} t CO2e"
     assert int(dom.having(data_figure="results")[0][1]["data-value"]) == total[1]
     (outstanding,) = sql_rows(
         engine,
-        "SELECT count(DISTINCT (activity_type, activity_id)) FROM emission_errors e WHERE NOT "
-        "EXISTS (SELECT 1 FROM emission_results r WHERE r.activity_type = e.activity_type "
+        "SELECT count(DISTINCT (activity_type, activity_id)) FROM emissions.emission_errors e "
+        "WHERE NOT "
+        "EXISTS (SELECT 1 FROM emissions.emission_results r WHERE r.activity_type = "
+        "e.activity_type "
         "AND r.activity_id = e.activity_id)",
     )
     assert int(dom.having(data_figure="errors")[0][1]["data-value"]) == outstanding[0] > 0
@@ -108,7 +110,7 @@ def test_report_renders_in_chromium_and_matches_the_database(
     # By scope and category: every row of the table, and every bar of the chart.
     scopes = sql_rows(
         engine,
-        "SELECT scope, coalesce(category::text, ''), sum(kg_co2e) FROM emission_results "
+        "SELECT scope, coalesce(category::text, ''), sum(kg_co2e) FROM emissions.emission_results "
         "GROUP BY 1, 2",
     )
     assert {(2, ""), (3, "1"), (3, "6")} == {(s, c) for s, c, _ in scopes}
@@ -128,10 +130,10 @@ def test_report_renders_in_chromium_and_matches_the_database(
     months = sql_rows(
         engine,
         "SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM'), sum(r.kg_co2e) "
-        "FROM emission_results r JOIN (SELECT 'electricity' t, id, activity_date FROM "
-        "electricity_activities UNION ALL SELECT 'spend', id, activity_date FROM "
-        "spend_activities UNION ALL SELECT 'air_travel', id, activity_date FROM "
-        "air_travel_activities) a ON a.t = r.activity_type AND a.id = r.activity_id "
+        "FROM emissions.emission_results r JOIN (SELECT 'electricity' t, id, activity_date FROM "
+        "emissions.electricity_activities UNION ALL SELECT 'spend', id, activity_date FROM "
+        "emissions.spend_activities UNION ALL SELECT 'air_travel', id, activity_date FROM "
+        "emissions.air_travel_activities) a ON a.t = r.activity_type AND a.id = r.activity_id "
         "GROUP BY 1, 2",
     )
     for t, m, kg in months:
@@ -139,7 +141,8 @@ def test_report_renders_in_chromium_and_matches_the_database(
         # the same rows summed by a differently planned query: equal up to summation order
         assert float(seg[1]["data-value"]) == pytest.approx(kg, rel=1e-12)
     for t, _, kg in sql_rows(
-        engine, "SELECT activity_type, count(*), sum(kg_co2e) FROM emission_results GROUP BY 1"
+        engine,
+        "SELECT activity_type, count(*), sum(kg_co2e) FROM emissions.emission_results GROUP BY 1",
     ):
         (row,) = dom.having(data_row="type", data_type=t)
         assert sum(k for tt, _, k in months if tt == t) == pytest.approx(kg, rel=1e-12)
@@ -155,7 +158,7 @@ def test_report_renders_in_chromium_and_matches_the_database(
     fallback = sql_rows(
         engine,
         "SELECT count(*) FILTER (WHERE fallback = 'country')::float8 / count(*) "
-        "FROM emission_results WHERE activity_type = 'electricity'",
+        "FROM emissions.emission_results WHERE activity_type = 'electricity'",
     )[0][0]
     (elec,) = dom.having(data_row="quality", data_type="electricity")
     start = dom.found.index(elec)
@@ -170,8 +173,9 @@ def test_report_renders_in_chromium_and_matches_the_database(
     # Top sources: the ten largest factor keys, largest first.
     top = sql_rows(
         engine,
-        "SELECT f.factor_set, f.key, sum(r.kg_co2e) FROM emission_results r JOIN "
-        "emission_factors f ON f.id = r.factor_id GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
+        "SELECT f.factor_set, f.key, sum(r.kg_co2e) FROM emissions.emission_results r JOIN "
+        "emissions.emission_factors f ON f.id = r.factor_id GROUP BY 1, 2 ORDER BY 3 DESC "
+        "LIMIT 10",
     )
     sources = dom.having(data_row="source")
     assert [(e[1]["data-set"], e[1]["data-key"]) for e in sources] == [(s, k) for s, k, _ in top]

@@ -28,7 +28,9 @@ def rows(engine: sa.Engine, query: str, **params: object) -> list[tuple]:
 
 def snapshot(engine: sa.Engine) -> dict[tuple[str, str], tuple]:
     cols = ", ".join(tables.RESULT_COLUMNS + ("run_id",))
-    return {(r[0], str(r[1])): r for r in rows(engine, f"SELECT {cols} FROM emission_results")}
+    return {
+        (r[0], str(r[1])): r for r in rows(engine, f"SELECT {cols} FROM emissions.emission_results")
+    }
 
 
 def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
@@ -41,7 +43,8 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
         (t, str(i))
         for t, i in rows(
             engine,
-            "SELECT r.activity_type, r.activity_id FROM emission_results r JOIN emission_factors "
+            "SELECT r.activity_type, r.activity_id FROM emissions.emission_results r JOIN "
+            "emissions.emission_factors "
             "f ON f.id = r.factor_id WHERE f.factor_set = 'desnz_air' AND f.edition = :e",
             e=AIR_2024,
         )
@@ -62,7 +65,8 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     # Every flight now uses a 2025 factor, flagged where the years differ.
     assert rows(
         engine,
-        "SELECT DISTINCT f.edition FROM emission_results r JOIN emission_factors f "
+        "SELECT DISTINCT f.edition FROM emissions.emission_results r JOIN "
+        "emissions.emission_factors f "
         "ON f.id = r.factor_id WHERE r.activity_type = 'air_travel'",
     ) == [(AIR_2025,)]
     ym = tables.RESULT_COLUMNS.index("year_mismatch")
@@ -76,7 +80,7 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
         for r in rows(
             engine,
             f"SELECT {', '.join(tables.RESULT_COLUMNS + ('run_id',))} "
-            "FROM emission_results_history "
+            "FROM emissions.emission_results_history "
             "WHERE restatement_id = :r",
             r=rid,
         )
@@ -86,8 +90,10 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     # The diff's totals are the database's sums.
     (old_kg, new_kg, n) = rows(
         engine,
-        "SELECT sum(h.kg_co2e), sum(r.kg_co2e), count(*) FROM emission_results_history h JOIN "
-        "emission_results r USING (activity_type, activity_id) WHERE h.restatement_id = :r",
+        "SELECT sum(h.kg_co2e), sum(r.kg_co2e), count(*) FROM emissions.emission_results_history h "
+        "JOIN "
+        "emissions.emission_results r USING (activity_type, activity_id) "
+        "WHERE h.restatement_id = :r",
         r=rid,
     )[0]
     diff = out["diff"]
@@ -104,13 +110,14 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     assert deltas == sorted(deltas, reverse=True)
     (top_delta,) = rows(
         engine,
-        "SELECT max(abs(r.kg_co2e - h.kg_co2e)) FROM emission_results_history h JOIN "
-        "emission_results r USING (activity_type, activity_id) WHERE h.restatement_id = :r",
+        "SELECT max(abs(r.kg_co2e - h.kg_co2e)) FROM emissions.emission_results_history h JOIN "
+        "emissions.emission_results r USING (activity_type, activity_id) "
+        "WHERE h.restatement_id = :r",
         r=rid,
     )[0]
     assert deltas[0] == top_delta
     assert AIR_2024 in largest[0]["old_factor"] and AIR_2025 in largest[0]["new_factor"]
-    stored = rows(engine, "SELECT status, changed, diff FROM restatements")
+    stored = rows(engine, "SELECT status, changed, diff FROM emissions.restatements")
     assert stored == [("succeeded", n, json.loads(json.dumps(diff)))]
 
     # The restated results reproduce, on the pinned edition; their fingerprints are new.
@@ -121,7 +128,7 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
         engine,
         "SELECT count(*) FILTER (WHERE h.input_fingerprint = r.input_fingerprint), "
         "count(*) FILTER (WHERE h.factor_fingerprint <> r.factor_fingerprint) "
-        "FROM emission_results_history h JOIN emission_results r "
+        "FROM emissions.emission_results_history h JOIN emissions.emission_results r "
         "USING (activity_type, activity_id) WHERE r.run_id = :r",
         r=rid,
     ) == [(n, n)]
@@ -130,7 +137,7 @@ def test_pinning_the_2025_air_edition_restates_the_flights_on_2024_factors(
     again = restate.restate(engine, editions.parse_pins([f"desnz_air={AIR_2025}"]))
     assert again.changed == 0 and again.diff["groups"] == []
     assert snapshot(engine) == after
-    assert rows(engine, "SELECT count(*) FROM emission_results_history") == [(n,)]
+    assert rows(engine, "SELECT count(*) FROM emissions.emission_results_history") == [(n,)]
 
     # The report shows the restatement that changed something, with the same figures.
     page = report.render(report.figures(engine), "test")
@@ -153,7 +160,8 @@ def test_a_newer_edition_restates_only_the_results_on_the_revised_factor(
     run_pipeline(database_url, capsys, "--activity-types", "electricity")
     (key, uses) = rows(
         engine,
-        "SELECT f.key, count(*) FROM emission_results r JOIN emission_factors f "
+        "SELECT f.key, count(*) FROM emissions.emission_results r JOIN emissions.emission_factors "
+        "f "
         "ON f.id = r.factor_id WHERE f.factor_set = 'egrid_subregion' "
         "GROUP BY f.key ORDER BY 2 DESC, 1 LIMIT 1",
     )[0]
@@ -187,7 +195,7 @@ def test_a_newer_edition_restates_only_the_results_on_the_revised_factor(
     assert {k: v[:-1] for k, v in snapshot(engine).items()} == {
         k: v[:-1] for k, v in before.items()
     }
-    assert rows(engine, "SELECT count(*) FROM emission_results_history") == [(2 * uses,)]
+    assert rows(engine, "SELECT count(*) FROM emissions.emission_results_history") == [(2 * uses,)]
     assert verify.verify(engine, sample=None).reproduced == len(before)
 
 
@@ -197,7 +205,7 @@ def test_an_unknown_edition_is_refused_before_anything_is_written(
     assert restate.main(["--database-url", database_url, "--pin", "desnz_air=1999"]) == 2
     assert "desnz_air has no edition '1999'" in capsys.readouterr().err
     assert restate.main(["--database-url", database_url, "--pin", "nonsense"]) == 2
-    assert rows(engine, "SELECT count(*) FROM restatements") == [(0,)]
+    assert rows(engine, "SELECT count(*) FROM emissions.restatements") == [(0,)]
 
 
 def test_a_run_pinned_to_an_edition_uses_and_records_it(
@@ -212,11 +220,14 @@ def test_a_run_pinned_to_an_edition_uses_and_records_it(
     assert summary["factor_editions"]["desnz_air"] == [AIR_2025]
     assert summary["factor_editions"]["epa_sef"]  # the other sets: newest rows, recorded too
     assert rows(
-        engine, "SELECT factor_pins FROM calculation_runs WHERE run_id = :r", r=summary["run_id"]
+        engine,
+        "SELECT factor_pins FROM emissions.calculation_runs WHERE run_id = :r",
+        r=summary["run_id"],
     ) == [({"desnz_air": AIR_2025},)]
     assert rows(
         engine,
-        "SELECT DISTINCT f.edition FROM emission_results r JOIN emission_factors f "
+        "SELECT DISTINCT f.edition FROM emissions.emission_results r JOIN "
+        "emissions.emission_factors f "
         "ON f.id = r.factor_id",
     ) == [(AIR_2025,)]
     # verify replays it on its pinned edition; a restatement on the same edition changes nothing.
@@ -228,7 +239,8 @@ def test_a_run_pinned_to_an_edition_uses_and_records_it(
         restate.restate(engine).changed
         == rows(
             engine,
-            "SELECT count(*) FROM air_travel_activities a JOIN emission_results r "
+            "SELECT count(*) FROM emissions.air_travel_activities a JOIN "
+            "emissions.emission_results r "
             "ON r.activity_id = a.id AND r.activity_type = 'air_travel' "
             "WHERE a.activity_date < '2025-01-01'",
         )[0][0]

@@ -136,5 +136,9 @@ def test_duplicates_inside_one_batch_larger_than_the_bind_parameter_limit(
     finally:
         conn.close()
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT count(*) FROM emission_results")).scalar() == 3_000
-        assert c.execute(sa.text("SELECT count(*) FROM emission_errors")).scalar() == 3_000
+        assert (
+            c.execute(sa.text("SELECT count(*) FROM emissions.emission_results")).scalar() == 3_000
+        )
+        assert (
+            c.execute(sa.text("SELECT count(*) FROM emissions.emission_errors")).scalar() == 3_000
+        )

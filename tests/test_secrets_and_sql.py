@@ -47,9 +47,9 @@ def role_url(database_url: str, pg_server_url: str) -> Iterator[str]:
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (PASSWORD,)
         )
         for grant in (
-            "GRANT ALL ON SCHEMA public TO {}",
-            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {}",
-            "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {}",
+            "GRANT USAGE ON SCHEMA emissions TO {}",
+            "GRANT ALL ON ALL TABLES IN SCHEMA emissions TO {}",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA emissions TO {}",
         ):
             cur.execute(sql.SQL(grant).format(sql.Identifier(role)))
     url = sa.make_url(database_url).set(username=role, password=PASSWORD)
@@ -72,7 +72,7 @@ def runs_table_text(url: str) -> str:
     conn = connections.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT r::text FROM calculation_runs r")
+            cur.execute("SELECT r::text FROM emissions.calculation_runs r")
             return "\n".join(row[0] for row in cur.fetchall())
     finally:
         conn.close()
@@ -107,9 +107,9 @@ def test_the_password_never_appears_in_output_runs_or_errors(
 
     # The database refuses the writes (not transient): the run fails and says why.
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE emission_results, emission_errors"))
+        conn.execute(sa.text("TRUNCATE emissions.emission_results, emissions.emission_errors"))
         user = sa.make_url(role_url).username
-        conn.execute(sa.text(f'REVOKE INSERT ON emission_results FROM "{user}"'))
+        conn.execute(sa.text(f'REVOKE INSERT ON emissions.emission_results FROM "{user}"'))
     failed = start_run(role_url, tmp_path, "--partitions", "2", "--retry-attempts", "2", name="no")
     assert failed.wait() == 1
     assert "permission denied" in failed.stderr
@@ -142,7 +142,12 @@ def test_every_table_name_is_a_checked_identifier() -> None:
     names += [tables.FACTORS_TABLE, tables.RUNS_TABLE]
     for name in names:
         assert tables.validate_identifier(name) == name
-    for hostile in ['x"; DROP TABLE emission_results; --', "Emission_Results", "a b", "é"]:
+    for hostile in [
+        'x"; DROP TABLE emissions.emission_results; --',
+        "Emission_Results",
+        "a b",
+        "é",
+    ]:
         with pytest.raises(ValueError, match="not a valid identifier"):
             tables.validate_identifier(hostile)
 
@@ -178,8 +183,17 @@ def _formatted_names(expr: ast.expr) -> list[ast.expr]:
     return found
 
 
+#: Functions whose result is a checked, quoted identifier (``tables.qualified_text``).
+_IDENTIFIER_FUNCTIONS = frozenset({"qualified_text", "validate_schema", "validate_identifier"})
+
+
 def _is_constant_identifier(expr: ast.expr) -> bool:
-    """A module-level UPPER_CASE constant (a table name), e.g. ``RESULTS_TABLE``."""
+    """A module-level UPPER_CASE constant (a table name), e.g. ``RESULTS_TABLE``, or an
+    identifier checked and quoted by ``qualified_text(...)``."""
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        return name in _IDENTIFIER_FUNCTIONS
     if isinstance(expr, ast.Name):
         return expr.id.isupper()
     if isinstance(expr, ast.Attribute):
@@ -190,14 +204,20 @@ def _is_constant_identifier(expr: ast.expr) -> bool:
 
 
 def test_no_sql_is_built_by_formatting_values_into_strings() -> None:
-    """Lint over the production code (``pipeline/``, ``transforms/``): SQL passed to
-    execute/text/SQL/copy is a literal, a composed ``psycopg2.sql`` object, or an f-string whose
-    only holes are UPPER_CASE table-name constants.
+    """Lint over the production code (``pipeline/``, ``transforms/``, ``audit/``, ``ops/``):
+    SQL passed to execute/text/SQL/copy is a literal, a composed ``psycopg2.sql`` object, or an
+    f-string whose only holes are UPPER_CASE table-name constants or identifiers checked and
+    quoted by ``qualified_text``.
 
     Values always travel as bound parameters; identifiers through ``sql.Identifier``.
     """
     offenders = []
-    files = [*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("transforms/**/*.py")]
+    files = [
+        *ROOT.glob("pipeline/**/*.py"),
+        *ROOT.glob("transforms/**/*.py"),
+        *ROOT.glob("audit/**/*.py"),
+        *ROOT.glob("ops/**/*.py"),
+    ]
     assert len(files) > 10
     for path in files:
         tree = ast.parse(path.read_text(), filename=str(path))
@@ -220,11 +240,12 @@ def test_the_lint_catches_a_formatted_value() -> None:
 
 
 def test_a_hostile_value_is_data_not_sql(database_url: str, engine: sa.Engine) -> None:
-    hostile = "'); DROP TABLE emission_results; --"
+    hostile = "'); DROP TABLE emissions.emission_results; --"
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO spend_activities (id, amount, currency, naics_code, activity_date) "
+                "INSERT INTO emissions.spend_activities (id, amount, currency, naics_code, "
+                "activity_date) "
                 "VALUES (1, 10, :c, :c, '2023-01-01')"
             ),
             {"c": hostile},
@@ -238,7 +259,9 @@ def test_a_hostile_value_is_data_not_sql(database_url: str, engine: sa.Engine) -
         conn2.close()
     assert table.column("currency").to_pylist() == [hostile]
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM emission_results")).scalar() == 0
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM emissions.emission_results")).scalar() == 0
+        )
 
 
 def test_a_wrong_password_fails_at_once_without_leaking_it(

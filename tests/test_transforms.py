@@ -150,7 +150,7 @@ def test_calculate_emissions_composite(book: FactorBook) -> None:
 
 
 def _insert(engine: sa.Engine, rows: list[dict]) -> None:
-    table = tables.build_metadata().tables[tables.ACTIVITY_TABLES["electricity"]]
+    table = tables.table(tables.ACTIVITY_TABLES["electricity"])
     with engine.begin() as conn:
         conn.execute(table.insert(), rows)
 
@@ -223,9 +223,9 @@ def test_write_composites_store_each_row_once(
     run_once()
     with engine.connect() as conn:
         count, total = conn.execute(
-            sa.text("SELECT count(*), sum(kg_co2e) FROM emission_results")
+            sa.text("SELECT count(*), sum(kg_co2e) FROM emissions.emission_results")
         ).one()
-        errors = conn.execute(sa.text("SELECT count(*) FROM emission_errors")).scalar()
+        errors = conn.execute(sa.text("SELECT count(*) FROM emissions.emission_errors")).scalar()
     assert count == 100
     assert total == pytest.approx(sum(r.kg_co2e for r in results), rel=1e-12)
     assert errors == 1
@@ -233,7 +233,10 @@ def test_write_composites_store_each_row_once(
     # wrote: 100 results in all, whatever order the flushes ran in.
     with engine.connect() as conn:
         logged = conn.execute(
-            sa.text(f"SELECT sum(results), sum(kg_co2e), count(*) FROM {tables.WRITES_TABLE}")
+            sa.text(
+                "SELECT sum(results), sum(kg_co2e), count(*) FROM "
+                f"{tables.qualified_text(tables.WRITES_TABLE)}"
+            )
         ).one()
     assert logged[0] == 100 and logged[1] == pytest.approx(total, rel=1e-12)
     assert_write_log_matches_results(engine, RUN)

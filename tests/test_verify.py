@@ -35,11 +35,12 @@ def test_a_run_fingerprints_every_result_and_every_result_reproduces(
 ) -> None:
     seed(engine, 600, seed_value=11)
     summary = run_pipeline(database_url, capsys)
-    results = scalar(engine, "SELECT count(*) FROM emission_results")
+    results = scalar(engine, "SELECT count(*) FROM emissions.emission_results")
     assert results == summary["total_processed"] > 500
     sealed = scalar(
         engine,
-        "SELECT count(*) FROM emission_results r JOIN calculation_runs c USING (run_id) "
+        "SELECT count(*) FROM emissions.emission_results r JOIN emissions.calculation_runs c USING "
+        "(run_id) "
         "WHERE r.input_fingerprint IS NOT NULL AND r.factor_fingerprint IS NOT NULL "
         "AND c.code_version = :v",
         v=editions.code_version(),
@@ -52,7 +53,9 @@ def test_a_run_fingerprints_every_result_and_every_result_reproduces(
     for level in LEVELS:
         assert summary["quality"]["overall"][level]["records"] == again[level]["records"]
     stored = scalar(
-        engine, "SELECT quality FROM calculation_runs WHERE run_id = :r", r=summary["run_id"]
+        engine,
+        "SELECT quality FROM emissions.calculation_runs WHERE run_id = :r",
+        r=summary["run_id"],
     )
     assert stored == json.loads(json.dumps(summary["quality"]))
 
@@ -76,16 +79,18 @@ def test_verify_names_the_tampered_rows_and_why(
         # A result altered in place.
         tampered = conn.execute(
             sa.text(
-                "UPDATE emission_results SET kg_co2e = kg_co2e * 1.0000001 WHERE activity_id = "
-                "(SELECT min(activity_id) FROM emission_results WHERE activity_type = 'spend') "
+                "UPDATE emissions.emission_results SET kg_co2e = kg_co2e * 1.0000001 WHERE "
+                "activity_id = "
+                "(SELECT min(activity_id) FROM emissions.emission_results WHERE activity_type = "
+                "'spend') "
                 "AND activity_type = 'spend' RETURNING activity_id, kg_co2e"
             )
         ).one()
         # An input corrected after its result was computed.
         edited = conn.execute(
             sa.text(
-                "UPDATE electricity_activities SET quantity = quantity + 1 WHERE id = "
-                "(SELECT min(activity_id) FROM emission_results WHERE activity_type = "
+                "UPDATE emissions.electricity_activities SET quantity = quantity + 1 WHERE id = "
+                "(SELECT min(activity_id) FROM emissions.emission_results WHERE activity_type = "
                 "'electricity') RETURNING id"
             )
         ).scalar_one()
@@ -114,18 +119,21 @@ def test_verify_tells_an_edited_factor_row_and_a_deleted_activity(
         # The factor row the fewest electricity results use, edited in place.
         factor_id, users = conn.execute(
             sa.text(
-                "SELECT factor_id, count(*) FROM emission_results WHERE activity_type = "
+                "SELECT factor_id, count(*) FROM emissions.emission_results WHERE activity_type = "
                 "'electricity' GROUP BY factor_id ORDER BY count(*), factor_id LIMIT 1"
             )
         ).one()
         conn.execute(
-            sa.text("UPDATE emission_factors SET edition = edition || ' (edited)' WHERE id = :i"),
+            sa.text(
+                "UPDATE emissions.emission_factors SET edition = edition || ' (edited)' WHERE id = "
+                ":i"
+            ),
             {"i": factor_id},
         )
         gone = conn.execute(
             sa.text(
-                "DELETE FROM spend_activities WHERE id = (SELECT min(activity_id) FROM "
-                "emission_results WHERE activity_type = 'spend') RETURNING id"
+                "DELETE FROM emissions.spend_activities WHERE id = (SELECT min(activity_id) FROM "
+                "emissions.emission_results WHERE activity_type = 'spend') RETURNING id"
             )
         ).scalar_one()
     report = verify.verify(engine, sample=None)

@@ -91,8 +91,10 @@ class ReadFactorsFn(beam.DoFn):
         database_url: str,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         pins: dict[str, str] | None = None,
+        schema: str = tables.DEFAULT_SCHEMA,
     ) -> None:
         self._database_url = database_url
+        self._schema = schema
         self._retry_policy = retry_policy
         self._pins = dict(pins or {})  # factor set → the only edition of it to use
 
@@ -104,8 +106,9 @@ class ReadFactorsFn(beam.DoFn):
 
     def _read(self, conn: psycopg2.extensions.connection) -> list[FactorRow]:
         if self._pins:
-            return editions.choose_factor_rows(editions.read_all_factor_rows(conn), self._pins)
-        return queries.read_factor_rows(conn)
+            rows = editions.read_all_factor_rows(conn, self._schema)
+            return editions.choose_factor_rows(rows, self._pins)
+        return queries.read_factor_rows(conn, self._schema)
 
 
 @beam.typehints.with_input_types(ActivityTable, bytes)

@@ -22,6 +22,7 @@ from pipeline.model import ActivityType
 from pipeline.ranges import KeyRange
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store import bulk, connections, tables
+from pipeline.store.sources import Sources, default_sources
 
 
 class ActivityTable(NamedTuple):
@@ -43,8 +44,12 @@ class ReadRangeFn(beam.DoFn):
         date_from: str | None = None,
         date_to: str | None = None,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        sources: Sources | None = None,
+        schema: str = tables.DEFAULT_SCHEMA,
     ) -> None:
         self._database_url = database_url
+        self._sources = dict(sources or default_sources(schema))
+        self._db_schema = schema
         self._date_from = date_from
         self._date_to = date_to
         self._retry_policy = retry_policy
@@ -59,13 +64,17 @@ class ReadRangeFn(beam.DoFn):
         self._ranges_read = Metrics.counter("read", "ranges_read")
 
     def _schema(self, activity_type: ActivityType) -> pa.Schema:
-        """The table's Arrow schema; its id type is looked up once per worker."""
+        """The source's Arrow schema: its key type is the source's (from the catalogue check),
+        else the stored results' (looked up once per worker)."""
         if activity_type not in self._schemas:
-            assert self._conn is not None, "setup() opens the connection"
-            id_type = self._conn.run(
-                "reading the key type", lambda conn: tables.detect_id_type_of(conn, activity_type)
-            )
-            arrow_id = pa.string() if id_type == "uuid" else pa.int64()
+            key_type = self._sources[activity_type].key_type
+            if key_type is None:
+                assert self._conn is not None, "setup() opens the connection"
+                key_type = self._conn.run(
+                    "reading the key type",
+                    lambda conn: tables.results_id_type(conn, self._db_schema),
+                )
+            arrow_id = pa.int64() if key_type in (None, "bigint") else pa.string()
             self._schemas[activity_type] = activity_schema(activity_type, arrow_id)
         return self._schemas[activity_type]
 
@@ -78,12 +87,13 @@ class ReadRangeFn(beam.DoFn):
             f"reading pending {key_range.activity_type} activities",
             lambda conn: bulk.read_pending_table(
                 conn,
-                key_range.activity_type,
+                self._sources[key_range.activity_type],
                 key_range.start,
                 key_range.end,
                 schema,
                 self._date_from,
                 self._date_to,
+                self._db_schema,
             ),
         )
         self._ranges_read.inc()
@@ -109,10 +119,12 @@ class ReadPendingActivities(beam.PTransform):
         date_from: str | None = None,
         date_to: str | None = None,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        sources: Sources | None = None,
+        schema: str = tables.DEFAULT_SCHEMA,
     ) -> None:
         super().__init__()
         self._ranges = list(ranges)
-        self._read = ReadRangeFn(database_url, date_from, date_to, retry_policy)
+        self._read = ReadRangeFn(database_url, date_from, date_to, retry_policy, sources, schema)
 
     def expand(self, pbegin: Any) -> Any:
         return (

@@ -9,6 +9,7 @@ crash loses only what was not committed, which the next run finds still pending.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
@@ -21,7 +22,7 @@ from pipeline import tuning
 from pipeline.model import ErrorRecord
 from pipeline.options import DEFAULT_WRITE_BATCH_SIZE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.store import bulk, connections, writes
+from pipeline.store import bulk, connections, tables, writes
 
 Connection: TypeAlias = psycopg2.extensions.connection
 
@@ -35,11 +36,13 @@ class _BufferedWriteFn(beam.DoFn):
         run_id: str,
         batch_size: int,
         name: str,
-        write: Callable[[Connection, list[Any], str], int],
+        write: Callable[[Connection, list[Any], str, str], int],
         size: Callable[[Any], int],
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        schema: str = tables.DEFAULT_SCHEMA,
     ) -> None:
         self._database_url = database_url
+        self._schema = schema
         self._run_id = run_id
         self._batch_size = batch_size
         self._name = name
@@ -78,9 +81,11 @@ class _BufferedWriteFn(beam.DoFn):
         if not self._buffer:
             return
         assert self._conn is not None, "setup() opens the connection"
-        rows, run_id, write = self._buffer, self._run_id, self._write
+        rows, run_id, write, schema = self._buffer, self._run_id, self._write, self._schema
         # One idempotent transaction: after a lost connection it is simply written again.
-        written = self._conn.run(f"writing {self._name}", lambda conn: write(conn, rows, run_id))
+        written = self._conn.run(
+            f"writing {self._name}", lambda conn: write(conn, rows, run_id, schema)
+        )
         self._written.inc(written)
         self._flushes.inc()
         self._buffer = []
@@ -93,12 +98,18 @@ class _BufferedWriteFn(beam.DoFn):
             self._conn = None
 
 
-def _write_tables(conn: Connection, tables: Sequence[pa.Table], run_id: str) -> int:
-    return bulk.write_results_table(conn, pa.concat_tables(tables), run_id)
+def _write_tables(
+    conn: Connection,
+    results: Sequence[pa.Table],
+    run_id: str,
+    schema: str,
+    text_ids: bool = False,
+) -> int:
+    return bulk.write_results_table(conn, pa.concat_tables(results), run_id, schema, text_ids)
 
 
-def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str) -> int:
-    return writes.write_errors(conn, errors, run_id)
+def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str, schema: str) -> int:
+    return writes.write_errors(conn, errors, run_id, schema)
 
 
 class WriteResults(beam.PTransform):
@@ -110,6 +121,8 @@ class WriteResults(beam.PTransform):
         run_id: str,
         batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        schema: str = tables.DEFAULT_SCHEMA,
+        text_ids: bool = False,
     ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
@@ -117,9 +130,10 @@ class WriteResults(beam.PTransform):
             run_id,
             batch_size,
             "results",
-            _write_tables,
+            functools.partial(_write_tables, text_ids=text_ids),
             lambda t: t.num_rows,
             retry_policy,
+            schema,
         )
 
     def expand(self, results: Any) -> Any:
@@ -140,6 +154,7 @@ class WriteErrors(beam.PTransform):
         run_id: str,
         batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
+        schema: str = tables.DEFAULT_SCHEMA,
     ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
@@ -150,6 +165,7 @@ class WriteErrors(beam.PTransform):
             _write_errors,
             lambda _: 1,
             retry_policy,
+            schema,
         )
 
     def expand(self, errors: Any) -> Any:

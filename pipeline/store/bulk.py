@@ -21,47 +21,53 @@ from sqlalchemy.dialects import postgresql
 from pipeline import levels, pgbinary
 from pipeline.model import ActivityType
 from pipeline.store.queries import VERSION_COLUMN, pending_query
+from pipeline.store.sources import Source
 from pipeline.store.tables import (
+    DEFAULT_SCHEMA,
     FINGERPRINT_COLUMNS,
     RESULT_COLUMNS,
     RESULTS_TABLE,
     WRITES_TABLE,
-    build_metadata,
+    qualified,
+    table,
 )
 from pipeline.store.writes import staged_copy
 
 
 def read_pending_table(
     conn: psycopg2.extensions.connection,
-    activity_type: ActivityType,
+    source: Source | ActivityType,
     start: Any,
     end: Any,
-    schema: pa.Schema,
+    arrow_schema: pa.Schema,
     date_from: str | None = None,
     date_to: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
 ) -> pa.Table:
-    """The pending rows of one key range as an Arrow table, in one ``COPY … TO STDOUT``.
+    """The pending rows of one key range as an Arrow table, in one ``COPY … TO STDOUT``, in a
+    read-only transaction (a source is someone else's: the read never writes to it).
 
-    ``schema`` gives the activity columns' Arrow types (``activity_date`` as ISO text); the
-    table has one more column, ``activity_version`` (the row's ``xmin``). An unquoted
+    ``arrow_schema`` gives the activity columns' Arrow types (``activity_date`` as ISO text);
+    the table has one more column, ``activity_version`` (the row's version). An unquoted
     empty field is NULL and a quoted one the empty string, as PostgreSQL writes them.
     """
-    query, params = pending_query(activity_type, start, end, date_from, date_to)
-    schema = schema.append(pa.field(VERSION_COLUMN, pa.int64()))
+    query, params = pending_query(source, start, end, date_from, date_to, schema)
+    arrow_schema = arrow_schema.append(pa.field(VERSION_COLUMN, pa.int64()))
     buf = io.BytesIO()
     with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION READ ONLY")
         copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
         cur.copy_expert(cur.mogrify(copy, params).decode(), buf)
     conn.commit()
     if buf.tell() == 0:
-        return schema.empty_table()
+        return arrow_schema.empty_table()
     buf.seek(0)
     return pa_csv.read_csv(
         buf,
-        read_options=pa_csv.ReadOptions(column_names=schema.names, block_size=1 << 24),
+        read_options=pa_csv.ReadOptions(column_names=arrow_schema.names, block_size=1 << 24),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
-            column_types=schema,
+            column_types=arrow_schema,
             null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
@@ -72,7 +78,11 @@ def read_pending_table(
 
 
 def write_results_table(
-    conn: psycopg2.extensions.connection, results: pa.Table, run_id: str
+    conn: psycopg2.extensions.connection,
+    results: pa.Table,
+    run_id: str,
+    schema: str = DEFAULT_SCHEMA,
+    text_ids: bool = False,
 ) -> int:
     """Insert a results table (``result_schema``, with the fingerprint columns when computed)
     not already stored, in binary ``COPY`` (``pipeline.pgbinary``). Returns rows written.
@@ -82,21 +92,22 @@ def write_results_table(
     """
     present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
     present += [c for c in FINGERPRINT_COLUMNS if c in results.column_names]
-    table = results.select(present).append_column(
+    copied = results.select(present).append_column(
         "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
     )
-    uuid_ids = pa.types.is_string(results.schema.field("activity_id").type)
+    string_ids = pa.types.is_string(results.schema.field("activity_id").type)
+    id_type: pgbinary.PgType = "text" if text_ids else "uuid"
     types = [
-        "uuid" if c == "activity_id" and uuid_ids else _RESULT_PG_TYPES[c]
-        for c in table.column_names
+        id_type if c == "activity_id" and string_ids else _RESULT_PG_TYPES[c]
+        for c in copied.column_names
     ]
-    data, order = pgbinary.encode(table, types)
+    data, order = pgbinary.encode(copied, types)
     conflict = sql.SQL("(activity_type, activity_id)")
 
     def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
-        log_writes(cur, run_id, results if written is None else _only(results, written))
+        log_writes(cur, run_id, results if written is None else _only(results, written), schema)
 
-    return staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log)
+    return staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log, schema)
 
 
 def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
@@ -108,7 +119,9 @@ def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
     return results.filter(pa.array(mask, pa.bool_()))
 
 
-def log_writes(cur: psycopg2.extensions.cursor, run_id: str, written: pa.Table) -> None:
+def log_writes(
+    cur: psycopg2.extensions.cursor, run_id: str, written: pa.Table, schema: str = DEFAULT_SCHEMA
+) -> None:
     """Records what a flush wrote (``levels.tally`` per activity type) in ``WRITES_TABLE``."""
     rows = [
         (run_id, t, c.results, c.kg_co2e, json.dumps({k: list(v) for k, v in c.levels.items()}))
@@ -119,7 +132,7 @@ def log_writes(cur: psycopg2.extensions.cursor, run_id: str, written: pa.Table) 
             sql.SQL(
                 "INSERT INTO {} (run_id, activity_type, results, kg_co2e, levels) "
                 "VALUES (%s, %s, %s, %s, %s)"
-            ).format(sql.Identifier(WRITES_TABLE)),
+            ).format(qualified(WRITES_TABLE, schema)),
             rows,
         )
 
@@ -145,7 +158,5 @@ def _pg_type(column: sa.Column[Any]) -> pgbinary.PgType:
 
 
 _RESULT_PG_TYPES: dict[str, pgbinary.PgType] = {
-    c.name: _pg_type(c)
-    for c in build_metadata("bigint").tables[RESULTS_TABLE].columns
-    if c.name != "created_at"
+    c.name: _pg_type(c) for c in table(RESULTS_TABLE).columns if c.name != "created_at"
 }

@@ -27,12 +27,22 @@ from pipeline.model import (
     activity_fields,
 )
 from pipeline.store.connections import raw_connection
+from pipeline.store.sources import (
+    VERSION_COLUMN,
+    Source,
+    Sources,
+    as_source,
+    default_sources,
+    relation,
+)
 from pipeline.store.tables import (
-    ACTIVITY_TABLES,
+    DEFAULT_SCHEMA,
     ERRORS_TABLE,
     FACTORS_TABLE,
     RESULTS_TABLE,
-    build_metadata,
+    qualified,
+    qualified_text,
+    table,
 )
 
 # --- Factors -------------------------------------------------------------------------------
@@ -40,13 +50,15 @@ from pipeline.store.tables import (
 _FACTOR_COLUMNS = tuple(f.name for f in dataclasses.fields(FactorRow) if f.name != "id")
 
 
-def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
+def insert_factors(
+    engine: sa.Engine, rows: Iterable[FactorRow], schema: str = DEFAULT_SCHEMA
+) -> int:
     """Insert factor rows not already present (by set, edition, key, year). Returns rows added."""
-    table = build_metadata().tables[FACTORS_TABLE]
+    factors = table(FACTORS_TABLE, schema)
     payload = [{c: getattr(r, c) for c in _FACTOR_COLUMNS} for r in rows]
     if not payload:
         return 0
-    stmt = postgresql.insert(table).on_conflict_do_nothing(constraint="uq_factor_identity")
+    stmt = postgresql.insert(factors).on_conflict_do_nothing(constraint="uq_factor_identity")
     added = 0
     with engine.begin() as conn:
         for start in range(0, len(payload), 5000):
@@ -54,7 +66,9 @@ def insert_factors(engine: sa.Engine, rows: Iterable[FactorRow]) -> int:
     return added
 
 
-def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
+def read_factor_rows(
+    conn: psycopg2.extensions.connection, schema: str = DEFAULT_SCHEMA
+) -> list[FactorRow]:
     """The factor rows in force, with their database ids.
 
     Where several editions hold a value for the same set, key and year (a re-published file
@@ -64,7 +78,7 @@ def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
     query = sql.SQL(
         "SELECT DISTINCT ON (factor_set, key, year) {} FROM {} "
         "ORDER BY factor_set, key, year, id DESC"
-    ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(FACTORS_TABLE))
+    ).format(sql.SQL(", ").join(map(sql.Identifier, cols)), qualified(FACTORS_TABLE, schema))
     with conn.cursor() as cur:
         cur.execute(query)
         fetched = cur.fetchall()
@@ -72,12 +86,16 @@ def read_factor_rows(conn: psycopg2.extensions.connection) -> list[FactorRow]:
     return [FactorRow(**dict(zip(cols, row, strict=True))) for row in fetched]
 
 
-def _key_cast(key: Any) -> sql.SQL:
-    return sql.SQL("::uuid" if isinstance(key, str) else "::bigint")
+# --- Pending activities --------------------------------------------------------------------
 
 
-#: The column the range reads add: the row version (PostgreSQL ``xmin``) the input was read at.
-VERSION_COLUMN = "activity_version"
+def key_cast(key: Any, key_type: str | None = None) -> sql.SQL:
+    """The cast of a key bound: the source's key type, else (a source not yet checked) big
+    integers for ints and UUIDs for text."""
+    if key_type is None:
+        key_type = "uuid" if isinstance(key, str) else "bigint"
+    return sql.SQL("::" + {"bigint": "bigint", "uuid": "uuid", "text": "text"}[key_type])
+
 
 #: Pending: no result, and no dead letter for this very version of the row. A refused row is
 #: not read again until it changes (a corrected row gets a new version, and is computed).
@@ -85,11 +103,13 @@ _PENDING = sql.SQL(
     "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
     "AND r.activity_id = a.id{r_range}) "
     "AND NOT EXISTS (SELECT 1 FROM {e} e WHERE e.activity_type = %(activity_type)s "
-    "AND e.activity_id = a.id{e_range} AND e.activity_version = a.xmin::text::bigint)"
+    "AND e.activity_id = a.id{e_range} AND e.activity_version = a.activity_version)"
 )
 
 
-def _pending(start: Any = None, end: Any = None) -> sql.Composed:
+def _pending(
+    schema: str, start: Any = None, end: Any = None, key_type: str | None = None
+) -> sql.Composed:
     """The pending condition; within a key range, results and dead letters are looked up in
     that range only.
 
@@ -101,36 +121,34 @@ def _pending(start: Any = None, end: Any = None) -> sql.Composed:
         found: list[sql.Composable] = []
         column = sql.SQL(" AND {}.activity_id").format(sql.Identifier(alias))
         if start is not None:
-            found.append(column + sql.SQL(" >= %(start)s") + _key_cast(start))
+            found.append(column + sql.SQL(" >= %(start)s") + key_cast(start, key_type))
         if end is not None:
-            found.append(column + sql.SQL(" < %(end)s") + _key_cast(end))
+            found.append(column + sql.SQL(" < %(end)s") + key_cast(end, key_type))
         return sql.Composed(found)
 
     return _PENDING.format(
-        r=sql.Identifier(RESULTS_TABLE),
-        e=sql.Identifier(ERRORS_TABLE),
+        r=qualified(RESULTS_TABLE, schema),
+        e=qualified(ERRORS_TABLE, schema),
         r_range=bounds("r"),
         e_range=bounds("e"),
     )
 
 
 def _in_scope(
-    activity_type: ActivityType,
+    source: Source,
     start: Any = None,
     end: Any = None,
     date_from: str | None = None,
     date_to: str | None = None,
 ) -> tuple[list[sql.Composable], dict[str, Any]]:
-    """Conditions (and their parameters) for a key range and an activity-date window.
-
-    Integer bounds are compared as ``bigint``, text bounds as ``uuid``."""
+    """Conditions (and their parameters) for a key range and an activity-date window."""
     conditions: list[sql.Composable] = [sql.SQL("true")]
-    params: dict[str, Any] = {"activity_type": activity_type}
+    params: dict[str, Any] = {"activity_type": source.activity_type}
     if start is not None:
-        conditions.append(sql.SQL("a.id >= %(start)s") + _key_cast(start))
+        conditions.append(sql.SQL("a.id >= %(start)s") + key_cast(start, source.key_type))
         params["start"] = str(start)
     if end is not None:
-        conditions.append(sql.SQL("a.id < %(end)s") + _key_cast(end))
+        conditions.append(sql.SQL("a.id < %(end)s") + key_cast(end, source.key_type))
         params["end"] = str(end)
     if date_from is not None:
         conditions.append(sql.SQL("a.activity_date >= %(date_from)s::date"))
@@ -142,40 +160,43 @@ def _in_scope(
 
 
 def pending_query(
-    activity_type: ActivityType,
+    source: Source | ActivityType,
     start: Any,
     end: Any,
     date_from: str | None = None,
     date_to: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The anti-join that reads one key range of pending activities, with their row version."""
-    conditions, params = _in_scope(activity_type, start, end, date_from, date_to)
+    source = as_source(source, schema)
+    conditions, params = _in_scope(source, start, end, date_from, date_to)
     select = sql.SQL(", ").join(
-        [sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(activity_type)]
-        + [sql.SQL("a.xmin::text::bigint AS {}").format(sql.Identifier(VERSION_COLUMN))]
+        [sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(source.activity_type)]
+        + [sql.SQL("a.") + sql.Identifier(VERSION_COLUMN)]
     )
-    query = sql.SQL("SELECT {select} FROM {table} a WHERE {where} AND {pending}").format(
+    query = sql.SQL("SELECT {select} FROM ({relation}) a WHERE {where} AND {pending}").format(
         select=select,
-        table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
+        relation=relation(source),
         where=sql.SQL(" AND ").join(conditions),
-        pending=_pending(start, end),
+        pending=_pending(schema, start, end, source.key_type),
     )
     return query, params
 
 
 def count_query(
-    activity_type: ActivityType,
+    source: Source,
     date_from: str | None = None,
     date_to: str | None = None,
     pending_only: bool = False,
+    schema: str = DEFAULT_SCHEMA,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The number of activities in scope, or of pending ones (an anti-join, not a per-row
     filter: PostgreSQL plans ``WHERE NOT EXISTS`` as one hash anti-join)."""
-    conditions, params = _in_scope(activity_type, None, None, date_from, date_to)
+    conditions, params = _in_scope(source, None, None, date_from, date_to)
     if pending_only:
-        conditions.append(_pending())
-    query = sql.SQL("SELECT count(*) FROM {table} a WHERE {where}").format(
-        table=sql.Identifier(ACTIVITY_TABLES[activity_type]),
+        conditions.append(_pending(schema))
+    query = sql.SQL("SELECT count(*) FROM ({relation}) a WHERE {where}").format(
+        relation=relation(source),
         where=sql.SQL(" AND ").join(conditions),
     )
     return query, params
@@ -191,6 +212,8 @@ def count_activities(
     date_to: str | None = None,
     workers: int = 2,
     on_pending: Callable[[], None] | None = None,
+    sources: Sources | None = None,
+    schema: str = DEFAULT_SCHEMA,
 ) -> dict[str, dict[str, int]]:
     """Per activity type: all activities in scope, and those still pending.
 
@@ -199,8 +222,9 @@ def count_activities(
     finds pending activities."""
     announced: list[bool] = []
     lock = threading.Lock()
+    sources = sources or default_sources(schema)
     queries = [
-        (t, key, count_query(t, date_from, date_to, pending_only=key == "pending"))
+        (t, key, count_query(sources[t], date_from, date_to, key == "pending", schema))
         for t in activity_types
         for key in ("pending", "total")  # the anti-joins, the longer ones, first
     ]
@@ -227,13 +251,14 @@ def count_activities(
     return {t: {"total": c["total"], "pending": c["pending"]} for t, c in out.items()}
 
 
-def outstanding_errors(engine: sa.Engine) -> dict[str, int]:
+def outstanding_errors(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> dict[str, int]:
     """Activities with a dead letter and still no result, per activity type."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                f"SELECT e.activity_type, count(DISTINCT e.activity_id) FROM {ERRORS_TABLE} e "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {RESULTS_TABLE} r "
+                "SELECT e.activity_type, count(DISTINCT e.activity_id) "
+                f"FROM {qualified_text(ERRORS_TABLE, schema)} e WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {qualified_text(RESULTS_TABLE, schema)} r "
                 "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
                 "GROUP BY e.activity_type"
             )

@@ -13,22 +13,33 @@ import sqlalchemy as sa
 
 from pipeline.levels import LEVELS, Tally, describe_coverage
 from pipeline.store.tables import (
+    DEFAULT_SCHEMA,
     ERRORS_TABLE,
     RESULTS_TABLE,
     RUNS_TABLE,
     WRITES_TABLE,
-    build_metadata,
+    qualified_text,
+    table,
 )
 
 
+def _runs_table(schema: str) -> sa.Table:
+    return table(RUNS_TABLE, schema)
+
+
 def start_run(
-    engine: sa.Engine, run_id: str, runner: str, options: dict[str, Any], **fields: Any
+    engine: sa.Engine,
+    run_id: str,
+    runner: str,
+    options: dict[str, Any],
+    schema: str = DEFAULT_SCHEMA,
+    **fields: Any,
 ) -> None:
     """Record that a run has started (``fields``: more columns known from the start)."""
-    table = build_metadata().tables[RUNS_TABLE]
+    runs = _runs_table(schema)
     with engine.begin() as conn:
         conn.execute(
-            table.insert().values(
+            runs.insert().values(
                 run_id=run_id,
                 status="running",
                 runner=runner,
@@ -38,28 +49,28 @@ def start_run(
         )
 
 
-def finish_run(engine: sa.Engine, run_id: str, **fields: Any) -> None:
+def finish_run(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA, **fields: Any) -> None:
     """Store a run's outcome and summary."""
-    table = build_metadata().tables[RUNS_TABLE]
+    runs = _runs_table(schema)
     with engine.begin() as conn:
         conn.execute(
-            table.update()
-            .where(table.c.run_id == run_id)
-            .values(finished_at=sa.func.now(), **fields)
+            runs.update().where(runs.c.run_id == run_id).values(finished_at=sa.func.now(), **fields)
         )
 
 
-#: Per activity type: activities with a dead letter (of the run, or any) and no result.
-_ERRORS_SQL = (
-    "SELECT e.activity_type, count(DISTINCT e.activity_id) "
-    f"FROM {ERRORS_TABLE} e WHERE NOT EXISTS (SELECT 1 FROM {RESULTS_TABLE} r "
-    "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
-    "AND (CAST(:run_id AS uuid) IS NULL OR e.run_id = CAST(:run_id AS uuid)) "
-    "GROUP BY e.activity_type"
-)
+def _errors_sql(schema: str) -> str:
+    """Per activity type: activities with a dead letter (of the run, or any) and no result."""
+    return (
+        "SELECT e.activity_type, count(DISTINCT e.activity_id) "
+        f"FROM {qualified_text(ERRORS_TABLE, schema)} e WHERE NOT EXISTS (SELECT 1 FROM "
+        f"{qualified_text(RESULTS_TABLE, schema)} r "
+        "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+        "AND (CAST(:run_id AS uuid) IS NULL OR e.run_id = CAST(:run_id AS uuid)) "
+        "GROUP BY e.activity_type"
+    )
 
 
-def run_coverage(engine: sa.Engine, run_id: str) -> dict[str, Any]:
+def run_coverage(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA) -> dict[str, Any]:
     """``coverage(engine, run_id)`` from the run's write log (``WRITES_TABLE``: a few rows
     per flush, written with the results they describe) instead of a scan of its results.
 
@@ -69,12 +80,13 @@ def run_coverage(engine: sa.Engine, run_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         logged = conn.execute(
             sa.text(
-                f"SELECT activity_type, results, kg_co2e, levels FROM {WRITES_TABLE} "
+                "SELECT activity_type, results, kg_co2e, levels FROM "
+                f"{qualified_text(WRITES_TABLE, schema)} "
                 "WHERE run_id = CAST(:run_id AS uuid) ORDER BY id"
             ),
             {"run_id": run_id},
         ).all()
-        errors = errors_without_result(conn, run_id)
+        errors = errors_without_result(conn, run_id, schema)
     for activity_type, results, kg, by_level in logged:
         flush = Tally(
             int(results),
@@ -86,21 +98,24 @@ def run_coverage(engine: sa.Engine, run_id: str) -> dict[str, Any]:
     return describe_coverage(raw, errors)
 
 
-def errors_without_result(conn: sa.Connection, run_id: str | None) -> dict[str, int]:
+def errors_without_result(
+    conn: sa.Connection, run_id: str | None, schema: str = DEFAULT_SCHEMA
+) -> dict[str, int]:
     """Per activity type, the run's (or all) dead-lettered activities that have no result.
     Each is looked up in the results' primary key (see ``coverage``), never by a scan."""
     conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
-    found = conn.execute(sa.text(_ERRORS_SQL), {"run_id": run_id}).all()
+    found = conn.execute(sa.text(_errors_sql(schema)), {"run_id": run_id}).all()
     return {r[0]: int(r[1]) for r in found}
 
 
-def results_written(engine: sa.Engine, run_id: str) -> int:
+def results_written(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA) -> int:
     """How many results a run has committed so far, from its write log (no scan)."""
     with engine.connect() as conn:
         return int(
             conn.execute(
                 sa.text(
-                    f"SELECT coalesce(sum(results), 0) FROM {WRITES_TABLE} "
+                    "SELECT coalesce(sum(results), 0) FROM "
+                    f"{qualified_text(WRITES_TABLE, schema)} "
                     "WHERE run_id = CAST(:run_id AS uuid)"
                 ),
                 {"run_id": run_id},

@@ -1,7 +1,10 @@
-"""The pipeline's tables: their names, definitions and creation.
+"""The pipeline's tables: their names and definitions, in the pipeline's own schema.
 
-Tables are declared once with SQLAlchemy Core; ``create_schema`` creates what is missing and is
-safe to run twice. Every other module names a table through the constants here.
+Every table, view and index the pipeline creates lives in one PostgreSQL schema (``--schema``,
+``$EMISSIONS_SCHEMA``, default ``emissions``) and is always named schema-qualified
+(``qualified``), never found through ``search_path``. The tables are created and changed by
+migrations (``pipeline/store/migrations``, applied by ``pipeline.store.install``); the
+definitions here describe the newest revision, for the code that reads and writes them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from pipeline.model import (
     ErrorRecord,
 )
 
-IdType = Literal["bigint", "uuid"]
+IdType = Literal["bigint", "uuid", "text"]
+ID_TYPES: tuple[IdType, ...] = ("bigint", "uuid", "text")
+
+#: The PostgreSQL schema every table, view and index of the pipeline lives in.
+DEFAULT_SCHEMA = "emissions"
+SCHEMA_ENV = "EMISSIONS_SCHEMA"
 
 ACTIVITY_TABLES: dict[ActivityType, str] = {
     "electricity": "electricity_activities",
@@ -63,6 +71,16 @@ ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorR
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+def validate_schema(name: str) -> str:
+    """``name`` if it can name the pipeline's schema, else ``ValueError`` saying why."""
+    if not _IDENTIFIER.match(name) or name.startswith("pg_") or name == "information_schema":
+        raise ValueError(
+            f"{name!r} cannot be the pipeline's schema: use lower-case letters, digits and "
+            "underscores, not starting with pg_"
+        )
+    return name
+
+
 def validate_identifier(name: str) -> str:
     """Return ``name`` if it is a plain lower-case SQL identifier, else raise ``ValueError``."""
     if not _IDENTIFIER.match(name):
@@ -72,14 +90,18 @@ def validate_identifier(name: str) -> str:
     return name
 
 
-def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
-    """The schema. ``id_type`` is the key type of every activity table and of the results."""
-    if id_type not in ("bigint", "uuid"):
-        raise ValueError(f"id type must be 'bigint' or 'uuid', not {id_type!r}")
-    md = sa.MetaData()
+def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> sa.MetaData:
+    """The tables as the newest migration leaves them (``pipeline/store/migrations``; a test
+    holds the two equal), in ``schema``. ``id_type`` is the key type of the pipeline's own
+    activity tables and of the results: that of the sources' keys."""
+    if id_type not in ID_TYPES:
+        raise ValueError(f"id type must be one of {', '.join(ID_TYPES)}, not {id_type!r}")
+    md = sa.MetaData(schema=validate_schema(schema))
 
     def activity_id(name: str = "id", **kw: Any) -> sa.Column[Any]:
-        col_type: Any = sa.BigInteger() if id_type == "bigint" else postgresql.UUID(as_uuid=False)
+        col_type: Any = {"bigint": sa.BigInteger(), "uuid": postgresql.UUID(as_uuid=False)}.get(
+            id_type, sa.Text()
+        )
         return sa.Column(name, col_type, **kw)
 
     sa.Table(
@@ -255,125 +277,45 @@ def build_metadata(id_type: IdType = "bigint") -> sa.MetaData:
     return md
 
 
-_COLUMN_TYPES = {"jsonb": sql.SQL("jsonb"), "text": sql.SQL("text"), "bigint": sql.SQL("bigint")}
-
-#: Columns added after a table's first release: ``create_schema`` adds them to older databases.
-_ADDED_COLUMNS = (
-    (RUNS_TABLE, "quality", "jsonb"),
-    (RUNS_TABLE, "factor_pins", "jsonb"),
-    (RUNS_TABLE, "factor_editions", "jsonb"),
-    (RUNS_TABLE, "code_version", "text"),
-    (RESULTS_TABLE, "input_fingerprint", "bigint"),
-    (RESULTS_TABLE, "factor_fingerprint", "bigint"),
-    (HISTORY_TABLE, "input_fingerprint", "bigint"),
-    (HISTORY_TABLE, "factor_fingerprint", "bigint"),
-)
+def table(name: str, schema: str = DEFAULT_SCHEMA, id_type: IdType = "bigint") -> sa.Table:
+    """One table's SQLAlchemy definition, in ``schema``."""
+    return build_metadata(id_type, schema).tables[f"{schema}.{name}"]
 
 
-def detect_id_type(engine: sa.Engine) -> IdType | None:
-    """The key type of an existing schema, or None when there is no schema yet."""
-    with engine.connect() as conn:
-        found = conn.execute(
-            sa.text(
-                "SELECT data_type FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = :t AND column_name = 'id'"
-            ),
-            {"t": ACTIVITY_TABLES["electricity"]},
-        ).scalar()
-    if found is None:
-        return None
-    return "uuid" if found == "uuid" else "bigint"
+def qualified(name: str, schema: str = DEFAULT_SCHEMA) -> sql.Identifier:
+    """``schema.name``, quoted: every table of the pipeline is named this way, never found
+    through ``search_path``."""
+    return sql.Identifier(schema, name)
 
 
-def detect_id_type_of(conn: psycopg2.extensions.connection, activity_type: ActivityType) -> IdType:
-    """The key type of one activity table."""
+def qualified_text(name: str, schema: str = DEFAULT_SCHEMA) -> str:
+    """``"schema"."name"`` as text, for SQL written as text (SQLAlchemy ``text()``)."""
+    validate_schema(schema)
+    return f'"{schema}"."{validate_identifier(name)}"'
+
+
+def results_id_type(
+    conn: psycopg2.extensions.connection, schema: str = DEFAULT_SCHEMA
+) -> IdType | None:
+    """The key type of the stored results (None before the tables exist)."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT data_type FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND table_name = %s AND column_name = 'id'",
-            (ACTIVITY_TABLES[activity_type],),
+            "SELECT t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attname = 'activity_id'",
+            (qualified_text(RESULTS_TABLE, schema),),
         )
         found = cur.fetchone()
     conn.commit()
-    return "uuid" if found is not None and found[0] == "uuid" else "bigint"
+    if found is None:
+        return None
+    return {"int8": "bigint", "uuid": "uuid"}.get(found[0], "text")  # type: ignore[return-value]
 
 
-def schema_ready(engine: sa.Engine) -> bool:
-    """Whether every table, the view and every column added since exist (one catalogue query)."""
-    names = [*build_metadata().tables, EXPLAINED_VIEW]
-    with engine.connect() as conn:
-        found, added = conn.execute(
-            sa.text(
-                "SELECT (SELECT count(to_regclass(n)) FROM unnest(CAST(:names AS text[])) n), "
-                "(SELECT count(*) FROM unnest(CAST(:tables AS text[]), CAST(:columns AS text[])) "
-                "x(t, c) WHERE EXISTS (SELECT 1 FROM pg_attribute "
-                "WHERE attrelid = to_regclass(x.t) AND attname = x.c AND NOT attisdropped))"
-            ),
-            {
-                "names": names,
-                "tables": [t for t, _, _ in _ADDED_COLUMNS],
-                "columns": [c for _, c, _ in _ADDED_COLUMNS],
-            },
-        ).one()
-    return found == len(names) and added == len(_ADDED_COLUMNS)
-
-
-def factors_loaded(engine: sa.Engine) -> bool:
+def factors_loaded(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> bool:
     """Whether ``emission_factors`` holds any row."""
     with engine.connect() as conn:
         return bool(
-            conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {FACTORS_TABLE})")).scalar()
-        )
-
-
-def create_schema(engine: sa.Engine, id_type: IdType | None = None) -> IdType:
-    """Create every table that is missing; safe to run twice. Returns the schema's id type."""
-    existing = detect_id_type(engine)
-    if existing is not None and id_type is not None and existing != id_type:
-        raise ValueError(
-            f"the schema already uses {existing} activity ids; it cannot be changed to {id_type}"
-        )
-    chosen: IdType = existing or id_type or "bigint"
-    md = build_metadata(chosen)
-    with engine.begin() as conn:
-        # One creator at a time: two runs starting together must not race on CREATE TABLE.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7355608)"))
-        md.create_all(conn, checkfirst=True)
-        # Columns added since a table was first made: only when missing, since ALTER TABLE
-        # needs the table's owner, and a run may use a role that can only read and write.
-        for table, column, col_type in _ADDED_COLUMNS:
-            found = conn.execute(
-                sa.text(
-                    "SELECT 1 FROM information_schema.columns WHERE table_schema = "
-                    "current_schema() AND table_name = :t AND column_name = :c"
-                ),
-                {"t": table, "c": column},
+            conn.execute(
+                sa.text(f"SELECT EXISTS (SELECT 1 FROM {qualified_text(FACTORS_TABLE, schema)})")
             ).scalar()
-            if found is None:
-                with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
-                    cur.execute(
-                        sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                            sql.Identifier(table), sql.Identifier(column), _COLUMN_TYPES[col_type]
-                        )
-                    )
-        # Only when missing, like the tables: replacing a view needs its owner, and a run may
-        # use a role that can only read and write the tables.
-        if conn.execute(sa.text("SELECT to_regclass(:v)"), {"v": EXPLAINED_VIEW}).scalar() is None:
-            conn.execute(sa.text(_EXPLAINED_VIEW_SQL))
-    return chosen
-
-
-#: Results with their factor's description, and the source and edition of every series used.
-_EXPLAINED_VIEW_SQL = f"""
-CREATE OR REPLACE VIEW {EXPLAINED_VIEW} AS
-SELECT r.*,
-       f.factor_set, f.key AS factor_key, f.year AS factor_year, f.unit AS factor_unit,
-       f.source AS factor_source, f.edition AS factor_edition, f.gwp_set,
-       fx.source AS fx_source, fx.edition AS fx_edition, fx.year AS fx_year,
-       cpi.year AS cpi_year, cpi.value AS cpi_value, base.value AS cpi_base_value
-FROM {RESULTS_TABLE} r
-JOIN {FACTORS_TABLE} f ON f.id = r.factor_id
-LEFT JOIN {FACTORS_TABLE} fx ON fx.id = r.fx_factor_id
-LEFT JOIN {FACTORS_TABLE} cpi ON cpi.id = r.cpi_factor_id
-LEFT JOIN {FACTORS_TABLE} base ON base.id = r.cpi_base_factor_id
-"""
+        )

@@ -19,7 +19,14 @@ from pipeline.model import (
     EmissionResult,
     ErrorRecord,
 )
-from pipeline.store.tables import ERROR_COLUMNS, ERRORS_TABLE, RESULT_COLUMNS, RESULTS_TABLE
+from pipeline.store.tables import (
+    DEFAULT_SCHEMA,
+    ERROR_COLUMNS,
+    ERRORS_TABLE,
+    RESULT_COLUMNS,
+    RESULTS_TABLE,
+    qualified,
+)
 
 if TYPE_CHECKING:
     from pipeline.pgbinary import CopyData
@@ -61,9 +68,10 @@ def _staged_insert(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     conflict: sql.Composable,
+    schema: str = DEFAULT_SCHEMA,
 ) -> int:
     """COPY rows into a temporary staging table, then insert what is new; one transaction."""
-    return staged_copy(conn, table, columns, copy_buffer(rows), conflict)
+    return staged_copy(conn, table, columns, copy_buffer(rows), conflict, schema=schema)
 
 
 _COPY_CHUNK = 1 << 20  # bytes handed to the server per read of the COPY data
@@ -77,6 +85,7 @@ def staged_copy(
     conflict: sql.Composable,
     fmt: Literal["csv", "binary"] = "csv",
     after: Callable[[psycopg2.extensions.cursor, list[tuple[str, str]] | None], None] | None = None,
+    schema: str = DEFAULT_SCHEMA,
 ) -> int:
     """Insert the rows that are new (CSV or binary COPY data), in one transaction; returns how
     many were written.
@@ -91,11 +100,12 @@ def staged_copy(
     were.
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    target = qualified(table, schema)
     try:
         with conn.cursor() as cur:
             cur.copy_expert(
                 sql.SQL("COPY {t} ({c}) FROM STDIN WITH (FORMAT {f})").format(
-                    t=sql.Identifier(table), c=cols, f=sql.SQL(fmt)
+                    t=target, c=cols, f=sql.SQL(fmt)
                 ),
                 csv_data,
                 size=_COPY_CHUNK,
@@ -114,7 +124,7 @@ def staged_copy(
             sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
                 "AS SELECT * FROM {t} WITH NO DATA"
-            ).format(s=staging, t=sql.Identifier(table))
+            ).format(s=staging, t=target)
         )
         cur.copy_expert(
             sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT {f})").format(
@@ -125,7 +135,7 @@ def staged_copy(
         )
         insert = sql.SQL(
             "INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING"
-        ).format(t=sql.Identifier(table), c=cols, s=staging, k=conflict)
+        ).format(t=target, c=cols, s=staging, k=conflict)
         if after is not None:
             insert += sql.SQL(" RETURNING activity_type, activity_id::text")
         cur.execute(insert)
@@ -137,13 +147,16 @@ def staged_copy(
 
 
 def write_results(
-    conn: psycopg2.extensions.connection, results: Sequence[EmissionResult], run_id: str
+    conn: psycopg2.extensions.connection,
+    results: Sequence[EmissionResult],
+    run_id: str,
+    schema: str = DEFAULT_SCHEMA,
 ) -> int:
     """Insert results not already stored (unique per activity). Returns rows written."""
     columns = RESULT_COLUMNS + ("run_id",)
     rows = [tuple(getattr(r, c) for c in RESULT_COLUMNS) + (run_id,) for r in results]
     conflict = sql.SQL("(activity_type, activity_id)")
-    return _staged_insert(conn, RESULTS_TABLE, columns, rows, conflict)
+    return _staged_insert(conn, RESULTS_TABLE, columns, rows, conflict, schema)
 
 
 def error_hash(error: ErrorRecord) -> str:
@@ -154,10 +167,13 @@ def error_hash(error: ErrorRecord) -> str:
 
 
 def write_errors(
-    conn: psycopg2.extensions.connection, errors: Sequence[ErrorRecord], run_id: str
+    conn: psycopg2.extensions.connection,
+    errors: Sequence[ErrorRecord],
+    run_id: str,
+    schema: str = DEFAULT_SCHEMA,
 ) -> int:
     """Insert dead letters not already recorded for the same input. Returns rows written."""
     columns = ERROR_COLUMNS + ("input_hash", "run_id")
     rows = [dataclasses.astuple(e) + (error_hash(e), run_id) for e in errors]
     conflict = sql.SQL("(activity_type, activity_id, input_hash)")
-    return _staged_insert(conn, ERRORS_TABLE, columns, rows, conflict)
+    return _staged_insert(conn, ERRORS_TABLE, columns, rows, conflict, schema)

@@ -1,0 +1,1 @@
+"""The pipeline's schema migrations (Alembic), applied by ``pipeline.store.install``."""
