@@ -45,14 +45,66 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 
 
-# Connection failures that no amount of waiting fixes: the server answered, and said no.
+# Connection failures that no amount of waiting fixes: the server answered and said no, or the
+# connection's own settings cannot work (TLS, certificates, service files).
 PERMANENT_CONNECT_FAILURES = (
     "password authentication failed",
     "authentication failed",
+    "no password supplied",
     "no pg_hba.conf entry",
+    "pg_hba.conf rejects",
     "does not exist",
     "permission denied",
+    "certificate verify failed",
+    "certificate",
+    "does not match host name",
+    "server does not support SSL",
+    "SSL is not enabled",
+    "sslmode",
+    "invalid connection option",
+    "definition of service",
+    "service file",
+    "invalid integer value",
+    "could not translate host name",
 )
+
+#: What to check, for a connection refused for good (first match wins).
+_HINTS = (
+    (
+        ("password authentication failed", "no password supplied"),
+        "check the password: in ~/.pgpass, a service file, or $EMISSIONS_DATABASE_URL",
+    ),
+    (
+        ("no pg_hba.conf entry", "pg_hba.conf rejects"),
+        "the server's pg_hba.conf does not let this user in from here with this encryption: "
+        "ask its administrator, or use sslmode=require (or verify-full) if it takes TLS only",
+    ),
+    (
+        ("certificate", "does not match host name", "SSL", "sslmode"),
+        "check sslmode and sslrootcert: the CA file must be the one that signed the server's "
+        "certificate, and with verify-full the host name must be the certificate's",
+    ),
+    (("does not exist",), "check the database and user names"),
+    (("service",), "check PGSERVICE and the service file (PGSERVICEFILE, ~/.pg_service.conf)"),
+)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error inside SQLAlchemy's wrapper (``.orig``), else ``exc``."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, psycopg2.Error) else exc
+
+
+def hint(exc: BaseException) -> str | None:
+    """What to check, when ``exc`` is a connection refused for good; None otherwise."""
+    exc = _driver_error(exc)
+    text = str(exc)
+    if not isinstance(exc, psycopg2.OperationalError) or is_transient(exc):
+        return None
+    for markers, advice in _HINTS:
+        if any(m in text for m in markers):
+            return advice
+    return None
 
 
 @dataclass(frozen=True)
@@ -112,9 +164,13 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line description of an error, for messages."""
+    """A one-line description of an error, for messages (with what to check, when the
+    database refused the connection for good)."""
+    advice = hint(exc)
+    exc = _driver_error(exc)
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    found = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{found} ({advice})" if advice else found
 
 
 def call(

@@ -31,6 +31,9 @@ from pipeline.store.install import initialise
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The TLS-only Debian PostgreSQL (``tls_server`` fixture), for the tests that need one.
+pytest_plugins = ["tests.tls_server"]
+
 #: Fixtures that start or need a PostgreSQL server.
 _SERVER_FIXTURES = frozenset({"pg_server_url", "tls_server"})
 

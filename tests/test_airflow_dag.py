@@ -283,7 +283,7 @@ def _snapshot(url: str, table: str, drop: tuple[str, ...]) -> list[tuple[Any, ..
     engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            reflected = sa.Table(table, sa.MetaData(), autoload_with=conn)
+            reflected = sa.Table(table, sa.MetaData(), autoload_with=conn, schema="emissions")
             columns = [c for c in reflected.columns if c.name not in drop]
             query = sa.select(*columns).order_by(*columns)
             return [tuple(r) for r in conn.execute(query)]
@@ -320,7 +320,8 @@ def _busiest_day(url: str) -> datetime.date:
     try:
         with engine.connect() as conn:
             union = " UNION ALL ".join(
-                f"SELECT activity_date FROM {t}" for t in tables.ACTIVITY_TABLES.values()
+                f"SELECT activity_date FROM {tables.qualified_text(t)}"
+                for t in tables.ACTIVITY_TABLES.values()
             )
             row = conn.execute(
                 sa.text(

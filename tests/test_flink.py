@@ -124,8 +124,7 @@ def raw_rows(url: str, table: str) -> list[tuple[Any, ...]]:
     engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            name = tables.validate_identifier(table)
-            query = sa.text(f"SELECT * FROM {name} t ORDER BY t::text")
+            query = sa.text(f"SELECT * FROM {tables.qualified_text(table)} t ORDER BY t::text")
             return [tuple(r) for r in conn.execute(query)]
     finally:
         engine.dispose()

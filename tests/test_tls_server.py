@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 # The fixture comes in as a plugin, not by import: an imported fixture that is also a test's
 # argument trips ruff's F811, and a module imported before it is registered as a plugin cannot
 # have its asserts rewritten (pytest warns about that).
-pytest_plugins = ["tests.tls_server"]
 pytestmark = pytest.mark.db
 
 

@@ -31,7 +31,16 @@ DATABASE_URL_ENV = "EMISSIONS_DATABASE_URL"
 
 
 def redact_url(url: str) -> str:
-    """The database URL with its password masked, for logs, summaries and errors."""
+    """The database URL with its password masked, for logs, summaries and errors; for a
+    connection by libpq's variables, what they name."""
+    if url == LIBPQ_URL:
+        env = libpq_environment()
+        if "PGSERVICE" in env:
+            return f"postgresql:// (service {env['PGSERVICE']})"
+        user = env.get("PGUSER", "")
+        where = env.get("PGHOST", env.get("PGHOSTADDR", ""))
+        port = f":{env['PGPORT']}" if "PGPORT" in env else ""
+        return f"postgresql://{user}{'@' if user else ''}{where}{port}/{env.get('PGDATABASE', '')}"
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL must still never be printed raw
@@ -140,16 +149,18 @@ def with_connection(
 
 
 def scrub(text: str, url: str | None) -> str:
-    """``text`` with the URL's password (and the raw URL) replaced, for errors and logs."""
-    if not url:
-        return text
-    text = text.replace(url, redact_url(url))
-    try:
-        password = sa.make_url(url).password
-    except Exception:  # noqa: BLE001
-        return text
-    if password:
-        text = text.replace(str(password), "***")
+    """``text`` with the URL's password (and the raw URL), and ``$PGPASSWORD``, replaced, for
+    errors and logs."""
+    secrets = [os.environ.get("PGPASSWORD") or ""]
+    if url and url != LIBPQ_URL:
+        text = text.replace(url, redact_url(url))
+        try:
+            secrets.append(str(sa.make_url(url).password or ""))
+        except Exception:  # noqa: BLE001 - an unparsable URL was replaced whole above
+            pass
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
     return text
 
 
@@ -171,14 +182,54 @@ def connection_bound(workers: int = 1) -> int:
     return DRIVER_CONNECTIONS + workers * 4
 
 
+#: libpq's variables that say which server to reach, and how: when one is set and no URL is
+#: given, libpq's own conventions decide (with ~/.pgpass and service files).
+LIBPQ_TARGET_VARIABLES = (
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGSERVICE",
+    "PGSSLMODE",
+)
+#: A URL without parameters: libpq fills in everything from its environment and files.
+LIBPQ_URL = "postgresql://"
+#: Asks for the embedded server whatever the environment says.
+EMBEDDED = "embedded"
+
+
+def libpq_environment() -> dict[str, str]:
+    """The libpq variables set in this process that name a server (none: not used)."""
+    return {k: os.environ[k] for k in LIBPQ_TARGET_VARIABLES if os.environ.get(k)}
+
+
 def resolve_database_url(url: str | None) -> str:
-    """The database a command works on: the URL given, else ``$EMISSIONS_DATABASE_URL``, else
-    the embedded server's database (started if needed). Every command and script asks this
-    one function."""
+    """The database a command works on, the same way for every command and script:
+
+    1. the URL given (``--database-url``), else ``$EMISSIONS_DATABASE_URL``;
+    2. else, when a libpq variable names a server (``PGHOST``, ``PGSERVICE``, …), libpq's own
+       conventions: those variables, ``~/.pgpass``, service files;
+    3. else (or when the URL is ``embedded``) the embedded server's database, started if
+       needed, with every ``PG*`` variable removed from this process first, so that none of
+       them reaches the server or its connections.
+    """
     chosen = url or os.environ.get(DATABASE_URL_ENV)
-    if chosen:
+    if chosen and chosen != EMBEDDED:
         return chosen
+    if chosen != EMBEDDED and libpq_environment():
+        _LOG.info(
+            "no database URL given: connecting as libpq's %s say",
+            ", ".join(sorted(libpq_environment())),
+        )
+        return LIBPQ_URL
     from pipeline.store import embedded
 
+    ignored = sorted(k for k in os.environ if k.startswith("PG"))
+    for name in ignored:
+        del os.environ[name]
+    if ignored:
+        _LOG.info("the embedded PostgreSQL ignores %s", ", ".join(ignored))
     _LOG.info("no database URL given: using the embedded PostgreSQL under ./.pgdata")
     return embedded.ensure_database(embedded.server_url(), embedded.DEFAULT_DATABASE)
