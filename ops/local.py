@@ -7,7 +7,8 @@ resolves (``pipeline.store.connections.resolve_database_url``: --database-url, e
 $EMISSIONS_DATABASE_URL, else the embedded server). It creates what is missing and loads the
 shipped factors (``ops.admin init``), seeds demo activities ($SEED_COUNT, default 100,000) when
 the database holds none and it is the embedded server (or --seed-demo is given: never
-otherwise, so a team's own database never gets demo rows it did not ask for), then runs
+otherwise, so a team's own database, named by a URL or by libpq's variables, never gets demo
+rows it did not ask for), then runs
 ``pipeline.run`` in this process with the remaining options.
 """
 
@@ -59,13 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     own, rest = parser.parse_known_args(args)
     cli.setup_logging()
     given = own.database_url or os.environ.get(connections.DATABASE_URL_ENV)
+    # Demo rows only ever go to the embedded server (unless asked for): decided before the
+    # database is resolved, since resolving the embedded one clears libpq's variables.
+    embedded = given == connections.EMBEDDED or (
+        not given and not connections.libpq_environment()
+    )
     with_sources = sources.resolve_path(own.sources) is not None
     count = int(os.environ.get("SEED_COUNT", DEFAULT_SEED_COUNT))
     resolved: list[str] = []
 
     def set_up(target: cli.Target) -> int:
         resolved.append(target.url)
-        prepare(target, own.seed_demo or not given, count, with_sources)
+        prepare(target, own.seed_demo or embedded, count, with_sources)
         return cli.OK
 
     code = cli.run(own, "setting up the database", set_up)

@@ -129,6 +129,15 @@ def make_database(
 
 
 @pytest.fixture
+def empty_database(pg_server_url: str) -> Iterator[str]:
+    """A database with nothing in it (no schema, no factors); dropped after."""
+    name = f"emissions_empty_{uuid.uuid4().hex[:12]}"
+    url = _create_database(pg_server_url, name)
+    yield url
+    _drop_database(pg_server_url, name)
+
+
+@pytest.fixture
 def database_url(make_database: Callable[..., str]) -> str:
     """A fresh database with bigint activity ids, schema and factors loaded."""
     return make_database("bigint")
