@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     given = own.database_url or os.environ.get(connections.DATABASE_URL_ENV)
     # Demo rows only ever go to the embedded server (unless asked for): decided before the
     # database is resolved, since resolving the embedded one clears libpq's variables.
-    embedded = given == connections.EMBEDDED or (
-        not given and not connections.libpq_environment()
-    )
+    embedded = given == connections.EMBEDDED or (not given and not connections.libpq_environment())
     with_sources = sources.resolve_path(own.sources) is not None
     count = int(os.environ.get("SEED_COUNT", DEFAULT_SEED_COUNT))
     resolved: list[str] = []
