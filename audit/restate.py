@@ -118,7 +118,7 @@ def _supersede(
         return 0
     columns = _WRITTEN
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    stored_cols = tables.RESULT_COLUMNS + tables.FINGERPRINT_COLUMNS + ("run_id", "created_at")
+    stored_cols = tables.STORED_RESULT_COLUMNS
     staging = sql.Identifier("staging_restatement")
     rows = [tuple(r[c] for c in _WRITTEN[:-1]) + (restatement_id,) for r in results]
     with conn.cursor() as cur:

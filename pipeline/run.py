@@ -24,7 +24,7 @@ from pipeline import cli, editions, retry, tuning
 from pipeline.model import ActivityType
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
 from pipeline.ranges import KeyRange, plan_ranges
-from pipeline.store import connections, queries, runs, sources, tables
+from pipeline.store import connections, queries, runs, sources, tables, writes
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import Source, SourcesError
 
@@ -218,18 +218,51 @@ def counters(result: PipelineResult) -> dict[str, int] | None:
     return found or None
 
 
+def retire(
+    engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
+) -> dict[str, tuple[int, int]]:
+    """Retires the results and dead letters of deleted activities, range by range (the
+    ranges of the activity table: the first and last are unbounded, so every key is in one).
+    Per type: (results retired, dead letters retired)."""
+    retired: dict[str, tuple[int, int]] = {}
+    for t in config.activity_types:
+        if not counts[t]["deleted"] and not counts[t].get("deleted_errors"):
+            continue
+        source = config.sources[t]
+        with connections.raw_connection(engine) as conn:
+            planned = plan_ranges(
+                conn, source, config.partitions, config.rows_per_range, config.range_planner
+            ) or [KeyRange(t, None, None)]
+            done = [
+                writes.retire_deleted(conn, source, r.start, r.end, config.run_id, config.schema)
+                for r in planned
+            ]
+        retired[t] = (sum(d[0] for d in done), sum(d[1] for d in done))
+        _LOG.info(
+            "retired %d results and %d dead letters of deleted %s activities",
+            *retired[t],
+            t,
+        )
+    return retired
+
+
 def summarise(
     engine: sa.Engine,
     config: RunConfig,
     counts: dict[str, dict[str, int]],
     metrics: dict[str, int] | None,
     coverage: dict[str, Any],
+    retired: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """The run summary: what the old service reported, plus skipped, run id and sources.
+    """The run summary: what the old service reported, plus skipped, run id and sources; per
+    type, how many results were new, replaced those of changed activities, or were retired
+    with their deleted activities.
 
     What the run wrote (results, kg CO2e) comes from its coverage (``runs.run_coverage``:
     the run's write log)."""
     written = coverage["by_activity_type"]
+    replaced = runs.replaced_results(engine, config.run_id, config.schema)
+    retired = retired or {}
     outstanding = None if metrics is not None else queries.outstanding_errors(engine, config.schema)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
@@ -245,6 +278,10 @@ def summarise(
             "skipped": c["total"] - c["pending"],
             "pending": c["pending"],
             "processed": processed,
+            "new": processed - replaced.get(t, 0),
+            "changed": replaced.get(t, 0),
+            "retired": retired.get(t, (0, 0))[0],
+            "errors_retired": retired.get(t, (0, 0))[1],
             "errors": errors,
             "co2e_tonnes": kg / 1000.0,
         }
@@ -254,6 +291,9 @@ def summarise(
         "skipped": sum(v["skipped"] for v in by_type.values()),
         "pending": sum(v["pending"] for v in by_type.values()),
         "total_processed": sum(v["processed"] for v in by_type.values()),
+        "new": sum(v["new"] for v in by_type.values()),
+        "changed": sum(v["changed"] for v in by_type.values()),
+        "retired": sum(v["retired"] for v in by_type.values()),
         "errors": sum(v["errors"] for v in by_type.values()),
         "total_co2e_tonnes": sum(v["co2e_tonnes"] for v in by_type.values()),
         "by_activity_type": by_type,
@@ -420,11 +460,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         setup_s = time.monotonic() - started
         _LOG.info(
-            "run %s on %s: %d pending of %d activities",
+            "run %s on %s: %d pending of %d activities (%d new, %d changed); %d deleted",
             config.run_id,
             runner,
             pending,
             sum(c["total"] for c in counts.values()),
+            sum(c["new"] for c in counts.values()),
+            sum(c["changed"] for c in counts.values()),
+            sum(c["deleted"] for c in counts.values()),
+        )
+        retired = retry.call(
+            lambda: retire(engine, config, counts),
+            what="retiring the results of deleted activities",
+            policy=policy,
         )
         metrics: dict[str, int] | None
         if pending == 0:
@@ -450,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             policy=policy,
         )
         summary = retry.call(
-            lambda: summarise(engine, config, counts, metrics, coverage),
+            lambda: summarise(engine, config, counts, metrics, coverage, retired),
             what="summarising the run",
             policy=policy,
         )

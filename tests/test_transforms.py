@@ -49,10 +49,10 @@ FLIGHT = AirTravelActivity(3, "LHR", "JFK", "business", 1, True, datetime.date(2
 
 
 def as_read(table: pa.Table, version: int = 7) -> pa.Table:
-    """A table as the range read gives it: with each row's version."""
+    """A table as the range read gives it: with each row's version, none with a result."""
     return table.append_column(
         queries.VERSION_COLUMN, pa.array([version] * table.num_rows, pa.int64())
-    )
+    ).append_column(queries.STORED_COLUMN, pa.array([False] * table.num_rows, pa.bool_()))
 
 
 def stored(result: EmissionResult) -> dict:
@@ -171,7 +171,10 @@ def test_read_pending_activities_composite(engine: sa.Engine, database_url: str)
         ranges = plan_int_ranges("electricity", 1, 30, 4)
         read = p | ReadPendingActivities(database_url, ranges) | beam.Map(lambda a: a.table)
         rows = read | beam.FlatMap(
-            lambda t: [tuple(r.values()) for r in t.drop([queries.VERSION_COLUMN]).to_pylist()]
+            lambda t: [
+                tuple(r.values())
+                for r in t.drop([queries.VERSION_COLUMN, queries.STORED_COLUMN]).to_pylist()
+            ]
         )
         assert_that(rows, equal_to(expected))
         versions = read | beam.FlatMap(lambda t: t.column(queries.VERSION_COLUMN).to_pylist())

@@ -31,7 +31,7 @@ from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
 from pipeline.model import ACTIVITY_TYPES, ActivityType, FactorRow, activity_fields
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.store import connections, queries, tables
+from pipeline.store import bulk, connections, queries, tables
 from transforms.read import ActivityTable
 
 ERRORS = "errors"
@@ -143,10 +143,12 @@ class CalculateFn(beam.DoFn):
         ``packed``: the side input's factor book (``pack_book``)."""
         activity_type, activities = element
         book, probes, factor_fps = self._unpack(packed, activity_type)
-        # The row versions travel beside the calculation, onto the dead letters.
+        # The row versions (and whether a result is to be replaced) travel beside the
+        # calculation, onto the results and the dead letters.
         versions = activities.column(queries.VERSION_COLUMN)
+        stored = activities.column(queries.STORED_COLUMN)
         ids = activities.column("id")
-        activities = activities.drop([queries.VERSION_COLUMN])
+        activities = activities.drop([queries.VERSION_COLUMN, queries.STORED_COLUMN])
         outcome = calculate_batch(
             activity_type,
             activities,
@@ -158,13 +160,18 @@ class CalculateFn(beam.DoFn):
         self._computed[activity_type].inc(outcome.results.num_rows)
         self._errors[activity_type].inc(len(outcome.errors))
         if outcome.results.num_rows:
-            # Each result carries the fingerprints of its input row and factor rows.
-            yield fingerprint.with_fingerprints(
+            # Each result carries the fingerprints of its input row and factor rows, the
+            # version of that row, and whether it replaces the result of an older version.
+            results = fingerprint.with_fingerprints(
                 outcome.results,
                 activities,
                 activity_fields(activity_type),
                 factor_fps,
             )
+            at = pc.index_in(results.column("activity_id"), value_set=ids.combine_chunks())
+            yield results.append_column(
+                tables.VERSION_COLUMN, versions.combine_chunks().take(at)
+            ).append_column(bulk.REPLACES_COLUMN, stored.combine_chunks().take(at))
         if outcome.errors:
             # The versions of the refused rows only (not the whole batch as Python objects).
             refused = pa.array([e.activity_id for e in outcome.errors], ids.type)

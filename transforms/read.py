@@ -14,14 +14,15 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from pipeline import tuning
+from pipeline import fingerprint, tuning
 from pipeline.methodology.batch import activity_schema
-from pipeline.model import ActivityType
+from pipeline.model import ActivityType, activity_fields
 from pipeline.ranges import KeyRange
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.store import bulk, connections, tables
+from pipeline.store import bulk, connections, queries, tables, writes
 from pipeline.store.sources import Sources, default_sources
 
 
@@ -55,12 +56,14 @@ class ReadRangeFn(beam.DoFn):
         self._retry_policy = retry_policy
         self._conn: connections.ResilientConnection | None = None
         self._schemas: dict[ActivityType, pa.Schema] = {}
+        self._key_types: dict[ActivityType, str] = {}
 
     def setup(self) -> None:
         tuning.tune_process()
         self._conn = connections.ResilientConnection(self._database_url, self._retry_policy)
         self._conn.open()
         self._rows_read = Metrics.counter("read", "activities_read")
+        self._versions_refreshed = Metrics.counter("read", "versions_refreshed")
         self._ranges_read = Metrics.counter("read", "ranges_read")
 
     def _schema(self, activity_type: ActivityType) -> pa.Schema:
@@ -76,7 +79,36 @@ class ReadRangeFn(beam.DoFn):
                 )
             arrow_id = pa.int64() if key_type in (None, "bigint") else pa.string()
             self._schemas[activity_type] = activity_schema(activity_type, arrow_id)
+            self._key_types[activity_type] = key_type or "bigint"
         return self._schemas[activity_type]
+
+    def _unchanged(self, activity_type: ActivityType, table: pa.Table) -> pa.Table:
+        """The rows to compute: ``table`` without those whose version changed but whose content
+        did not (their input fingerprint is their result's). Those get their new version
+        recorded on their result, and are not read again."""
+        stored = table.column(queries.STORED_COLUMN)
+        if not pc.any(stored).as_py():
+            return table.drop([queries.STORED_FINGERPRINT_COLUMN])
+        fields = activity_fields(activity_type)
+        now = fingerprint.input_fingerprints(table, fields)
+        before = table.column(queries.STORED_FINGERPRINT_COLUMN)
+        # A result stored before fingerprints were (NULL) is taken to match: it predates
+        # change tracking, and nothing can say what it was computed from.
+        same = pc.and_(stored, pc.fill_null(pc.equal(now, before), True))
+        if pc.any(same).as_py():
+            kept = table.filter(same)
+            ids = kept.column("id").to_pylist()
+            versions = kept.column(queries.VERSION_COLUMN).to_pylist()
+            assert self._conn is not None, "setup() opens the connection"
+            key_type = self._key_types[activity_type]
+            self._conn.run(
+                "recording the versions of unchanged activities",
+                lambda conn: writes.refresh_versions(
+                    conn, activity_type, ids, versions, key_type, self._db_schema
+                ),
+            )
+            self._versions_refreshed.inc(len(ids))
+        return table.filter(pc.invert(same)).drop([queries.STORED_FINGERPRINT_COLUMN])
 
     def process(self, key_range: KeyRange) -> Iterator[ActivityTable]:
         assert self._conn is not None, "setup() opens the connection"
@@ -97,6 +129,7 @@ class ReadRangeFn(beam.DoFn):
             ),
         )
         self._ranges_read.inc()
+        table = self._unchanged(key_range.activity_type, table)
         if table.num_rows:
             self._rows_read.inc(table.num_rows)
             yield ActivityTable(key_range.activity_type, table)

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import apache_beam as beam
 import psycopg2.extensions
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from pipeline import tuning
@@ -105,7 +106,23 @@ def _write_tables(
     schema: str,
     text_ids: bool = False,
 ) -> int:
-    return bulk.write_results_table(conn, pa.concat_tables(results), run_id, schema, text_ids)
+    """New results in one bulk write; those of changed activities supersede their old rows
+    (which move to history) in another. Each is one idempotent transaction."""
+    table = pa.concat_tables(results)
+    if bulk.REPLACES_COLUMN not in table.column_names:
+        return bulk.write_results_table(conn, table, run_id, schema, text_ids)
+    replaces = table.column(bulk.REPLACES_COLUMN)
+    table = table.drop([bulk.REPLACES_COLUMN])
+    written = 0
+    new = table.filter(pc.invert(replaces))
+    if new.num_rows:
+        written += bulk.write_results_table(conn, new, run_id, schema, text_ids)
+    changed = table.filter(replaces)
+    if changed.num_rows:
+        written += bulk.supersede_results_table(
+            conn, changed, run_id, "activity_changed", schema, text_ids
+        )
+    return written
 
 
 def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str, schema: str) -> int:

@@ -20,13 +20,16 @@ from sqlalchemy.dialects import postgresql
 
 from pipeline import levels, pgbinary
 from pipeline.model import ActivityType
-from pipeline.store.queries import VERSION_COLUMN, pending_query
+from pipeline.store.queries import STORED_COLUMN, STORED_FINGERPRINT_COLUMN, pending_query
 from pipeline.store.sources import Source
 from pipeline.store.tables import (
     DEFAULT_SCHEMA,
     FINGERPRINT_COLUMNS,
+    HISTORY_TABLE,
     RESULT_COLUMNS,
     RESULTS_TABLE,
+    STORED_RESULT_COLUMNS,
+    VERSION_COLUMN,
     WRITES_TABLE,
     qualified,
     table,
@@ -48,11 +51,17 @@ def read_pending_table(
     read-only transaction (a source is someone else's: the read never writes to it).
 
     ``arrow_schema`` gives the activity columns' Arrow types (``activity_date`` as ISO text);
-    the table has one more column, ``activity_version`` (the row's version). An unquoted
-    empty field is NULL and a quoted one the empty string, as PostgreSQL writes them.
+    the table has three more columns: ``activity_version`` (the row's version), ``stored``
+    (it has a result, whose version differs) and ``stored_fingerprint`` (that result's input
+    fingerprint). An unquoted empty field is NULL and a quoted one the empty string, as
+    PostgreSQL writes them.
     """
     query, params = pending_query(source, start, end, date_from, date_to, schema)
-    arrow_schema = arrow_schema.append(pa.field(VERSION_COLUMN, pa.int64()))
+    arrow_schema = (
+        arrow_schema.append(pa.field(VERSION_COLUMN, pa.int64()))
+        .append(pa.field(STORED_COLUMN, pa.bool_()))
+        .append(pa.field(STORED_FINGERPRINT_COLUMN, pa.int64()))
+    )
     buf = io.BytesIO()
     with conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")
@@ -77,6 +86,11 @@ def read_pending_table(
     )
 
 
+#: A results table's column that says which results replace those of an older version of
+#: their activity (``supersede_results_table``), not present in the stored table.
+REPLACES_COLUMN = "replaces"
+
+
 def write_results_table(
     conn: psycopg2.extensions.connection,
     results: pa.Table,
@@ -90,8 +104,20 @@ def write_results_table(
     Columns that are empty in the whole batch (the flight fields of electricity, say) are left
     out of the COPY: they are NULL by default, and PostgreSQL reads fewer fields.
     """
+    data, order = _encode(results, run_id, text_ids)
+    conflict = sql.SQL("(activity_type, activity_id) DO NOTHING")
+
+    def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
+        log_writes(cur, run_id, results if written is None else _only(results, written), schema)
+
+    return staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log, schema)
+
+
+def _encode(results: pa.Table, run_id: str, text_ids: bool) -> tuple[pgbinary.CopyData, list[str]]:
+    """A results table as binary COPY data, with the run id; columns empty in the whole batch
+    left out (they are NULL by default). Returns the data and its column order."""
     present = [c for c in RESULT_COLUMNS if results.column(c).null_count < results.num_rows]
-    present += [c for c in FINGERPRINT_COLUMNS if c in results.column_names]
+    present += [c for c in (*FINGERPRINT_COLUMNS, VERSION_COLUMN) if c in results.column_names]
     copied = results.select(present).append_column(
         "run_id", pa.array([run_id] * results.num_rows, type=pa.string())
     )
@@ -101,13 +127,96 @@ def write_results_table(
         id_type if c == "activity_id" and string_ids else _RESULT_PG_TYPES[c]
         for c in copied.column_names
     ]
-    data, order = pgbinary.encode(copied, types)
-    conflict = sql.SQL("(activity_type, activity_id)")
+    return pgbinary.encode(copied, types)
 
-    def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
-        log_writes(cur, run_id, results if written is None else _only(results, written), schema)
 
-    return staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log, schema)
+def supersede_results_table(
+    conn: psycopg2.extensions.connection,
+    results: pa.Table,
+    run_id: str,
+    reason: str,
+    schema: str = DEFAULT_SCHEMA,
+    text_ids: bool = False,
+) -> int:
+    """Replaces the stored results of the activities in ``results`` (new versions of them), in
+    one transaction: each current row moves to history first, whole, with ``reason`` and this
+    run's id; then the new values take its place. Returns how many results were written.
+
+    Idempotent and safe beside other runs: only a stored row of another activity version is
+    replaced, so a retried flush, or a second run that computed the same version, changes
+    nothing; a result that is gone meanwhile is inserted."""
+    data, order = _encode(results, run_id, text_ids)
+    cols = sql.SQL(", ").join(map(sql.Identifier, order))
+    current = qualified(RESULTS_TABLE, schema)
+    staging = sql.Identifier(f"staging_supersede_{RESULTS_TABLE}")
+    stored = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in STORED_RESULT_COLUMNS)
+    differs = sql.SQL(
+        "s.activity_type = r.activity_type AND s.activity_id = r.activity_id "
+        "AND r.activity_version IS DISTINCT FROM s.activity_version"
+    )
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
+                "AS SELECT * FROM {t} WITH NO DATA"
+            ).format(s=staging, t=current)
+        )
+        cur.copy_expert(
+            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT binary)").format(s=staging, c=cols),
+            data,
+            size=1 << 20,
+        )
+        # Lock the rows to replace first (in key order, so that two runs do not deadlock):
+        # the statements after it see what a concurrent run committed meanwhile, and leave
+        # a row that run already replaced with this version alone.
+        cur.execute(
+            sql.SQL(
+                "SELECT 1 FROM {t} r JOIN {s} s ON s.activity_type = r.activity_type "
+                "AND s.activity_id = r.activity_id ORDER BY r.activity_type, r.activity_id "
+                "FOR UPDATE OF r"
+            ).format(t=current, s=staging)
+        )
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {h} ({all}, restatement_id, reason) SELECT {stored}, %s, %s "
+                "FROM {t} r JOIN {s} s ON {differs} ON CONFLICT DO NOTHING"
+            ).format(
+                h=qualified(HISTORY_TABLE, schema),
+                all=sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS)),
+                stored=stored,
+                t=current,
+                s=staging,
+                differs=differs,
+            ),
+            (run_id, reason),
+        )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} r SET {sets}, created_at = now() FROM {s} s WHERE {differs} "
+                "RETURNING r.activity_type, r.activity_id::text"
+            ).format(
+                t=current,
+                s=staging,
+                differs=differs,
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
+                    for c in STORED_RESULT_COLUMNS
+                    if c not in ("activity_type", "activity_id", "created_at")
+                ),
+            )
+        )
+        written = [(t, k) for t, k in cur.fetchall()]
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT DO NOTHING "
+                "RETURNING activity_type, activity_id::text"
+            ).format(t=current, c=cols, s=staging)
+        )
+        written += [(t, k) for t, k in cur.fetchall()]
+        if written:
+            log_writes(cur, run_id, _only(results, written), schema, replaced=True)
+    conn.commit()
+    return len(written)
 
 
 def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
@@ -120,18 +229,30 @@ def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:
 
 
 def log_writes(
-    cur: psycopg2.extensions.cursor, run_id: str, written: pa.Table, schema: str = DEFAULT_SCHEMA
+    cur: psycopg2.extensions.cursor,
+    run_id: str,
+    written: pa.Table,
+    schema: str = DEFAULT_SCHEMA,
+    replaced: bool = False,
 ) -> None:
-    """Records what a flush wrote (``levels.tally`` per activity type) in ``WRITES_TABLE``."""
+    """Records what a flush wrote (``levels.tally`` per activity type) in ``WRITES_TABLE``;
+    ``replaced``: these results replaced those of older versions of their activities."""
     rows = [
-        (run_id, t, c.results, c.kg_co2e, json.dumps({k: list(v) for k, v in c.levels.items()}))
+        (
+            run_id,
+            t,
+            c.results,
+            c.kg_co2e,
+            json.dumps({k: list(v) for k, v in c.levels.items()}),
+            c.results if replaced else 0,
+        )
         for t, c in levels.tally(written).items()
     ]
     if rows:
         cur.executemany(
             sql.SQL(
-                "INSERT INTO {} (run_id, activity_type, results, kg_co2e, levels) "
-                "VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO {} (run_id, activity_type, results, kg_co2e, levels, replaced) "
+                "VALUES (%s, %s, %s, %s, %s, %s)"
             ).format(qualified(WRITES_TABLE, schema)),
             rows,
         )

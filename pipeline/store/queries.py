@@ -97,40 +97,47 @@ def key_cast(key: Any, key_type: str | None = None) -> sql.SQL:
     return sql.SQL("::" + {"bigint": "bigint", "uuid": "uuid", "text": "text"}[key_type])
 
 
-#: Pending: no result, and no dead letter for this very version of the row. A refused row is
-#: not read again until it changes (a corrected row gets a new version, and is computed).
-_PENDING = sql.SQL(
-    "NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
-    "AND r.activity_id = a.id{r_range}) "
-    "AND NOT EXISTS (SELECT 1 FROM {e} e WHERE e.activity_type = %(activity_type)s "
-    "AND e.activity_id = a.id{e_range} AND e.activity_version = a.activity_version)"
+#: A new activity: no result, and no dead letter for this very version of the row (a refused
+#: row is not read again until it changes).
+_NEW = sql.SQL(
+    "r.activity_id IS NULL AND NOT EXISTS (SELECT 1 FROM {e} e "
+    "WHERE e.activity_type = %(activity_type)s AND e.activity_id = a.id{e_range} "
+    "AND e.activity_version = a.activity_version)"
+)
+#: A changed activity, perhaps: its version is not the one its result was computed from. (The
+#: reader compares the input fingerprints: a new version with the same content is no change.)
+_CHANGED = sql.SQL(
+    "r.activity_id IS NOT NULL AND r.activity_version IS DISTINCT FROM a.activity_version"
 )
 
 
-def _pending(
+def _bounds(alias: str, start: Any, end: Any, key_type: str | None) -> sql.Composed:
+    """Key bounds on ``alias.activity_id``: they follow from ``activity_id = a.id``, but
+    PostgreSQL does not carry inequalities across a join; without them every range read would
+    look through all the results (and dead letters) of its type."""
+    found: list[sql.Composable] = []
+    column = sql.SQL(" AND {}.activity_id").format(sql.Identifier(alias))
+    if start is not None:
+        found.append(column + sql.SQL(" >= %(start)s") + key_cast(start, key_type))
+    if end is not None:
+        found.append(column + sql.SQL(" < %(end)s") + key_cast(end, key_type))
+    return sql.Composed(found)
+
+
+def _results_join(
     schema: str, start: Any = None, end: Any = None, key_type: str | None = None
 ) -> sql.Composed:
-    """The pending condition; within a key range, results and dead letters are looked up in
-    that range only.
+    """``LEFT JOIN`` of each activity to its current result, within the key range."""
+    return sql.SQL(
+        "LEFT JOIN {r} r ON r.activity_type = %(activity_type)s AND r.activity_id = a.id{b}"
+    ).format(r=qualified(RESULTS_TABLE, schema), b=_bounds("r", start, end, key_type))
 
-    The bounds on ``r.activity_id`` follow from ``r.activity_id = a.id``, but PostgreSQL does
-    not carry inequalities across a join: without them, every range read would scan all the
-    results of its type, and a run's reads would grow with ranges × results."""
 
-    def bounds(alias: str) -> sql.Composed:
-        found: list[sql.Composable] = []
-        column = sql.SQL(" AND {}.activity_id").format(sql.Identifier(alias))
-        if start is not None:
-            found.append(column + sql.SQL(" >= %(start)s") + key_cast(start, key_type))
-        if end is not None:
-            found.append(column + sql.SQL(" < %(end)s") + key_cast(end, key_type))
-        return sql.Composed(found)
-
-    return _PENDING.format(
-        r=qualified(RESULTS_TABLE, schema),
-        e=qualified(ERRORS_TABLE, schema),
-        r_range=bounds("r"),
-        e_range=bounds("e"),
+def _new(
+    schema: str, start: Any = None, end: Any = None, key_type: str | None = None
+) -> sql.Composed:
+    return _NEW.format(
+        e=qualified(ERRORS_TABLE, schema), e_range=_bounds("e", start, end, key_type)
     )
 
 
@@ -159,6 +166,12 @@ def _in_scope(
     return conditions, params
 
 
+#: The columns a range read adds to the activity's: whether it has a result, and that
+#: result's input fingerprint (to tell a changed row from a new version of the same content).
+STORED_COLUMN = "stored"
+STORED_FINGERPRINT_COLUMN = "stored_fingerprint"
+
+
 def pending_query(
     source: Source | ActivityType,
     start: Any,
@@ -167,37 +180,60 @@ def pending_query(
     date_to: str | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """The anti-join that reads one key range of pending activities, with their row version."""
+    """One key range of the activities to compute: new ones, and those whose version differs
+    from their result's. Each comes with its row version, whether it has a result, and that
+    result's input fingerprint."""
     source = as_source(source, schema)
     conditions, params = _in_scope(source, start, end, date_from, date_to)
     select = sql.SQL(", ").join(
         [sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(source.activity_type)]
-        + [sql.SQL("a.") + sql.Identifier(VERSION_COLUMN)]
+        + [
+            sql.SQL("a.") + sql.Identifier(VERSION_COLUMN),
+            sql.SQL("r.activity_id IS NOT NULL AS {}").format(sql.Identifier(STORED_COLUMN)),
+            sql.SQL("r.input_fingerprint AS {}").format(sql.Identifier(STORED_FINGERPRINT_COLUMN)),
+        ]
     )
-    query = sql.SQL("SELECT {select} FROM ({relation}) a WHERE {where} AND {pending}").format(
+    query = sql.SQL(
+        "SELECT {select} FROM ({relation}) a {join} WHERE {where} AND (({new}) OR ({changed}))"
+    ).format(
         select=select,
         relation=relation(source),
+        join=_results_join(schema, start, end, source.key_type),
         where=sql.SQL(" AND ").join(conditions),
-        pending=_pending(schema, start, end, source.key_type),
+        new=_new(schema, start, end, source.key_type),
+        changed=_CHANGED,
     )
     return query, params
 
 
 def count_query(
-    source: Source,
+    source: Source | ActivityType,
     date_from: str | None = None,
     date_to: str | None = None,
-    pending_only: bool = False,
     schema: str = DEFAULT_SCHEMA,
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """The number of activities in scope, or of pending ones (an anti-join, not a per-row
-    filter: PostgreSQL plans ``WHERE NOT EXISTS`` as one hash anti-join)."""
+    """One pass over a source and its results (a full join: hashed or merged, never a loop
+    per row): activities in scope, new ones, those whose version changed, and results whose
+    activity no longer exists (whatever the date window: a deletion is not dated)."""
+    source = as_source(source, schema)
     conditions, params = _in_scope(source, None, None, date_from, date_to)
-    if pending_only:
-        conditions.append(_pending(schema))
-    query = sql.SQL("SELECT count(*) FROM ({relation}) a WHERE {where}").format(
+    in_scope = sql.SQL("a.id IS NOT NULL AND ") + sql.SQL(" AND ").join(conditions)
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE {scope}), count(*) FILTER (WHERE {scope} AND {new}), "
+        "count(*) FILTER (WHERE {scope} AND {changed}), "
+        "count(*) FILTER (WHERE a.id IS NULL), "
+        "(SELECT count(*) FROM {e} e WHERE e.activity_type = %(activity_type)s "
+        "AND e.retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM ({relation}) d "
+        "WHERE d.id = e.activity_id)) "
+        "FROM ({relation}) a FULL JOIN (SELECT activity_id, activity_version FROM {r} "
+        "WHERE activity_type = %(activity_type)s) r ON r.activity_id = a.id"
+    ).format(
+        scope=in_scope,
+        new=_new(schema),
+        changed=_CHANGED,
         relation=relation(source),
-        where=sql.SQL(" AND ").join(conditions),
+        r=qualified(RESULTS_TABLE, schema),
+        e=qualified(ERRORS_TABLE, schema),
     )
     return query, params
 
@@ -215,40 +251,41 @@ def count_activities(
     sources: Sources | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> dict[str, dict[str, int]]:
-    """Per activity type: all activities in scope, and those still pending.
+    """Per activity type: activities in scope (``total``), those to compute (``pending``:
+    ``new`` ones and those whose version ``changed``), and results and open dead letters
+    whose activity is gone (``deleted``, ``deleted_errors``).
 
-    The counts are independent scans: they run on up to ``workers`` connections at once (the
-    engine's pool must allow as many). ``on_pending`` is called once, as soon as a count
-    finds pending activities."""
+    One full join per type; they run on up to ``workers`` connections at once (the engine's
+    pool must allow as many). ``on_pending`` is called once, as soon as a count finds
+    activities to compute."""
     announced: list[bool] = []
     lock = threading.Lock()
     sources = sources or default_sources(schema)
-    queries = [
-        (t, key, count_query(sources[t], date_from, date_to, key == "pending", schema))
-        for t in activity_types
-        for key in ("pending", "total")  # the anti-joins, the longer ones, first
-    ]
 
-    def count(item: tuple[str, str, tuple[sql.Composed, dict[str, Any]]]) -> int:
-        _, key, query = item
+    def count(activity_type: ActivityType) -> dict[str, int]:
+        query = count_query(sources[activity_type], date_from, date_to, schema)
         with raw_connection(engine) as raw:
             with raw.cursor() as cur:
                 cur.execute(*query)
-                (n,) = cur.fetchone()
+                total, new, changed, deleted, orphaned = (int(n) for n in cur.fetchone())
             raw.commit()
-        if key == "pending" and n and on_pending is not None:
+        if (new or changed) and on_pending is not None:
             with lock:
                 first, announced[:] = not announced, [True]
             if first:
                 on_pending()
-        return int(n)
+        return {
+            "total": total,
+            "pending": new + changed,
+            "new": new,
+            "changed": changed,
+            "deleted": deleted,
+            "deleted_errors": orphaned,
+        }
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        found = list(pool.map(count, queries))
-    out: dict[str, dict[str, int]] = {t: {} for t in activity_types}
-    for (t, key, _), n in zip(queries, found, strict=True):
-        out[t][key] = n
-    return {t: {"total": c["total"], "pending": c["pending"]} for t, c in out.items()}
+        found = list(pool.map(count, activity_types))
+    return dict(zip(activity_types, found, strict=True))
 
 
 def outstanding_errors(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> dict[str, int]:
@@ -260,6 +297,7 @@ def outstanding_errors(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> dict[
                 f"FROM {qualified_text(ERRORS_TABLE, schema)} e WHERE NOT EXISTS "
                 f"(SELECT 1 FROM {qualified_text(RESULTS_TABLE, schema)} r "
                 "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+                "AND e.retired_at IS NULL "
                 "GROUP BY e.activity_type"
             )
         )

@@ -65,6 +65,7 @@ def _errors_sql(schema: str) -> str:
         f"FROM {qualified_text(ERRORS_TABLE, schema)} e WHERE NOT EXISTS (SELECT 1 FROM "
         f"{qualified_text(RESULTS_TABLE, schema)} r "
         "WHERE r.activity_type = e.activity_type AND r.activity_id = e.activity_id) "
+        "AND e.retired_at IS NULL "
         "AND (CAST(:run_id AS uuid) IS NULL OR e.run_id = CAST(:run_id AS uuid)) "
         "GROUP BY e.activity_type"
     )
@@ -127,3 +128,20 @@ def results_written(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA
 def nothing_written() -> dict[str, Any]:
     """The coverage of a run that wrote nothing (it had nothing pending)."""
     return describe_coverage({}, {})
+
+
+def replaced_results(
+    engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA
+) -> dict[str, int]:
+    """Per activity type, how many of a run's results replaced those of changed activities
+    (from its write log)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT activity_type, sum(replaced) FROM "
+                f"{qualified_text(WRITES_TABLE, schema)} WHERE run_id = CAST(:run_id AS uuid) "
+                "GROUP BY activity_type"
+            ),
+            {"run_id": run_id},
+        ).all()
+    return {str(t): int(n) for t, n in rows}

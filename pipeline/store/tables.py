@@ -65,6 +65,10 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(
 )
 #: Stored beside a result's values: the fingerprints of its inputs (``pipeline.fingerprint``).
 FINGERPRINT_COLUMNS: tuple[str, ...] = ("input_fingerprint", "factor_fingerprint")
+#: Stored beside a result: the version of the activity row it was computed from.
+VERSION_COLUMN = "activity_version"
+#: Why a result left ``emission_results`` for its history.
+HISTORY_REASONS = ("restatement", "activity_changed", "activity_deleted")
 EXPLAINED_VIEW = "emission_results_explained"
 ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorRecord))
 
@@ -187,6 +191,8 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         # NULL only on results written before fingerprints were stored beside them.
         sa.Column("input_fingerprint", sa.BigInteger),
         sa.Column("factor_fingerprint", sa.BigInteger),
+        # The version of the activity row it was computed from (NULL before revision 0002).
+        sa.Column("activity_version", sa.BigInteger),
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     ]
@@ -194,13 +200,15 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
     # ids are not foreign keys: factor rows are never deleted (the table is append-only), and
     # four per-row constraint triggers would cost more than the rest of the insert together.
     sa.Table(RESULTS_TABLE, md, *result_cols)
-    # A restatement never loses a result: the superseded row moves here, whole, first.
+    # A result is never lost: a superseded or retired row moves here, whole, first.
+    # ``restatement_id`` is the restatement or run that moved it; ``reason`` says why.
     sa.Table(
         HISTORY_TABLE,
         md,
         *[c._copy() for c in result_cols],
         sa.Column("restatement_id", postgresql.UUID(as_uuid=False), primary_key=True),
         sa.Column("superseded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("reason", sa.Text, nullable=False, server_default="restatement"),
     )
     sa.Table(
         RESTATEMENTS_TABLE,
@@ -232,6 +240,8 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("activity_version", sa.BigInteger),
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        # Set when the activity was deleted: kept as a record, no longer an open error.
+        sa.Column("retired_at", sa.DateTime(timezone=True)),
         # The same bad input seen again by a later run is not written again.
         sa.UniqueConstraint(
             "activity_type", "activity_id", "input_hash", name="uq_error_activity_input"
@@ -248,6 +258,8 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("results", sa.BigInteger, nullable=False),
         sa.Column("kg_co2e", sa.Float(53), nullable=False),
         sa.Column("levels", postgresql.JSONB, nullable=False),  # level → [results, kg CO2e]
+        # Of ``results``, those that replaced a result of a changed activity.
+        sa.Column("replaced", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("written_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
     sa.Table(
@@ -319,3 +331,7 @@ def factors_loaded(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> bool:
                 sa.text(f"SELECT EXISTS (SELECT 1 FROM {qualified_text(FACTORS_TABLE, schema)})")
             ).scalar()
         )
+
+
+#: Every column of ``emission_results``, in order (the first of ``emission_results_history``).
+STORED_RESULT_COLUMNS: tuple[str, ...] = tuple(c.name for c in table(RESULTS_TABLE).columns)

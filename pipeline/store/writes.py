@@ -19,12 +19,16 @@ from pipeline.model import (
     EmissionResult,
     ErrorRecord,
 )
+from pipeline.store.queries import key_cast
+from pipeline.store.sources import Source, relation
 from pipeline.store.tables import (
     DEFAULT_SCHEMA,
     ERROR_COLUMNS,
     ERRORS_TABLE,
+    HISTORY_TABLE,
     RESULT_COLUMNS,
     RESULTS_TABLE,
+    STORED_RESULT_COLUMNS,
     qualified,
 )
 
@@ -133,9 +137,9 @@ def staged_copy(
             csv_data,
             size=_COPY_CHUNK,
         )
-        insert = sql.SQL(
-            "INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k} DO NOTHING"
-        ).format(t=target, c=cols, s=staging, k=conflict)
+        insert = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k}").format(
+            t=target, c=cols, s=staging, k=conflict
+        )
         if after is not None:
             insert += sql.SQL(" RETURNING activity_type, activity_id::text")
         cur.execute(insert)
@@ -155,7 +159,7 @@ def write_results(
     """Insert results not already stored (unique per activity). Returns rows written."""
     columns = RESULT_COLUMNS + ("run_id",)
     rows = [tuple(getattr(r, c) for c in RESULT_COLUMNS) + (run_id,) for r in results]
-    conflict = sql.SQL("(activity_type, activity_id)")
+    conflict = sql.SQL("(activity_type, activity_id) DO NOTHING")
     return _staged_insert(conn, RESULTS_TABLE, columns, rows, conflict, schema)
 
 
@@ -174,6 +178,112 @@ def write_errors(
 ) -> int:
     """Insert dead letters not already recorded for the same input. Returns rows written."""
     columns = ERROR_COLUMNS + ("input_hash", "run_id")
-    rows = [dataclasses.astuple(e) + (error_hash(e), run_id) for e in errors]
-    conflict = sql.SQL("(activity_type, activity_id, input_hash)")
+    unique = {(e.activity_type, str(e.activity_id), error_hash(e)): e for e in errors}
+    rows = [dataclasses.astuple(e) + (key[2], run_id) for key, e in unique.items()]
+    # The same bad input again, at a new row version (a no-op update, a restore): the record
+    # stands, with the version now current, so that the row is not read again for nothing.
+    conflict = sql.SQL(
+        "(activity_type, activity_id, input_hash) DO UPDATE SET activity_version = "
+        "EXCLUDED.activity_version WHERE {e}.activity_version IS DISTINCT FROM "
+        "EXCLUDED.activity_version"
+    ).format(e=qualified(ERRORS_TABLE, schema))
     return _staged_insert(conn, ERRORS_TABLE, columns, rows, conflict, schema)
+
+
+def refresh_versions(
+    conn: psycopg2.extensions.connection,
+    activity_type: str,
+    ids: Sequence[Any],
+    versions: Sequence[int],
+    key_type: str,
+    schema: str = DEFAULT_SCHEMA,
+) -> int:
+    """Records a new version of activities whose content did not change (a no-op ``UPDATE``, a
+    restore): their results stand, and they are not read again. One statement; returns how
+    many results it touched."""
+    if not ids:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "UPDATE {r} r SET activity_version = v.version FROM unnest(%s::{k}[], "
+                "%s::bigint[]) AS v(id, version) WHERE r.activity_type = %s "
+                "AND r.activity_id = v.id AND r.activity_version IS DISTINCT FROM v.version"
+            ).format(r=qualified(RESULTS_TABLE, schema), k=sql.SQL(key_type)),
+            ([str(i) for i in ids], list(versions), activity_type),
+        )
+        touched = cur.rowcount
+    conn.commit()
+    return touched
+
+
+def retire_deleted(
+    conn: psycopg2.extensions.connection,
+    source: Source,
+    start: Any,
+    end: Any,
+    run_id: str,
+    schema: str = DEFAULT_SCHEMA,
+) -> tuple[int, int]:
+    """Retires, within one key range, the results and dead letters of activities that no longer
+    exist: each result moves to history (reason ``activity_deleted``, this run's id) and leaves
+    the totals; each dead letter stays as a record, marked retired. Set-based, in one
+    transaction; returns (results retired, dead letters retired). Safe to repeat."""
+    params = {"activity_type": source.activity_type, "run_id": run_id}
+    bounds: dict[str, list[sql.Composable]] = {"r": [], "e": []}
+    for alias in bounds:
+        column = sql.SQL("{}.activity_id").format(sql.Identifier(alias))
+        if start is not None:
+            bounds[alias].append(
+                column + sql.SQL(" >= %(start)s") + key_cast(start, source.key_type)
+            )
+            params["start"] = str(start)
+        if end is not None:
+            bounds[alias].append(column + sql.SQL(" < %(end)s") + key_cast(end, source.key_type))
+            params["end"] = str(end)
+    stored = sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS))
+
+    def where(alias: str) -> sql.Composed:
+        return sql.SQL(" AND ").join(
+            [
+                sql.SQL("{}.activity_type = %(activity_type)s").format(sql.Identifier(alias)),
+                *bounds[alias],
+                sql.SQL("NOT EXISTS (SELECT 1 FROM ({relation}) a WHERE a.id = {k})").format(
+                    relation=relation(source),
+                    k=sql.SQL("{}.activity_id").format(sql.Identifier(alias)),
+                ),
+            ]
+        )
+
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "WITH gone AS (DELETE FROM {r} r WHERE {where} RETURNING {stored}), "
+                "kept AS (INSERT INTO {h} ({stored}, restatement_id, reason) "
+                "SELECT {stored}, %(run_id)s, 'activity_deleted' FROM gone "
+                "ON CONFLICT DO NOTHING RETURNING 1) "
+                "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM kept)"
+            ).format(
+                r=qualified(RESULTS_TABLE, schema),
+                h=qualified(HISTORY_TABLE, schema),
+                where=where("r"),
+                stored=stored,
+            ),
+            params,
+        )
+        gone, kept = cur.fetchone()
+        if gone != kept:
+            conn.rollback()
+            raise RuntimeError(
+                f"retiring deleted {source.activity_type} activities: {gone} results to move, "
+                f"but {kept} history rows written; nothing was retired"
+            )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {e} e SET retired_at = now() WHERE e.retired_at IS NULL AND {where}"
+            ).format(e=qualified(ERRORS_TABLE, schema), where=where("e")),
+            params,
+        )
+        errors = cur.rowcount
+    conn.commit()
+    return int(gone), int(errors)

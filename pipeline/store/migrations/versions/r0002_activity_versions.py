@@ -1,0 +1,46 @@
+"""Results follow their activities: each result records the version of the activity row it was
+computed from; history says why a row left (restatement, activity changed, activity deleted);
+dead letters of deleted activities are retired; the write log counts replaced results.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+
+Results stored before this revision have no version: the next run compares their input
+fingerprints with the activities as they are, and records the version of those that did not
+change (docs/guarantees.md).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context, op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    schema = context.config.attributes["schema"]
+    version = sa.Column("activity_version", sa.BigInteger)
+    op.add_column("emission_results", version, schema=schema)
+    op.add_column("emission_results_history", version.copy(), schema=schema)
+    op.add_column(
+        "emission_results_history",
+        sa.Column("reason", sa.Text, nullable=False, server_default="restatement"),
+        schema=schema,
+    )
+    op.add_column(
+        "emission_errors", sa.Column("retired_at", sa.DateTime(timezone=True)), schema=schema
+    )
+    op.add_column(
+        "calculation_run_writes",
+        sa.Column("replaced", sa.BigInteger, nullable=False, server_default="0"),
+        schema=schema,
+    )
+
+
+def downgrade() -> None:
+    raise NotImplementedError("the pipeline's schema is never downgraded: restore a backup")

@@ -1,0 +1,244 @@
+"""When activity data changes: corrected activities are computed again (the old result moves to
+history), deleted ones are retired, new versions of the same content change nothing, and the
+results always equal an independent computation from the activities as they are now."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from benchmarks.in_database import load_reference_tables, reference_results
+from ops.seed import seed
+from pipeline.methodology.batch import result_schema
+from pipeline.store import bulk, connections, tables
+from tests.test_end_to_end import run_pipeline
+
+COUNT = 3000
+
+
+def scalar(engine: sa.Engine, query: str, **params: object) -> object:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(query), params).scalar()
+
+
+def rows(engine: sa.Engine, query: str, **params: object) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(query), params)]
+
+
+def execute(engine: sa.Engine, query: str) -> list[tuple]:
+    with engine.begin() as conn:
+        result = conn.execute(sa.text(query))
+        return [tuple(r) for r in result] if result.returns_rows else []
+
+
+def current_results(engine: sa.Engine) -> dict[tuple[str, str], float]:
+    return {
+        (t, i): kg
+        for t, i, kg in rows(
+            engine,
+            "SELECT activity_type, activity_id::text, kg_co2e FROM emissions.emission_results",
+        )
+    }
+
+
+def matches_the_sql_computation(url: str, engine: sa.Engine) -> None:
+    """Every current result, and only those, equals the in-database SQL computation over the
+    activities as they are now."""
+    conn = connections.connect(url)
+    try:
+        load_reference_tables(conn)
+        reference = reference_results(conn, radiative_forcing=True)
+    finally:
+        conn.close()
+    results = current_results(engine)
+    assert set(results) == set(reference)
+    for key, kg in reference.items():
+        assert results[key] == pytest.approx(kg, rel=1e-12, abs=1e-12), key
+
+
+#: 1% of the computed activities of each type corrected (their values change), 1% updated
+#: to the same values, 0.1% deleted; and 1% new ones.
+CORRECT = """
+UPDATE emissions.{table} a SET {change} FROM (
+    SELECT activity_id FROM emissions.emission_results WHERE activity_type = '{type}'
+    ORDER BY activity_id LIMIT {n}) c WHERE a.id = c.activity_id RETURNING a.id::text
+"""
+CHANGES = {
+    "electricity": ("electricity_activities", "quantity = quantity * 10"),
+    "spend": ("spend_activities", "amount = amount + 100"),
+    "air_travel": ("air_travel_activities", "passengers = passengers + 1"),
+}
+
+
+def test_corrections_deletions_and_new_activities_flow_through(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, COUNT, seed_value=3)
+    first = run_pipeline(url, capsys)
+    assert first["new"] == first["total_processed"] and first["changed"] == 0
+    before = current_results(engine)
+
+    changed: set[tuple[str, str]] = set()
+    same: set[tuple[str, str]] = set()
+    for activity_type, (table, change) in CHANGES.items():
+        n = sum(1 for k in before if k[0] == activity_type) // 100
+        for (i,) in execute(
+            engine, CORRECT.format(table=table, change=change, type=activity_type, n=n)
+        ):
+            changed.add((activity_type, i))
+        # The same values again: a new row version, not a change.
+        for (i,) in execute(
+            engine,
+            f"UPDATE emissions.{table} a SET activity_date = activity_date FROM (SELECT "
+            f"activity_id FROM emissions.emission_results WHERE activity_type = '{activity_type}' "
+            f"ORDER BY activity_id DESC LIMIT {n}) c WHERE a.id = c.activity_id "
+            "RETURNING a.id::text",
+        ):
+            same.add((activity_type, i))
+    deleted = {
+        ("spend", i)
+        for (i,) in execute(
+            engine,
+            "DELETE FROM emissions.spend_activities WHERE id IN (SELECT activity_id FROM "
+            "emissions.emission_results WHERE activity_type = 'spend' ORDER BY activity_id "
+            "LIMIT 3 OFFSET 500) RETURNING id::text",
+        )
+    }
+    refused = execute(
+        engine,
+        "DELETE FROM emissions.electricity_activities WHERE id = (SELECT min(activity_id) FROM "
+        "emissions.emission_errors WHERE activity_type = 'electricity') RETURNING id::text",
+    )
+    added = seed(engine, COUNT // 100, seed_value=4)
+    assert len(changed) >= 25 and len(same) >= 25 and len(deleted) == 3 and refused
+
+    second = run_pipeline(url, capsys)
+    # Exactly the new and the changed are computed; the deleted retired; the same, left alone.
+    new_results = second["new"]
+    assert second["changed"] == len(changed)
+    assert second["retired"] == len(deleted)
+    assert second["by_activity_type"]["electricity"]["errors_retired"] == 1
+    assert new_results + second["errors"] == sum(added.values())
+    after = current_results(engine)
+    assert len(after) == len(before) - len(deleted) + new_results
+    assert all(after[k] != before[k] for k in changed)
+    assert all(after[k] == before[k] for k in same)
+    matches_the_sql_computation(url, engine)
+    # History: every superseded and retired row, whole, once, with why and which run.
+    history = rows(
+        engine,
+        "SELECT activity_type, activity_id::text, kg_co2e, reason, restatement_id::text "
+        "FROM emissions.emission_results_history",
+    )
+    assert {(t, i) for t, i, _, reason, _ in history if reason == "activity_changed"} == changed
+    assert {(t, i) for t, i, _, reason, _ in history if reason == "activity_deleted"} == deleted
+    assert len(history) == len(changed) + len(deleted)
+    assert all(kg == before[(t, i)] and run == second["run_id"] for t, i, kg, _, run in history)
+    # The retired dead letter is kept, and no longer open.
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM emissions.emission_errors WHERE retired_at IS NOT NULL",
+        )
+        == 1
+    )
+    assert second["quality"]["overall"]["errors"]["records"] == second["errors"]
+
+    third = run_pipeline(url, capsys)
+    assert (third["pending"], third["total_processed"], third["retired"]) == (0, 0, 0)
+    assert current_results(engine) == after
+    engine.dispose()
+
+
+def test_two_runs_over_the_same_changes_supersede_each_result_once(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, 1500, seed_value=8)
+    run_pipeline(url, capsys)
+    changed = {
+        ("electricity", i)
+        for (i,) in execute(
+            engine,
+            CORRECT.format(
+                table="electricity_activities",
+                change="quantity = quantity + 1",
+                type="electricity",
+                n=40,
+            ),
+        )
+    }
+    summaries: list[dict] = []
+
+    def one() -> None:
+        summaries.append(run_pipeline(url, capsys))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Together they replaced each changed result once: one history row each, one current row.
+    history = rows(
+        engine,
+        "SELECT activity_type, activity_id::text FROM emissions.emission_results_history",
+    )
+    assert sorted(history) == sorted(changed)
+    assert sum(s["changed"] for s in summaries) == len(changed)
+    matches_the_sql_computation(url, engine)
+    engine.dispose()
+
+
+def test_superseding_twice_changes_nothing_more(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retried flush (or a second run with the same version) replaces nothing again."""
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, 300, seed_value=9)
+    run_pipeline(url, capsys)
+    columns = [*tables.RESULT_COLUMNS, *tables.FINGERPRINT_COLUMNS, "activity_version"]
+    with engine.connect() as c:
+        found = (
+            c.execute(
+                sa.text(
+                    f"SELECT {', '.join(columns)} FROM emissions.emission_results "
+                    "ORDER BY activity_type, activity_id LIMIT 5"
+                )
+            )
+            .mappings()
+            .all()
+        )
+    schema = result_schema(pa.int64())
+    schema = (
+        pa.schema([schema.field(c) for c in tables.RESULT_COLUMNS])
+        .append(pa.field("input_fingerprint", pa.int64()))
+        .append(pa.field("factor_fingerprint", pa.int64()))
+        .append(pa.field("activity_version", pa.int64()))
+    )
+    newer = pa.Table.from_pylist(
+        [{**r, "activity_version": r["activity_version"] + 1, "kg_co2e": 1.0} for r in found],
+        schema=schema,
+    )
+    conn = connections.connect(url)
+    try:
+        assert bulk.supersede_results_table(conn, newer, RUN_ID, "activity_changed") == 5
+        assert bulk.supersede_results_table(conn, newer, RUN_ID, "activity_changed") == 0
+    finally:
+        conn.close()
+    assert scalar(engine, "SELECT count(*) FROM emissions.emission_results_history") == 5
+    assert (
+        scalar(engine, "SELECT count(*) FROM emissions.emission_results WHERE kg_co2e = 1.0") == 5
+    )
+    engine.dispose()
+
+
+RUN_ID = "00000000-0000-4000-8000-000000000001"
