@@ -212,8 +212,13 @@ def figures(
     )
     runs = _rows(
         engine,
-        f"SELECT run_id, status, runner, finished_at, total_processed, errors, "
-        f"total_co2e_tonnes FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} "
+        "SELECT run_id, status, runner, finished_at, total_processed, errors, "
+        "total_co2e_tonnes, "
+        + ", ".join(
+            f"(SELECT sum((v->>'{k}')::bigint) FROM jsonb_each(by_activity_type) x(k, v))"
+            for k in ("new", "changed", "retired")
+        )
+        + f" FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} "
         "ORDER BY started_at DESC LIMIT 8",
     )
     if restatement_id is None:
@@ -432,10 +437,16 @@ def _audit_section(f: dict[str, Any]) -> str:
         f"<tr><td><code>{_e(s)}</code></td><td>{_e('; '.join(e))}</td></tr>"
         for s, e in f["editions"].items()
     )
+
+    def count(value: Any) -> str:
+        return _e(value if value is not None else "")
+
     runs = "".join(
-        f"<tr><td><code>{_e(r[0])}</code></td><td>{_e(r[1])}</td><td>{_e(r[2] or '')}</td>"
-        f"<td>{_e(_when(r[3]))}</td><td class='num'>{_e(r[4] if r[4] is not None else '')}</td>"
-        f"<td class='num'>{_e(r[5] if r[5] is not None else '')}</td>"
+        f"<tr data-run='{_e(r[0])}' data-new='{count(r[7])}' data-changed='{count(r[8])}' "
+        f"data-retired='{count(r[9])}'><td><code>{_e(r[0])}</code></td><td>{_e(r[1])}</td>"
+        f"<td>{_e(r[2] or '')}</td><td>{_e(_when(r[3]))}</td><td class='num'>{count(r[4])}</td>"
+        f"<td class='num'>{count(r[7])}</td><td class='num'>{count(r[8])}</td>"
+        f"<td class='num'>{count(r[9])}</td><td class='num'>{count(r[5])}</td>"
         f"<td class='num'>{'' if r[6] is None else tonnes(1000.0 * r[6])}</td></tr>"
         for r in f["runs"]
     )
@@ -447,8 +458,11 @@ def _audit_section(f: dict[str, Any]) -> str:
         "<h3>Factor editions in force</h3><table><tr><th>factor set</th><th>editions</th></tr>"
         + editions
         + "</table><h3>Recent runs</h3><table><tr><th>run</th><th>status</th><th>runner</th>"
-        "<th>finished</th><th class='num'>results</th><th class='num'>errors</th>"
-        "<th class='num'>t CO2e</th></tr>" + runs + "</table>"
+        "<th>finished</th><th class='num'>results</th><th class='num'>new</th>"
+        "<th class='num'>changed</th><th class='num'>retired</th><th class='num'>errors</th>"
+        "<th class='num'>t CO2e</th></tr>" + runs + "</table><p class='meta'>New: results of "
+        "activities computed for the first time; changed: results that replaced those of "
+        "corrected activities; retired: results of deleted activities, moved to history.</p>"
     )
 
 

@@ -10,8 +10,10 @@ back), and every stored field is compared exactly. The fingerprints stored besid
 (``pipeline.fingerprint``), against the same fingerprints of the rows as they are now, say why
 a result does not reproduce:
 
-- ``input_changed``: the activity row differs from the one the result was computed from;
-- ``input_missing``: the activity row is gone;
+- ``input_changed``: the activity row differs from the one the result was computed from: the
+  next run recomputes it (the result moves to history, reason ``activity_changed``);
+- ``input_missing``: the activity row is gone: the next run retires the result (to history,
+  reason ``activity_deleted``);
 - ``factor_changed``: a factor row it names differs from the one it was computed with;
 - ``code_changed``: the methodology's code version differs, and the numbers with it;
 - ``factor_selection_changed``: the same inputs now select another factor row (a newer
@@ -201,10 +203,22 @@ def _check_row(
 ) -> Mismatch | None:
     ident = str(stored["activity_id"])
     if missing:
-        return Mismatch(activity_type, ident, "input_missing", {}, "the activity row is gone")
+        return Mismatch(
+            activity_type,
+            ident,
+            "input_missing",
+            {},
+            "the activity row is gone since: the next run retires this result",
+        )
     sealed = stored["input_fingerprint"] is not None
     if sealed and now[0] != stored["input_fingerprint"]:
-        return Mismatch(activity_type, ident, "input_changed", {}, "the activity row changed since")
+        return Mismatch(
+            activity_type,
+            ident,
+            "input_changed",
+            {},
+            "the activity row changed since: the next run recomputes it",
+        )
     if sealed and now[1] != stored["factor_fingerprint"]:
         return Mismatch(activity_type, ident, "factor_changed", {}, "a factor row it names changed")
     run_id = str(stored["run_id"])

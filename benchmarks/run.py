@@ -116,10 +116,17 @@ def precompute(url: str, share: float) -> None:
                     strict=True,
                 )
             )
-            outcome = calculate_batch(
-                activity_type, table.drop([queries.VERSION_COLUMN]), book, probes=probes
+            extra = [queries.VERSION_COLUMN, queries.STORED_COLUMN]
+            outcome = calculate_batch(activity_type, table.drop(extra), book, probes=probes)
+            # As a run stores them: with the version of the row each was computed from.
+            stamped = outcome.results.append_column(
+                tables.VERSION_COLUMN,
+                pa.array(
+                    [versions[i] for i in outcome.results.column("activity_id").to_pylist()],
+                    pa.int64(),
+                ),
             )
-            bulk.write_results_table(conn, outcome.results, EARLIER_RUN)
+            bulk.write_results_table(conn, stamped, EARLIER_RUN)
             errors = [
                 dataclasses.replace(e, activity_version=versions[e.activity_id])
                 for e in outcome.errors
@@ -146,7 +153,7 @@ def reset(url: str, run_id: str) -> None:
         with conn.cursor() as cur:
             for table in (tables.RESULTS_TABLE, tables.ERRORS_TABLE):
                 cur.execute(
-                    sql.SQL("DELETE FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
+                    sql.SQL("DELETE FROM {} WHERE run_id = %s").format(tables.qualified(table)),
                     (run_id,),
                 )
         conn.commit()

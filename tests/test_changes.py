@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from audit import verify
+from audit.report import write_report
 from benchmarks.in_database import load_reference_tables, reference_results
 from ops.seed import seed
 from pipeline.methodology.batch import result_schema
 from pipeline.store import bulk, connections, tables
+from tests.support import duplicate_counts, start_run, wait_for
+from tests.test_crash_resume import SMALL_COMMITS
 from tests.test_end_to_end import run_pipeline
 
 COUNT = 3000
 
 
-def scalar(engine: sa.Engine, query: str, **params: object) -> object:
+def scalar(engine: sa.Engine, query: str, **params: object) -> int:
     with engine.connect() as conn:
-        return conn.execute(sa.text(query), params).scalar()
+        return int(conn.execute(sa.text(query), params).scalar() or 0)
 
 
 def rows(engine: sa.Engine, query: str, **params: object) -> list[tuple]:
@@ -76,7 +81,7 @@ CHANGES = {
 
 
 def test_corrections_deletions_and_new_activities_flow_through(
-    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     url = make_database("bigint")
     engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
@@ -119,6 +124,14 @@ def test_corrections_deletions_and_new_activities_flow_through(
     added = seed(engine, COUNT // 100, seed_value=4)
     assert len(changed) >= 25 and len(same) >= 25 and len(deleted) == 3 and refused
 
+    # Before the next run, verify says what changed and what the run will do about it.
+    report = verify.verify(engine, sample=None)
+    found = {(m.activity_type, m.activity_id): m for m in report.mismatches}
+    assert {k for k, m in found.items() if m.status == "input_changed"} == changed
+    assert {k for k, m in found.items() if m.status == "input_missing"} == deleted
+    assert all("the next run recomputes it" in found[k].detail for k in changed)
+    assert all("the next run retires this result" in found[k].detail for k in deleted)
+
     second = run_pipeline(url, capsys)
     # Exactly the new and the changed are computed; the deleted retired; the same, left alone.
     new_results = second["new"]
@@ -150,6 +163,13 @@ def test_corrections_deletions_and_new_activities_flow_through(
         == 1
     )
     assert second["quality"]["overall"]["errors"]["records"] == second["errors"]
+
+    # The report shows them for the run.
+    page = write_report(engine, tmp_path / "report.html", "test").read_text()
+    row = page[page.index(f"data-run='{second['run_id']}'") :].split(">", 1)[0]
+    assert f"data-new='{new_results}'" in row and f"data-changed='{len(changed)}'" in row
+    assert f"data-retired='{len(deleted)}'" in row
+    assert verify.verify(engine, sample=None).reproduced == len(after)
 
     third = run_pipeline(url, capsys)
     assert (third["pending"], third["total_processed"], third["retired"]) == (0, 0, 0)
@@ -242,3 +262,44 @@ def test_superseding_twice_changes_nothing_more(
 
 
 RUN_ID = "00000000-0000-4000-8000-000000000001"
+
+
+def test_a_run_killed_while_superseding_loses_and_doubles_nothing(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, 40_000, seed_value=12)
+    run_pipeline(url, capsys)
+    changed = {
+        ("electricity", i)
+        for (i,) in execute(
+            engine,
+            "UPDATE emissions.electricity_activities a SET quantity = quantity * 2 FROM "
+            "emissions.emission_results r WHERE r.activity_type = 'electricity' "
+            "AND r.activity_id = a.id RETURNING a.id::text",
+        )
+    }
+    history = "SELECT count(*) FROM emissions.emission_results_history"
+    first = start_run(url, tmp_path, *SMALL_COMMITS, name="1")
+    try:
+        wait_for(lambda: scalar(engine, history) >= 500, timeout=120, what="commits")
+        assert first.proc.poll() is None, "the run finished before it could be killed"
+    finally:
+        first.kill()
+    part = scalar(engine, history)
+    assert 500 <= part < len(changed)
+    second = start_run(url, tmp_path, "--partitions", "4", name="2")
+    assert second.wait() == 0, second.stderr
+    assert second.summary()["changed"] == len(changed) - part
+    # Every changed activity superseded exactly once; one current result each.
+    superseded = rows(
+        engine,
+        "SELECT activity_type, activity_id::text, count(*) FROM "
+        "emissions.emission_results_history GROUP BY 1, 2",
+    )
+    assert {(t, i) for t, i, _ in superseded} == changed
+    assert all(n == 1 for _, _, n in superseded)
+    assert duplicate_counts(url) == (0, 0)
+    matches_the_sql_computation(url, engine)
+    engine.dispose()
