@@ -116,7 +116,11 @@ def precompute(url: str, share: float) -> None:
                     strict=True,
                 )
             )
-            extra = [queries.VERSION_COLUMN, queries.STORED_COLUMN]
+            extra = [
+                queries.VERSION_COLUMN,
+                queries.STORED_COLUMN,
+                queries.STORED_FINGERPRINT_COLUMN,
+            ]
             outcome = calculate_batch(activity_type, table.drop(extra), book, probes=probes)
             # As a run stores them: with the version of the row each was computed from.
             stamped = outcome.results.append_column(
