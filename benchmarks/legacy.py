@@ -25,7 +25,7 @@ def run_legacy(url: str, page: int = PAGE) -> dict[str, int]:
     """Computes every activity without a result, the old way; returns counts per outcome."""
     engine = connections.make_engine(url)
     base: Any = automap_base()
-    base.prepare(autoload_with=engine)
+    base.prepare(autoload_with=engine, schema=tables.DEFAULT_SCHEMA)
     results_cls = base.classes.emission_results
     errors_cls = base.classes.emission_errors
     conn = connections.connect(url)

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg2
 
+from benchmarks.in_database import load_reference_tables, reference_results
 from pipeline.levels import LEVELS
 from pipeline.store import connections, runs
 
@@ -155,3 +156,14 @@ def assert_write_log_matches_results(engine: Any, run_id: str) -> None:
         for level in LEVELS:
             assert got[level]["records"] == want[level]["records"], level
             assert got[level]["kg_co2e"] == pytest.approx(want[level]["kg_co2e"], rel=1e-12)
+
+
+def sql_reference(url: str, radiative_forcing: bool = True) -> dict[tuple[str, str], float]:
+    """kg CO2e per activity as the independent in-database SQL computes it
+    (``benchmarks/in_database.py``), from the activities as they are now."""
+    conn = connections.connect(url)
+    try:
+        load_reference_tables(conn)
+        return reference_results(conn, radiative_forcing=radiative_forcing)
+    finally:
+        conn.close()

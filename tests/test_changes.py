@@ -14,11 +14,10 @@ import sqlalchemy as sa
 
 from audit import verify
 from audit.report import write_report
-from benchmarks.in_database import load_reference_tables, reference_results
 from ops.seed import seed
 from pipeline.methodology.batch import result_schema
 from pipeline.store import bulk, connections, tables
-from tests.support import duplicate_counts, start_run, wait_for
+from tests.support import duplicate_counts, sql_reference, start_run, wait_for
 from tests.test_crash_resume import SMALL_COMMITS
 from tests.test_end_to_end import run_pipeline
 
@@ -54,12 +53,7 @@ def current_results(engine: sa.Engine) -> dict[tuple[str, str], float]:
 def matches_the_sql_computation(url: str, engine: sa.Engine) -> None:
     """Every current result, and only those, equals the in-database SQL computation over the
     activities as they are now."""
-    conn = connections.connect(url)
-    try:
-        load_reference_tables(conn)
-        reference = reference_results(conn, radiative_forcing=True)
-    finally:
-        conn.close()
+    reference = sql_reference(url)
     results = current_results(engine)
     assert set(results) == set(reference)
     for key, kg in reference.items():

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from benchmarks.in_database import load_reference_tables, reference_results
 from ops.seed import seed
 from pipeline import run
 from pipeline.store import connections, tables
+from tests.support import sql_reference
 
 COUNT = 4000
 
@@ -70,12 +70,7 @@ def check_every_activity_once(
         assert not set(results) & set(errors)
         assert all(n == 1 for n in errors.values())
     # the same rows and values as the independent in-database computation
-    conn = connections.connect(url)
-    try:
-        load_reference_tables(conn)
-        reference = reference_results(conn, radiative_forcing=rf)
-    finally:
-        conn.close()
+    reference = sql_reference(url, rf)
     assert set(reference) == set(results)
     for key, kg in reference.items():
         assert results[key] == pytest.approx(kg, rel=1e-12, abs=1e-12), key
@@ -178,13 +173,8 @@ def test_radiative_forcing_off(
     # only air travel was asked for; now the rest
     run_pipeline(database_url, capsys)
     results, _ = stored(engine)
-    conn2 = connections.connect(database_url)
-    try:
-        load_reference_tables(conn2)
-        with_rf = reference_results(conn2, radiative_forcing=True)
-        without_rf = reference_results(conn2, radiative_forcing=False)
-    finally:
-        conn2.close()
+    with_rf = sql_reference(database_url, True)
+    without_rf = sql_reference(database_url, False)
     for key, kg in results.items():
         expected = without_rf[key] if key[0] == "air_travel" else with_rf[key]
         assert kg == pytest.approx(expected, rel=1e-12)

@@ -34,7 +34,7 @@ from pipeline.store.tables import (
     qualified,
     table,
 )
-from pipeline.store.writes import staged_copy
+from pipeline.store.writes import stage, staged_copy
 
 
 def read_pending_table(
@@ -148,24 +148,13 @@ def supersede_results_table(
     data, order = _encode(results, run_id, text_ids)
     cols = sql.SQL(", ").join(map(sql.Identifier, order))
     current = qualified(RESULTS_TABLE, schema)
-    staging = sql.Identifier(f"staging_supersede_{RESULTS_TABLE}")
     stored = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in STORED_RESULT_COLUMNS)
     differs = sql.SQL(
         "s.activity_type = r.activity_type AND s.activity_id = r.activity_id "
         "AND r.activity_version IS DISTINCT FROM s.activity_version"
     )
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
-                "AS SELECT * FROM {t} WITH NO DATA"
-            ).format(s=staging, t=current)
-        )
-        cur.copy_expert(
-            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT binary)").format(s=staging, c=cols),
-            data,
-            size=1 << 20,
-        )
+        staging = stage(cur, RESULTS_TABLE, order, data, "binary", schema)
         # Lock the rows to replace first (in key order, so that two runs do not deadlock):
         # the statements after it see what a concurrent run committed meanwhile, and leave
         # a row that run already replaced with this version alone.

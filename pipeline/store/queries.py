@@ -224,7 +224,7 @@ def count_query(
         "count(*) FILTER (WHERE a.id IS NULL), "
         "(SELECT count(*) FROM {e} e WHERE e.activity_type = %(activity_type)s "
         "AND e.retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM ({relation}) d "
-        "WHERE d.id = e.activity_id)) "
+        "WHERE d.id = e.activity_id OFFSET 0)) "
         "FROM ({relation}) a FULL JOIN (SELECT activity_id, activity_version FROM {r} "
         "WHERE activity_type = %(activity_type)s) r ON r.activity_id = a.id"
     ).format(

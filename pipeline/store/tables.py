@@ -199,7 +199,19 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
     # One row per activity: the primary key is what makes every write idempotent. The factor
     # ids are not foreign keys: factor rows are never deleted (the table is append-only), and
     # four per-row constraint triggers would cost more than the rest of the insert together.
-    sa.Table(RESULTS_TABLE, md, *result_cols)
+    # It includes the activity's version (migration 0002): a run's counts compare versions from
+    # the index alone.
+    sa.Table(
+        RESULTS_TABLE,
+        md,
+        *result_cols,
+        sa.PrimaryKeyConstraint(
+            "activity_type",
+            "activity_id",
+            name="emission_results_pkey",
+            postgresql_include=["activity_version"],
+        ),
+    )
     # A result is never lost: a superseded or retired row moves here, whole, first.
     # ``restatement_id`` is the restatement or run that moved it; ``reason`` says why.
     sa.Table(

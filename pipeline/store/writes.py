@@ -81,6 +81,33 @@ def _staged_insert(
 _COPY_CHUNK = 1 << 20  # bytes handed to the server per read of the COPY data
 
 
+def stage(
+    cur: psycopg2.extensions.cursor,
+    table: str,
+    columns: Sequence[str],
+    data: io.StringIO | io.BytesIO | CopyData,
+    fmt: Literal["csv", "binary"] = "csv",
+    schema: str = DEFAULT_SCHEMA,
+) -> sql.Identifier:
+    """COPY rows into a temporary staging table shaped like ``table`` (emptied at commit, in
+    the session's own ``pg_temp``); returns its name."""
+    staging = sql.Identifier(f"staging_{table}")
+    cur.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
+            "AS SELECT * FROM {t} WITH NO DATA"
+        ).format(s=staging, t=qualified(table, schema))
+    )
+    cur.copy_expert(
+        sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT {f})").format(
+            s=staging, c=sql.SQL(", ").join(map(sql.Identifier, columns)), f=sql.SQL(fmt)
+        ),
+        data,
+        size=_COPY_CHUNK,
+    )
+    return staging
+
+
 def staged_copy(
     conn: psycopg2.extensions.connection,
     table: str,
@@ -122,21 +149,8 @@ def staged_copy(
     except psycopg2.errors.UniqueViolation:
         conn.rollback()
     csv_data.seek(0)
-    staging = sql.Identifier(f"staging_{table}")
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {s} ON COMMIT DELETE ROWS "
-                "AS SELECT * FROM {t} WITH NO DATA"
-            ).format(s=staging, t=target)
-        )
-        cur.copy_expert(
-            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT {f})").format(
-                s=staging, c=cols, f=sql.SQL(fmt)
-            ),
-            csv_data,
-            size=_COPY_CHUNK,
-        )
+        staging = stage(cur, table, columns, csv_data, fmt, schema)
         insert = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT {k}").format(
             t=target, c=cols, s=staging, k=conflict
         )

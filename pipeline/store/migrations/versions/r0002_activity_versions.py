@@ -1,6 +1,7 @@
 """Results follow their activities: each result records the version of the activity row it was
 computed from; history says why a row left (restatement, activity changed, activity deleted);
-dead letters of deleted activities are retired; the write log counts replaced results.
+dead letters of deleted activities are retired; the write log counts replaced results; the
+results' primary key includes the version.
 
 Revision ID: 0002
 Revises: 0001
@@ -34,6 +35,15 @@ def upgrade() -> None:
     )
     op.add_column(
         "emission_errors", sa.Column("retired_at", sa.DateTime(timezone=True)), schema=schema
+    )
+    # The primary key carries the version, so that a run's counts (new, changed, deleted) read
+    # the results' side from the index alone, as the anti-join for new ones always could.
+    op.drop_constraint("emission_results_pkey", "emission_results", schema=schema)
+    op.execute(
+        sa.text(
+            f'ALTER TABLE "{schema}".emission_results ADD CONSTRAINT emission_results_pkey '
+            "PRIMARY KEY (activity_type, activity_id) INCLUDE (activity_version)"
+        )
     )
     op.add_column(
         "calculation_run_writes",
