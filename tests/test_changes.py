@@ -15,11 +15,16 @@ import sqlalchemy as sa
 from audit import verify
 from audit.report import write_report
 from ops.seed import seed
+from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import result_schema
-from pipeline.store import bulk, connections, tables
+from pipeline.ranges import KeyRange
+from pipeline.store import bulk, connections, queries, tables
 from tests.support import duplicate_counts, sql_reference, start_run, wait_for
 from tests.test_crash_resume import SMALL_COMMITS
 from tests.test_end_to_end import run_pipeline
+from transforms.calculate import CalculateFn, pack_book
+from transforms.read import ReadRangeFn
+from transforms.write import _write_tables
 
 COUNT = 3000
 
@@ -296,4 +301,74 @@ def test_a_run_killed_while_superseding_loses_and_doubles_nothing(
     assert all(n == 1 for _, _, n in superseded)
     assert duplicate_counts(url) == (0, 0)
     matches_the_sql_computation(url, engine)
+    engine.dispose()
+
+
+def test_activities_that_change_or_go_while_a_run_reads_them(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run computes the version it read; a row updated (twice) after that read, or deleted,
+    is caught by the next run: recomputed once, or retired."""
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, 600, seed_value=13)
+    run_pipeline(url, capsys)
+    # Change two computed electricity rows; a "run" reads them (the reader and the calculation,
+    # called as the runner would) ...
+    a, b = (
+        i
+        for (i,) in execute(
+            engine,
+            CORRECT.format(
+                table="electricity_activities",
+                change="quantity = quantity + 5",
+                type="electricity",
+                n=2,
+            ),
+        )
+    )
+    reader = ReadRangeFn(url)
+    reader.setup()
+    (read,) = list(reader.process(KeyRange("electricity", None, None)))
+    reader.teardown()
+    assert sorted(str(i) for i in read.table.column("id").to_pylist()) == sorted([a, b])
+    # ... then, before it writes, one of them is updated twice more and the other deleted.
+    execute(engine, f"UPDATE emissions.electricity_activities SET quantity = 1 WHERE id = {a}")
+    execute(engine, f"UPDATE emissions.electricity_activities SET quantity = 2 WHERE id = {a}")
+    execute(engine, f"DELETE FROM emissions.electricity_activities WHERE id = {b}")
+    calculate = CalculateFn()
+    calculate.setup()
+    conn = connections.connect(url)
+    with conn:
+        factors = queries.read_factor_rows(conn)
+    conn.close()
+    results = [
+        out
+        for out in calculate.process(read, pack_book(FactorBook.from_rows(factors)))
+        if isinstance(out, pa.Table)
+    ]
+    conn = connections.connect(url)
+    try:
+        assert _write_tables(conn, results, RUN_ID, "emissions") == 2  # the versions it read
+    finally:
+        conn.close()
+    # The next run recomputes the one changed since (once, from its latest values) and retires
+    # the deleted one.
+    summary = run_pipeline(url, capsys)
+    assert (summary["changed"], summary["retired"], summary["new"]) == (1, 1, 0)
+    history = rows(
+        engine,
+        "SELECT activity_id::text, reason FROM emissions.emission_results_history "
+        "ORDER BY superseded_at, reason",
+    )
+    assert sorted(history) == sorted(
+        [
+            (a, "activity_changed"),
+            (b, "activity_changed"),
+            (a, "activity_changed"),
+            (b, "activity_deleted"),
+        ]
+    )
+    matches_the_sql_computation(url, engine)
+    assert run_pipeline(url, capsys)["pending"] == 0
     engine.dispose()
