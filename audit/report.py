@@ -13,10 +13,7 @@ auditor) can check the page against the database, and shows it rounded for peopl
 from __future__ import annotations
 
 import datetime
-import html
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +21,22 @@ import sqlalchemy as sa
 from psycopg2 import sql
 
 from audit import coverage
+from audit.charts import (
+    TYPE_COLOURS,
+    TYPE_LABELS,
+    Bar,
+    _e,
+    hbar_chart,
+    percent,
+    scope_label,
+    stacked_month_chart,
+    tonnes,
+)
 from pipeline import cli, editions
 from pipeline.levels import LEVELS
 from pipeline.store import connections, install, tables
 from pipeline.store.sources import Sources, default_sources, relation
 
-TYPE_LABELS = {"electricity": "Electricity", "spend": "Purchased goods", "air_travel": "Air travel"}
-TYPE_COLOURS = {"electricity": "#1b6ca8", "spend": "#e0a100", "air_travel": "#c0392b"}
 LEVEL_LABELS = {
     "exact": "Exact factor",
     "country_fallback": "Country fallback",
@@ -39,115 +45,6 @@ LEVEL_LABELS = {
     "lifecycle_basis": "Lifecycle basis",
     "errors": "Errors (no result)",
 }
-
-
-def tonnes(kg: float) -> str:
-    """kg CO2e shown as tonnes, two decimals, thousands separated."""
-    return f"{kg / 1000.0:,.2f}"
-
-
-def percent(share: float) -> str:
-    return f"{100.0 * share:.1f}%"
-
-
-def scope_label(scope: int, category: int | None) -> str:
-    return f"Scope {scope}" + (f" · category {category}" if category is not None else "")
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-# --- Charts (inline SVG) -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bar:
-    """One bar: its label, exact value, the text shown and its colour."""
-
-    label: str
-    value: float
-    shown: str
-    colour: str = "#1b6ca8"
-
-
-def hbar_chart(name: str, bars: Sequence[Bar], width: int = 640) -> str:
-    """Horizontal bars scaled to the largest value; each rect carries its exact value."""
-    # Room for the longest label (about 7 px a character at 12 px), within reason.
-    longest = max((len(b.label) for b in bars), default=10)
-    row, label_w, value_w = 26, min(max(120, 7 * longest + 16), 380), 110
-    height = row * max(len(bars), 1) + 10
-    top = max((b.value for b in bars), default=0.0)
-    plot = width - label_w - value_w
-    parts = [
-        f'<svg data-chart="{_e(name)}" class="chart" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" xmlns="http://www.w3.org/2000/svg">'
-    ]
-    for i, b in enumerate(bars):
-        y = 5 + i * row
-        w = 0.0 if top <= 0 else max(plot * max(b.value, 0.0) / top, 1.0 if b.value > 0 else 0.0)
-        parts.append(
-            f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end" class="label">'
-            f"{_e(b.label)}</text>"
-            f'<rect x="{label_w}" y="{y + 4}" width="{w:.2f}" height="{row - 8}" '
-            f'fill="{b.colour}" data-label="{_e(b.label)}" data-value="{b.value!r}">'
-            f"<title>{_e(b.label)}: {_e(b.shown)}</title></rect>"
-            f'<text x="{label_w + w + 6:.2f}" y="{y + 17}" class="value">{_e(b.shown)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def stacked_month_chart(
-    name: str, months: Sequence[str], series: dict[str, dict[str, float]], width: int = 760
-) -> str:
-    """Vertical bars per month, stacked by activity type (kg CO2e), with a legend."""
-    height, left, bottom, top_pad = 300, 70, 40, 30
-    plot_h = height - bottom - top_pad
-    totals = [sum(series.get(t, {}).get(m, 0.0) for t in series) for m in months]
-    top = max(totals, default=0.0)
-    slot = (width - left - 10) / max(len(months), 1)
-    bar_w = max(min(slot * 0.7, 40.0), 2.0)
-    parts = [
-        f'<svg data-chart="{_e(name)}" class="chart" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" xmlns="http://www.w3.org/2000/svg">',
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 5}" y2="{height - bottom}" '
-        'stroke="#888"/>',
-        f'<text x="{left - 6}" y="{top_pad + 4}" text-anchor="end" class="value">'
-        f"{_e(tonnes(top))} t</text>",
-    ]
-    for i, month in enumerate(months):
-        x = left + i * slot + (slot - bar_w) / 2
-        y = float(height - bottom)
-        for t in series:
-            kg = series[t].get(month, 0.0)
-            if kg <= 0 or top <= 0:
-                continue
-            h = max(plot_h * kg / top, 1.0)  # a positive value stays visible
-            y -= h
-            parts.append(
-                f'<rect x="{x:.2f}" y="{y:.2f}" width="{bar_w:.2f}" height="{h:.2f}" '
-                f'fill="{TYPE_COLOURS.get(t, "#777")}" data-label="{_e(month)} {_e(t)}" '
-                f'data-value="{kg!r}"><title>{_e(month)} · {_e(TYPE_LABELS.get(t, t))}: '
-                f"{_e(tonnes(kg))} t</title></rect>"
-            )
-        if len(months) <= 16 or i % max(len(months) // 12, 1) == 0:
-            parts.append(
-                f'<text x="{x + bar_w / 2:.2f}" y="{height - bottom + 16}" text-anchor="middle" '
-                f'class="tick">{_e(month)}</text>'
-            )
-    lx = left
-    for t in series:
-        parts.append(
-            f'<rect x="{lx}" y="6" width="12" height="12" fill="{TYPE_COLOURS.get(t, "#777")}"/>'
-            f'<text x="{lx + 16}" y="17" class="label">{_e(TYPE_LABELS.get(t, t))}</text>'
-        )
-        lx += 150
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-# --- Figures from the database -------------------------------------------------------------
 
 
 def _rows(engine: sa.Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:

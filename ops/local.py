@@ -21,7 +21,7 @@ import sys
 
 from ops.seed import seed
 from pipeline import cli, run
-from pipeline.store import connections, queries, sources, tables
+from pipeline.store import checks, connections, queries, sources, tables
 from pipeline.store.install import initialise
 
 _LOG = logging.getLogger("ops.local")
@@ -37,7 +37,7 @@ def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool)
     id_type = None
     if with_sources:
         with connections.raw_connection(engine) as conn:
-            checked = sources.check_sources(conn, target.sources)
+            checked = checks.check_sources(conn, target.sources)
         id_type = next(iter({s.key_type for s in checked.values()}))
     initialise(engine, id_type, schema)
     if not seed_demo or with_sources:

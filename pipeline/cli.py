@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from pipeline import retry
 from pipeline.model import ActivityType
-from pipeline.store import connections, sources, tables
+from pipeline.store import checks, connections, sources, tables
 
 #: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
 OK, FAILED, USAGE = 0, 1, 2
@@ -105,7 +105,7 @@ def checked_sources(target: Target) -> dict[ActivityType, sources.Source]:
     """The target's sources, checked against its database (``SourcesError`` lists every
     problem; nothing is written)."""
     with connections.raw_connection(target.engine) as conn:
-        return sources.check_sources(conn, target.sources)
+        return checks.check_sources(conn, target.sources)
 
 
 def target_sources(args: argparse.Namespace) -> dict[ActivityType, sources.Source]:

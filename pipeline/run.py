@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import sqlalchemy as sa
 
 from pipeline import cli, editions, retry, tuning
+from pipeline import summary as summaries
 from pipeline.model import ActivityType
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
 from pipeline.ranges import KeyRange, plan_ranges
-from pipeline.store import connections, queries, runs, sources, tables, writes
+from pipeline.store import checks, connections, queries, runs, tables, writes
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import Source, SourcesError
 
 if TYPE_CHECKING:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.runner import PipelineResult
 
 _LOG = logging.getLogger("pipeline.run")
 
@@ -122,7 +122,7 @@ def execute(
     graph.build(p, config, ranges)
     result = p.run()
     result.wait_until_finish()
-    return counters(result)
+    return summaries.counters(result)
 
 
 def check_sources(engine: sa.Engine, config: RunConfig) -> dict[ActivityType, Source]:
@@ -130,7 +130,7 @@ def check_sources(engine: sa.Engine, config: RunConfig) -> dict[ActivityType, So
     problem); their key and version types come from there."""
     wanted = {t: config.sources[t] for t in config.activity_types}
     with connections.raw_connection(engine) as conn:
-        return sources.check_sources(conn, wanted)
+        return checks.check_sources(conn, wanted)
 
 
 def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
@@ -154,68 +154,6 @@ def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
         ]
     _LOG.info("%d key ranges to read (%s)", len(planned), ", ".join(types))
     return planned
-
-
-class Progress:
-    """Logs how many results this run has stored, every few seconds, while the pipeline runs."""
-
-    def __init__(
-        self,
-        engine: sa.Engine,
-        run_id: str,
-        pending: int,
-        interval: float,
-        schema: str = tables.DEFAULT_SCHEMA,
-    ) -> None:
-        self._engine = engine
-        self._schema = schema
-        self._run_id = run_id
-        self._pending = pending
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-
-    def __enter__(self) -> Progress:
-        if self._interval > 0:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        started = time.monotonic()
-        while not self._stop.wait(self._interval):
-            try:
-                # From the write log: a count of the run's results would scan them all.
-                done = runs.results_written(self._engine, self._run_id, self._schema)
-            except Exception as e:  # noqa: BLE001 - progress is best-effort
-                _LOG.warning("progress: could not count results (%s)", type(e).__name__)
-                continue
-            elapsed = time.monotonic() - started
-            share = 100.0 * done / self._pending if self._pending else 100.0
-            _LOG.info(
-                "progress: %d of %d pending activities have results (%.1f%%), %.0f/s",
-                done,
-                self._pending,
-                share,
-                done / elapsed if elapsed else 0.0,
-            )
-
-
-def counters(result: PipelineResult) -> dict[str, int] | None:
-    """Beam counters by name, or None when the runner does not report them."""
-    try:
-        queried = result.metrics().query()
-    except Exception:  # noqa: BLE001 - some runners have no metrics API
-        return None
-    found: dict[str, int] = {}
-    for c in queried.get("counters", []):
-        value = c.committed if c.committed is not None else c.attempted
-        found[c.key.metric.name] = found.get(c.key.metric.name, 0) + int(value or 0)
-    return found or None
 
 
 def retire(
@@ -244,61 +182,6 @@ def retire(
             t,
         )
     return retired
-
-
-def summarise(
-    engine: sa.Engine,
-    config: RunConfig,
-    counts: dict[str, dict[str, int]],
-    metrics: dict[str, int] | None,
-    coverage: dict[str, Any],
-    retired: dict[str, tuple[int, int]] | None = None,
-) -> dict[str, Any]:
-    """The run summary: what the old service reported, plus skipped, run id and sources; per
-    type, how many results were new, replaced those of changed activities, or were retired
-    with their deleted activities.
-
-    What the run wrote (results, kg CO2e) comes from its coverage (``runs.run_coverage``:
-    the run's write log)."""
-    written = coverage["by_activity_type"]
-    replaced = runs.replaced_results(engine, config.run_id, config.schema)
-    retired = retired or {}
-    outstanding = None if metrics is not None else queries.outstanding_errors(engine, config.schema)
-    by_type: dict[str, Any] = {}
-    for t in config.activity_types:
-        c = counts[t]
-        processed = int(written.get(t, {}).get("results", 0))
-        kg = float(written.get(t, {}).get("kg_co2e", 0.0))
-        if metrics is not None:
-            errors = metrics.get(f"{t}_errors", 0)
-        else:
-            errors = (outstanding or {}).get(t, 0)
-        by_type[t] = {
-            "total_activities": c["total"],
-            "skipped": c["total"] - c["pending"],
-            "pending": c["pending"],
-            "processed": processed,
-            "new": processed - replaced.get(t, 0),
-            "changed": replaced.get(t, 0),
-            "retired": retired.get(t, (0, 0))[0],
-            "errors_retired": retired.get(t, (0, 0))[1],
-            "errors": errors,
-            "co2e_tonnes": kg / 1000.0,
-        }
-    return {
-        "run_id": config.run_id,
-        "total_activities": sum(v["total_activities"] for v in by_type.values()),
-        "skipped": sum(v["skipped"] for v in by_type.values()),
-        "pending": sum(v["pending"] for v in by_type.values()),
-        "total_processed": sum(v["processed"] for v in by_type.values()),
-        "new": sum(v["new"] for v in by_type.values()),
-        "changed": sum(v["changed"] for v in by_type.values()),
-        "retired": sum(v["retired"] for v in by_type.values()),
-        "errors": sum(v["errors"] for v in by_type.values()),
-        "total_co2e_tonnes": sum(v["co2e_tonnes"] for v in by_type.values()),
-        "by_activity_type": by_type,
-        "metrics_source": "beam_counters" if metrics is not None else "database",
-    }
 
 
 def runner_name(argv: list[str]) -> str:
@@ -485,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                 what="planning the key ranges",
                 policy=policy,
             )
-            with Progress(engine, config.run_id, pending, config.progress_interval, config.schema):
+            with summaries.Progress(
+                engine, config.run_id, pending, config.progress_interval, config.schema
+            ):
                 metrics = execute(args, config, ranges)
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(
@@ -498,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             policy=policy,
         )
         summary = retry.call(
-            lambda: summarise(engine, config, counts, metrics, coverage, retired),
+            lambda: summaries.summarise(engine, config, counts, metrics, coverage, retired),
             what="summarising the run",
             policy=policy,
         )

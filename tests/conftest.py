@@ -1,8 +1,9 @@
 """Fixtures: a real PostgreSQL for every test that needs one.
 
 Every test that uses a database (through ``pg_server_url``, or the TLS server of
-``tests.tls_server``) is marked ``db`` when collected: ``./run_tests.sh -m "not db"`` runs the
-pure tests alone, in seconds, with no server started.
+``tests.tls_server``), or the Flink cluster or Airflow, is marked ``db`` when collected (a test
+that starts one by itself says so with ``@pytest.mark.db``): ``./run_tests.sh -m "not db"`` runs
+the pure tests alone, in seconds, with no server started.
 
 The server is the embedded one (kept under ``.pgdata-test``), or the server of
 ``$TEST_DATABASE_URL`` when set (its user needs CREATEDB). A template database with the schema
@@ -34,12 +35,22 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The TLS-only Debian PostgreSQL (``tls_server`` fixture), for the tests that need one.
 pytest_plugins = ["tests.tls_server"]
 
-#: Fixtures that start or need a PostgreSQL server.
-_SERVER_FIXTURES = frozenset({"pg_server_url", "tls_server"})
+#: Fixtures that start or need a server: PostgreSQL, the local Flink cluster, Airflow.
+_SERVER_FIXTURES = frozenset(
+    {
+        "pg_server_url",
+        "tls_server",
+        "local_flink",
+        "flink_job_server_jar",
+        "worker_pool",
+        "airflow_venv",
+        "airflow_env",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks ``db`` every test whose fixtures reach a PostgreSQL server."""
+    """Marks ``db`` every test whose fixtures reach a server (PostgreSQL, Flink, Airflow)."""
     for item in items:
         if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)

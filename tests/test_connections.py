@@ -177,6 +177,7 @@ def test_a_pg_hba_rejection_fails_at_once_with_a_hint(target: Target) -> None:
     assert target.password not in done.stderr + done.stdout
 
 
+@pytest.mark.db
 def test_the_embedded_server_is_used_without_libpq_variables_and_gets_none_of_them() -> None:
     # PGOPTIONS would make every statement time out at once, were it to reach the server.
     env = {

@@ -64,6 +64,10 @@ class ThrowawayServer:
         self._pg_ctl("-o", self._options, "-l", str(self.pgdata / "log"), "start")
 
 
+#: Each test starts a throwaway PostgreSQL of its own.
+pytestmark = pytest.mark.db
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ThrowawayServer]:
     pgdata = ROOT / f".pgdata-outage-{uuid.uuid4().hex[:8]}"

@@ -14,8 +14,12 @@ change (docs/guarantees.md).
 
 from __future__ import annotations
 
+from typing import cast
+
+import psycopg2.extensions
 import sqlalchemy as sa
 from alembic import context, op
+from psycopg2 import sql
 
 revision = "0002"
 down_revision = "0001"
@@ -39,12 +43,14 @@ def upgrade() -> None:
     # The primary key carries the version, so that a run's counts (new, changed, deleted) read
     # the results' side from the index alone, as the anti-join for new ones always could.
     op.drop_constraint("emission_results_pkey", "emission_results", schema=schema)
-    op.execute(
-        sa.text(
-            f'ALTER TABLE "{schema}".emission_results ADD CONSTRAINT emission_results_pkey '
-            "PRIMARY KEY (activity_type, activity_id) INCLUDE (activity_version)"
+    raw = cast(psycopg2.extensions.connection, op.get_bind().connection.dbapi_connection)
+    with raw.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "ALTER TABLE {} ADD CONSTRAINT emission_results_pkey "
+                "PRIMARY KEY (activity_type, activity_id) INCLUDE (activity_version)"
+            ).format(sql.Identifier(schema, "emission_results"))
         )
-    )
     op.add_column(
         "calculation_run_writes",
         sa.Column("replaced", sa.BigInteger, nullable=False, server_default="0"),

@@ -1,0 +1,140 @@
+"""A run's summary: the progress lines while it runs, and what it did, per activity type.
+
+What a run wrote (results, kg CO2e, new and replaced) comes from its write log
+(``pipeline.store.runs``), never from a scan of its results; errors from the runner's counters
+where it reports them, else from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from pipeline.options import RunConfig
+from pipeline.store import queries, runs, tables
+
+if TYPE_CHECKING:
+    from apache_beam.runners.runner import PipelineResult
+
+_LOG = logging.getLogger("pipeline.run")
+
+
+class Progress:
+    """Logs how many results this run has stored, every few seconds, while the pipeline runs."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        run_id: str,
+        pending: int,
+        interval: float,
+        schema: str = tables.DEFAULT_SCHEMA,
+    ) -> None:
+        self._engine = engine
+        self._schema = schema
+        self._run_id = run_id
+        self._pending = pending
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        if self._interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self._interval):
+            try:
+                # From the write log: a count of the run's results would scan them all.
+                done = runs.results_written(self._engine, self._run_id, self._schema)
+            except Exception as e:  # noqa: BLE001 - progress is best-effort
+                _LOG.warning("progress: could not count results (%s)", type(e).__name__)
+                continue
+            elapsed = time.monotonic() - started
+            share = 100.0 * done / self._pending if self._pending else 100.0
+            _LOG.info(
+                "progress: %d of %d pending activities have results (%.1f%%), %.0f/s",
+                done,
+                self._pending,
+                share,
+                done / elapsed if elapsed else 0.0,
+            )
+
+
+def counters(result: PipelineResult) -> dict[str, int] | None:
+    """Beam counters by name, or None when the runner does not report them."""
+    try:
+        queried = result.metrics().query()
+    except Exception:  # noqa: BLE001 - some runners have no metrics API
+        return None
+    found: dict[str, int] = {}
+    for c in queried.get("counters", []):
+        value = c.committed if c.committed is not None else c.attempted
+        found[c.key.metric.name] = found.get(c.key.metric.name, 0) + int(value or 0)
+    return found or None
+
+
+def summarise(
+    engine: sa.Engine,
+    config: RunConfig,
+    counts: dict[str, dict[str, int]],
+    metrics: dict[str, int] | None,
+    coverage: dict[str, Any],
+    retired: dict[str, tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """The run summary: what the old service reported, plus skipped, run id and sources; per
+    type, how many results were new, replaced those of changed activities, or were retired
+    with their deleted activities.
+
+    What the run wrote (results, kg CO2e) comes from its coverage (``runs.run_coverage``:
+    the run's write log)."""
+    written = coverage["by_activity_type"]
+    replaced = runs.replaced_results(engine, config.run_id, config.schema)
+    retired = retired or {}
+    outstanding = None if metrics is not None else queries.outstanding_errors(engine, config.schema)
+    by_type: dict[str, Any] = {}
+    for t in config.activity_types:
+        c = counts[t]
+        processed = int(written.get(t, {}).get("results", 0))
+        kg = float(written.get(t, {}).get("kg_co2e", 0.0))
+        if metrics is not None:
+            errors = metrics.get(f"{t}_errors", 0)
+        else:
+            errors = (outstanding or {}).get(t, 0)
+        by_type[t] = {
+            "total_activities": c["total"],
+            "skipped": c["total"] - c["pending"],
+            "pending": c["pending"],
+            "processed": processed,
+            "new": processed - replaced.get(t, 0),
+            "changed": replaced.get(t, 0),
+            "retired": retired.get(t, (0, 0))[0],
+            "errors_retired": retired.get(t, (0, 0))[1],
+            "errors": errors,
+            "co2e_tonnes": kg / 1000.0,
+        }
+    return {
+        "run_id": config.run_id,
+        "total_activities": sum(v["total_activities"] for v in by_type.values()),
+        "skipped": sum(v["skipped"] for v in by_type.values()),
+        "pending": sum(v["pending"] for v in by_type.values()),
+        "total_processed": sum(v["processed"] for v in by_type.values()),
+        "new": sum(v["new"] for v in by_type.values()),
+        "changed": sum(v["changed"] for v in by_type.values()),
+        "retired": sum(v["retired"] for v in by_type.values()),
+        "errors": sum(v["errors"] for v in by_type.values()),
+        "total_co2e_tonnes": sum(v["co2e_tonnes"] for v in by_type.values()),
+        "by_activity_type": by_type,
+        "metrics_source": "beam_counters" if metrics is not None else "database",
+    }
