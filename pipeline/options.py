@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from pipeline import cli
 from pipeline.model import ACTIVITY_TYPES, ActivityType
+from pipeline.ranges import MIN_ROWS_PER_RANGE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store.connections import DATABASE_URL_ENV
 from pipeline.store.sources import (
@@ -228,8 +230,10 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         )
     if options.partitions < 1:
         raise OptionsError(f"--partitions must be at least 1, not {options.partitions}")
-    if options.rows_per_range < 1:
-        raise OptionsError(f"--rows-per-range must be at least 1, not {options.rows_per_range}")
+    if options.rows_per_range < MIN_ROWS_PER_RANGE:
+        raise OptionsError(
+            f"--rows-per-range must be at least {MIN_ROWS_PER_RANGE}, not {options.rows_per_range}"
+        )
     if options.write_batch_size < 1:
         raise OptionsError(f"--write-batch-size must be at least 1, not {options.write_batch_size}")
     date_from = _check_date("date-from", options.date_from)
@@ -244,14 +248,16 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
                 f"--factor-edition is SET=EDITION (e.g. 'desnz_air=2025 flat file'), not {pin!r}"
             )
         pins[factor_set.strip()] = edition.strip()
-    if options.progress_interval < 0:
-        raise OptionsError("--progress-interval must not be negative")
+    for name, value in (
+        ("progress-interval", options.progress_interval),
+        ("retry-base-delay", options.retry_base_delay),
+    ):
+        if not math.isfinite(value) or value < 0:
+            raise OptionsError(f"--{name} must be a finite number of seconds ≥ 0, not {value}")
     if options.max_connections is not None and options.max_connections < 1:
         raise OptionsError(f"--max-connections must be at least 1, not {options.max_connections}")
     if options.retry_attempts < 1:
         raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
-    if options.retry_base_delay < 0:
-        raise OptionsError("--retry-base-delay must not be negative")
     schema = getattr(options, "schema", None) or DEFAULT_SCHEMA
     try:
         validate_schema(schema)

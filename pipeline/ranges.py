@@ -11,6 +11,7 @@ space: a row inserted after the bounds were read is still read exactly once.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,8 @@ from pipeline.model import ActivityType
 from pipeline.store.sources import Source, as_source, from_clause, key_column
 
 Key = int | str | None
+
+_LOG = logging.getLogger(__name__)
 
 UUID_SPACE = 1 << 128
 
@@ -70,15 +73,21 @@ def plan_uuid_ranges(activity_type: ActivityType, partitions: int) -> list[KeyRa
     return [KeyRange(activity_type, s, e) for s, e in zip(starts, ends, strict=True)]
 
 
+#: The fewest rows a range holds (but in a table of one row): a range costs a query of its own.
+MIN_ROWS_PER_RANGE = 2
+
+
 def ranges_needed(rows: int, rows_per_range: int, partitions: int) -> int:
     """How many ranges a table of ``rows`` rows is read in: at least ``partitions``, and enough
     that none holds more than ``rows_per_range`` (so memory does not grow with the table), but
-    never more than there are rows."""
-    if rows_per_range < 1 or partitions < 1:
-        raise ValueError("rows_per_range and partitions must be at least 1")
+    never so many that a range holds fewer than ``MIN_ROWS_PER_RANGE`` rows."""
+    if rows_per_range < MIN_ROWS_PER_RANGE or partitions < 1:
+        raise ValueError(
+            f"rows_per_range must be at least {MIN_ROWS_PER_RANGE} and partitions at least 1"
+        )
     if rows <= 0:
         return 0
-    return min(rows, max(partitions, -(-rows // rows_per_range)))
+    return min(max(1, rows // MIN_ROWS_PER_RANGE), max(partitions, -(-rows // rows_per_range)))
 
 
 def plan_from_cuts(activity_type: ActivityType, cuts: list[Key]) -> list[KeyRange]:
@@ -133,9 +142,27 @@ def key_cuts(
         cur.execute(
             sql.SQL(
                 "SELECT id FROM (SELECT {k} AS id, row_number() OVER (ORDER BY {k}) AS rn "
-                "FROM {r}) c WHERE rn > 1 AND rn %% %s = 1 ORDER BY rn"
+                "FROM {r}) c WHERE rn > 1 AND (rn - 1) %% %s = 0 ORDER BY rn"
             ).format(k=key_column(found), r=from_clause(found)),
             (step,),
+        )
+        cuts = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    return cuts
+
+
+def keys_at(
+    conn: psycopg2.extensions.connection, source: Source | ActivityType, positions: list[int]
+) -> list[Any]:
+    """The keys at the given 1-based row positions in key order, from one ordered scan."""
+    found = as_source(source)
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT id FROM (SELECT {k} AS id, row_number() OVER (ORDER BY {k}) AS rn "
+                "FROM {r}) c WHERE rn = ANY(%s) ORDER BY rn"
+            ).format(k=key_column(found), r=from_clause(found)),
+            (positions,),
         )
         cuts = [row[0] for row in cur.fetchall()]
     conn.commit()
@@ -177,5 +204,16 @@ def plan_ranges(
     n = ranges_needed(rows, rows_per_range, partitions)
     if n == 0:
         return []
-    cuts = key_cuts(conn, found, -(-rows // n)) if n > 1 else []
+    if partitions > n:
+        _LOG.warning(
+            "--partitions %d: %s has %d rows, read in %d ranges of at least %d",
+            partitions,
+            activity_type,
+            rows,
+            n,
+            MIN_ROWS_PER_RANGE,
+        )
+    # Cut at the rows i × rows / n (i = 1 … n-1): range sizes differ by one at most.
+    positions = [i * rows // n + 1 for i in range(1, n)]
+    cuts = keys_at(conn, found, positions) if positions else []
     return plan_from_cuts(activity_type, [c if isinstance(c, int) else str(c) for c in cuts])

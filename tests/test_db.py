@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology.batch import activity_schema, result_schema
 from pipeline.model import ErrorRecord
-from pipeline.ranges import key_bounds, plan_int_ranges, plan_uuid_ranges
+from pipeline.ranges import KeyRange, key_bounds, plan_int_ranges, plan_ranges, plan_uuid_ranges
 from pipeline.store import bulk, connections, install, queries, tables, writes
 from pipeline.store.embedded import _same_setting, server_settings
 from tests.factories import RUN, result_for
@@ -262,3 +262,25 @@ def test_the_embedded_test_server_runs_with_those_settings(engine: sa.Engine) ->
             )
         }
     assert all(_same_setting(tuple(found[n]), v) for n, v in server_settings().items())
+
+
+def test_small_ranges_are_cut_as_asked_and_hold_at_least_two_rows(
+    engine: sa.Engine, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = [3, 9, 10, 11, 40, 41, 77]
+    insert_electricity(engine, ids)
+    conn = connections.connect(database_url)
+    try:
+        planned = plan_ranges(conn, "electricity", 1, 2)
+        many = plan_ranges(conn, "electricity", 8, 20_000)
+    finally:
+        conn.close()
+    assert planned == [
+        KeyRange("electricity", None, 10),
+        KeyRange("electricity", 10, 40),
+        KeyRange("electricity", 40, None),
+    ]
+    assert sorted(read_all(database_url, planned)) == ids  # each row once
+    assert [len(read_all(database_url, [r])) for r in planned] == [2, 2, 3]
+    assert len(many) == 3  # 7 rows: at most 3 ranges of at least 2 rows, not 8
+    assert "--partitions 8: electricity has 7 rows, read in 3 ranges" in caplog.text

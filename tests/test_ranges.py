@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import uuid
 
 import pytest
 
-from pipeline.ranges import UUID_SPACE, KeyRange, plan_int_ranges, plan_uuid_ranges
+from pipeline.options import OptionsError, add_arguments, validate
+from pipeline.ranges import (
+    UUID_SPACE,
+    KeyRange,
+    plan_int_ranges,
+    plan_uuid_ranges,
+    ranges_needed,
+)
 
 
 def test_int_ranges_split_evenly_and_leave_both_ends_open() -> None:
@@ -86,3 +94,45 @@ def test_uuid_ranges_are_contiguous_and_equal() -> None:
 
 def test_one_uuid_partition_is_everything() -> None:
     assert plan_uuid_ranges("spend", 1) == [KeyRange("spend", None, None)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "rows_per_range", "partitions", "ranges"),
+    [
+        (0, 20_000, 8, 0),  # empty: nothing to read
+        (1, 2, 8, 1),  # one row: one range
+        (5, 2, 8, 2),  # more partitions than rows allow: ranges of at least 2 rows
+        (7, 2, 1, 3),  # 2 rows a range wanted, 3 ranges of at least 2 rows allowed
+        (100, 20_000, 8, 8),  # small table: the partitions
+        (1_000, 10, 1, 100),  # large table: enough ranges that none holds more than 10
+        (1_000_000, 20_000, 8, 50),
+    ],
+)
+def test_how_many_ranges_a_table_is_read_in(
+    rows: int, rows_per_range: int, partitions: int, ranges: int
+) -> None:
+    assert ranges_needed(rows, rows_per_range, partitions) == ranges
+
+
+def test_a_range_of_one_row_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        ranges_needed(10, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rows-per-range", "1"),
+        ("--retry-base-delay", "nan"),
+        ("--retry-base-delay", "inf"),
+        ("--progress-interval", "nan"),
+        ("--progress-interval", "inf"),
+        ("--progress-interval", "-1"),
+    ],
+)
+def test_options_at_the_edges_are_refused(option: str, value: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = parser.parse_args([option, value])
+    with pytest.raises(OptionsError, match=option):
+        validate(options, "postgresql://u@h/d")
