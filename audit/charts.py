@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,22 @@ def _e(text: object) -> str:
 # --- Charts (inline SVG) -------------------------------------------------------------------
 
 
+def _length(value: float, top: float, extent: float) -> float:
+    """The length of a bar of ``value`` where ``top`` spans ``extent``: 0 for nothing, at least
+    1 for a positive value (so that it stays visible), and the whole extent for a value beyond
+    a double (a sum that overflowed), which would otherwise make the SVG's numbers NaN."""
+    if not value > 0:
+        return 0.0
+    if math.isinf(value) or top <= 0:
+        return extent
+    return max(extent * value / top, 1.0)
+
+
+def _top(values: Sequence[float]) -> float:
+    """The largest finite value, the top of a chart's scale (0 when there is none)."""
+    return max((v for v in values if math.isfinite(v)), default=0.0)
+
+
 @dataclass(frozen=True)
 class Bar:
     """One bar: its label, exact value, the text shown and its colour."""
@@ -46,7 +63,7 @@ def hbar_chart(name: str, bars: Sequence[Bar], width: int = 640) -> str:
     longest = max((len(b.label) for b in bars), default=10)
     row, label_w, value_w = 26, min(max(120, 7 * longest + 16), 380), 110
     height = row * max(len(bars), 1) + 10
-    top = max((b.value for b in bars), default=0.0)
+    top = _top([b.value for b in bars])
     plot = width - label_w - value_w
     parts = [
         f'<svg data-chart="{_e(name)}" class="chart" width="{width}" height="{height}" '
@@ -54,7 +71,7 @@ def hbar_chart(name: str, bars: Sequence[Bar], width: int = 640) -> str:
     ]
     for i, b in enumerate(bars):
         y = 5 + i * row
-        w = 0.0 if top <= 0 else max(plot * max(b.value, 0.0) / top, 1.0 if b.value > 0 else 0.0)
+        w = _length(b.value, top, plot)
         parts.append(
             f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end" class="label">'
             f"{_e(b.label)}</text>"
@@ -74,7 +91,7 @@ def stacked_month_chart(
     height, left, bottom, top_pad = 300, 70, 40, 30
     plot_h = height - bottom - top_pad
     totals = [sum(series.get(t, {}).get(m, 0.0) for t in series) for m in months]
-    top = max(totals, default=0.0)
+    top = _top(totals)
     slot = (width - left - 10) / max(len(months), 1)
     bar_w = max(min(slot * 0.7, 40.0), 2.0)
     parts = [
@@ -90,9 +107,9 @@ def stacked_month_chart(
         y = float(height - bottom)
         for t in series:
             kg = series[t].get(month, 0.0)
-            if kg <= 0 or top <= 0:
+            h = _length(kg, top, plot_h)
+            if h == 0:
                 continue
-            h = max(plot_h * kg / top, 1.0)  # a positive value stays visible
             y -= h
             parts.append(
                 f'<rect x="{x:.2f}" y="{y:.2f}" width="{bar_w:.2f}" height="{h:.2f}" '

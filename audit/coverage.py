@@ -12,27 +12,49 @@ none of them.
 - ``class_substituted``: no DESNZ factor for the cabin class in that haul: the average row;
 - ``lifecycle_basis``: a lifecycle intensity (Ember/OWID), not combustion-only;
 - ``errors``: activities with a dead letter and no result (no kg CO2e can be given).
+
+The kg CO2e are summed in double precision, as stored (fast, and the database's own
+``sum(kg_co2e)``). Should a sum overflow (results above the plausibility bounds, stored before
+there were any), PostgreSQL refuses it, and the sums are made again in ``numeric``, which
+cannot overflow (``kg_sum``, ``overflowed``; the report does the same): a total beyond a
+double then reads ``inf`` instead of failing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
 
 from pipeline.levels import LEVEL_SQL, LEVELS, describe_coverage
 from pipeline.store import runs, tables
 
-_LEVEL_COUNTS = ", ".join(
-    f"count(*) FILTER (WHERE {cond}), coalesce(sum(kg_co2e) FILTER (WHERE {cond}), 0)"
-    for cond in LEVEL_SQL.values()
-)
+#: PostgreSQL's SQLSTATE for a value out of range: a double precision sum that overflowed.
+OVERFLOW = "22003"
 
 
-def _results_sql(schema: str) -> str:
+def kg_sum(column: str, exact: bool) -> str:
+    """The SQL sum of a kg column: in double precision, as stored; ``exact``: in ``numeric``,
+    which cannot overflow (each value is taken to 15 significant digits)."""
+    return f"sum({column}::numeric)" if exact else f"sum({column})"
+
+
+def overflowed(error: Exception) -> bool:
+    """Whether ``error`` (a driver error, or SQLAlchemy's around one) is an overflowed sum."""
+    cause = getattr(error, "orig", error)
+    return isinstance(cause, psycopg2.Error) and cause.pgcode == OVERFLOW
+
+
+def _results_sql(schema: str, exact: bool = False) -> str:
     """Per activity type: results, kg, and per level its count and kg; of one run, or of all."""
+    kg = kg_sum("kg_co2e", exact)
+    levels = ", ".join(
+        f"count(*) FILTER (WHERE {cond}), coalesce({kg} FILTER (WHERE {cond}), 0)"
+        for cond in LEVEL_SQL.values()
+    )
     return (
-        f"SELECT activity_type, count(*), coalesce(sum(kg_co2e), 0), {_LEVEL_COUNTS} "
+        f"SELECT activity_type, count(*), coalesce({kg}, 0), {levels} "
         f"FROM {tables.qualified_text(tables.RESULTS_TABLE, schema)} "
         "WHERE (CAST(:run_id AS uuid) IS NULL OR run_id = CAST(:run_id AS uuid)) "
         "GROUP BY activity_type"
@@ -53,7 +75,13 @@ def coverage(
         # (spilling to disk), or look each dead letter up by a scan of every result (minutes
         # at millions of rows). Grouped by hashing, and looked up in the primary key.
         conn.execute(sa.text("SET LOCAL enable_sort = off"))
-        rows = conn.execute(sa.text(_results_sql(schema)), params).all()
+        try:
+            with conn.begin_nested():
+                rows = conn.execute(sa.text(_results_sql(schema)), params).all()
+        except sa.exc.DBAPIError as error:
+            if not overflowed(error):
+                raise
+            rows = conn.execute(sa.text(_results_sql(schema, exact=True)), params).all()
         errors = runs.errors_without_result(conn, run_id, schema)
     raw: dict[str, tuple[int, float, dict[str, tuple[int, float]]]] = {}
     for row in rows:

@@ -8,6 +8,12 @@ diff (``audit.restate``), when there is one; and the audit facts (factor edition
 code version, recent runs). Every figure is read from the database when the report is written;
 each carries its exact value in a ``data-kg`` (or ``data-value``) attribute, so a test (or an
 auditor) can check the page against the database, and shows it rounded for people.
+
+The kg CO2e are summed in double precision, as stored, so that each figure is the database's
+own ``sum(kg_co2e)`` to the last bit. Should that overflow (results above the plausibility
+bounds, stored before there were any), PostgreSQL refuses the sum, and the figures are summed
+again in ``numeric``, which cannot overflow (``coverage.kg_sum``): the report never fails on
+extreme data (a total beyond a double shows as ``inf``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
 from psycopg2 import sql
 
@@ -52,7 +59,9 @@ def _rows(engine: sa.Engine, query: str, **params: Any) -> list[tuple[Any, ...]]
         return [tuple(r) for r in conn.execute(sa.text(query), params)]
 
 
-def _months(engine: sa.Engine, schema: str, sources: Sources) -> list[tuple[Any, ...]]:
+def _months(
+    engine: sa.Engine, schema: str, sources: Sources, exact: bool = False
+) -> list[tuple[Any, ...]]:
     """kg CO2e per activity type and month of the activity date, from each source."""
     found: list[tuple[Any, ...]] = []
     with connections.raw_connection(engine) as conn:
@@ -62,7 +71,8 @@ def _months(engine: sa.Engine, schema: str, sources: Sources) -> list[tuple[Any,
                 cur.execute(
                     sql.SQL(
                         "SELECT r.activity_type, to_char(a.activity_date, 'YYYY-MM') AS month, "
-                        "sum(r.kg_co2e) FROM {results} r JOIN ({activities}) a "
+                        + coverage.kg_sum("r.kg_co2e", exact)
+                        + " FROM {results} r JOIN ({activities}) a "
                         "ON a.id = r.activity_id WHERE r.activity_type = %s "
                         "AND a.activity_date IS NOT NULL GROUP BY 1, 2 ORDER BY 2"
                     ).format(
@@ -85,28 +95,15 @@ def figures(
     """Everything the report shows, as read from the database now (each activity's date from
     its source: ``sources``, checked; default: the pipeline's own tables)."""
     install.ensure_initialised(engine, schema)  # an older database gains the audit tables
-    results = tables.qualified_text(tables.RESULTS_TABLE, schema)
     restatements = tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)
-    total = _rows(engine, f"SELECT count(*), coalesce(sum(kg_co2e), 0) FROM {results}")[0]
-    scopes = _rows(
-        engine,
-        f"SELECT scope, category, count(*), sum(kg_co2e) FROM {results} "
-        "GROUP BY scope, category ORDER BY scope, category NULLS FIRST",
-    )
-    by_type = _rows(
-        engine,
-        f"SELECT activity_type, count(*), sum(kg_co2e) FROM {results} "
-        "GROUP BY activity_type ORDER BY activity_type",
-    )
-    months = _months(engine, schema, sources or default_sources(schema))
-    top_sources = _rows(
-        engine,
-        f"SELECT r.activity_type, f.factor_set, f.key, count(*), sum(r.kg_co2e) "
-        f"FROM {results} r JOIN {tables.qualified_text(tables.FACTORS_TABLE, schema)} f "
-        "ON f.id = r.factor_id "
-        "GROUP BY r.activity_type, f.factor_set, f.key ORDER BY sum(r.kg_co2e) DESC, "
-        "f.factor_set, f.key LIMIT 10",
-    )
+    sources = sources or default_sources(schema)
+    try:
+        sums = _sums(engine, schema, sources, exact=False)
+    except (sa.exc.DBAPIError, psycopg2.Error) as error:
+        if not coverage.overflowed(error):
+            raise
+        sums = _sums(engine, schema, sources, exact=True)
+    total, scopes, by_type, months, top_sources = sums
     runs = _rows(
         engine,
         "SELECT run_id, status, runner, finished_at, total_processed, errors, "
@@ -150,6 +147,39 @@ def figures(
         "runs": runs,
         "restatement": chosen[0] if chosen else None,
     }
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def _sums(
+    engine: sa.Engine, schema: str, sources: Sources, exact: bool
+) -> tuple[tuple[Any, ...], Rows, Rows, Rows, Rows]:
+    """The kg CO2e figures: the total, by scope and category, by type, by type and month, and
+    the top sources; summed in double precision, or (``exact``) in numeric."""
+    results = tables.qualified_text(tables.RESULTS_TABLE, schema)
+    kg, kg_r = coverage.kg_sum("kg_co2e", exact), coverage.kg_sum("r.kg_co2e", exact)
+    total = _rows(engine, f"SELECT count(*), coalesce({kg}, 0) FROM {results}")[0]
+    scopes = _rows(
+        engine,
+        f"SELECT scope, category, count(*), {kg} FROM {results} "
+        "GROUP BY scope, category ORDER BY scope, category NULLS FIRST",
+    )
+    by_type = _rows(
+        engine,
+        f"SELECT activity_type, count(*), {kg} FROM {results} "
+        "GROUP BY activity_type ORDER BY activity_type",
+    )
+    months = _months(engine, schema, sources, exact)
+    top_sources = _rows(
+        engine,
+        f"SELECT r.activity_type, f.factor_set, f.key, count(*), {kg_r} "
+        f"FROM {results} r JOIN {tables.qualified_text(tables.FACTORS_TABLE, schema)} f "
+        "ON f.id = r.factor_id "
+        f"GROUP BY r.activity_type, f.factor_set, f.key ORDER BY {kg_r} DESC, "
+        "f.factor_set, f.key LIMIT 10",
+    )
+    return total, scopes, by_type, months, top_sources
 
 
 # --- The page ------------------------------------------------------------------------------

@@ -44,8 +44,11 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
         retry_policy=config.retry_policy,
         sources=config.sources,
         schema=config.schema,
+        run_id=config.run_id,
     )
-    calculated = activities | "Calculate" >> CalculateEmissions(factors, config.radiative_forcing)
+    calculated = activities | "Calculate" >> CalculateEmissions(
+        factors, config.radiative_forcing, config.limits
+    )
     calculated.results | "WriteResults" >> WriteResults(
         config.database_url,
         config.run_id,

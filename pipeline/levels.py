@@ -7,10 +7,15 @@ before it is written (the run's write log, ``tables.WRITES_TABLE``). A test hold
 
 numpy and Arrow are imported where the tables are tallied: the driver uses the SQL definitions
 without loading them.
+
+Every kg CO2e sum here is checked finite (``finite_kg``): a sum that overflowed is no total,
+and the write log (double precision and JSON) cannot store it. The plausibility bounds
+(``pipeline.model.Limits``) keep every real sum many orders of magnitude below that.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +35,16 @@ LEVEL_SQL = {
 }
 
 
+def finite_kg(kg: float, what: str) -> float:
+    """``kg``, or an ``OverflowError`` naming ``what`` when the sum is not finite."""
+    if not math.isfinite(kg):
+        raise OverflowError(
+            f"the kg CO2e of {what} sum to {kg}, beyond what a double holds: results above "
+            "the plausibility bounds (--max-kwh, --max-spend-usd, …) must have been computed"
+        )
+    return kg
+
+
 @dataclass
 class Tally:
     """Results and kg CO2e, and per level its results and kg CO2e."""
@@ -42,11 +57,11 @@ class Tally:
 
     def add(self, other: Tally) -> None:
         self.results += other.results
-        self.kg_co2e += other.kg_co2e
+        self.kg_co2e = finite_kg(self.kg_co2e + other.kg_co2e, "the results added up")
         for name in LEVELS:
             n, kg = self.levels[name]
             m, more = other.levels[name]
-            self.levels[name] = (n + m, kg + more)
+            self.levels[name] = (n + m, finite_kg(kg + more, f"the {name} results added up"))
 
 
 def _bools(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -89,14 +104,19 @@ def tally(table: pa.Table) -> dict[str, Tally]:
     out: dict[str, Tally] = {}
     for code, activity_type in enumerate(types.dictionary.to_pylist()):
         mine = codes == code
-        out[activity_type] = Tally(
-            int(mine.sum()),
-            float(kg[mine].sum()),
-            {
-                name: (int((rows & mine).sum()), float(kg[rows & mine].sum()))
-                for name, rows in level_rows.items()
-            },
-        )
+        what = f"one flush's {activity_type} results"
+        with np.errstate(over="ignore"):  # an overflow is reported by ``finite_kg``
+            out[activity_type] = Tally(
+                int(mine.sum()),
+                finite_kg(float(kg[mine].sum()), what),
+                {
+                    name: (
+                        int((rows & mine).sum()),
+                        finite_kg(float(kg[rows & mine].sum()), f"{what} ({name})"),
+                    )
+                    for name, rows in level_rows.items()
+                },
+            )
     return out
 
 

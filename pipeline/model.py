@@ -139,6 +139,35 @@ class EmissionResult:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Upper bounds of plausibility for one activity (docs/methodology.md §6.3).
+
+    A finite value can still be absurd (1e300 kWh, 2^31 − 1 passengers): it gives a finite but
+    meaningless result that swamps every total, and two of them overflow a sum. Each default
+    lies well beyond anything one real activity reaches, so that only data errors are refused:
+
+    - ``max_kwh`` 1e12 kWh (1,000 TWh), after unit conversion: about 30 times the yearly
+      consumption of the largest corporate buyers (about 30 TWh), more than any country but
+      the four largest (China, the US, India, Russia) uses in a year;
+    - ``max_spend_usd`` 1e11 2022 USD, after conversion, so that one bound means the same
+      money in every currency: above the largest purchase orders ever announced (aircraft
+      orders of about 7e10 USD at list price);
+    - ``max_passengers`` 1,000 on one booking: no aircraft seats as many (an A380 is
+      certified for 853);
+    - ``max_distance_km`` 20,037.5 km for a given one-way distance: half the Earth's
+      equatorial circumference, which no two points on it exceed along the surface.
+    """
+
+    max_kwh: float = 1e12
+    max_spend_usd: float = 1e11
+    max_passengers: int = 1_000
+    max_distance_km: float = 20_037.5
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class ErrorRecord:
     """A dead letter: an activity that could not be calculated, and why."""
 

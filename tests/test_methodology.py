@@ -23,6 +23,7 @@ from pipeline.model import (
     ElectricityActivity,
     FactorRow,
     InputError,
+    Limits,
     SpendActivity,
 )
 
@@ -241,11 +242,23 @@ def test_zero_quantity_is_zero(book: FactorBook) -> None:
     assert r.kg_co2e == 0.0 and r.kg_co2 == 0.0
 
 
-def test_huge_finite_quantity_ok_and_overflow_refused(book: FactorBook) -> None:
-    r = calculate_electricity(elec(quantity=1e300, unit="kWh"), book)
+#: Bounds raised to the largest doubles: only overflow itself is left to refuse.
+UNBOUNDED = Limits(
+    max_kwh=1.7e308, max_spend_usd=1.7e308, max_passengers=1000, max_distance_km=1.7e308
+)
+
+
+def test_huge_finite_quantity_is_implausible_and_overflow_refused(book: FactorBook) -> None:
+    with pytest.raises(InputError) as err:
+        calculate_electricity(elec(quantity=1e300, unit="kWh"), book)
+    assert err.value.code == "implausible_quantity"
+    r = calculate_electricity(elec(quantity=1e300, unit="kWh"), book, limits=UNBOUNDED)
     assert math.isfinite(r.kg_co2e)
     with pytest.raises(InputError) as err:
-        calculate_electricity(elec(quantity=1e306, unit="GWh"), book)
+        calculate_electricity(elec(quantity=1e306, unit="GWh"), book, limits=UNBOUNDED)
+    assert err.value.code == "implausible_quantity"  # 1e306 GWh is an infinite number of kWh
+    with pytest.raises(InputError) as err:
+        calculate_air_travel(flight(distance_km=1e308, passengers=10), book, limits=UNBOUNDED)
     assert err.value.code == "result_not_finite"
 
 
@@ -363,7 +376,7 @@ def test_spend_factor_ids_recorded() -> None:
         (spend(naics="221122"), "unknown_naics", "Scope 2"),
         (spend(naics="999999"), "unknown_naics", "'999999'"),
         (spend(date=None), "missing_date", "date"),
-        (spend(amount=1.7e308, currency="GBP", date=day(2024)), "result_not_finite", "overflow"),
+        (spend(amount=1.7e308, currency="GBP", date=day(2024)), "implausible_amount", "1.7e+308"),
     ],
 )
 def test_spend_errors(book: FactorBook, activity: SpendActivity, code: str, named: str) -> None:
@@ -472,7 +485,7 @@ def test_zero_passengers_and_zero_distance(book: FactorBook) -> None:
         (flight(distance_km=-5.0), "negative_distance", "-5.0"),
         (flight(distance_km=math.nan), "not_finite_distance", "nan"),
         (flight(distance_km=math.inf), "not_finite_distance", "inf"),
-        (flight(distance_km=1e308, passengers=10), "result_not_finite", "overflow"),
+        (flight(distance_km=1e308, passengers=10), "implausible_distance", "1e+308"),
         (flight("LHR", "PBH"), "unknown_haul", "'BT'"),
     ],
 )

@@ -29,7 +29,14 @@ from apache_beam.metrics import Metrics
 from pipeline import editions, fingerprint, tuning
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, calculate_batch
-from pipeline.model import ACTIVITY_TYPES, ActivityType, FactorRow, activity_fields
+from pipeline.model import (
+    ACTIVITY_TYPES,
+    DEFAULT_LIMITS,
+    ActivityType,
+    FactorRow,
+    Limits,
+    activity_fields,
+)
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store import bulk, connections, queries, tables
 from transforms.read import ActivityTable
@@ -49,16 +56,18 @@ class _Unpacked:
     packed: bytes
     book: FactorBook
     factor_fps: fingerprint.FactorFingerprints
-    probes: dict[tuple[ActivityType, bool], Probes] = field(default_factory=dict)
+    probes: dict[tuple[ActivityType, bool, Limits], Probes] = field(default_factory=dict)
 
-    def probes_for(self, activity_type: ActivityType, radiative_forcing: bool) -> Probes:
+    def probes_for(
+        self, activity_type: ActivityType, radiative_forcing: bool, limits: Limits
+    ) -> Probes:
         """The contexts' answers, kept for as long as the book is the same. Shared by the
         worker threads: an answer computed twice at the same time is the same answer."""
-        key = (activity_type, radiative_forcing)
+        key = (activity_type, radiative_forcing, limits)
         if key not in self.probes:
             with _LOCK:
                 if key not in self.probes:
-                    self.probes[key] = Probes(activity_type, self.book, radiative_forcing)
+                    self.probes[key] = Probes(activity_type, self.book, radiative_forcing, limits)
         return self.probes[key]
 
 
@@ -116,10 +125,12 @@ class ReadFactorsFn(beam.DoFn):
 class CalculateFn(beam.DoFn):
     """One table of activities → a results table, and dead letters on ``errors``.
 
-    Any activity type: each ``ActivityTable`` says its own. Counted per type."""
+    Any activity type: each ``ActivityTable`` says its own. Counted per type. ``limits``: the
+    run's plausibility bounds; a value above one is a dead letter."""
 
-    def __init__(self, radiative_forcing: bool = True) -> None:
+    def __init__(self, radiative_forcing: bool = True, limits: Limits = DEFAULT_LIMITS) -> None:
         self._radiative_forcing = radiative_forcing
+        self._limits = limits
 
     def setup(self) -> None:
         tuning.tune_process()
@@ -135,7 +146,7 @@ class CalculateFn(beam.DoFn):
         if packed is not self._packed:
             self._unpacked = _unpacked(packed)
             self._packed = packed
-        probes = self._unpacked.probes_for(activity_type, self._radiative_forcing)
+        probes = self._unpacked.probes_for(activity_type, self._radiative_forcing, self._limits)
         return self._unpacked.book, probes, self._unpacked.factor_fps
 
     def process(self, element: ActivityTable, packed: bytes) -> Iterator[Any]:
@@ -154,6 +165,7 @@ class CalculateFn(beam.DoFn):
             activities,
             book,
             radiative_forcing=self._radiative_forcing,
+            limits=self._limits,
             probes=probes,
             fields=tables.RESULT_COLUMNS,  # what is stored; not the factors' descriptions
         )
@@ -186,13 +198,16 @@ class CalculateFn(beam.DoFn):
 class CalculateEmissions(beam.PTransform):
     """``ActivityTable`` elements → results tables (main) and dead letters (``errors``)."""
 
-    def __init__(self, factors: Any, radiative_forcing: bool = True) -> None:
+    def __init__(
+        self, factors: Any, radiative_forcing: bool = True, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         super().__init__()
         self._factors = factors
         self._radiative_forcing = radiative_forcing
+        self._limits = limits
 
     def expand(self, activities: Any) -> Any:
         return activities | "Calculate" >> beam.ParDo(
-            CalculateFn(self._radiative_forcing),
+            CalculateFn(self._radiative_forcing, self._limits),
             beam.pvalue.AsSingleton(self._factors),
         ).with_outputs(ERRORS, main="results")

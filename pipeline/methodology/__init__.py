@@ -12,10 +12,12 @@ from pipeline.methodology.book import FactorBook, select_year
 from pipeline.methodology.electricity import calculate_electricity
 from pipeline.methodology.spend import calculate_spend
 from pipeline.model import (
+    DEFAULT_LIMITS,
     Activity,
     AirTravelActivity,
     ElectricityActivity,
     EmissionResult,
+    Limits,
     SpendActivity,
 )
 
@@ -31,13 +33,20 @@ __all__ = [
 
 
 def calculate(
-    activity: Activity, book: FactorBook, *, radiative_forcing: bool = True
+    activity: Activity,
+    book: FactorBook,
+    *,
+    radiative_forcing: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> EmissionResult:
-    """The result for any activity; ``radiative_forcing`` applies to air travel only."""
+    """The result for any activity; ``radiative_forcing`` applies to air travel only, and
+    ``limits`` are the plausibility bounds (the defaults unless a run sets its own)."""
     if isinstance(activity, ElectricityActivity):
-        return calculate_electricity(activity, book)
+        return calculate_electricity(activity, book, limits=limits)
     if isinstance(activity, SpendActivity):
-        return calculate_spend(activity, book)
+        return calculate_spend(activity, book, limits=limits)
     if isinstance(activity, AirTravelActivity):
-        return calculate_air_travel(activity, book, radiative_forcing=radiative_forcing)
+        return calculate_air_travel(
+            activity, book, radiative_forcing=radiative_forcing, limits=limits
+        )
     raise TypeError(f"not an activity: {type(activity).__name__}")

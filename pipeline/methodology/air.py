@@ -16,6 +16,10 @@ passenger.km), with radiative forcing unless the caller turns it off.
   uses the haul's ``average`` row and sets ``class_substituted``. The result's ``cabin_class``
   is the class as booked; ``factor_key`` shows the row used.
 - ``return_trip`` must be given: guessing one-way would halve a return flight silently.
+- Plausibility: more passengers than ``Limits.max_passengers`` on one booking, or a given
+  one-way distance beyond ``Limits.max_distance_km``, is a data error (``implausible_…``). A
+  computed distance needs no bound: on a sphere of ``EARTH_RADIUS_KM`` it is at most about
+  20,015 km.
 """
 
 from __future__ import annotations
@@ -28,16 +32,20 @@ from typing import Any
 from pipeline.factors import CABIN_CLASSES, air_key, load_haul_definitions
 from pipeline.methodology.book import FactorBook
 from pipeline.methodology.common import (
+    LONGEST_CODE,
     activity_year,
+    at_most,
     clean_code,
     country_alpha3,
     factor_reference,
     finite_result,
     non_negative,
+    quoted,
     scaled,
     select,
+    shown,
 )
-from pipeline.model import AirTravelActivity, EmissionResult, InputError
+from pipeline.model import DEFAULT_LIMITS, AirTravelActivity, EmissionResult, InputError, Limits
 
 METHOD = "distance_based_desnz"
 AIR_SET = "desnz_air"
@@ -76,11 +84,14 @@ def normalise_cabin_class(cabin_class: str | None) -> str:
     """``Premium Economy`` → ``premium_economy``; refuses a missing or unknown class."""
     if cabin_class is None or not cabin_class.strip():
         raise InputError("missing_cabin_class", "The flight has no cabin class.")
-    text = cabin_class.strip().lower().replace(" ", "_").replace("-", "_")
+    text = cabin_class.strip()
+    if len(text) <= LONGEST_CODE:
+        text = text.lower().replace(" ", "_").replace("-", "_")
     if text not in CABIN_CLASSES:
         raise InputError(
             "unknown_cabin_class",
-            f"The cabin class {cabin_class!r} is not one of {', '.join(sorted(CABIN_CLASSES))}.",
+            f"The cabin class {quoted(cabin_class)} is not one of "
+            f"{', '.join(sorted(CABIN_CLASSES))}.",
         )
     return text
 
@@ -99,24 +110,45 @@ def _airport(code: str | None, end: str, has_distance: bool) -> Mapping[str, Any
         )
         raise InputError(
             "unknown_airport",
-            f"The {end} {code!r} is not a known IATA airport code: {why}.",
+            f"The {end} {quoted(code)} is not a known IATA airport code: {why}.",
         )
     return airport
 
 
-def _passengers(value: object) -> int:
+def _passengers(value: object, limits: Limits) -> int:
     number = non_negative(value, "number of passengers", "passengers")
     if not number.is_integer():
         raise InputError(
             "invalid_passengers",
-            f"The number of passengers {value!r} is not a whole number.",
+            f"The number of passengers {quoted(value)} is not a whole number.",
         )
+    at_most(
+        number,
+        limits.max_passengers,
+        "implausible_passengers",
+        lambda: (
+            f"The number of passengers {shown(number)} is above the plausibility bound of "
+            f"{shown(limits.max_passengers)} for one booking (--max-passengers)."
+        ),
+    )
     return int(number)
 
 
-def _distance(activity: AirTravelActivity, a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+def _distance(
+    activity: AirTravelActivity, a: Mapping[str, Any], b: Mapping[str, Any], limits: Limits
+) -> float:
     if activity.distance_km is not None:
-        return non_negative(activity.distance_km, "given flight distance", "distance")
+        given = non_negative(activity.distance_km, "given flight distance", "distance")
+        at_most(
+            given,
+            limits.max_distance_km,
+            "implausible_distance",
+            lambda: (
+                f"The given flight distance {shown(given)} km is above the plausibility "
+                f"bound of {shown(limits.max_distance_km)} km for one way (--max-distance-km)."
+            ),
+        )
+        return given
     return haversine_km(float(a["lat"]), float(a["lon"]), float(b["lat"]), float(b["lon"]))
 
 
@@ -134,28 +166,32 @@ def haul_for(origin_country: str, destination_country: str, hauls: Mapping[str, 
     if haul is None or haul == "domestic":
         raise InputError(
             "unknown_haul",
-            f"The territory {other!r} is not in the DESNZ haul table, so the haul of this "
+            f"The territory {quoted(other)} is not in the DESNZ haul table, so the haul of this "
             "UK flight cannot be determined.",
         )
     return haul
 
 
 def calculate_air_travel(
-    activity: AirTravelActivity, book: FactorBook, *, radiative_forcing: bool = True
+    activity: AirTravelActivity,
+    book: FactorBook,
+    *,
+    radiative_forcing: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> EmissionResult:
     """kg CO2e of a flight = distance × passengers × (2 if return) × factor; Scope 3 cat 6."""
     has_distance = activity.distance_km is not None
     origin = _airport(activity.origin, "origin", has_distance)
     destination = _airport(activity.destination, "destination", has_distance)
     cabin = normalise_cabin_class(activity.cabin_class)
-    passengers = _passengers(activity.passengers)
+    passengers = _passengers(activity.passengers, limits)
     if activity.return_trip is None:
         raise InputError(
             "missing_return_trip",
             "The flight does not say whether it is one-way or return.",
         )
     year = activity_year(activity.activity_date)
-    distance = _distance(activity, origin, destination)
+    distance = _distance(activity, origin, destination, limits)
 
     hauls: Mapping[str, str] = (
         shipped_haul_definitions() if book.haul_definitions is None else book.haul_definitions

@@ -9,8 +9,13 @@ multiplications to whole columns with numpy, in the same order of floating-point
 as the per-row code, so that every value is bit-for-bit the one the per-row function gives.
 
 Rows the fast path cannot vouch for (a missing, negative or non-finite number, a context the
-probe refused, a product that overflowed) go through the per-row function itself, which yields
-the result or the exact error record it would have produced on its own.
+probe refused, a product that overflowed, a value above its plausibility bound in ``Limits``)
+go through the per-row function itself, which yields the result or the exact error record it
+would have produced on its own: the batch refuses nothing by itself, so its refusals cannot
+drift from the per-row ones.
+
+A dead letter stays small whatever the input: each text value in its ``input_repr`` is kept
+to ``MAX_TEXT_CHARS`` characters, with the sha256 of the whole value (docs/methodology.md §6.4).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import pyarrow.compute as pc
 
 from pipeline.methodology import calculate
 from pipeline.methodology.book import FactorBook
+from pipeline.methodology.common import MAX_TEXT_CHARS, bounded_text, quoted
 from pipeline.methodology.spend import SEF_DOLLAR_YEAR
 from pipeline.model import (
     ACTIVITY_CLASSES,
+    DEFAULT_LIMITS,
     Activity,
     ActivityType,
     AirTravelActivity,
@@ -40,12 +47,15 @@ from pipeline.model import (
     EmissionResult,
     ErrorRecord,
     InputError,
+    Limits,
     SpendActivity,
     activity_fields,
 )
 
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(EmissionResult))
 _GASES = (("kg_co2", "kg_co2"), ("kg_ch4_co2e", "kg_ch4_co2e"), ("kg_n2o_co2e", "kg_n2o_co2e"))
+#: The longest reason a dead letter keeps (an unexpected exception's text can hold the input).
+MAX_REASON_CHARS = 1000
 
 
 def _arrow_type(annotation: str) -> pa.DataType:
@@ -72,27 +82,48 @@ def _as_row(result: EmissionResult) -> dict[str, Any]:
     return {name: getattr(result, name) for name in _RESULT_FIELDS}
 
 
+def _bounded(value: object) -> object:
+    """A field's value as a dead letter keeps it: a long text cut to ``bounded_text``."""
+    return bounded_text(value) if isinstance(value, str) else value
+
+
+def _repr_of(fields: dict[str, Any]) -> str:
+    """Fields as stable JSON with every text bounded, the values JSON cannot hold (dates) as
+    their bounded text. Short values are untouched: the same text as ever."""
+    bounded = {name: _bounded(value) for name, value in fields.items()}
+    return json.dumps(bounded, default=lambda value: _bounded(str(value)), sort_keys=True)
+
+
 def input_repr(activity: Activity) -> str:
     """The activity as read, as stable JSON, for the dead-letter record.
 
     Its fields are plain values, so a shallow dict is what ``dataclasses.asdict`` would give
-    (without its deep copies): the same text, hence the same ``input_hash``, as ever."""
-    fields = {f.name: getattr(activity, f.name) for f in dataclasses.fields(activity)}
-    return json.dumps(fields, default=str, sort_keys=True)
+    (without its deep copies): the same text, hence the same ``input_hash``, as ever. A text
+    longer than ``MAX_TEXT_CHARS`` keeps its start and the sha256 of the whole value, so that
+    a 10 MB value makes a dead letter of a few hundred bytes, and two long values that differ
+    anywhere still make different texts (and ``input_hash``)."""
+    return _repr_of({f.name: getattr(activity, f.name) for f in dataclasses.fields(activity)})
 
 
 def dead_letter(
     activity: Activity, activity_type: ActivityType, code: str, reason: str
 ) -> ErrorRecord:
+    """The dead letter of ``activity``; its reason is cut to ``MAX_REASON_CHARS``."""
+    if len(reason) > MAX_REASON_CHARS:
+        reason = f"{reason[:MAX_REASON_CHARS]}…[+{len(reason) - MAX_REASON_CHARS} chars]"
     return ErrorRecord(activity_type, activity.id, code, reason, input_repr(activity))
 
 
 def calculate_one(
-    activity: Activity, activity_type: ActivityType, book: FactorBook, radiative_forcing: bool
+    activity: Activity,
+    activity_type: ActivityType,
+    book: FactorBook,
+    radiative_forcing: bool,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> EmissionResult | ErrorRecord:
     """The per-row function, with refusals and unexpected failures turned into dead letters."""
     try:
-        return calculate(activity, book, radiative_forcing=radiative_forcing)
+        return calculate(activity, book, radiative_forcing=radiative_forcing, limits=limits)
     except InputError as e:
         return dead_letter(activity, activity_type, e.code, e.message)
     except Exception as e:  # noqa: BLE001 - one bad row must not stop the run
@@ -265,8 +296,24 @@ def _contexts(columns: list[pa.Array]) -> tuple[np.ndarray, list[Context]]:
             key = np.unique(key, return_inverse=True)[1].astype(np.int64)
         key = key * size + codes
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    taken = [column.take(pa.array(first)).to_pylist() for column in columns]
+    taken = [_without_long_text(column.take(pa.array(first))).to_pylist() for column in columns]
     return inverse.astype(np.int64), list(zip(*taken, strict=True))
+
+
+#: Stands for a text longer than any valid code in a context: such a context is never probed
+#: (``Probes.get``), so a huge value need not become a Python string here.
+_TOO_LONG = "\x00" * (MAX_TEXT_CHARS + 1)
+
+
+def _without_long_text(values: pa.Array) -> pa.Array:
+    """``values`` with each text longer than ``MAX_TEXT_CHARS`` replaced by ``_TOO_LONG``
+    (the contexts' identities come from the full values, before this)."""
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        return values
+    long = pc.fill_null(pc.greater(pc.utf8_length(values), MAX_TEXT_CHARS), False)
+    if not pc.any(long).as_py():
+        return values
+    return pc.if_else(long, pa.scalar(_TOO_LONG, values.type), values)
 
 
 @dataclass
@@ -285,16 +332,26 @@ class Probes:
     """
 
     def __init__(
-        self, activity_type: ActivityType, book: FactorBook, radiative_forcing: bool = True
+        self,
+        activity_type: ActivityType,
+        book: FactorBook,
+        radiative_forcing: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.activity_type = activity_type
         self.book = book
         self.radiative_forcing = radiative_forcing
+        self.limits = limits
         self._answers: dict[tuple[str, Context], _Answer | None] = {}
         sectors = sorted(book.keys("epa_sef"))
         self.reference_naics = sectors[0] if sectors else None
 
     def get(self, axis: _Axis, ctx: Context) -> _Answer | None:
+        """The answer for ``ctx``; None, neither probed nor kept, for a context with a text
+        longer than any valid code: its rows take the per-row path, and a run of huge bad
+        values does not pile up in this cache."""
+        if any(isinstance(v, str) and len(v) > MAX_TEXT_CHARS for v in ctx):
+            return None
         key = (axis.name, ctx)
         if key not in self._answers:
             self._answers[key] = self._probe(axis, ctx)
@@ -304,7 +361,9 @@ class Probes:
         activity = axis.probe(ctx, self)
         if activity is None:
             return None
-        outcome = calculate_one(activity, self.activity_type, self.book, self.radiative_forcing)
+        outcome = calculate_one(
+            activity, self.activity_type, self.book, self.radiative_forcing, self.limits
+        )
         if not isinstance(outcome, EmissionResult):
             return None
         factor = self.book.get(outcome.factor_set, outcome.factor_key, outcome.factor_year)
@@ -337,6 +396,27 @@ def _amounts(
     return (distance * passengers[rows]) * trips, np.where(given[rows], distance, np.nan)
 
 
+def _plausible(
+    activity_type: ActivityType,
+    table: pa.Table,
+    rows: np.ndarray,
+    amount: np.ndarray,
+    limits: Limits,
+) -> np.ndarray:
+    """Which of ``rows`` are within ``limits``, compared on exactly the values the per-row
+    functions compare (kWh and 2022 USD are ``amount``, computed in their order); NaN fails,
+    as it does there. The rest take the per-row path, which names the bound they broke."""
+    with np.errstate(invalid="ignore"):
+        if activity_type == "electricity":
+            return amount <= limits.max_kwh
+        if activity_type == "spend":
+            return amount <= limits.max_spend_usd
+        passengers, _ = _floats(table, "passengers")
+        distance, given = _floats(table, "distance_km")
+        within = passengers[rows] <= float(limits.max_passengers)
+        return within & (~given[rows] | (distance[rows] <= limits.max_distance_km))
+
+
 def _nullable(values: np.ndarray, present: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.float64(), mask=~present)
 
@@ -347,6 +427,7 @@ def calculate_batch(
     book: FactorBook,
     *,
     radiative_forcing: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
     probes: Probes | None = None,
     fields: Sequence[str] | None = None,
 ) -> BatchOutcome:
@@ -356,10 +437,12 @@ def calculate_batch(
     text. The results table follows ``result_schema`` with the input's id type, or has only
     ``fields`` of it (the pipeline leaves out what it does not store: a column of repeated
     factor descriptions is megabytes per batch). Pass the same ``probes`` to every call of a
-    run to reuse the contexts' answers.
+    run to reuse the contexts' answers; they must have been made for the same ``limits``.
     """
     if probes is None:
-        probes = Probes(activity_type, book, radiative_forcing)
+        probes = Probes(activity_type, book, radiative_forcing, limits)
+    elif probes.limits != limits:
+        raise ValueError(f"the probes were made for {probes.limits}, not for {limits}")
     schema = result_schema(table.schema.field("id").type)
     if fields is not None:
         schema = pa.schema([schema.field(f) for f in schema.names if f in set(fields)])
@@ -402,6 +485,7 @@ def calculate_batch(
             per_unit = per_context("factor_value", _gas_of(i))
             gases[field] = (amount * np.nan_to_num(per_unit), ~np.isnan(per_unit))
     finite = np.isfinite(amount) & np.isfinite(kg)
+    finite &= _plausible(activity_type, table, rows, amount, limits)
     for values, present in gases.values():
         finite &= ~present | np.isfinite(values)
     keep = np.flatnonzero(finite)
@@ -453,13 +537,14 @@ def calculate_batch(
                     activity_type,
                     values["id"],
                     "invalid_date",
-                    f"The activity date {text!r} is not a calendar date in the years 1 to 9999.",
-                    json.dumps(values, default=str, sort_keys=True),
+                    f"The activity date {quoted(text)} is not a calendar date in the years 1 to "
+                    "9999.",
+                    _repr_of(values),
                 )
             )
             continue
         activity = cls(**{**values, "activity_date": date})
-        outcome = calculate_one(activity, activity_type, book, radiative_forcing)
+        outcome = calculate_one(activity, activity_type, book, radiative_forcing, limits)
         if isinstance(outcome, EmissionResult):
             slow_results.append(outcome)
         else:

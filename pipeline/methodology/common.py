@@ -1,18 +1,77 @@
 """Checks and helpers shared by the per-type calculations.
 
 Every refusal is an ``InputError(code, message)``: the code is short and stable (it is counted
-in the run summary), the message is a sentence that names the offending value.
+in the run summary), the message is a sentence that names the offending value, quoted short
+(``quoted``): a message names a 10 MB value, it need not hold it.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.methodology.book import FactorBook
 from pipeline.model import FactorRow, InputError
+
+#: The longest text a dead letter's ``input_repr`` keeps whole (docs/methodology.md §6.4).
+MAX_TEXT_CHARS = 200
+#: The longest text a refusal's message quotes.
+MAX_QUOTED_CHARS = 80
+#: Characters hashed at a time: a huge value is never encoded whole.
+_HASH_CHUNK = 1 << 20
+#: Longer than any code the methodology looks up (NAICS 6, eGRID 4, IATA, ISO, units, classes).
+#: A longer text is unknown as it is: it is not case-folded first, which for a 10 MB text
+#: would cost many times its size (CPython folds non-ASCII text through a 12-byte-per-character
+#: buffer).
+LONGEST_CODE = 64
+
+
+def text_digest(text: str) -> str:
+    """The sha256 of the whole ``text`` in UTF-8, encoded a slice at a time, so that hashing a
+    huge value costs no second copy of it (lone surrogates pass through, never fail)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(text), _HASH_CHUNK):
+        digest.update(text[start : start + _HASH_CHUNK].encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` itself when at most ``limit`` characters; else its first ``limit``, how many
+    more there were and the sha256 of the whole, so that a dead letter stays small whatever
+    the input while two long values that differ anywhere still read (and hash) differently."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[+{len(text) - limit} chars, sha256 {text_digest(text)}]"
+
+
+def quoted(value: object) -> str:
+    """``repr(value)`` for a message, a long text cut short: the message names the value, the
+    dead letter's ``input_repr`` keeps (a bounded form of) the rest."""
+    if isinstance(value, str) and len(value) > MAX_QUOTED_CHARS:
+        return f"{value[:MAX_QUOTED_CHARS]!r}…[+{len(value) - MAX_QUOTED_CHARS} chars]"
+    return repr(value)
+
+
+def shown(number: float) -> str:
+    """A number as a message shows it, exactly: thousands separated when whole (and below
+    1e16, where every whole float is still exact), else ``repr``."""
+    if math.isfinite(number) and float(number).is_integer() and abs(number) < 1e16:
+        return f"{int(number):,}"
+    return repr(float(number))
+
+
+def at_most(value: float, bound: float, code: str, message: Callable[[], str]) -> None:
+    """Refuse a value above its plausibility bound (``pipeline.model.Limits``) with ``code``
+    and the sentence ``message()`` (made only for a refusal: most rows pass).
+
+    NaN and infinity (which only an overflowing conversion can give here) are above every
+    bound: the comparison is written so that they fail it."""
+    if not value <= bound:
+        raise InputError(code, message())
 
 
 def activity_year(date: datetime.date | None) -> int:
@@ -23,7 +82,8 @@ def activity_year(date: datetime.date | None) -> int:
         # The reader passes dates Python cannot hold (BC, after 9999, ±infinity) as text.
         raise InputError(
             "invalid_date",
-            f"The activity date {date!r} is outside the years 1 to 9999; no factor year applies.",
+            f"The activity date {quoted(date)} is outside the years 1 to 9999; "
+            "no factor year applies.",
         )
     return date.year
 
@@ -35,7 +95,7 @@ def non_negative(value: object, what: str, code_suffix: str) -> float:
         raise InputError(f"missing_{code_suffix}", f"The {what} is missing (NULL); it is not 0.")
     # bool is an int subclass, and True kWh is a data error rather than 1 kWh.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"invalid_{code_suffix}", f"The {what} {value!r} is not a number.")
+        raise InputError(f"invalid_{code_suffix}", f"The {what} {quoted(value)} is not a number.")
     number = float(value)
     if math.isnan(number) or math.isinf(number):
         raise InputError(
@@ -63,20 +123,30 @@ def scaled(amount: float, factor: float | None) -> float | None:
 
 
 def clean_code(value: str | None) -> str | None:
-    """A code as typed by a person: stripped and upper-cased; None if empty."""
+    """A code as typed by a person: stripped and upper-cased; None if empty. A text longer than
+    ``LONGEST_CODE`` is only stripped: it matches no code either way."""
     if value is None:
         return None
-    text = value.strip().upper()
-    return text or None
+    text = value.strip()
+    if len(text) > LONGEST_CODE:
+        return text
+    return text.upper() or None
+
+
+def country_alpha3(code: str | None) -> str | None:
+    """ISO 3166 alpha-3 for an alpha-2 or alpha-3 code in any case, or None if unknown."""
+    text = clean_code(code)
+    if text is None or len(text) > 3:
+        return None
+    return _alpha3(text)  # cached by the cleaned code: a huge value is never kept
 
 
 @functools.lru_cache(maxsize=4096)
-def country_alpha3(code: str | None) -> str | None:
-    """ISO 3166 alpha-3 for an alpha-2 or alpha-3 code in any case, or None if unknown."""
+def _alpha3(text: str) -> str | None:
+    """``country_alpha3`` of a cleaned code of at most three characters."""
     import pycountry  # imported lazily: its database is large and only needed here
 
-    text = clean_code(code)
-    if text is None or not text.isalpha():
+    if not text.isalpha():
         return None
     if len(text) == 2:
         country = pycountry.countries.get(alpha_2=text)

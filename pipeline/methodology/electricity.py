@@ -12,23 +12,35 @@ Factor selection, most specific first:
 
 ``region`` wins over ``country`` when both are usable. A known country with no factor in any
 set (for example Antarctica) is an error too. The factor year follows the year rule in
-``book.select_year`` and any difference is flagged ``year_mismatch``.
+``book.select_year`` and any difference is flagged ``year_mismatch``. More kWh than
+``Limits.max_kwh`` in one activity is a data error (``implausible_quantity``), not a result.
 """
 
 from __future__ import annotations
 
 from pipeline.methodology.book import FactorBook
 from pipeline.methodology.common import (
+    LONGEST_CODE,
     activity_year,
+    at_most,
     clean_code,
     country_alpha3,
     factor_reference,
     finite_result,
     non_negative,
+    quoted,
     scaled,
     select,
+    shown,
 )
-from pipeline.model import ElectricityActivity, EmissionResult, FactorRow, InputError
+from pipeline.model import (
+    DEFAULT_LIMITS,
+    ElectricityActivity,
+    EmissionResult,
+    FactorRow,
+    InputError,
+    Limits,
+)
 
 METHOD = "scope2_location_based"
 
@@ -48,11 +60,12 @@ def to_kwh(quantity: object, unit: str | None) -> float:
     number = non_negative(quantity, "electricity quantity", "quantity")
     if unit is None or not unit.strip():
         raise InputError("missing_unit", "The electricity quantity has no unit.")
-    per_unit = KWH_PER_UNIT.get(unit.strip().lower())
+    text = unit.strip()
+    per_unit = None if len(text) > LONGEST_CODE else KWH_PER_UNIT.get(text.lower())
     if per_unit is None:
         raise InputError(
             "unknown_unit",
-            f"The unit {unit!r} is not an energy unit this pipeline knows "
+            f"The unit {quoted(unit)} is not an energy unit this pipeline knows "
             "(Wh, kWh, MWh, GWh, MJ, GJ).",
         )
     return number * per_unit
@@ -72,9 +85,21 @@ def _country_factor(book: FactorBook, iso3: str, year: int) -> tuple[FactorRow, 
     return select(book, "country_grid", iso3, year)
 
 
-def calculate_electricity(activity: ElectricityActivity, book: FactorBook) -> EmissionResult:
+def calculate_electricity(
+    activity: ElectricityActivity, book: FactorBook, *, limits: Limits = DEFAULT_LIMITS
+) -> EmissionResult:
     """kg CO2e of purchased electricity = kWh × grid factor; Scope 2, no category."""
     kwh = to_kwh(activity.quantity, activity.unit)
+    at_most(
+        kwh,
+        limits.max_kwh,
+        "implausible_quantity",
+        lambda: (
+            f"The electricity quantity {activity.quantity!r} {str(activity.unit).strip()} "
+            f"is {shown(kwh)} kWh, above the plausibility bound of "
+            f"{shown(limits.max_kwh)} kWh for one activity (--max-kwh)."
+        ),
+    )
     year = activity_year(activity.activity_date)
     region = clean_code(activity.region)
     fallback: str | None = None
@@ -123,11 +148,15 @@ def _unknown_region(region: str | None, country: str | None) -> InputError:
             return InputError("missing_region", "The activity has neither a region nor a country.")
         return InputError(
             "unknown_region",
-            f"The activity has no region and {country!r} is not a country code.",
+            f"The activity has no region and {quoted(country)} is not a country code.",
         )
-    suffix = "" if country is None or not country.strip() else f" and {country!r} is not one either"
+    suffix = (
+        ""
+        if country is None or not country.strip()
+        else f" and {quoted(country)} is not one either"
+    )
     return InputError(
         "unknown_region",
-        f"The region {region!r} is neither an eGRID subregion nor a country code{suffix}; "
+        f"The region {quoted(region)} is neither an eGRID subregion nor a country code{suffix}; "
         "no global average is used.",
     )

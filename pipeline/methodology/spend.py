@@ -10,6 +10,12 @@ Refunds: a negative amount is refused (``negative_amount``), not netted. A refun
 belongs to a purchase in another period or category, and subtracting it from whatever else was
 bought would silently move emissions between categories; a refund has to be matched to its
 purchase and corrected there by whoever owns the data.
+
+Plausibility: more than ``Limits.max_spend_usd`` 2022 USD in one activity is a data error
+(``implausible_amount``). The bound is on the 2022 USD, after conversion, not on the amount in
+its own currency: one bound then means the same money whatever the currency (a bound on the
+amount as typed would allow some 20,000 times more money in pounds than in rupiah), and the
+amount in 2022 USD is what multiplies the factor.
 """
 
 from __future__ import annotations
@@ -17,14 +23,17 @@ from __future__ import annotations
 from pipeline.methodology.book import FactorBook
 from pipeline.methodology.common import (
     activity_year,
+    at_most,
     clean_code,
     factor_reference,
     finite_result,
     non_negative,
+    quoted,
     scaled,
     select,
+    shown,
 )
-from pipeline.model import EmissionResult, InputError, SpendActivity
+from pipeline.model import DEFAULT_LIMITS, EmissionResult, InputError, Limits, SpendActivity
 
 METHOD = "spend_based_eeio"
 SEF_SET = "epa_sef"
@@ -42,7 +51,7 @@ def _amount(value: object) -> float:
             raise
         raise InputError(
             "negative_amount",
-            f"The spend amount {value!r} is negative; refunds are not netted automatically: "
+            f"The spend amount {quoted(value)} is negative; refunds are not netted automatically: "
             "correct or remove the original purchase instead.",
         ) from None
 
@@ -56,16 +65,18 @@ def _naics(code: str | None, book: FactorBook) -> str:
     if text.startswith("2211"):
         raise InputError(
             "unknown_naics",
-            f"NAICS {text!r} (electric power) is not in the EPA SEF data: purchased "
+            f"NAICS {quoted(text)} (electric power) is not in the EPA SEF data: purchased "
             "electricity belongs in Scope 2, as an electricity activity.",
         )
     raise InputError(
         "unknown_naics",
-        f"NAICS {text!r} is not a 6-digit NAICS 2017 code in the EPA SEF v1.3.0 data.",
+        f"NAICS {quoted(text)} is not a 6-digit NAICS 2017 code in the EPA SEF v1.3.0 data.",
     )
 
 
-def calculate_spend(activity: SpendActivity, book: FactorBook) -> EmissionResult:
+def calculate_spend(
+    activity: SpendActivity, book: FactorBook, *, limits: Limits = DEFAULT_LIMITS
+) -> EmissionResult:
     """kg CO2e of a purchase = amount × USD rate × CPI deflator × SEF factor; Scope 3 cat 1."""
     amount = _amount(activity.amount)
     currency = clean_code(activity.currency)
@@ -77,7 +88,7 @@ def calculate_spend(activity: SpendActivity, book: FactorBook) -> EmissionResult
     if not book.has(FX_SET, currency):
         raise InputError(
             "unknown_currency",
-            f"The currency {activity.currency!r} has no ECB reference rate "
+            f"The currency {quoted(activity.currency)} has no ECB reference rate "
             "(it is not an ISO 4217 code the ECB publishes).",
         )
     fx, fx_mismatch = select(book, FX_SET, currency, year)
@@ -93,6 +104,16 @@ def calculate_spend(activity: SpendActivity, book: FactorBook) -> EmissionResult
     deflator = cpi_base.value / cpi_year.value
     usd = amount * fx.value
     usd_2022 = usd * deflator
+    at_most(
+        usd_2022,
+        limits.max_spend_usd,
+        "implausible_amount",
+        lambda: (
+            f"The spend amount {amount!r} {currency} is {shown(usd_2022)} 2022 USD, above "
+            f"the plausibility bound of {shown(limits.max_spend_usd)} 2022 USD for one activity "
+            "(--max-spend-usd)."
+        ),
+    )
     kg = usd_2022 * sef.value
     kg_co2 = scaled(usd_2022, sef.kg_co2)
     kg_ch4 = scaled(usd_2022, sef.kg_ch4_co2e)
