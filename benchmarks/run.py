@@ -218,6 +218,30 @@ def run_pipeline(url: str, *extra: str) -> dict[str, Any]:
     return timed_process([*argv, "--progress-interval", "0", *extra])
 
 
+def two_at_once(url: str) -> dict[str, Any]:
+    """Two pipeline processes started together over the same pending activities: how long
+    until both have ended, and how they shared the work (each key range goes to one)."""
+    argv = [sys.executable, "-m", "pipeline.run", "--database-url", url, "--progress-interval", "0"]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate() for p in procs]
+    wall = time.perf_counter() - started
+    summaries = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"a run of the pair failed ({proc.returncode}):\n{err[-3000:]}")
+        summaries.append(json.loads(out[out.index("{") :]))
+    return {
+        "wall_s": wall,
+        "summaries": summaries,
+        "results": [s["total_processed"] for s in summaries],
+        "left": [s.get("ranges_left_to_another_run", 0) for s in summaries],
+    }
+
+
 def baseline(url: str) -> tuple[float, int]:
     """The in-database statement: compute every pending activity into ``baseline_results``."""
     conn = connections.connect(url)
@@ -521,6 +545,19 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline, 1 worker: {single['wall_s']:.2f} s wall, peak RSS "
         f"{single['peak_rss_mb']:.0f} MB; / SQL = {single['wall_s'] / sql_s:.2f}"
     )
+
+    reset(url, single["summary"]["run_id"])
+    pair = two_at_once(url)
+    figures["two_runs_at_once"] = pair
+    say(
+        f"two runs started together: {pair['wall_s']:.2f} s until both ended, vs "
+        f"{one['wall_s']:.2f} s for one run alone: {pair['wall_s'] / one['wall_s']:.2f}× "
+        f"(target ≤ 1.2); results {pair['results'][0]:,} + {pair['results'][1]:,}, ranges left "
+        f"to the other {pair['left'][0]} + {pair['left'][1]}"
+    )
+    figures["ratio_two_at_once_over_one"] = pair["wall_s"] / one["wall_s"]
+    for summary in pair["summaries"]:
+        reset(url, summary["run_id"])
 
     legacy_url = seeded(server, "emissions_bench_legacy", args.legacy_count, args.done_share)
     started = time.perf_counter()

@@ -20,7 +20,7 @@ import os
 import sys
 
 from ops.seed import seed
-from pipeline import cli, run
+from pipeline import cli, run, stopping
 from pipeline.store import checks, connections, queries, sources, tables
 from pipeline.store.install import initialise
 
@@ -85,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run.exit_now(main())
+    stopping.exit_now(main())

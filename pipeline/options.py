@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline import cli
-from pipeline.model import ACTIVITY_TYPES, ActivityType
+from pipeline.model import ACTIVITY_TYPES, DEFAULT_LIMITS, ActivityType, Limits
 from pipeline.ranges import MIN_ROWS_PER_RANGE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.store.connections import DATABASE_URL_ENV
+from pipeline.store.connections import DATABASE_URL_ENV, for_run, with_timeouts
 from pipeline.store.sources import (
     Source,
     SourcesError,
@@ -33,8 +33,19 @@ from pipeline.store.tables import DEFAULT_SCHEMA, validate_schema
 #: Rows per read range: small enough that a worker's batch is a few tens of megabytes (peak
 #: memory then stays flat as tables grow), large enough that per-range costs do not show.
 DEFAULT_ROWS_PER_RANGE = 20_000
+#: Statements and lock waits are bounded, so that a run never hangs silently: the longest
+#: statement of a run (the counts) takes seconds per 10 million activities.
+DEFAULT_STATEMENT_TIMEOUT = 1800.0
+DEFAULT_LOCK_TIMEOUT = 300.0
 #: One range's results per write: a worker never holds two ranges' results at once.
 DEFAULT_WRITE_BATCH_SIZE = DEFAULT_ROWS_PER_RANGE
+#: The plausibility options: flag, ``Limits`` field, and what it bounds (for --help).
+_LIMIT_OPTIONS = (
+    ("max-kwh", "max_kwh", "electricity in kWh, after unit conversion"),
+    ("max-spend-usd", "max_spend_usd", "spend in 2022 USD, after currency conversion"),
+    ("max-passengers", "max_passengers", "number of passengers on one booking"),
+    ("max-distance-km", "max_distance_km", "given one-way flight distance in km"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +172,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="Seconds between progress lines while the pipeline runs (0: none).",
     )
+    # Plausibility bounds (pipeline.model.Limits says why each default): a larger value in one
+    # activity is refused as a data error instead of swamping the totals.
+    for flag, dest, what in _LIMIT_OPTIONS:
+        parser.add_argument(
+            f"--{flag}",
+            f"--{dest}",
+            dest=dest,
+            type=float,
+            default=getattr(DEFAULT_LIMITS, dest),
+            help=f"Refuse an activity with more than this {what} "
+            f"(default: {getattr(DEFAULT_LIMITS, dest):g}).",
+        )
+    parser.add_argument(
+        "--statement-timeout",
+        "--statement_timeout",
+        dest="statement_timeout",
+        type=float,
+        default=DEFAULT_STATEMENT_TIMEOUT,
+        help="Seconds any one statement may run before PostgreSQL cancels it and the run "
+        "fails saying so (0: no limit); the longest are the counts, seconds per 10 million "
+        "activities.",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        "--lock_timeout",
+        dest="lock_timeout",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        help="Seconds a statement may wait for a lock another session holds before the run "
+        "fails saying so (0: no limit).",
+    )
 
 
 @dataclass(frozen=True)
@@ -186,6 +228,8 @@ class RunConfig:
     schema: str = DEFAULT_SCHEMA
     #: Where each activity type is read from (checked against the catalogue before a run).
     sources: Mapping[ActivityType, Source] = field(default_factory=default_sources)
+    #: Plausibility bounds: a value above one is a dead letter, not a result.
+    limits: Limits = DEFAULT_LIMITS
 
     @property
     def text_ids(self) -> bool:
@@ -204,6 +248,28 @@ def _check_date(name: str, value: str | None) -> str | None:
         return datetime.date.fromisoformat(value).isoformat()
     except ValueError:
         raise OptionsError(f"--{name} must be a date like 2025-01-31, not {value!r}") from None
+
+
+def _check_limits(options: Any) -> Limits:
+    """The plausibility bounds: each a finite number above 0 (a bound of NaN or infinity would
+    refuse or let through everything), and a whole number of passengers."""
+    values: dict[str, float] = {}
+    for flag, dest, _ in _LIMIT_OPTIONS:
+        value = getattr(options, dest, None)
+        value = getattr(DEFAULT_LIMITS, dest) if value is None else float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise OptionsError(f"--{flag} must be a finite number above 0, not {value}")
+        values[dest] = value
+    if not values["max_passengers"].is_integer():
+        raise OptionsError(
+            f"--max-passengers must be a whole number, not {values['max_passengers']}"
+        )
+    return Limits(
+        max_kwh=values["max_kwh"],
+        max_spend_usd=values["max_spend_usd"],
+        max_passengers=int(values["max_passengers"]),
+        max_distance_km=values["max_distance_km"],
+    )
 
 
 def validate(options: Any, database_url: str | None) -> RunConfig:
@@ -251,6 +317,8 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
     for name, value in (
         ("progress-interval", options.progress_interval),
         ("retry-base-delay", options.retry_base_delay),
+        ("statement-timeout", getattr(options, "statement_timeout", 0.0)),
+        ("lock-timeout", getattr(options, "lock_timeout", 0.0)),
     ):
         if not math.isfinite(value) or value < 0:
             raise OptionsError(f"--{name} must be a finite number of seconds ≥ 0, not {value}")
@@ -258,6 +326,7 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         raise OptionsError(f"--max-connections must be at least 1, not {options.max_connections}")
     if options.retry_attempts < 1:
         raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
+    limits = _check_limits(options)
     schema = getattr(options, "schema", None) or DEFAULT_SCHEMA
     try:
         validate_schema(schema)
@@ -273,7 +342,14 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         )
     types = tuple(t for t in types if t in found)  # by default, every type that is mapped
     return RunConfig(
-        database_url=url,
+        database_url=for_run(
+            with_timeouts(
+                url,
+                getattr(options, "statement_timeout", DEFAULT_STATEMENT_TIMEOUT),
+                getattr(options, "lock_timeout", DEFAULT_LOCK_TIMEOUT),
+            ),
+            run_id,
+        ),
         run_id=run_id,
         activity_types=types,
         partitions=options.partitions,
@@ -293,4 +369,5 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         factor_pins=tuple(sorted(pins.items())),
         schema=schema,
         sources=found,
+        limits=limits,
     )

@@ -68,8 +68,18 @@ PERMANENT_CONNECT_FAILURES = (
     "could not translate host name",
 )
 
-#: What to check, for a connection refused for good (first match wins).
+#: What to check, for a connection refused for good or a statement cancelled (first match).
 _HINTS = (
+    (
+        ("statement timeout",),
+        "a statement ran longer than --statement-timeout allows: PostgreSQL's plan for it may "
+        "rest on stale statistics (ANALYZE the tables), or the limit is too low for the data",
+    ),
+    (
+        ("lock timeout",),
+        "another session held a lock on one of the pipeline's tables longer than --lock-timeout "
+        "allows: find it in pg_locks and pg_stat_activity",
+    ),
     (
         ("password authentication failed", "no password supplied"),
         "check the password: in ~/.pgpass, a service file, or $EMISSIONS_DATABASE_URL",

@@ -2,6 +2,8 @@
 
 Without ``--database-url`` (or ``$EMISSIONS_DATABASE_URL``) it uses the embedded PostgreSQL.
 Prints a JSON run summary and stores it in ``calculation_runs``; exits non-zero on failure.
+SIGTERM and SIGINT stop a run cleanly: it is recorded as ``cancelled`` with what it committed,
+and exits 143 or 130.
 """
 
 from __future__ import annotations
@@ -15,19 +17,29 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
-from pipeline.model import ActivityType
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
-from pipeline.ranges import KeyRange, plan_ranges
-from pipeline.store import checks, connections, queries, runs, tables, writes
+from pipeline.planning import check_sources, plan, retire
+from pipeline.ranges import KeyRange
+from pipeline.stopping import (
+    Cancelled,
+    Stop,
+    TracebacksAtDebug,
+    WorkerStderr,
+    end_cancelled,
+    exit_now,
+    real_stderr,
+    run_until_done,
+)
+from pipeline.store import connections, queries, runs, tables
 from pipeline.store.install import ensure_initialised
-from pipeline.store.sources import Source, SourcesError
+from pipeline.store.sources import SourcesError
+from pipeline.summary import failure_message
 
 if TYPE_CHECKING:
     import apache_beam as beam
@@ -36,10 +48,13 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger("pipeline.run")
 
 #: Beam loggers whose INFO lines say nothing to someone running the pipeline: one line per
-#: type hint it cannot use, and the BigQuery connector that is not installed.
+#: type hint it cannot use, the BigQuery connector that is not installed, and the in-process
+#: runner's ports, channels and caches (a score of lines per run).
 _CHATTY_LOGGERS = (
     "apache_beam.typehints.native_type_compatibility",
     "apache_beam.io.gcp.bigquery",
+    "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+    "apache_beam.runners.worker",
 )
 
 
@@ -101,10 +116,10 @@ _WARM_UP: list[threading.Thread] = []
 
 
 def execute(
-    argv: list[str], config: RunConfig, ranges: Sequence[KeyRange]
+    argv: list[str], config: RunConfig, ranges: Sequence[KeyRange], stop: Stop | None = None
 ) -> dict[str, int] | None:
     """Builds and runs the Beam pipeline over ``ranges``; returns its counters (None if the
-    runner has none).
+    runner has none). Raises ``Cancelled`` when ``stop`` sees a stop signal meanwhile.
 
     Beam is imported here, and only here: a run with nothing pending never pays for it.
     """
@@ -120,68 +135,15 @@ def execute(
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
     p = make_pipeline(options)
     graph.build(p, config, ranges)
-    result = p.run()
-    result.wait_until_finish()
-    return summaries.counters(result)
+    elsewhere = runner_name(argv) in REMOTE_RUNNERS
+    return run_until_done(p, stop or Stop(), in_process=not elsewhere)
 
 
-def check_sources(engine: sa.Engine, config: RunConfig) -> dict[ActivityType, Source]:
-    """The run's sources, checked against the catalogue (``SourcesError`` names every
-    problem); their key and version types come from there."""
-    wanted = {t: config.sources[t] for t in config.activity_types}
-    with connections.raw_connection(engine) as conn:
-        return checks.check_sources(conn, wanted)
-
-
-def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
-    """The key ranges (``pipeline.ranges.plan_ranges``) of the tables with pending activities,
-    on one connection. Without a date window, the counts already say how many rows each table
-    has."""
-    whole_tables = config.date_from is None and config.date_to is None
-    types = [t for t in config.activity_types if counts[t]["pending"]]
-    with connections.raw_connection(engine) as conn:
-        planned = [
-            r
-            for t in types
-            for r in plan_ranges(
-                conn,
-                config.sources[t],
-                config.partitions,
-                config.rows_per_range,
-                config.range_planner,
-                rows=counts[t]["total"] if whole_tables else None,
-            )
-        ]
-    _LOG.info("%d key ranges to read (%s)", len(planned), ", ".join(types))
-    return planned
-
-
-def retire(
-    engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
-) -> dict[str, tuple[int, int]]:
-    """Retires the results and dead letters of deleted activities, range by range (the
-    ranges of the activity table: the first and last are unbounded, so every key is in one).
-    Per type: (results retired, dead letters retired)."""
-    retired: dict[str, tuple[int, int]] = {}
-    for t in config.activity_types:
-        if not counts[t]["deleted"] and not counts[t].get("deleted_errors"):
-            continue
-        source = config.sources[t]
-        with connections.raw_connection(engine) as conn:
-            planned = plan_ranges(
-                conn, source, config.partitions, config.rows_per_range, config.range_planner
-            ) or [KeyRange(t, None, None)]
-            done = [
-                writes.retire_deleted(conn, source, r.start, r.end, config.run_id, config.schema)
-                for r in planned
-            ]
-        retired[t] = (sum(d[0] for d in done), sum(d[1] for d in done))
-        _LOG.info(
-            "retired %d results and %d dead letters of deleted %s activities",
-            *retired[t],
-            t,
-        )
-    return retired
+#: Runners that run the job elsewhere, submitted by ``p.run()`` (whose job server takes the
+#: signals, which only the main thread may do) and watched until done.
+REMOTE_RUNNERS = frozenset(
+    {"FlinkRunner", "PortableRunner", "DataflowRunner", "SparkRunner", "SamzaRunner"}
+)
 
 
 def runner_name(argv: list[str]) -> str:
@@ -200,6 +162,16 @@ def beam_workers(argv: list[str]) -> int:
     return int(known.direct_num_workers) or (os.cpu_count() or 1)
 
 
+def workers_in_process(argv: list[str]) -> bool:
+    """Whether every worker runs in this process (the DirectRunner on threads): then nothing
+    of the run can commit once the process has ended."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--direct_running_mode", default="multi_threading")
+    known, _ = parser.parse_known_args(with_local_defaults(argv))
+    local = runner_name(argv) in ("DirectRunner", "direct")
+    return local and known.direct_running_mode != "multi_processing"
+
+
 def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]) -> int:
     """The most connections this run can hold at once; ``OptionsError`` above the maximum."""
     local = runner in ("DirectRunner", "direct")
@@ -212,25 +184,6 @@ def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]
             "workers"
         )
     return bound
-
-
-def failure_message(error: BaseException) -> str:
-    """One clear line for a failed run.
-
-    A runner reports a worker's exception as text inside its own (with the worker's
-    traceback); when the database was unavailable, that line is the one worth reading.
-    """
-    current: BaseException | None = error
-    while current is not None:
-        if isinstance(current, retry.DatabaseUnavailable):
-            return str(current)
-        current = current.__cause__ or current.__context__
-    text = str(error)
-    marker = "the database is unavailable:"
-    if marker in text:
-        line = text[text.index(marker) :].splitlines()[0]
-        return line.rstrip(" '\"")
-    return retry.describe(error) if len(text) < 2000 else f"{type(error).__name__}: {text[:2000]}…"
 
 
 def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
@@ -256,15 +209,38 @@ def print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit code (a stopped run ends the process itself, see
+    ``end_cancelled``). The stop signals are handled from the start, so that none of them
+    arrives as a ``KeyboardInterrupt`` or an abrupt end, and stderr is a ``WorkerStderr``;
+    both are as before once it returns (unless the process set the latter for its life)."""
     args = argv if argv is not None else sys.argv[1:]
     if "-h" in args or "--help" in args:
         print_help()
         return 0
+    stop = Stop()
+    stop.install()
+    stderr = sys.stderr
+    if not isinstance(stderr, WorkerStderr):
+        sys.stderr = WorkerStderr(stderr)
+    try:
+        return calculate(args, stop)
+    finally:
+        stop.restore()
+        sys.stderr = stderr
+
+
+def calculate(args: list[str], stop: Stop) -> int:
+    """Parse → validate → build → run → summarise, looking at ``stop`` between the steps."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=real_stderr(),
+        force=True,
     )
     for chatty in _CHATTY_LOGGERS:
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TracebacksAtDebug())
     tuning.tune_process()
     started = time.monotonic()
     parser = argparse.ArgumentParser(add_help=False)
@@ -290,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = runner_name(beam_args)
     engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
     policy = config.retry_policy
+    recorded = False  # whether this process has started the run's row (only it may finish it)
+    counts: dict[str, dict[str, int]] = {}
     try:
         try:
             checked = retry.call(
@@ -303,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         retry.call(
             lambda: ensure_initialised(engine, config.schema, id_type),
             what="checking the schema",
+            policy=policy,
+        )
+        retry.call(
+            lambda: runs.check_new_run_id(engine, config.run_id, config.schema),
+            what="checking the run id",
             policy=policy,
         )
         pins = dict(config.factor_pins)
@@ -324,11 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                 on_pending=warm_up_beam,
                 sources=config.sources,
                 schema=config.schema,
+                progress_interval=config.progress_interval,
             ),
             what="counting pending activities",
             policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
+        stop.check()
         retry.call(
             lambda: runs.start_run(
                 engine,
@@ -341,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             what="recording the run",
             policy=policy,
         )
+        recorded = True
         setup_s = time.monotonic() - started
         _LOG.info(
             "run %s on %s: %d pending of %d activities (%d new, %d changed); %d deleted",
@@ -357,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             what="retiring the results of deleted activities",
             policy=policy,
         )
+        stop.check()
         metrics: dict[str, int] | None
         if pending == 0:
             metrics = {}  # nothing to do: no pipeline, nothing written
@@ -371,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             with summaries.Progress(
                 engine, config.run_id, pending, config.progress_interval, config.schema
             ):
-                metrics = execute(args, config, ranges)
+                metrics = execute(args, config, ranges, stop)
+        stop.check()  # after this, the run records its outcome whatever arrives
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(
             lambda: (
@@ -401,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(time.monotonic() - started, 3),
         }
-        retry.call(
+        finished = retry.call(
             lambda: runs.finish_run(
                 engine,
                 config.run_id,
@@ -424,11 +412,32 @@ def main(argv: list[str] | None = None) -> int:
             what="recording the run's outcome",
             policy=policy,
         )
+        if not finished:
+            _LOG.warning(
+                "run %s was no longer 'running' in %s: its record was left as it was",
+                config.run_id,
+                tables.RUNS_TABLE,
+            )
         print(json.dumps(summary, indent=2))
         return 0
+    except runs.RunIdTaken as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Cancelled as stopped:
+        exact = workers_in_process(beam_args)
+        end_cancelled(engine, config, stopped, recorded, counts, started, exact)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
         message = connections.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
+        _LOG.debug(
+            "run %s failed:\n%s",
+            config.run_id,
+            connections.scrub("".join(traceback.format_exception(e)), config.database_url),
+        )
+        if not recorded:
+            # Nothing of this run is recorded: a row with its id is another run's.
+            print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
+            return 1
         try:
             # Briefly: the database may be what failed, and the run must still end.
             retry.call(
@@ -451,17 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.dispose()
 
 
-def exit_now(code: int) -> NoReturn:
-    """Ends the process once the run is recorded and its summary printed.
-
-    The interpreter's own shutdown joins the runner's idle threads and frees every object one
-    by one: half a second after a large run, for nothing, since everything that matters is
-    committed and flushed by then."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
+    # For the life of the process: a worker thread may still print as it ends (see main).
+    sys.stderr = WorkerStderr(sys.stderr)
     exit_now(main())

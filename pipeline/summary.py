@@ -8,12 +8,14 @@ where it reports them, else from the database.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from pipeline import retry
 from pipeline.options import RunConfig
 from pipeline.store import queries, runs, tables
 
@@ -136,5 +138,59 @@ def summarise(
         "errors": sum(v["errors"] for v in by_type.values()),
         "total_co2e_tonnes": sum(v["co2e_tonnes"] for v in by_type.values()),
         "by_activity_type": by_type,
+        # Key ranges another run was computing when this one came to them (each is its own).
+        "ranges_left_to_another_run": (metrics or {}).get("ranges_skipped", 0),
         "metrics_source": "beam_counters" if metrics is not None else "database",
     }
+
+
+TRACEBACK = "Traceback (most recent call last):"
+#: The longest message a failed run stores and prints.
+MESSAGE_LIMIT = 300
+
+
+def failure_message(error: BaseException) -> str:
+    """One clear line for a failed run, of at most ``MESSAGE_LIMIT`` characters (the full
+    traceback goes to the log at DEBUG).
+
+    A runner reports a worker's exception as text inside its own (with the worker's
+    traceback): when the database was unavailable, that line is the one worth reading;
+    otherwise the exception the traceback ends with (``worker_error``).
+    """
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, retry.DatabaseUnavailable):
+            return one_line(str(current))
+        current = current.__cause__ or current.__context__
+    text = str(error)
+    marker = "the database is unavailable:"
+    if marker in text:
+        line = text[text.index(marker) :].splitlines()[0]
+        return one_line(line.rstrip(" '\""))
+    if TRACEBACK in text:
+        return one_line(worker_error(text))
+    return one_line(retry.describe(error))
+
+
+def worker_error(text: str) -> str:
+    """The exception a traceback's text ends with, as ``Type: first line of its message``,
+    and the step it failed in when Beam says (``[while running 'Step']``).
+
+    In Python's format the exception line is the first unindented line after the frames of
+    the last ``Traceback`` block (that of the exception raised last, when chained); the
+    lines after it (PostgreSQL's DETAIL with a whole row, CONTEXT) are left out."""
+    lines = text.splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip().endswith(TRACEBACK)), default=-1)
+    found = next((ln for ln in lines[last + 1 :] if ln.strip() and not ln[0].isspace()), "")
+    name, sep, message = found.partition(": ")
+    found = f"{name.rsplit('.', 1)[-1]}{sep}{message}" if " " not in name else found
+    step = re.findall(r"\[while running '([^']+)'\]", text)
+    if step and step[-1] not in found:
+        found = f"{found} (while running {step[-1]})"
+    return found or "the pipeline failed (no message)"
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, cut to ``MESSAGE_LIMIT`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MESSAGE_LIMIT else f"{flat[: MESSAGE_LIMIT - 1]}…"

@@ -47,8 +47,10 @@ class ReadRangeFn(beam.DoFn):
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         sources: Sources | None = None,
         schema: str = tables.DEFAULT_SCHEMA,
+        run_id: str | None = None,
     ) -> None:
         self._database_url = database_url
+        self._run_id = run_id
         self._sources = dict(sources or default_sources(schema))
         self._db_schema = schema
         self._date_from = date_from
@@ -64,6 +66,7 @@ class ReadRangeFn(beam.DoFn):
         self._conn.open()
         self._rows_read = Metrics.counter("read", "activities_read")
         self._versions_refreshed = Metrics.counter("read", "versions_refreshed")
+        self._ranges_skipped = Metrics.counter("read", "ranges_skipped")
         self._ranges_read = Metrics.counter("read", "ranges_read")
 
     def _schema(self, activity_type: ActivityType) -> pa.Schema:
@@ -113,6 +116,23 @@ class ReadRangeFn(beam.DoFn):
     def process(self, key_range: KeyRange) -> Iterator[ActivityTable]:
         assert self._conn is not None, "setup() opens the connection"
         schema = self._schema(key_range.activity_type)
+        if self._run_id is not None:
+            run_id = self._run_id
+            claimed = self._conn.run(
+                "claiming a key range",
+                lambda conn: writes.claim_range(
+                    conn,
+                    self._db_schema,
+                    key_range.activity_type,
+                    key_range.start,
+                    key_range.end,
+                    run_id,
+                ),
+            )
+            if not claimed:
+                # Another run is computing it now: its results are its own to write.
+                self._ranges_skipped.inc()
+                return
         # A range is read whole (one COPY) before anything is emitted, so after a lost
         # connection it is simply read again: nothing is emitted twice.
         table = self._conn.run(
@@ -154,10 +174,13 @@ class ReadPendingActivities(beam.PTransform):
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         sources: Sources | None = None,
         schema: str = tables.DEFAULT_SCHEMA,
+        run_id: str | None = None,
     ) -> None:
         super().__init__()
         self._ranges = list(ranges)
-        self._read = ReadRangeFn(database_url, date_from, date_to, retry_policy, sources, schema)
+        self._read = ReadRangeFn(
+            database_url, date_from, date_to, retry_policy, sources, schema, run_id
+        )
 
     def expand(self, pbegin: Any) -> Any:
         return (

@@ -65,6 +65,9 @@ def read_pending_table(
     buf = io.BytesIO()
     with conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")
+        # A join to the results planned as a loop would go quadratic if the statistics say
+        # the results table is empty when it is not (right after a first run): hash or merge.
+        cur.execute("SET LOCAL enable_nestloop = off")
         copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
         cur.copy_expert(cur.mogrify(copy, params).decode(), buf)
     conn.commit()
@@ -225,14 +228,17 @@ def log_writes(
     replaced: bool = False,
 ) -> None:
     """Records what a flush wrote (``levels.tally`` per activity type) in ``WRITES_TABLE``;
-    ``replaced``: these results replaced those of older versions of their activities."""
+    ``replaced``: these results replaced those of older versions of their activities.
+
+    ``levels.tally`` refuses a sum that is not finite with a sentence saying so; the JSON is
+    written strictly as well (no ``Infinity``, which PostgreSQL's json refuses)."""
     rows = [
         (
             run_id,
             t,
             c.results,
             c.kg_co2e,
-            json.dumps({k: list(v) for k, v in c.levels.items()}),
+            json.dumps({k: list(v) for k, v in c.levels.items()}, allow_nan=False),
             c.results if replaced else 0,
         )
         for t, c in levels.tally(written).items()

@@ -30,10 +30,49 @@ APPLICATION_NAME = "emissions-pipeline"
 DATABASE_URL_ENV = "EMISSIONS_DATABASE_URL"
 
 
+def is_libpq_url(url: str) -> bool:
+    """Whether ``url`` names no server itself (libpq's variables and files decide)."""
+    try:
+        u = sa.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL at all
+        return False
+    named = (u.host, u.database, u.username, u.port, u.password)
+    return not any(named) and set(u.query) <= {"options", "application_name"}
+
+
+def for_run(url: str, run_id: str) -> str:
+    """``url`` with an ``application_name`` that names the run (``emissions-pipeline run
+    <id>``): every connection of a run says whose it is in ``pg_stat_activity``, and a run
+    can tell its own claims on key ranges from another run's."""
+    u = sa.make_url(url)
+    named = u.update_query_dict({"application_name": f"{APPLICATION_NAME} run {run_id}"})
+    return str(named.render_as_string(hide_password=False))
+
+
+def with_timeouts(url: str, statement_s: float, lock_s: float) -> str:
+    """``url`` with libpq ``options`` that bound every statement and every wait for a lock
+    (0: none), so that nothing hangs silently: a statement cancelled by them fails with
+    PostgreSQL's own message. Options already in the URL, or in ``$PGOPTIONS``, are kept."""
+    settings = []
+    if statement_s > 0:
+        settings.append(f"-c statement_timeout={int(statement_s * 1000)}")
+    if lock_s > 0:
+        settings.append(f"-c lock_timeout={int(lock_s * 1000)}")
+    if not settings:
+        return url
+    u = sa.make_url(url)
+    given = u.query.get("options") or os.environ.get("PGOPTIONS") or ""
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    options = " ".join([*([given] if given else []), *settings])
+    rendered = u.update_query_dict({"options": options}).render_as_string(hide_password=False)
+    return str(rendered)
+
+
 def redact_url(url: str) -> str:
     """The database URL with its password masked, for logs, summaries and errors; for a
     connection by libpq's variables, what they name."""
-    if url == LIBPQ_URL:
+    if is_libpq_url(url):
         env = libpq_environment()
         if "PGSERVICE" in env:
             return f"postgresql:// (service {env['PGSERVICE']})"
@@ -42,7 +81,9 @@ def redact_url(url: str) -> str:
         port = f":{env['PGPORT']}" if "PGPORT" in env else ""
         return f"postgresql://{user}{'@' if user else ''}{where}{port}/{env.get('PGDATABASE', '')}"
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
+        # Without the timeouts' libpq options: they are the run's settings, not where it is.
+        shown = sa.make_url(url).difference_update_query(["options", "application_name"])
+        return shown.render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL must still never be printed raw
         return "<unparsable database URL>"
 
@@ -62,7 +103,8 @@ def make_engine(url: str, **kw: Any) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
-    kw.setdefault("connect_args", {}).setdefault("application_name", APPLICATION_NAME)
+    if "application_name" not in parsed.query:
+        kw.setdefault("connect_args", {}).setdefault("application_name", APPLICATION_NAME)
     return sa.create_engine(parsed, pool_pre_ping=True, **kw)
 
 
@@ -152,7 +194,7 @@ def scrub(text: str, url: str | None) -> str:
     """``text`` with the URL's password (and the raw URL), and ``$PGPASSWORD``, replaced, for
     errors and logs."""
     secrets = [os.environ.get("PGPASSWORD") or ""]
-    if url and url != LIBPQ_URL:
+    if url and not is_libpq_url(url):
         text = text.replace(url, redact_url(url))
         try:
             secrets.append(str(sa.make_url(url).password or ""))

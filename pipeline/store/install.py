@@ -356,9 +356,10 @@ def ensure_initialised(
     schema: str = tables.DEFAULT_SCHEMA,
     id_type: tables.IdType | None = None,
 ) -> None:
-    """Migrate when the schema is behind; load the factors when there are none.
+    """Migrate when the schema is behind; load the factors when there are none; bring stale
+    statistics of the pipeline's tables up to date.
 
-    One query when everything is there already (the usual case, every night)."""
+    A few catalogue queries when everything is there already (the usual case, every night)."""
     with engine.connect() as conn:
         current = _current_revision(conn, schema)
         found = _results_id_type(conn, schema) if current is not None else None
@@ -372,3 +373,36 @@ def ensure_initialised(
     if not tables.factors_loaded(engine, schema):
         _LOG.info("%s.%s is empty: loading the shipped factor files", schema, tables.FACTORS_TABLE)
         queries.insert_factors(engine, load_shipped_factors(), schema)
+    analyze_if_stale(engine, schema)
+
+
+#: The tables whose statistics the run's plans rest on, and when they are stale: more rows
+#: changed since the last ANALYZE than this share of the table (or than the floor).
+_ANALYZED = (tables.RESULTS_TABLE, tables.ERRORS_TABLE, tables.HISTORY_TABLE)
+_STALE_SHARE, _STALE_FLOOR = 0.2, 10_000
+
+
+def analyze_if_stale(engine: sa.Engine, schema: str = tables.DEFAULT_SCHEMA) -> list[str]:
+    """ANALYZE the pipeline's own tables whose statistics no longer describe them (right after
+    a first run, autovacuum may not have come round yet): plans made on them, such as a join
+    costed for an empty table, could otherwise run for minutes. Returns the tables analysed.
+    A role that does not own them (it may only read and write) skips this."""
+    with engine.connect() as conn:
+        stale = [
+            str(name)
+            for (name,) in conn.execute(
+                sa.text(
+                    "SELECT relname FROM pg_stat_user_tables WHERE schemaname = :s "
+                    "AND relname = ANY(:t) AND n_mod_since_analyze > "
+                    "greatest(:floor, :share * n_live_tup) "
+                    "AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = relid), 'USAGE')"
+                ),
+                {"s": schema, "t": list(_ANALYZED), "floor": _STALE_FLOOR, "share": _STALE_SHARE},
+            )
+        ]
+    if stale:
+        with engine.begin() as conn:
+            for name in stale:
+                conn.execute(sa.text(f"ANALYZE {tables.qualified_text(name, schema)}"))
+        _LOG.info("analysed %s, whose statistics were stale", ", ".join(stale))
+    return stale

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -44,6 +46,8 @@ from pipeline.store.tables import (
     qualified_text,
     table,
 )
+
+_LOG = logging.getLogger(__name__)
 
 # --- Factors -------------------------------------------------------------------------------
 
@@ -250,6 +254,7 @@ def count_activities(
     on_pending: Callable[[], None] | None = None,
     sources: Sources | None = None,
     schema: str = DEFAULT_SCHEMA,
+    progress_interval: float = 10.0,
 ) -> dict[str, dict[str, int]]:
     """Per activity type: activities in scope (``total``), those to compute (``pending``:
     ``new`` ones and those whose version ``changed``), and results and open dead letters
@@ -284,7 +289,21 @@ def count_activities(
         }
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        found = list(pool.map(count, activity_types))
+        futures = [pool.submit(count, t) for t in activity_types]
+        started = time.monotonic()
+        while True:
+            done, waiting = concurrent.futures.wait(futures, timeout=progress_interval or None)
+            if not waiting:
+                break
+            # A count that takes long says so (a lock held elsewhere, a slow plan): a run
+            # never waits in silence.
+            _LOG.info(
+                "still counting activities after %.0f s (%d of %d types counted)",
+                time.monotonic() - started,
+                len(done),
+                len(futures),
+            )
+        found = [f.result() for f in futures]
     return dict(zip(activity_types, found, strict=True))
 
 

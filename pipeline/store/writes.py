@@ -270,6 +270,7 @@ def retire_deleted(
         )
 
     with conn.cursor() as cur:
+        cur.execute("SET LOCAL enable_nestloop = off")  # see ``bulk.read_pending_table``
         cur.execute(
             sql.SQL(
                 "WITH gone AS (DELETE FROM {r} r WHERE {where} RETURNING {stored}), "
@@ -301,3 +302,35 @@ def retire_deleted(
         errors = cur.rowcount
     conn.commit()
     return int(gone), int(errors)
+
+
+def claim_range(
+    conn: psycopg2.extensions.connection,
+    schema: str,
+    activity_type: str,
+    start: Any,
+    end: Any,
+    run_id: str,
+) -> bool:
+    """Claims a key range for this run, unless another run holds it: a second run started
+    beside a first skips the ranges the first is working on, so that each is computed once.
+
+    A session advisory lock, held until the connection closes (at the end of the run, or when
+    it dies: a crashed run's claims vanish with it). A range this run's other session holds (a
+    bundle read again by another worker) is its own: every connection of a run carries the
+    run id in its ``application_name`` (``connections.for_run``)."""
+    key = (f"emissions-range:{schema}:{activity_type}", f"{start}:{end}")
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", key)
+        (claimed,) = cur.fetchone()
+        if not claimed:
+            cur.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(%s)::oid",
+                key,
+            )
+            holders = [name for (name,) in cur.fetchall()]
+            claimed = bool(holders) and all(str(run_id) in (h or "") for h in holders)
+    conn.commit()
+    return bool(claimed)

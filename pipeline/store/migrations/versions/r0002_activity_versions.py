@@ -29,9 +29,8 @@ depends_on = None
 
 def upgrade() -> None:
     schema = context.config.attributes["schema"]
-    version = sa.Column("activity_version", sa.BigInteger)
-    op.add_column("emission_results", version, schema=schema)
-    op.add_column("emission_results_history", version.copy(), schema=schema)
+    for table in ("emission_results", "emission_results_history"):
+        op.add_column(table, sa.Column("activity_version", sa.BigInteger), schema=schema)
     op.add_column(
         "emission_results_history",
         sa.Column("reason", sa.Text, nullable=False, server_default="restatement"),

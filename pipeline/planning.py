@@ -1,0 +1,78 @@
+"""Before the pipeline: the sources checked, deleted activities retired, key ranges planned."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from pipeline.model import ActivityType
+from pipeline.options import RunConfig
+from pipeline.ranges import KeyRange, plan_ranges
+from pipeline.store import checks, connections, writes
+from pipeline.store.sources import Source
+
+if TYPE_CHECKING:
+    pass
+
+_LOG = logging.getLogger("pipeline.run")
+
+
+def check_sources(engine: sa.Engine, config: RunConfig) -> dict[ActivityType, Source]:
+    """The run's sources, checked against the catalogue (``SourcesError`` names every
+    problem); their key and version types come from there."""
+    wanted = {t: config.sources[t] for t in config.activity_types}
+    with connections.raw_connection(engine) as conn:
+        return checks.check_sources(conn, wanted)
+
+
+def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
+    """The key ranges (``pipeline.ranges.plan_ranges``) of the tables with pending activities,
+    on one connection. Without a date window, the counts already say how many rows each table
+    has."""
+    whole_tables = config.date_from is None and config.date_to is None
+    types = [t for t in config.activity_types if counts[t]["pending"]]
+    with connections.raw_connection(engine) as conn:
+        planned = [
+            r
+            for t in types
+            for r in plan_ranges(
+                conn,
+                config.sources[t],
+                config.partitions,
+                config.rows_per_range,
+                config.range_planner,
+                rows=counts[t]["total"] if whole_tables else None,
+            )
+        ]
+    _LOG.info("%d key ranges to read (%s)", len(planned), ", ".join(types))
+    return planned
+
+
+def retire(
+    engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
+) -> dict[str, tuple[int, int]]:
+    """Retires the results and dead letters of deleted activities, range by range (the
+    ranges of the activity table: the first and last are unbounded, so every key is in one).
+    Per type: (results retired, dead letters retired)."""
+    retired: dict[str, tuple[int, int]] = {}
+    for t in config.activity_types:
+        if not counts[t]["deleted"] and not counts[t].get("deleted_errors"):
+            continue
+        source = config.sources[t]
+        with connections.raw_connection(engine) as conn:
+            planned = plan_ranges(
+                conn, source, config.partitions, config.rows_per_range, config.range_planner
+            ) or [KeyRange(t, None, None)]
+            done = [
+                writes.retire_deleted(conn, source, r.start, r.end, config.run_id, config.schema)
+                for r in planned
+            ]
+        retired[t] = (sum(d[0] for d in done), sum(d[1] for d in done))
+        _LOG.info(
+            "retired %d results and %d dead letters of deleted %s activities",
+            *retired[t],
+            t,
+        )
+    return retired

@@ -1,0 +1,290 @@
+"""Stopping a run cleanly on SIGTERM or SIGINT, and keeping its stderr to its own lines.
+
+``main`` installs the handlers, which only record the signal (``Stop``); the pipeline runs on
+a thread of its own (``run_until_done``) while the main thread watches for it, and a stopped
+run records itself as cancelled with what it had committed (``end_cancelled``). Beam's worker
+threads print to stderr directly: ``WorkerStderr`` lets only the main thread's output through.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+import sqlalchemy as sa
+
+from pipeline import editions, retry
+from pipeline import summary as summaries
+from pipeline.options import RunConfig
+from pipeline.store import connections, runs, tables
+from pipeline.summary import TRACEBACK, one_line
+
+if TYPE_CHECKING:
+    import apache_beam as beam
+
+_LOG = logging.getLogger("pipeline.run")
+
+
+class WorkerStderr(io.TextIOBase):
+    """Stands for stderr while a run is on: what the main thread prints passes, what other
+    threads print shows only at DEBUG.
+
+    Beam's SDK worker prints a failed bundle's traceback on stderr from its worker threads
+    (besides logging it), several times over and sometimes after the run has failed or while
+    it is being stopped; the run's own line says what failed (``failure_message``). The
+    log's handler writes to the real stderr (``original``), so log records of every thread
+    still show."""
+
+    def __init__(self, original: TextIO) -> None:
+        super().__init__()
+        self.original = original
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is threading.main_thread() or _LOG.isEnabledFor(
+            logging.DEBUG
+        ):
+            return self.original.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    def isatty(self) -> bool:
+        return self.original.isatty()
+
+
+def real_stderr() -> TextIO:
+    """The process's stderr, behind a ``WorkerStderr`` if one stands for it."""
+    return sys.stderr.original if isinstance(sys.stderr, WorkerStderr) else sys.stderr
+
+
+class TracebacksAtDebug(logging.Filter):
+    """Beam logs a failed bundle's worker traceback at ERROR, several times over (hundreds of
+    lines for one error); the run's own error line says what failed (``failure_message``), so
+    these records show only at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("apache_beam") or record.levelno <= logging.DEBUG:
+            return True
+        if not record.exc_info and TRACEBACK not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+#: The signals that stop a run cleanly: Airflow's task timeout sends SIGTERM, Ctrl-C SIGINT.
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+
+
+class Cancelled(Exception):
+    """A stop signal, noticed by the main thread where stopping is safe."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal_name = STOP_SIGNALS.get(signal.Signals(signum), f"signal {signum}")
+        self.exit_code = 128 + signum  # as a shell reports a process ended by the signal
+        #: The runner's result, when the pipeline runs elsewhere and its job can be cancelled.
+        self.job: Any = None
+        super().__init__(f"cancelled by {self.signal_name}")
+
+
+class Stop:
+    """Which stop signal has arrived, if any.
+
+    The handler only records it: the main thread looks where stopping is safe (between the
+    steps of a run, and every tenth of a second while the pipeline runs). A handler that did
+    more would run in the middle of whatever the main thread was doing (a transaction, a lock
+    it holds), and the default SIGINT handler's ``KeyboardInterrupt`` tears the in-process
+    runner down mid-bundle, with hundreds of lines of tracebacks."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> None:
+        """Handle the stop signals (only the main thread may, and only ``main`` does: Beam's
+        worker threads never see a signal)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def reclaim(self) -> None:
+        """Handle the stop signals again after a library took them (Beam's job server sets its
+        own SIGINT handler when it starts), keeping the handlers ``restore`` puts back."""
+        if threading.current_thread() is not threading.main_thread() or not self._previous:
+            return
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """The handlers as they were (``main`` called in-process, by a test or a tool)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Raises ``Cancelled`` once a stop signal has arrived."""
+        if self.signum is not None:
+            raise Cancelled(self.signum)
+
+
+def run_until_done(p: beam.Pipeline, stop: Stop, in_process: bool = True) -> dict[str, int] | None:
+    """Runs the pipeline while the main thread watches for a stop signal; returns its
+    counters, or raises what it raised, or ``Cancelled``.
+
+    The in-process runner runs the whole pipeline inside ``p.run()``, which nothing can
+    interrupt cleanly: it runs on a thread of its own, and on a signal it is left running (its
+    threads are daemon threads) while the process ends once the run is recorded
+    (``end_cancelled``). A runner that runs the job elsewhere (Flink, Dataflow) submits it in
+    ``p.run()`` on the main thread (Beam's job server installs signal handlers, which only the
+    main thread may), then its state is polled, and on a signal the job is cancelled."""
+    if not in_process:
+        stop.check()
+        result = p.run()
+        stop.reclaim()
+        from apache_beam.runners.runner import PipelineState
+
+        while not PipelineState.is_terminal(result.state):
+            if stop.signum is not None:
+                stopped = Cancelled(stop.signum)
+                stopped.job = result
+                raise stopped
+            time.sleep(0.2)
+        result.wait_until_finish()  # raises what the job failed with
+        return summaries.counters(result)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = result = p.run()
+            result.wait_until_finish()
+            outcome["counters"] = summaries.counters(result)
+        except BaseException as e:  # noqa: BLE001 - raised again on the main thread
+            outcome["error"] = e
+
+    stop.check()
+    thread = threading.Thread(target=work, name="pipeline", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+        if stop.signum is not None and thread.is_alive():
+            stopped = Cancelled(stop.signum)
+            stopped.job = outcome.get("result")
+            raise stopped
+    if "error" in outcome:
+        raise outcome["error"]
+    counted: dict[str, int] | None = outcome["counters"]
+    return counted
+
+
+def cancel_job(result: Any) -> None:
+    """Asks a runner that runs the job elsewhere (Flink, Dataflow) to cancel it; the
+    in-process runner has no job to cancel (``p.run()`` returns when it is done)."""
+    if result is None:
+        return
+    try:
+        result.cancel()
+    except Exception:  # noqa: BLE001 - best effort: not every runner can cancel
+        _LOG.debug("the runner could not cancel the job", exc_info=True)
+
+
+def end_cancelled(
+    engine: sa.Engine,
+    config: RunConfig,
+    stopped: Cancelled,
+    recorded: bool,
+    counts: dict[str, dict[str, int]],
+    started: float,
+    exact: bool = True,
+) -> NoReturn:
+    """Ends a run stopped by a signal: records it ``cancelled`` with what it committed, says
+    so in one line on stderr, and ends the process (``exit_now``) with 128 + the signal.
+
+    From here on nothing else may reach stderr: the loggers are silenced and a dying thread's
+    traceback is dropped. The flushes in progress are held at their commit
+    (``runs.hold_commits``): those that got there commit, the others roll back when the
+    process ends, which closes their connections; so the count recorded is exactly what stays
+    stored, and the next run's pending work exactly what was not. The runner's threads are
+    daemon threads, and the process ends without waiting for them. Workers in other processes
+    (``exact`` False: Flink, Dataflow, worker processes) may commit after it has ended: then
+    the count recorded is a lower bound, and says so."""
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = lambda _: None
+    cancel_job(stopped.job)
+    name, run_id = stopped.signal_name, config.run_id
+    if not recorded:
+        print(
+            f"run {run_id} cancelled by {name} before it started: nothing was written",
+            file=sys.stderr,
+        )
+        engine.dispose()
+        exit_now(stopped.exit_code)
+    held = None  # referenced until the process ends: closing it would let held flushes commit
+    try:
+        held = runs.hold_commits(engine, config.schema, wait_s=10.0)
+        coverage = runs.run_coverage(engine, run_id, config.schema)
+        stored = int(coverage["overall"]["results"])
+        errors = int(coverage["overall"]["errors"]["records"])
+        results = f"{stored:,} results were" if stored != 1 else "1 result was"
+        at_least = "" if held is not None and exact else "at least "  # else a lower bound
+        message = f"{stopped} after {at_least}{results} stored"
+        done = runs.finish_run(
+            engine,
+            run_id,
+            config.schema,
+            status="cancelled",
+            message=message,
+            total_activities=sum(c["total"] for c in counts.values()),
+            skipped=sum(c["total"] - c["pending"] for c in counts.values()),
+            pending=sum(c["pending"] for c in counts.values()),
+            total_processed=stored,
+            errors=errors,
+            total_co2e_tonnes=float(coverage["overall"]["kg_co2e"]) / 1000.0,
+            quality=coverage,
+            timings={"total_s": round(time.monotonic() - started, 3)},
+            metrics_source="database",
+            code_version=editions.code_version(),
+        )
+        line = f"run {run_id} {message}" + (
+            "; the next run computes the rest"
+            if done
+            else f", but its record in {tables.RUNS_TABLE} was no longer 'running'"
+        )
+    except Exception as e:  # noqa: BLE001 - the run must still end, and say why
+        why = connections.scrub(retry.describe(e), config.database_url)
+        line = (
+            f"run {run_id} {stopped}, but could not be recorded ({one_line(why)}): it stays "
+            f"'running' in {tables.RUNS_TABLE}"
+        )
+    print(line, file=sys.stderr)
+    engine.dispose()  # the held connection stays open (checked out) until the process ends
+    exit_now(stopped.exit_code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Ends the process once the run is recorded and its summary printed.
+
+    The interpreter's own shutdown joins the runner's idle threads and frees every object one
+    by one: half a second after a large run, for nothing, since everything that matters is
+    committed and flushed by then."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
