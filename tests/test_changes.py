@@ -372,3 +372,26 @@ def test_activities_that_change_or_go_while_a_run_reads_them(
     matches_the_sql_computation(url, engine)
     assert run_pipeline(url, capsys)["pending"] == 0
     engine.dispose()
+
+
+def test_a_no_op_update_of_refused_rows_is_no_change(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every spend row updated to its own values (refused ones included): the next run records
+    the new versions (refused again, one record each still), and the run after it finds
+    nothing pending."""
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, 2_000, seed_value=14)
+    run_pipeline(url, capsys)
+    dead = "SELECT count(*) FROM emissions.emission_errors WHERE activity_type = 'spend'"
+    refused = scalar(engine, dead)
+    assert refused > 0
+    execute(engine, "UPDATE emissions.spend_activities SET currency = currency")
+    again = run_pipeline(url, capsys)
+    assert (again["total_processed"], again["changed"]) == (0, 0)
+    assert again["by_activity_type"]["spend"]["errors"] == refused  # refused again, ...
+    assert scalar(engine, dead) == refused  # ... still one record each
+    assert scalar(engine, "SELECT count(*) FROM emissions.emission_results_history") == 0
+    assert run_pipeline(url, capsys)["pending"] == 0
+    engine.dispose()
