@@ -103,7 +103,7 @@ def precompute(url: str, share: float) -> None:
             if rows == 0:
                 continue
             step = max(1, int(rows * share))
-            cuts = ranges.key_cuts(conn, activity_type, step)
+            cuts = ranges.keys_at(conn, activity_type, [step + 1])
             end = cuts[0] if cuts else None
             probes = Probes(activity_type, book)
             table = bulk.read_pending_table(

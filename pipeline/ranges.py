@@ -132,25 +132,6 @@ def count_rows(conn: psycopg2.extensions.connection, source: Source | ActivityTy
     return int(count)
 
 
-def key_cuts(
-    conn: psycopg2.extensions.connection, source: Source | ActivityType, step: int
-) -> list[Any]:
-    """Every ``step``-th key in key order after the first, from one ordered index scan:
-    ranges between consecutive cuts hold ``step`` rows however the keys are spread."""
-    found = as_source(source)
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT id FROM (SELECT {k} AS id, row_number() OVER (ORDER BY {k}) AS rn "
-                "FROM {r}) c WHERE rn > 1 AND (rn - 1) %% %s = 0 ORDER BY rn"
-            ).format(k=key_column(found), r=from_clause(found)),
-            (step,),
-        )
-        cuts = [row[0] for row in cur.fetchall()]
-    conn.commit()
-    return cuts
-
-
 def keys_at(
     conn: psycopg2.extensions.connection, source: Source | ActivityType, positions: list[int]
 ) -> list[Any]:
@@ -183,7 +164,7 @@ def plan_ranges(
 ) -> list[KeyRange]:
     """The key ranges an activity table is read in (``rows``: its row count, if known).
 
-    ``rows`` (default): cut points every N rows in key order (``key_cuts``), so ranges hold
+    ``rows`` (default): cut points every N rows in key order (``keys_at``), so ranges hold
     equal numbers of rows however the keys are spread, and there are more ranges as the table
     grows (``ranges_needed``). ``bounds``: ``partitions`` equal slices of the key span
     (integers between the lowest and highest id; the 128-bit space for UUIDs): two index

@@ -218,13 +218,7 @@ def app(tls_server: TlsServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
             )
     finally:
         conn.close()
-    pgpass = workdir / "pgpass"
-    pgpass.write_text(f"{tls_server.host}:{tls_server.port}:{database}:{role}:{password}\n")
-    pgpass.chmod(0o600)
-    (workdir / "pg_service.conf").write_text(
-        f"[carbon]\nhost={tls_server.host}\nport={tls_server.port}\ndbname={database}\n"
-        f"user={role}\nsslmode=verify-full\nsslrootcert={tls_server.ca_file}\n"
-    )
+    tls_server.write_client_files(workdir, "carbon", database, role, password)
     yield found
 
 

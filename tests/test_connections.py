@@ -74,13 +74,7 @@ def target(tls_server: TlsServer, tmp_path_factory: pytest.TempPathFactory) -> T
     finally:
         conn.close()
     workdir = tmp_path_factory.mktemp("connections")
-    pgpass = workdir / "pgpass"
-    pgpass.write_text(f"{tls_server.host}:{tls_server.port}:{database}:{role}:{password}\n")
-    pgpass.chmod(0o600)
-    (workdir / "pg_service.conf").write_text(
-        f"[pipeline]\nhost={tls_server.host}\nport={tls_server.port}\ndbname={database}\n"
-        f"user={role}\nsslmode=verify-full\nsslrootcert={tls_server.ca_file}\n"
-    )
+    tls_server.write_client_files(workdir, "pipeline", database, role, password)
     return Target(tls_server, database, role, password, workdir)
 
 

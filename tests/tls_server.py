@@ -160,6 +160,20 @@ class TlsServer:
             f"postgresql://{credentials}@{self.host}:{self.port}/{quote(dbname, safe='')}?{query}"
         )
 
+    def write_client_files(
+        self, directory: Path, service: str, dbname: str, user: str, password: str
+    ) -> None:
+        """libpq's own files for a role, as a team would keep them: ``directory/pgpass``
+        (mode 0600, the password) and ``directory/pg_service.conf`` (a service named
+        ``service`` that reaches ``dbname`` as ``user`` over verified TLS, without password)."""
+        pgpass = directory / "pgpass"
+        pgpass.write_text(f"{self.host}:{self.port}:{dbname}:{user}:{password}\n")
+        pgpass.chmod(0o600)
+        (directory / "pg_service.conf").write_text(
+            f"[{service}]\nhost={self.host}\nport={self.port}\ndbname={dbname}\n"
+            f"user={user}\nsslmode=verify-full\nsslrootcert={self.ca_file}\n"
+        )
+
     def superuser_url(self, dbname: str = "postgres") -> str:
         """The superuser's URL (over verified TLS, like every other connection)."""
         return self.url(self.superuser, self.superuser_password, dbname)
