@@ -27,7 +27,9 @@ from pipeline.store.install import initialise
 from tests.support import ROOT, duplicate_counts, results_count, start_run, try_scalar, wait_for
 from tests.test_end_to_end import all_activities, stored
 
-COUNT = 40_000
+#: Enough that a run is still far from done when the server goes down: the pipeline computes
+#: tens of thousands of activities a second, and stopping the server takes a moment.
+COUNT = 150_000
 # Small ranges and commits, so that the run is still writing when the server goes away.
 RUN_ARGS = ("--rows-per-range", "500", "--write-batch-size", "100", "--partitions", "3")
 
@@ -141,7 +143,7 @@ def test_a_database_that_stays_down_fails_the_run_then_a_later_run_completes(
         run.kill()
         if try_scalar(server.url, "SELECT 1") is None:
             server.start()
-    assert code == 1
+    assert code == 1, f"exit {code}; stdout: {run.stdout[-1500:]}; stderr: {run.stderr[-1500:]}"
     assert "the database is unavailable" in run.stderr, run.stderr[-3000:]
     assert gave_up_after < 60  # bounded: 3 attempts, waits of at most 0.2 + 0.4 s each time
     committed = results_count(url)
