@@ -28,8 +28,8 @@ import sqlalchemy as sa
 
 from pipeline import cli, factors
 from pipeline.factors import FactorFileError
-from pipeline.model import ActivityType, FactorRow
-from pipeline.store import connections, queries, sources, tables
+from pipeline.model import FactorRow
+from pipeline.store import checks, connections, queries, sources, tables
 from pipeline.store.install import initialise, revision
 
 _LOG = logging.getLogger(__name__)
@@ -56,12 +56,6 @@ def load_factor_file(
     parse: Callable[[Path], list[FactorRow]] = FACTOR_PARSERS[kind]
     rows = parse(Path(path))
     return queries.insert_factors(engine, rows, schema)
-
-
-def key_type(checked: dict[ActivityType, sources.Source]) -> tables.IdType | None:
-    """The sources' common key type (``check_sources`` makes sure there is one)."""
-    found = {s.key_type for s in checked.values()}
-    return found.pop() if len(found) == 1 else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     def init_database(target: cli.Target) -> int:
         id_type = args.id_type
         if args.sources or os.environ.get(sources.SOURCES_ENV):
-            id_type = id_type or key_type(cli.checked_sources(target))
+            id_type = id_type or checks.common_key_type(cli.checked_sources(target))
         outcome = initialise(target.engine, id_type, target.schema)
         cli.print_json({"database": connections.redact_url(target.url), **outcome})
         return cli.OK

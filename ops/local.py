@@ -38,7 +38,7 @@ def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool)
     if with_sources:
         with connections.raw_connection(engine) as conn:
             checked = checks.check_sources(conn, target.sources)
-        id_type = next(iter({s.key_type for s in checked.values()}))
+        id_type = checks.common_key_type(checked)
     initialise(engine, id_type, schema)
     if not seed_demo or with_sources:
         return

@@ -36,7 +36,7 @@ from pipeline.stopping import (
     real_stderr,
     run_until_done,
 )
-from pipeline.store import connections, queries, runs, tables
+from pipeline.store import checks, connections, queries, runs, tables
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import SourcesError
 from pipeline.summary import failure_message
@@ -277,7 +277,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, sources=checked)
-        id_type = next(iter({s.key_type for s in checked.values()}))
+        id_type = checks.common_key_type(checked)
         retry.call(
             lambda: ensure_initialised(engine, config.schema, id_type),
             what="checking the schema",

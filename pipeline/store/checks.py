@@ -203,3 +203,10 @@ def _check_source(
 
 def _first_line(error: psycopg2.Error) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def common_key_type(checked: Sources) -> KeyType | None:
+    """The key type the checked sources share (``check_sources`` refuses keys of different
+    types), which the results are keyed by; None for no sources."""
+    found = {s.key_type for s in checked.values()}
+    return found.pop() if len(found) == 1 else None
