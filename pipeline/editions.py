@@ -82,17 +82,22 @@ def read_all_factor_rows(
     return [FactorRow(**dict(zip(cols, row, strict=True))) for row in fetched]
 
 
-def choose_factor_rows(rows: Sequence[FactorRow], pins: Mapping[str, str]) -> list[FactorRow]:
-    """The rows in force: a pinned set's edition only; otherwise the newest per set, key, year."""
-    loaded: dict[str, set[str]] = {}
-    for r in rows:
-        loaded.setdefault(r.factor_set, set()).add(r.edition)
+def check_pins(loaded: Mapping[str, Iterable[str]], pins: Mapping[str, str]) -> None:
+    """``EditionError`` unless every pin names a loaded set and one of its loaded editions."""
     for factor_set, edition in pins.items():
         if factor_set not in loaded:
             raise EditionError(f"no factor set {factor_set!r} is loaded")
         if edition not in loaded[factor_set]:
             known = ", ".join(repr(e) for e in sorted(loaded[factor_set]))
             raise EditionError(f"{factor_set} has no edition {edition!r}; loaded: {known}")
+
+
+def choose_factor_rows(rows: Sequence[FactorRow], pins: Mapping[str, str]) -> list[FactorRow]:
+    """The rows in force: a pinned set's edition only; otherwise the newest per set, key, year."""
+    loaded: dict[str, set[str]] = {}
+    for r in rows:
+        loaded.setdefault(r.factor_set, set()).add(r.edition)
+    check_pins(loaded, pins)
     newest: dict[tuple[str, str, int], FactorRow] = {}
     for r in rows:
         if r.factor_set in pins and r.edition != pins[r.factor_set]:
@@ -115,7 +120,25 @@ def editions_in_force(rows: Iterable[FactorRow]) -> dict[str, list[str]]:
 def current_editions(
     engine: sa.Engine, pins: Mapping[str, str] | None = None, schema: str = tables.DEFAULT_SCHEMA
 ) -> dict[str, list[str]]:
-    """The editions in force in the database, for the run summary and the report."""
+    """The editions in force in the database, for the run summary and the report: what
+    ``editions_in_force(choose_factor_rows(every row, pins))`` gives, worked out by the
+    database (every run asks, and reading every factor row costs a tenth of a second)."""
+    pins = pins or {}
+    query = sql.SQL(
+        "SELECT true, factor_set, edition FROM {f} GROUP BY factor_set, edition "
+        "UNION ALL SELECT DISTINCT false, factor_set, edition FROM ("
+        "SELECT DISTINCT ON (factor_set, key, year) factor_set, edition FROM {f} "
+        "ORDER BY factor_set, key, year, id DESC) newest"
+    ).format(f=tables.qualified(tables.FACTORS_TABLE, schema))
     with connections.raw_connection(engine) as conn:
-        rows = read_all_factor_rows(conn, schema)
-    return editions_in_force(choose_factor_rows(rows, pins or {}))
+        with conn.cursor() as cur:
+            cur.execute(query)
+            found = cur.fetchall()
+        conn.commit()
+    loaded: dict[str, set[str]] = {}
+    newest: dict[str, set[str]] = {}
+    for is_loaded, factor_set, edition in found:
+        (loaded if is_loaded else newest).setdefault(factor_set, set()).add(edition)
+    check_pins(loaded, pins)
+    in_force = {s: {pins[s]} if s in pins else e for s, e in newest.items()}
+    return {s: sorted(e) for s, e in sorted(in_force.items())}

@@ -263,3 +263,23 @@ def test_one_restatement_at_a_time(engine: sa.Engine) -> None:
             cur.execute("SELECT pg_advisory_unlock(7355609)")
         other.commit()
     assert restate.restate(engine).changed == 0
+
+
+def test_the_editions_in_force_are_those_of_the_rows_a_calculation_chooses(
+    engine: sa.Engine,
+) -> None:
+    # Two air editions are loaded; a partial third egrid edition revises one key only.
+    with connections.raw_connection(engine) as conn:
+        every_row = editions.read_all_factor_rows(conn)
+    egrid = [r for r in every_row if r.factor_set == "egrid_subregion"]
+    revised = [dataclasses.replace(egrid[0], id=None, edition="eGRID2023 rev3 (test)")]
+    assert queries.insert_factors(engine, revised) == 1
+    with connections.raw_connection(engine) as conn:
+        every_row = editions.read_all_factor_rows(conn)
+    for pins in ({}, {"desnz_air": AIR_2024}, {"egrid_subregion": egrid[0].edition}):
+        expected = editions.editions_in_force(editions.choose_factor_rows(every_row, pins))
+        assert editions.current_editions(engine, pins) == expected
+    in_force = editions.current_editions(engine)
+    assert in_force["egrid_subregion"] == sorted([egrid[0].edition, "eGRID2023 rev3 (test)"])
+    with pytest.raises(editions.EditionError, match="desnz_air has no edition '1999'"):
+        editions.current_editions(engine, {"desnz_air": "1999"})
