@@ -37,7 +37,7 @@ from pipeline.stopping import (
     run_until_done,
 )
 from pipeline.store import checks, connections, queries, runs, tables
-from pipeline.store.install import ensure_initialised
+from pipeline.store.install import ensure_initialised, settle_after_writes
 from pipeline.store.sources import SourcesError
 from pipeline.summary import failure_message
 
@@ -359,6 +359,10 @@ def calculate(args: list[str], stop: Stop) -> int:
                 engine, config.run_id, pending, config.progress_interval, config.schema
             ):
                 metrics = execute(args, config, ranges, stop)
+        # A run that changed a large share of the results leaves them vacuumed: the next
+        # run may start straight away, before autovacuum has come round.
+        changed = pending + sum(results for results, _ in retired.values())
+        settle_after_writes(engine, changed, config.schema)
         stop.check()  # after this, the run records its outcome whatever arrives
         pipeline_s = time.monotonic() - started - setup_s
         coverage = retry.call(

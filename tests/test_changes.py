@@ -395,3 +395,42 @@ def test_a_no_op_update_of_refused_rows_is_no_change(
     assert scalar(engine, "SELECT count(*) FROM emissions.emission_results_history") == 0
     assert run_pipeline(url, capsys)["pending"] == 0
     engine.dispose()
+
+
+def vacuums(engine: sa.Engine) -> int:
+    return scalar(
+        engine,
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = 'emissions' "
+        "AND relname = 'emission_results'",
+    )
+
+
+def test_a_run_that_writes_most_of_the_results_leaves_them_vacuumed(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 12,000 activities, all new: more than the floor (10,000) and than a fifth of the table.
+    seed(engine, 12_000, seed_value=5)
+    assert vacuums(engine) == 0
+    first = run_pipeline(database_url, capsys)
+    written = first["total_processed"]
+    assert written > 10_000
+    wait_for(lambda: vacuums(engine) == 1, timeout=10, what="the run's vacuum")
+    visible, pages = rows(
+        engine,
+        "SELECT relallvisible, relpages FROM pg_class WHERE oid = "
+        "'emissions.emission_results'::regclass",
+    )[0]
+    assert pages > 0 and visible == pages  # every page is known visible: index-only reads
+    assert (
+        scalar(
+            engine,
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = "
+            "'emissions.emission_results'::regclass",
+        )
+        == written
+    )
+    # 1% changed afterwards: a small share of the table, left to autovacuum.
+    execute(engine, "UPDATE emissions.spend_activities SET amount = amount * 2 WHERE id % 100 = 0")
+    second = run_pipeline(database_url, capsys)
+    assert 0 < second["changed"] < 1_000
+    assert vacuums(engine) == 1
