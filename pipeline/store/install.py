@@ -180,7 +180,7 @@ def _is_release_0_1_0(conn: sa.Connection) -> str | None:
     """The key type of a release-0.1.0 layout in ``public``, or None when that is not one:
     every table of it, with exactly its columns, and none of them missing."""
     present = _relations_in(conn, LEGACY_SCHEMA)
-    names = [t.name for t in tables.build_metadata(schema=LEGACY_SCHEMA).tables.values()]
+    names = _release_0_1_0_names()
     if not all(present.get(n) == "r" for n in names):
         return None
     if present.get(tables.EXPLAINED_VIEW) != "v":
@@ -197,6 +197,11 @@ def _is_release_0_1_0(conn: sa.Connection) -> str | None:
     return key
 
 
+def _release_0_1_0_names() -> list[str]:
+    """The tables release 0.1.0 made (later revisions add others, which it never had)."""
+    return [t.name for t in _release_0_1_0("bigint", LEGACY_SCHEMA).tables.values()]
+
+
 def _release_0_1_0(id_type: str, schema: str) -> sa.MetaData:
     from pipeline.store.migrations.versions import r0001_release_0_1_0 as first
 
@@ -207,7 +212,7 @@ def _move_release_0_1_0(conn: sa.Connection, schema: str) -> None:
     """Moves release 0.1.0's tables and view from ``public`` into ``schema`` (their data,
     indexes and sequences go with them): they were made by the pipeline, and stay its own."""
     raw = cast(psycopg2.extensions.connection, conn.connection.dbapi_connection)
-    names = [t.name for t in tables.build_metadata(schema=LEGACY_SCHEMA).tables.values()]
+    names = _release_0_1_0_names()
     with raw.cursor() as cur:
         cur.execute(
             sql.SQL("ALTER VIEW {} SET SCHEMA {}").format(
@@ -423,6 +428,7 @@ def settle_after_writes(
     session holds it (``SKIP_LOCKED``), and a failure is a warning, never the run's. Returns
     whether it vacuumed."""
     name = tables.qualified_text(tables.RESULTS_TABLE, schema)
+    vacuum = f"VACUUM (ANALYZE, SKIP_LOCKED) {tables.qualified_text(tables.RESULTS_TABLE, schema)}"
     with engine.connect() as conn:
         measured, owned = conn.execute(
             sa.text(
@@ -437,11 +443,19 @@ def settle_after_writes(
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(sa.text(f"VACUUM (ANALYZE, SKIP_LOCKED) {name}"))
-    except sa.exc.DBAPIError as e:
-        _LOG.warning(
-            "could not vacuum %s after this run's writes (%s)", name, type(e.orig).__name__
-        )
+            # On the driver's cursor: SQLAlchemy's would log and clear the server's notices,
+            # one of which says whether the table was skipped.
+            raw = cast(psycopg2.extensions.connection, conn.connection.dbapi_connection)
+            seen = len(raw.notices)
+            with raw.cursor() as cur:
+                cur.execute(vacuum)
+            skipped = any("skipping" in n for n in raw.notices[seen:])
+    except (sa.exc.DBAPIError, psycopg2.Error) as e:
+        cause = e.orig if isinstance(e, sa.exc.DBAPIError) else e
+        _LOG.warning("could not vacuum %s after this run's writes (%s)", name, type(cause).__name__)
+        return False
+    if skipped:  # another session (autovacuum, a backup) holds the table: it is left to them
+        _LOG.info("did not vacuum %s after this run's writes: another session holds it", name)
         return False
     _LOG.info(
         "vacuumed and analysed %s after %d changed rows (%.1f s)",
