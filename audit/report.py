@@ -4,8 +4,9 @@
 
 Sections: totals; emissions by scope and category; by activity type and month; data-quality
 coverage (``audit.coverage``); the top sources (factor set and key); the latest restatement's
-diff (``audit.restate``), when there is one; and the audit facts (factor editions in force,
-code version, recent runs). Every figure is read from the database when the report is written;
+diff (``audit.restate``), when there is one; and the audit trail (the code version, the
+factor editions the stored results use, recent runs and restatements, each figure named by
+what it counts). Every figure is read from the database when the report is written;
 each carries its exact value in a ``data-kg`` (or ``data-value``) attribute, so a test (or an
 auditor) can check the page against the database, and shows it rounded for people.
 
@@ -18,6 +19,7 @@ extreme data (a total beyond a double shows as ``inf``).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -34,6 +36,7 @@ from audit.charts import (
     Bar,
     _e,
     hbar_chart,
+    month_span,
     percent,
     scope_label,
     stacked_month_chart,
@@ -106,14 +109,21 @@ def figures(
     total, scopes, by_type, months, top_sources = sums
     runs = _rows(
         engine,
+        # A restatement's own calculation_runs row is shown with the restatements.
         "SELECT run_id, status, runner, finished_at, total_processed, errors, "
         "total_co2e_tonnes, "
-        + ", ".join(
-            f"(SELECT sum((v->>'{k}')::bigint) FROM jsonb_each(by_activity_type) x(k, v))"
-            for k in ("new", "changed", "retired")
-        )
-        + f" FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} "
+        "(SELECT sum((v->>'new')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
+        "(SELECT sum((v->>'changed')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
+        "(SELECT sum((v->>'retired')::bigint) FROM jsonb_each(by_activity_type) x(k, v)) "
+        f"FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} c WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {restatements} s WHERE s.restatement_id = c.run_id) "
         "ORDER BY started_at DESC LIMIT 8",
+    )
+    recent_restatements = _rows(
+        engine,
+        "SELECT restatement_id, status, pins, finished_at, examined, changed, refused, "
+        "(diff->>'old_kg')::float8, (diff->>'new_kg')::float8 "
+        f"FROM {restatements} ORDER BY started_at DESC LIMIT 8",
     )
     if restatement_id is None:
         chosen = _rows(
@@ -133,6 +143,8 @@ def figures(
         if not chosen:
             raise ValueError(f"no restatement {restatement_id}")
     quality = coverage.coverage(engine, schema=schema)
+    used = _editions_used(engine, schema)
+    in_use = {(s, e) for s, e, _ in used}
     return {
         "results": int(total[0]),
         "kg_co2e": float(total[1]),
@@ -142,14 +154,53 @@ def figures(
         "months": [(t, m, float(kg)) for t, m, kg in months],
         "top_sources": [(t, s, k, int(n), float(kg)) for t, s, k, n, kg in top_sources],
         "quality": quality,
-        "editions": editions.current_editions(engine, schema=schema),
+        "editions": used,
+        # Loaded, and used by no stored result (perhaps by results kept in history).
+        "editions_unused": [e for e in _editions_loaded(engine, schema) if e not in in_use],
         "code_version": editions.code_version(),
         "runs": runs,
+        "restatements": recent_restatements,
         "restatement": chosen[0] if chosen else None,
     }
 
 
 Rows = list[tuple[Any, ...]]
+
+
+def _editions_used(engine: sa.Engine, schema: str) -> list[tuple[str, str, int]]:
+    """Per factor set and edition, how many stored results use one of its rows (as their
+    emission factor, exchange rate or CPI deflator): the editions behind the figures now,
+    whatever else is loaded."""
+    factors = tables.qualified_text(tables.FACTORS_TABLE, schema)
+    found = _rows(
+        engine,
+        # Counted per combination of factor rows first: a few thousand, however many results.
+        "SELECT u.factor_set, u.edition, sum(r.n) FROM (SELECT factor_id, fx_factor_id, "
+        "cpi_factor_id, cpi_base_factor_id, count(*) n "
+        f"FROM {tables.qualified_text(tables.RESULTS_TABLE, schema)} GROUP BY 1, 2, 3, 4) r "
+        f"LEFT JOIN {factors} e ON e.id = r.factor_id "
+        f"LEFT JOIN {factors} x ON x.id = r.fx_factor_id "
+        f"LEFT JOIN {factors} c ON c.id = r.cpi_factor_id "
+        f"LEFT JOIN {factors} b ON b.id = r.cpi_base_factor_id "
+        # Once per result and edition: both CPI rows are usually of the same edition.
+        "CROSS JOIN LATERAL (SELECT DISTINCT v.factor_set, v.edition FROM (VALUES "
+        "(e.factor_set, e.edition), (x.factor_set, x.edition), (c.factor_set, c.edition), "
+        "(b.factor_set, b.edition)) v(factor_set, edition) WHERE v.factor_set IS NOT NULL) u "
+        "GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    return [(s, e, int(n)) for s, e, n in found]
+
+
+def _editions_loaded(engine: sa.Engine, schema: str) -> list[tuple[str, str]]:
+    """Every (factor set, edition) loaded, used or not."""
+    return [
+        (s, e)
+        for s, e in _rows(
+            engine,
+            "SELECT DISTINCT factor_set, edition "
+            f"FROM {tables.qualified_text(tables.FACTORS_TABLE, schema)} ORDER BY 1, 2",
+        )
+    ]
 
 
 def _sums(
@@ -195,7 +246,7 @@ padding:10px 16px;min-width:160px}.card .big{font-size:22px;font-weight:bold}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:4px 10px;
 border-bottom:1px solid #eee;text-align:left}td.num,th.num{text-align:right;
 font-variant-numeric:tabular-nums}.chart text{font-size:12px;fill:#333}.chart .tick{
-font-size:10px;fill:#666}.up{color:#b03a2e}.down{color:#1e8449}code{font-size:12px}
+font-size:11px;fill:#555}.up{color:#b03a2e}.down{color:#1e8449}code{font-size:12px}
 """
 
 
@@ -219,7 +270,8 @@ def _scope_section(f: dict[str, Any]) -> str:
 
 
 def _month_section(f: dict[str, Any]) -> str:
-    months = sorted({m for _, m, _ in f["months"]})
+    # Every month from the first with data to the last, those without data included.
+    months = month_span(m for _, m, _ in f["months"])
     series: dict[str, dict[str, float]] = {}
     for t, m, kg in f["months"]:
         series.setdefault(t, {})[m] = kg
@@ -331,7 +383,7 @@ def _restatement_section(f: dict[str, Any]) -> str:
         f"{_kg_cell(c['new_kg'])}{_delta_cell(c['new_kg'] - c['old_kg'])}</tr>"
         for c in diff.get("largest", [])
     )
-    pinned = ", ".join(f"{k} = {v}" for k, v in sorted((pins or {}).items())) or "newest editions"
+    pinned = _pins(pins)
     return (
         f"<h2>Restatement</h2><p class='meta' data-restatement='{_e(rid)}'>Restatement "
         f"<code>{_e(rid)}</code> ({_e(pinned)}), finished {_e(_when(finished))}: "
@@ -359,37 +411,125 @@ def _when(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def _count(value: Any) -> str:
+    """A count as shown: thousands separated, or a dash when the run did not record it."""
+    return "—" if value is None else f"{value:,}"
+
+
+def _raw(value: Any) -> str:
+    return "" if value is None else _e(value)
+
+
+def _count_cell(counts: str, value: Any) -> str:
+    """A cell of a count, named by what it counts (``data-count``), its value exact."""
+    return f'<td class="num" data-count="{counts}" data-value="{_raw(value)}">{_count(value)}</td>'
+
+
+def _editions_part(f: dict[str, Any]) -> str:
+    rows = (
+        "".join(
+            f'<tr data-row="edition" data-set="{_e(s)}" data-edition="{_e(e)}" data-value="{n}">'
+            f"<td><code>{_e(s)}</code></td><td>{_e(e)}</td><td class='num'>{n:,}</td></tr>"
+            for s, e, n in f["editions"]
+        )
+        or "<tr data-row='edition-none'><td colspan='3'>No stored results.</td></tr>"
+    )
+    unused = "; ".join(
+        f'<span data-row="edition-unused" data-set="{_e(s)}" data-edition="{_e(e)}">'
+        f"<code>{_e(s)}</code> {_e(e)}</span>"
+        for s, e in f["editions_unused"]
+    )
+    return (
+        "<h3>Factor editions used by the stored results</h3><p class='meta'>The editions of "
+        "the factor rows (emission factor, exchange rate, CPI deflator) that the results "
+        "stored now were computed with, and how many results use each. A result keeps its "
+        "rows until a run or a restatement replaces it.</p><table data-table='editions'><tr>"
+        "<th>factor set</th><th>edition</th><th class='num'>stored results using it</th></tr>"
+        + rows
+        + "</table>"
+        + (f"<p class='meta'>Loaded, but used by no stored result: {unused}.</p>" if unused else "")
+    )
+
+
+def _runs_part(f: dict[str, Any]) -> str:
+    runs = (
+        "".join(
+            f"<tr data-run='{_e(r[0])}' data-new='{_raw(r[7])}' data-changed='{_raw(r[8])}' "
+            f"data-retired='{_raw(r[9])}'><td><code>{_e(r[0])}</code></td><td>{_e(r[1])}</td>"
+            f"<td>{_e(r[2] or '')}</td><td>{_e(_when(r[3]))}</td>"
+            + _count_cell("written", r[4])
+            + _count_cell("new", r[7])
+            + _count_cell("changed", r[8])
+            + _count_cell("retired", r[9])
+            + _count_cell("errors", r[5])
+            + (
+                '<td class="num" data-count="tonnes_written">—</td>'
+                if r[6] is None
+                else f'<td class="num" data-count="tonnes_written" data-value="{r[6]!r}">'
+                f"{tonnes(1000.0 * r[6])}</td>"
+            )
+            + "</tr>"
+            for r in f["runs"]
+        )
+        or "<tr data-row='run-none'><td colspan='10'>No calculation run yet.</td></tr>"
+    )
+    restated = (
+        "".join(
+            f"<tr data-row='restatement' data-id='{_e(r[0])}'><td><code>{_e(r[0])}</code></td>"
+            f"<td>{_e(r[1])}</td><td>{_e(_pins(r[2]))}</td><td>{_e(_when(r[3]))}</td>"
+            + _count_cell("examined", r[4])
+            + _count_cell("restated", r[5])
+            + _count_cell("refused", r[6])
+            + (
+                '<td class="num">—</td>' * 3
+                if r[7] is None or r[8] is None
+                else _kg_cell(r[7]) + _kg_cell(r[8]) + _delta_cell(r[8] - r[7])
+            )
+            + "</tr>"
+            for r in f["restatements"]
+        )
+        or "<tr data-row='restatement-none'><td colspan='10'>No restatement yet.</td></tr>"
+    )
+    return (
+        "<h3>Recent calculation runs</h3><table data-table='runs'><tr><th>run</th>"
+        "<th>status</th><th>runner</th><th>finished</th><th class='num'>results written</th>"
+        "<th class='num'>for new activities</th><th class='num'>for changed activities</th>"
+        "<th class='num'>retired with deleted activities</th><th class='num'>errors</th>"
+        "<th class='num'>t CO2e written by this run</th></tr>"
+        + runs
+        + "</table><p class='meta'>Results written: the results the run stored, for "
+        "activities computed for the first time (new) and for corrected activities (their "
+        "new results replaced the old, which moved to history). Retired: results of deleted "
+        "activities, moved to history. Errors: activities the run refused, as dead letters. "
+        "t CO2e written: the total of the results the run wrote, as it wrote them; a later "
+        "restatement may have changed them since. A dash: not recorded (the run did not "
+        "finish).</p><h3>Recent restatements</h3><table data-table='restatements'><tr>"
+        "<th rowspan='2'>restatement</th><th rowspan='2'>status</th><th rowspan='2'>pins</th>"
+        "<th rowspan='2'>finished</th>"
+        "<th rowspan='2' class='num'>results examined</th>"
+        "<th rowspan='2' class='num'>results restated</th><th rowspan='2' class='num'>refused"
+        "</th><th colspan='3' class='num'>t CO2e of the results it restated</th></tr><tr>"
+        "<th class='num'>before</th><th class='num'>after</th>"
+        "<th class='num'>change from the restatement</th></tr>"
+        + restated
+        + "</table><p class='meta'>A restatement recomputes stored results on the factor "
+        "editions chosen; its tonnes are those of the results it changed, before and after, "
+        "not of the inventory.</p>"
+    )
+
+
+def _pins(pins: Any) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in sorted((pins or {}).items())) or "newest editions"
+
+
 def _audit_section(f: dict[str, Any]) -> str:
-    editions = "".join(
-        f"<tr><td><code>{_e(s)}</code></td><td>{_e('; '.join(e))}</td></tr>"
-        for s, e in f["editions"].items()
-    )
-
-    def count(value: Any) -> str:
-        return _e(value if value is not None else "")
-
-    runs = "".join(
-        f"<tr data-run='{_e(r[0])}' data-new='{count(r[7])}' data-changed='{count(r[8])}' "
-        f"data-retired='{count(r[9])}'><td><code>{_e(r[0])}</code></td><td>{_e(r[1])}</td>"
-        f"<td>{_e(r[2] or '')}</td><td>{_e(_when(r[3]))}</td><td class='num'>{count(r[4])}</td>"
-        f"<td class='num'>{count(r[7])}</td><td class='num'>{count(r[8])}</td>"
-        f"<td class='num'>{count(r[9])}</td><td class='num'>{count(r[5])}</td>"
-        f"<td class='num'>{'' if r[6] is None else tonnes(1000.0 * r[6])}</td></tr>"
-        for r in f["runs"]
-    )
     return (
         "<h2>Audit trail</h2><p class='meta'>Every result stores its factor row, its "
         "intermediate values and the run that produced it, and a fingerprint of its input row, "
         "factor rows and code version (<code>python -m audit.verify</code> replays them). "
         f"Code version now: <code data-code-version>{_e(f['code_version'])}</code>.</p>"
-        "<h3>Factor editions in force</h3><table><tr><th>factor set</th><th>editions</th></tr>"
-        + editions
-        + "</table><h3>Recent runs</h3><table><tr><th>run</th><th>status</th><th>runner</th>"
-        "<th>finished</th><th class='num'>results</th><th class='num'>new</th>"
-        "<th class='num'>changed</th><th class='num'>retired</th><th class='num'>errors</th>"
-        "<th class='num'>t CO2e</th></tr>" + runs + "</table><p class='meta'>New: results of "
-        "activities computed for the first time; changed: results that replaced those of "
-        "corrected activities; retired: results of deleted activities, moved to history.</p>"
+        + _editions_part(f)
+        + _runs_part(f)
     )
 
 
@@ -438,14 +578,22 @@ def write_report(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
     parser = cli.parser("audit.report", __doc__)
     cli.add_database_option(parser)
     parser.add_argument("--out", default="report.html", help="where to write the page")
     parser.add_argument(
         "--restatement", default=None, help="the restatement to show (default: the latest)"
     )
+    cli.add_log_level_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    cli.setup_logging(args.log_level)
 
     def report(target: cli.Target) -> int:
         out = write_report(
@@ -456,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             target.schema,
             cli.checked_sources(target),
         )
-        print(f"wrote {out}")
+        cli.print_json({"database": connections.redact_url(target.url), "report": str(out)})
         return cli.OK
 
     return cli.run(args, "report", report, pool_size=1, max_overflow=0)

@@ -9,17 +9,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Lays the page out and writes what the browser measured into the DOM, for ``--dump-dom``:
-#: per chart, its rendered size and how many of its bars have a positive rendered width.
+#: per chart, its rendered size and how many of its bars have a positive rendered width; per
+#: text and bar of a chart, its box relative to the chart's (``data-box``: left top right
+#: bottom, px), whether it lies wholly inside the picture (``data-inside``) and, for a text,
+#: its font size as rendered. The boxes come from ``getBoundingClientRect``, and ``getBBox``
+#: (in the SVG's own units) must agree that the text is inside the viewBox.
 MEASURE = """<script>
 window.addEventListener('load', () => {
+  const fmt = v => v.toFixed(1);
   for (const svg of document.querySelectorAll('svg[data-chart]')) {
     const box = svg.getBoundingClientRect();
+    const view = svg.viewBox.baseVal;
     const bars = [...svg.querySelectorAll('rect[data-value]')];
     const drawn = bars.filter(r => r.getBoundingClientRect().width > 0
                                 && r.getBoundingClientRect().height > 0);
     svg.setAttribute('data-rendered-width', String(Math.round(box.width)));
     svg.setAttribute('data-rendered-height', String(Math.round(box.height)));
     svg.setAttribute('data-rendered-bars', String(drawn.length));
+    let outside = 0;
+    for (const el of svg.querySelectorAll('text, rect[data-value]')) {
+      const r = el.getBoundingClientRect();
+      const b = el.getBBox();
+      const rel = [r.left - box.left, r.top - box.top, r.right - box.left, r.bottom - box.top];
+      const inside = rel[0] >= -0.5 && rel[1] >= -0.5 && rel[2] <= box.width + 0.5
+        && rel[3] <= box.height + 0.5 && b.x >= view.x - 0.5 && b.y >= view.y - 0.5
+        && b.x + b.width <= view.x + view.width + 0.5
+        && b.y + b.height <= view.y + view.height + 0.5;
+      if (!inside) outside += 1;
+      el.setAttribute('data-box', rel.map(fmt).join(' '));
+      el.setAttribute('data-inside', inside ? 'yes' : 'no');
+      if (el.tagName === 'text') {
+        el.setAttribute('data-font-size', getComputedStyle(el).fontSize);
+      }
+    }
+    svg.setAttribute('data-rendered-outside', String(outside));
   }
   document.body.setAttribute('data-measured', 'yes');
 });

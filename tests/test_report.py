@@ -4,18 +4,23 @@ database's."""
 from __future__ import annotations
 
 import json
+import math
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
 
-from audit import coverage, report
+from audit import charts, coverage, report, restate
 from ops.seed import seed
-from pipeline import run
+from pipeline import editions, run
 from pipeline.levels import LEVELS
 from tests.browser import dump_dom, ensure_chromium
+
+#: The DESNZ air editions shipped: the report test restates every flight onto the 2025 one.
+AIR_2024, AIR_2025 = "2024 full set v1.1", "2025 flat file"
 
 
 class Elements(HTMLParser):
@@ -56,14 +61,50 @@ def parse(dom: str) -> Elements:
     return parser
 
 
+Element = tuple[str, dict[str, str], list[str]]
+
+
+def text_of(element: Element) -> str:
+    return "".join(element[2]).strip()
+
+
+def inside(dom: Elements, element: Element) -> list[Element]:
+    """The elements after ``element`` up to the next of its kind (its cells, for a row; its
+    contents, for a table or a chart)."""
+    start = dom.found.index(element)
+    end = next(
+        (i for i in range(start + 1, len(dom.found)) if dom.found[i][0] == element[0]),
+        len(dom.found),
+    )
+    return dom.found[start + 1 : end]
+
+
+def box(element: Element) -> tuple[float, float, float, float]:
+    """What Chromium measured: left, top, right, bottom relative to the chart, in px."""
+    left, top, right, bottom = (float(v) for v in element[1]["data-box"].split())
+    return left, top, right, bottom
+
+
+def months_back(last: str, first: str, stride: int) -> list[str]:
+    """Every ``stride``-th month from ``last`` back to ``first``, oldest first."""
+    year, month = (int(p) for p in last.split("-"))
+    found = []
+    while f"{year:04d}-{month:02d}" >= first:
+        found.append(f"{year:04d}-{month:02d}")
+        month -= stride
+        while month < 1:
+            year, month = year - 1, month + 12
+    return found[::-1]
+
+
 @pytest.fixture(scope="session")
 def browser() -> str:
     return ensure_chromium()
 
 
-def sql_rows(engine: sa.Engine, query: str) -> list[sa.Row]:
+def sql_rows(engine: sa.Engine, query: str, **params: Any) -> list[sa.Row]:
     with engine.connect() as conn:
-        return list(conn.execute(sa.text(query)).all())
+        return list(conn.execute(sa.text(query), params).all())
 
 
 def run_pipeline(url: str, capsys: pytest.CaptureFixture[str]) -> dict:
@@ -81,7 +122,10 @@ def test_report_renders_in_chromium_and_matches_the_database(
     browser: str,
 ) -> None:
     seed(engine, 800, seed_value=21)
-    run_pipeline(database_url, capsys)
+    summary = run_pipeline(database_url, capsys)
+    # Every flight restated onto the 2025 edition: the audit trail must say so, per result.
+    restated = restate.restate(engine, editions.parse_pins([f"desnz_air={AIR_2025}"]))
+    assert restated.changed > 0
     assert report.main(["--database-url", database_url, "--out", str(tmp_path / "r.html")]) == 0
     page = tmp_path / "r.html"
     text = page.read_text()
@@ -195,7 +239,164 @@ def test_report_renders_in_chromium_and_matches_the_database(
         assert positive
     (svg,) = dom.having(data_chart="by-month")
     assert int(svg[1]["data-rendered-bars"]) == len([m for m in months if m[2] > 0])
-    assert dom.having(data_restatement="none")
+    assert dom.having(data_restatement=restated.restatement_id)
+    # Every text of every chart lies wholly inside its picture, as Chromium laid it out.
+    for svg in dom.having(data_chart="*"):
+        assert svg[1]["data-rendered-outside"] == "0", svg[1]["data-chart"]
+        assert all(e[1]["data-inside"] == "yes" for e in inside(dom, svg) if e[0] == "text")
+
+    month_axis(dom, engine, months)
+    audit_trail(dom, engine, summary, restated)
+
+
+def month_axis(dom: Elements, engine: sa.Engine, months: list[sa.Row]) -> None:
+    """The monthly chart's axes: round value ticks in a readable unit, every label inside the
+    picture and apart from the others, and months up to the last month with data."""
+    (svg,) = dom.having(data_chart="by-month")
+    texts = [e for e in inside(dom, svg) if e[0] == "text"]
+    width, height = int(svg[1]["data-rendered-width"]), int(svg[1]["data-rendered-height"])
+    assert (width, height) == (900, 320)
+
+    # Value axis: 0 to the first round step above the largest month, in tonnes here.
+    by_month: dict[str, float] = {}
+    for _, m, kg in months:
+        by_month[m] = by_month.get(m, 0.0) + kg
+    largest = max(by_month.values())
+    ticks = [e for e in texts if "data-tick-kg" in e[1]]
+    assert [text_of(e) for e in ticks] == ["0", "100", "200", "300", "400", "500", "600"]
+    assert [float(e[1]["data-tick-kg"]) for e in ticks] == [100_000.0 * i for i in range(7)]
+    assert 500_000.0 < largest <= 600_000.0
+    (unit,) = [e for e in texts if "axis-unit" in e[1].get("class", "")]
+    assert text_of(unit) == "t CO2e"
+    # Drawn where their values are: equally spaced, top to bottom.
+    centres = [(box(e)[1] + box(e)[3]) / 2 for e in ticks]
+    gaps = [a - b for a, b in zip(centres, centres[1:], strict=False)]
+    assert all(g == pytest.approx(gaps[0], abs=0.2) and g > 30 for g in gaps)
+    # The bars stand on the 0 tick, and the tallest month's reaches its value on that scale.
+    (top_month,) = [m for m, kg in by_month.items() if kg == largest]
+    tallest = [e for e in dom.having(data_label="*") if e[1]["data-label"].startswith(top_month)]
+    bar_top, base = min(box(e)[1] for e in tallest), max(box(e)[3] for e in tallest)
+    scale_px = (centres[0] - centres[-1]) / 600_000.0
+    assert base == pytest.approx(centres[0], abs=1.5)
+    assert base - bar_top == pytest.approx(largest * scale_px, abs=1.0)
+
+    # Month axis: every sixth month, counted back from the last month with data.
+    (first, last) = sql_rows(
+        engine,
+        "SELECT to_char(min(a.d), 'YYYY-MM'), to_char(max(a.d), 'YYYY-MM') FROM "
+        "emissions.emission_results r JOIN (SELECT 'electricity' t, id, activity_date d FROM "
+        "emissions.electricity_activities UNION ALL SELECT 'spend', id, activity_date FROM "
+        "emissions.spend_activities UNION ALL SELECT 'air_travel', id, activity_date FROM "
+        "emissions.air_travel_activities) a ON a.t = r.activity_type AND a.id = r.activity_id",
+    )[0]
+    assert (first, last) == ("2019-01", "2025-12")
+    labels = [e for e in texts if "data-month" in e[1]]
+    assert [text_of(e) for e in labels] == [e[1]["data-month"] for e in labels]
+    assert [text_of(e) for e in labels] == months_back(last, first, 6)
+    assert [text_of(e) for e in labels][-2:] == ["2025-06", "2025-12"]
+    # Apart: each ends before the next begins; readable: 11 px, as the value ticks.
+    spans = [(box(e)[0], box(e)[2]) for e in labels]
+    assert all(a[1] + 4 < b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert {e[1]["data-font-size"] for e in [*labels, *ticks, unit]} == {"11px"}
+
+
+def audit_trail(
+    dom: Elements, engine: sa.Engine, summary: dict[str, Any], restated: restate.Outcome
+) -> None:
+    """Runs and restatements each with figures named by what they count; the editions the
+    stored results use, per result."""
+    (runs,) = dom.having(data_table="runs")
+    assert [text_of(e) for e in inside(dom, runs) if e[0] == "th"] == [
+        "run",
+        "status",
+        "runner",
+        "finished",
+        "results written",
+        "for new activities",
+        "for changed activities",
+        "retired with deleted activities",
+        "errors",
+        "t CO2e written by this run",
+    ]
+    # The restatement is not a run among runs: its tonnes are a change, shown with it.
+    assert [e[1]["data-run"] for e in dom.having(data_run="*")] == [summary["run_id"]]
+    (row,) = dom.having(data_run=summary["run_id"])
+    cells = {e[1]["data-count"]: e for e in inside(dom, row) if "data-count" in e[1]}
+    (stored,) = sql_rows(
+        engine,
+        "SELECT total_processed, errors, total_co2e_tonnes FROM emissions.calculation_runs "
+        "WHERE run_id = :r",
+        r=summary["run_id"],
+    )
+    assert {k: e[1]["data-value"] for k, e in cells.items()} == {
+        "written": str(stored[0]),
+        "new": str(summary["new"]),
+        "changed": "0",
+        "retired": "0",
+        "errors": str(stored[1]),
+        "tonnes_written": repr(stored[2]),
+    }
+    assert stored[0] == summary["new"] == 794 and stored[1] == summary["errors"] == 6
+    assert text_of(cells["written"]) == "794"
+    assert text_of(cells["tonnes_written"]) == f"{stored[2]:,.2f}"
+
+    (table,) = dom.having(data_table="restatements")
+    assert [text_of(e) for e in inside(dom, table) if e[0] == "th"] == [
+        "restatement",
+        "status",
+        "pins",
+        "finished",
+        "results examined",
+        "results restated",
+        "refused",
+        "t CO2e of the results it restated",
+        "before",
+        "after",
+        "change from the restatement",
+    ]
+    (row,) = dom.having(data_row="restatement")
+    assert row[1]["data-id"] == restated.restatement_id
+    tds = [e for e in inside(dom, row) if e[0] == "td"]
+    assert [text_of(c) for c in tds[1:3]] == ["succeeded", f"desnz_air = {AIR_2025}"]
+    counts = {e[1]["data-count"]: int(e[1]["data-value"]) for e in tds if "data-count" in e[1]}
+    assert counts == {
+        "examined": restated.examined,
+        "restated": restated.changed,
+        "refused": restated.refused,
+    }
+    old_kg, new_kg = restated.diff["old_kg"], restated.diff["new_kg"]
+    assert [float(c[1]["data-kg"]) for c in tds if "data-kg" in c[1]] == [
+        old_kg,
+        new_kg,
+        new_kg - old_kg,
+    ]
+    assert new_kg < old_kg  # the 2025 factors are the lower ones
+
+    # Editions: what the stored results use, counted once per result.
+    used = sql_rows(
+        engine,
+        "SELECT f.factor_set, f.edition, count(DISTINCT (u.activity_type, u.activity_id)) "
+        "FROM (SELECT activity_type, activity_id, factor_id id FROM emissions.emission_results "
+        "UNION ALL SELECT activity_type, activity_id, fx_factor_id FROM "
+        "emissions.emission_results UNION ALL SELECT activity_type, activity_id, cpi_factor_id "
+        "FROM emissions.emission_results UNION ALL SELECT activity_type, activity_id, "
+        "cpi_base_factor_id FROM emissions.emission_results) u "
+        "JOIN emissions.emission_factors f ON f.id = u.id GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    shown = [
+        (e[1]["data-set"], e[1]["data-edition"], int(e[1]["data-value"]))
+        for e in dom.having(data_row="edition")
+    ]
+    assert shown == [tuple(r) for r in used]
+    (flights,) = sql_rows(
+        engine, "SELECT count(*) FROM emissions.emission_results WHERE activity_type = 'air_travel'"
+    )
+    assert [r for r in shown if r[0] == "desnz_air"] == [("desnz_air", AIR_2025, flights[0])]
+    unused = [
+        (e[1]["data-set"], e[1]["data-edition"]) for e in dom.having(data_row="edition-unused")
+    ]
+    assert ("desnz_air", AIR_2024) in unused
+    assert not {(s, e) for s, e, _ in shown} & set(unused)
 
 
 def test_report_of_an_empty_inventory(database_url: str, engine: sa.Engine, tmp_path: Path) -> None:
@@ -206,3 +407,51 @@ def test_report_of_an_empty_inventory(database_url: str, engine: sa.Engine, tmp_
     assert dom.having(data_figure="results")[0][1]["data-value"] == "0"
     assert dom.having(data_restatement="none")
     assert report.main(["--database-url", database_url, "--restatement", str(uuid4())]) == 1
+
+
+@pytest.mark.parametrize(
+    ("largest_kg", "unit", "labels"),
+    [
+        # The issue's month: 10,469.02 t, once one label, clipped.
+        (10_469_020.0, "kt", ["0", "2", "4", "6", "8", "10", "12"]),
+        (550_000.0, "t", ["0", "100", "200", "300", "400", "500", "600"]),
+        (2_400_000.0, "t", ["0", "500", "1,000", "1,500", "2,000", "2,500"]),
+        (9_000_000.0, "kt", ["0", "2", "4", "6", "8", "10"]),
+        (123_456_789.0, "kt", ["0", "25", "50", "75", "100", "125"]),
+        (3e12, "Mt", ["0", "500", "1,000", "1,500", "2,000", "2,500", "3,000"]),
+        (9_999.0, "t", ["0", "2", "4", "6", "8", "10"]),
+        # Under a tonne, in kg.
+        (700.0, "kg", ["0", "200", "400", "600", "800"]),
+        (0.3, "kg", ["0.00", "0.05", "0.10", "0.15", "0.20", "0.25", "0.30"]),
+        # Nothing to show, or only a sum beyond a double: an axis of one tonne.
+        (0.0, "t", ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]),
+        (math.inf, "t", ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]),
+        # Round steps beyond a double: 0 and the value itself.
+        (1.7e308, "Gt", ["0", "1.7e+296"]),
+    ],
+)
+def test_value_scale_ticks_are_round_steps_in_a_unit_of_at_most_four_digits(
+    largest_kg: float, unit: str, labels: list[str]
+) -> None:
+    scale = charts.value_scale(largest_kg)
+    assert (scale.unit, [scale.label(t) for t in scale.ticks]) == (unit, labels)
+    steps = [b - a for a, b in zip(scale.ticks, scale.ticks[1:], strict=False)]
+    assert scale.ticks[0] == 0.0 and steps == pytest.approx([steps[0]] * len(steps))
+    if math.isfinite(largest_kg) and largest_kg > 0:
+        assert scale.ticks[-2] < largest_kg <= scale.top
+
+
+def test_month_span_has_every_month_and_the_labels_end_on_the_last() -> None:
+    assert charts.month_span(["2025-02", "2024-11", "2025-02"]) == [
+        "2024-11",
+        "2024-12",
+        "2025-01",
+        "2025-02",
+    ]
+    assert charts.month_span([]) == []
+    # 84 months (2019-01 to 2025-12) 9.79 px apart: every sixth, counted back from the last.
+    assert charts.month_labels(84, 822 / 84) == list(range(5, 84, 6))
+    assert charts.month_labels(5, 100.0) == [0, 1, 2, 3, 4]
+    assert charts.month_labels(13, 20.0) == [0, 3, 6, 9, 12]
+    assert charts.month_labels(1, 822.0) == [0]
+    assert charts.month_labels(0, 822.0) == []
