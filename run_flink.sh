@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the emission calculation on Apache Flink, from a fresh clone, in one command:
 #   ./run_flink.sh [pipeline and Beam options]                        start a local cluster, run
-#   ./run_flink.sh stop                                               stop the local cluster
+#   ./run_flink.sh stop                                               stop everything it started
 #   ./run_flink.sh status                                             is it up? (its /overview)
 #   FLINK_MASTER=host:8081 ./run_flink.sh [options]                   use your own cluster
 # The first time it fetches Flink (PyPI) and builds the Beam job server jar (Maven) into
-# .cache/flink. The local cluster listens on 127.0.0.1 only and is left running for the next
-# run; stop it with ./run_flink.sh stop. See docs/flink.md.
+# .cache/flink, saying how far it has got every ten seconds. The local cluster listens on
+# 127.0.0.1 only and is left running for the next run; each run stops the job server it
+# started, and ./run_flink.sh stop stops the cluster (and any job server a killed run left).
+# Stdout is the run's JSON summary; everything else goes to stderr. See docs/flink.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
@@ -20,7 +22,7 @@ if [ -n "${FLINK_MASTER:-}" ]; then
   flink_args="$($py -m ops.flink_cluster args --flink-master "$FLINK_MASTER" \
     --parallelism "${PARALLELISM:-2}")"
 else
-  $py -m ops.flink_cluster start --slots "${PARALLELISM:-2}"
+  $py -m ops.flink_cluster start --slots "${PARALLELISM:-2}" >&2
   flink_args="$($py -m ops.flink_cluster args --parallelism "${PARALLELISM:-2}")"
 fi
 

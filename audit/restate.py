@@ -25,6 +25,7 @@ changed, and the largest changes. Running it again with the same editions change
 
 from __future__ import annotations
 
+import argparse
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -397,7 +398,8 @@ def _restate(
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
     parser = cli.parser("audit.restate", __doc__)
     cli.add_database_option(parser)
     parser.add_argument(
@@ -407,10 +409,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SET=EDITION",
         help="use only this edition of a factor set (repeatable)",
     )
-    parser.add_argument(
-        "--activity-types", default=",".join(ACTIVITY_TYPES), help="comma-separated"
-    )
+    cli.add_activity_types_option(parser, "restate")
+    cli.add_log_level_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    cli.setup_logging(args.log_level)
     types = [t.strip() for t in args.activity_types.split(",") if t.strip()]
     try:
         pins = editions.parse_pins(args.pin)

@@ -26,6 +26,7 @@ Exit status 0 when every examined result reproduces, 1 when any does not, 2 for 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -334,18 +335,24 @@ def _verify_type(
     conn.commit()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
     parser = cli.parser("audit.verify", __doc__)
     cli.add_database_option(parser)
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--sample", type=int, default=1000, help="results per activity type")
     how.add_argument("--all", action="store_true", help="every result")
     parser.add_argument("--seed", default="0", help="chooses the sample (deterministic)")
-    parser.add_argument(
-        "--activity-types", default=",".join(ACTIVITY_TYPES), help="comma-separated"
-    )
+    cli.add_activity_types_option(parser, "verify")
     parser.add_argument("--show", type=int, default=20, help="mismatches listed in the output")
+    cli.add_log_level_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    cli.setup_logging(args.log_level)
     types = [t.strip() for t in args.activity_types.split(",") if t.strip()]
     unknown = [t for t in types if t not in ACTIVITY_TYPES]
     if unknown or (not args.all and args.sample < 1):

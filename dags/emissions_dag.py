@@ -12,7 +12,12 @@ Deployment-specific settings live outside this file (see docs/airflow.md):
   line, so it shows up neither in the task log nor in the rendered template fields;
 * the pipeline's interpreter: Airflow Variable ``emissions_python``, the ``python`` of the
   virtualenv where the project is installed (``pip install -r requirements.txt -e .``);
-* the runner and its options: DAG params, which a manual trigger may override;
+* the runner and its options: DAG params, which a manual trigger may override. On
+  ``FlinkRunner`` the task adds the options of the project's own Flink job server
+  (``--flink_version``, ``--flink_job_server_jar``, ``--setup_file``, with ``LOOPBACK`` and a
+  parallelism of 2 unless told otherwise), as ``python -m ops.flink_cluster args`` gives them
+  in the project's checkout: without them Beam would download a job server jar from the
+  internet;
 * retries: 2, ten minutes apart, unless Airflow's config section ``[emissions]`` says otherwise
   (``retries``, ``retry_delay_seconds``).
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
@@ -76,6 +82,50 @@ def database_url(
     return url
 
 
+#: Prints the project's checkout (where ``ops/`` and ``.cache/flink`` are), for the interpreter
+#: the project is installed in (``pip install -e .``).
+_PROJECT_ROOT = (
+    "import pathlib, pipeline; print(pathlib.Path(pipeline.__file__).resolve().parents[1])"
+)
+
+
+def flink_options(python: str, flink_master: str | None) -> dict[str, str]:
+    """The Beam options that submit the pipeline to Flink with the project's own job server,
+    as ``python -m ops.flink_cluster args`` prints them in the project's checkout (and builds
+    the job server jar the first time); without ``flink_master``, for the local cluster of
+    ``./run_flink.sh``. The runner itself is the operator's."""
+    where = subprocess.run(
+        [python, "-c", _PROJECT_ROOT], capture_output=True, text=True, timeout=120, check=False
+    )
+    if where.returncode != 0:
+        raise RuntimeError(
+            f"{python} cannot import the pipeline (is the project installed there?): "
+            + (where.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    command = [python, "-m", "ops.flink_cluster", "args"]
+    if flink_master:
+        command += ["--flink-master", str(flink_master)]
+    found = subprocess.run(
+        command,
+        cwd=where.stdout.strip().splitlines()[-1],
+        capture_output=True,
+        text=True,
+        timeout=3600,  # the first time, Maven builds the jar: minutes
+        check=False,
+    )
+    if found.returncode != 0:
+        raise RuntimeError(
+            "the Flink job server options: "
+            + (found.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    options = {}
+    for word in found.stdout.split():
+        key, _, value = word.removeprefix("--").partition("=")
+        options[key] = value
+    options.pop("runner", None)
+    return options
+
+
 @contextlib.contextmanager
 def _environment_variable(name: str, value: str) -> Iterator[None]:
     previous = os.environ.get(name)
@@ -118,11 +168,16 @@ class EmissionsPipelineOperator(BeamRunPythonPipelineOperator):
         self.runner_options = runner_options or {}
 
     def merged_pipeline_options(self) -> dict[str, Any]:
-        """The rendered runner options and pipeline options, as one dict for the hook."""
+        """The rendered runner options and pipeline options, as one dict for the hook; on
+        Flink, after the job server's options (``flink_options``)."""
         if not isinstance(self.runner_options, dict):
             raise ValueError(f"runner_options must be an object, got {self.runner_options!r}")
-        # The DAG's own options (the interval, the flags) win over free-form runner options.
-        return {**self.runner_options, **self.pipeline_options}
+        defaults: dict[str, Any] = {}
+        if self.runner == "FlinkRunner":
+            defaults = flink_options(self.py_interpreter, self.runner_options.get("flink_master"))
+        # Runner options given win over the defaults, and the DAG's own options (the interval,
+        # the flags) over free-form runner options.
+        return {**defaults, **self.runner_options, **self.pipeline_options}
 
     def execute(self, context: Any) -> Any:
         self.pipeline_options = self.merged_pipeline_options()
@@ -173,7 +228,7 @@ with DAG(
             type="object",
             description=(
                 "Options for the runner: Beam option names without the leading --, e.g. "
-                '{"flink_master": "host:8081", "environment_type": "LOOPBACK"} or '
+                '{"flink_master": "host:8081"} (the Flink job server options are added) or '
                 '{"project": "p", "region": "europe-west1", "temp_location": "gs://b/tmp"}'
             ),
         ),

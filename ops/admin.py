@@ -58,18 +58,22 @@ def load_factor_file(
     return queries.insert_factors(engine, rows, schema)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
     parser = cli.parser("ops.admin", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
         found = sub.add_parser(name, help=text, description=text, formatter_class=cli.Formatter)
         cli.add_database_option(found)
+        cli.add_log_level_option(found)
         return found
 
     init = command("init", "create or upgrade the pipeline's schema, load the shipped factors")
     init.add_argument(
         "--id-type",
+        "--id_type",
+        dest="id_type",
         choices=tables.ID_TYPES,
         default=None,
         help="key type of the results, when they are created (default: the sources' keys; "
@@ -78,10 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     command("revision", "show the schema's migration revision and the newest one")
     command("check-sources", "check the sources against the database; writes nothing")
     load = command("load-factors", "check a factor file, then load it")
-    load.add_argument("--kind", choices=sorted(FACTOR_PARSERS), required=True)
+    load.add_argument(
+        "--kind", choices=sorted(FACTOR_PARSERS), required=True, help="which published file it is"
+    )
     load.add_argument("--file", required=True, help="the CSV, in the shipped file's layout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    cli.setup_logging()
+    cli.setup_logging(args.log_level)
 
     def init_database(target: cli.Target) -> int:
         id_type = args.id_type

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,11 +30,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,13 @@ FLINK_VERSION = "1.19.3"
 FLINK_MINOR = "1.19"  # Beam's --flink_version
 BEAM_JOB_SERVER_VERSION = "2.62.0"  # keep in step with flink/jobserver/pom.xml
 DEFAULT_PARALLELISM = 2
+
+# What a first fetch costs, measured (docs/flink.md): the Flink download, the Flink home it
+# unpacks to, what Maven fetches to build the job server, and the jar.
+_LIBRARIES_MB = 233
+_FLINK_HOME_MB = 246
+_MAVEN_MB = 182
+_JAR_MB = 157
 
 CACHE_ENV = "EMISSIONS_FLINK_CACHE"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -84,16 +93,75 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or PROJECT_ROOT / ".cache" / "flink").resolve()
 
 
-def _run(cmd: Sequence[str], what: str, log: Path, **kw: object) -> None:
-    """Run ``cmd``, output to ``log``; on failure raise with the log's tail."""
+#: Seconds between the lines that say a long fetch is still going.
+PROGRESS_INTERVAL_S = 10.0
+
+
+def say(line: str) -> None:
+    """A progress line, on stderr: stdout carries what ``args`` prints for scripts."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run(
+    cmd: Sequence[str],
+    what: str,
+    log: Path,
+    progress: Callable[[], str] | None = None,
+    **kw: object,
+) -> None:
+    """Run ``cmd``, output to ``log``; on failure raise with the log's tail. With
+    ``progress``, every ``PROGRESS_INTERVAL_S`` a line says how long it has run and what
+    ``progress()`` says (how much is downloaded so far), so that a fetch of minutes is never
+    silent."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+    started = time.monotonic()
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_INTERVAL_S):
+            extra = progress() if progress else ""
+            say(f"  ... {what}: {time.monotonic() - started:.0f} s{extra}")
+
+    ticker = threading.Thread(target=tick, name="fetch-progress", daemon=True)
+    ticker.start()
+    try:
+        with log.open("w") as out:
+            proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+    finally:
+        done.set()
+        ticker.join()
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise FlinkSetupError(
             f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\nlog: {log}\n{tail}"
         )
+
+
+def folder_mb(*folders: Path) -> float:
+    """Megabytes of the files under ``folders`` (those that exist)."""
+    total = 0
+    for folder in folders:
+        for path in folder.rglob("*") if folder.is_dir() else ():
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                pass  # moved or removed meanwhile
+    return total / 1e6
+
+
+#: What Maven logs for each artifact it has fetched: "Downloaded from central: URL (12 kB at …)".
+_MAVEN_DOWNLOADED = re.compile(r"Downloaded from \S+: \S+ \(([\d.,]+) (B|kB|MB|GB)")
+_UNITS = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}
+
+
+def maven_downloads(log: Path) -> tuple[int, float]:
+    """(artifacts, megabytes) Maven's log says it has downloaded so far."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return 0, 0.0
+    found = _MAVEN_DOWNLOADED.findall(text)
+    return len(found), sum(float(n.replace(",", "")) * _UNITS[u] for n, u in found)
 
 
 def fetch_flink(cache: Path | None = None) -> Path:
@@ -103,22 +171,42 @@ def fetch_flink(cache: Path | None = None) -> Path:
     if (home / "lib" / f"flink-dist-{FLINK_VERSION}.jar").is_file():
         return home
     downloads = cache / "downloads"
+    # pip's own temp (where the download grows) under the cache, so that progress can see it.
+    pip_temp = cache / "pip-tmp"
+    pip_temp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(pip_temp)}
+    started = time.monotonic()
+    say(
+        f"fetching Flink {FLINK_VERSION} from PyPI into {cache} (once: a {_LIBRARIES_MB} MB "
+        f"download, {_FLINK_HOME_MB} MB unpacked)"
+    )
+
+    def downloaded() -> str:
+        return f", {folder_mb(downloads, pip_temp):.0f} MB on disk so far"
+
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    _run(
-        pip + ["-d", str(downloads), f"apache-flink-libraries=={FLINK_VERSION}"],
-        "downloading apache-flink-libraries from PyPI",
-        cache / "logs" / "pip-libraries.log",
-    )
-    # bin/ and conf/ are the same in every wheel: take one for a fixed platform, whatever
-    # Python runs this, so no sdist has to be built.
-    _run(
-        pip
-        + ["-d", str(downloads), "--only-binary=:all:", "--python-version=3.11"]
-        + ["--implementation=cp", "--platform=manylinux2014_x86_64"]
-        + [f"apache-flink=={FLINK_VERSION}"],
-        "downloading apache-flink from PyPI",
-        cache / "logs" / "pip-flink.log",
-    )
+    try:
+        _run(
+            pip + ["-d", str(downloads), f"apache-flink-libraries=={FLINK_VERSION}"],
+            "downloading apache-flink-libraries from PyPI",
+            cache / "logs" / "pip-libraries.log",
+            progress=downloaded,
+            env=env,
+        )
+        # bin/ and conf/ are the same in every wheel: take one for a fixed platform, whatever
+        # Python runs this, so no sdist has to be built.
+        _run(
+            pip
+            + ["-d", str(downloads), "--only-binary=:all:", "--python-version=3.11"]
+            + ["--implementation=cp", "--platform=manylinux2014_x86_64"]
+            + [f"apache-flink=={FLINK_VERSION}"],
+            "downloading apache-flink from PyPI",
+            cache / "logs" / "pip-flink.log",
+            progress=downloaded,
+            env=env,
+        )
+    finally:
+        shutil.rmtree(pip_temp, ignore_errors=True)
     libraries = next(downloads.glob(f"apache[-_]flink[-_]libraries-{FLINK_VERSION}*"), None)
     wheel = next(downloads.glob(f"apache_flink-{FLINK_VERSION}-*.whl"), None)
     if libraries is None or wheel is None:
@@ -160,6 +248,8 @@ def fetch_flink(cache: Path | None = None) -> Path:
         new_home.rename(home)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(downloads, ignore_errors=True)  # unpacked: the archives are not needed again
+    say(f"Flink {FLINK_VERSION} ready in {home} ({time.monotonic() - started:.0f} s)")
     return home
 
 
@@ -180,10 +270,22 @@ def fetch_job_server(cache: Path | None = None) -> Path:
     if not POM.is_file():
         raise FlinkSetupError(f"{POM} is missing: run from a checkout of the project")
     build = cache / "jobserver-build"
+    log = cache / "logs" / "mvn-jobserver.log"
+    started = time.monotonic()
+    say(
+        f"building the Beam {BEAM_JOB_SERVER_VERSION} Flink job server jar with Maven (once: "
+        f"{_MAVEN_MB} MB of Beam's modules into Maven's local repository, a {_JAR_MB} MB jar)"
+    )
+
+    def fetched() -> str:
+        count, mb = maven_downloads(log)
+        return f", {count} artifacts ({mb:.0f} MB) downloaded so far"
+
     _run(
-        [mvn, "-B", "-q", "-f", str(POM), f"-Djobserver.build.directory={build}", "package"],
+        [mvn, "-B", "-f", str(POM), f"-Djobserver.build.directory={build}", "package"],
         "building the Beam Flink job server jar with Maven",
-        cache / "logs" / "mvn-jobserver.log",
+        log,
+        progress=fetched,
     )
     built = build / "beam-flink-job-server.jar"
     if not built.is_file():
@@ -192,6 +294,7 @@ def fetch_job_server(cache: Path | None = None) -> Path:
     shutil.copy2(built, tmp)
     tmp.rename(jar)
     shutil.rmtree(build, ignore_errors=True)
+    say(f"job server jar ready: {jar} ({time.monotonic() - started:.0f} s)")
     return jar
 
 
@@ -364,23 +467,20 @@ class LocalFlinkCluster:
             out.append(f"--- {log.name}\n" + "\n".join(text))
         return "\n".join(out)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the daemons this cluster started, by the pids they wrote (TERM, then KILL).
+    def stop(self, timeout: float = 30.0) -> tuple[int, int]:
+        """Stop the daemons this cluster started, by the pids they wrote, and any Beam job
+        server still submitting to it (a run killed outright leaves its own behind): TERM,
+        then KILL. Returns (daemons, job servers) stopped.
 
         This is what ``bin/stop-cluster.sh`` does, without its seconds of config parsing, and
         it can only ever reach this cluster's own processes.
         """
+        servers = job_servers_of(self.master)
         pids = self._alive_pids()
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _terminate(servers + pids, timeout)
         for f in self._pid_files():
             f.unlink(missing_ok=True)
+        return len(pids), len(servers)
 
     def __enter__(self) -> LocalFlinkCluster:
         self.start()
@@ -418,12 +518,60 @@ def _is_flink(pid: int) -> bool:
         return not cmdline.parent.parent.joinpath("self").exists()  # no /proc: trust the file
 
 
+def _terminate(pids: list[int], timeout: float) -> None:
+    """TERM to each of ``pids``, then KILL to those still alive after ``timeout``."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def job_servers_of(master: str) -> list[int]:
+    """The pids of the Beam Flink job servers (``java … --flink-master URL``) that submit to
+    the cluster at ``master`` (``host:port``)."""
+    targets = {master, f"http://{master}", f"https://{master}"}
+    found: list[int] = []
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [
+                a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")
+            ]
+        except OSError:
+            continue
+        if not argv or not Path(argv[0]).name.startswith("java") or "--flink-master" not in argv:
+            continue
+        at = argv.index("--flink-master") + 1
+        if at < len(argv) and argv[at] in targets and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended: only its parent has yet to reap it)."""
     try:
         os.kill(pid, 0)
     except OSError:
         return False
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc to tell: it answered the signal
 
 
 def beam_args(
@@ -514,10 +662,15 @@ def main(argv: list[str] | None = None) -> int:
             cluster.save(state)
             print(f"Flink {FLINK_VERSION} running: --flink_master={cluster.master}")
         elif args.command == "stop":
-            if state.is_file():
-                LocalFlinkCluster.load(state).stop()
-                state.unlink()
-            print("stopped")
+            if not state.is_file():
+                print("not running")
+                return 0
+            daemons, servers = LocalFlinkCluster.load(state).stop()
+            state.unlink()
+            print(
+                f"stopped: the local Flink cluster ({daemons} daemon(s))"
+                + (f" and {servers} Beam job server(s) left by killed runs" if servers else "")
+            )
         elif args.command == "status":
             overview = LocalFlinkCluster.load(state).overview() if state.is_file() else None
             print(json.dumps(overview) if overview else "not running")

@@ -9,7 +9,9 @@ shipped factors (``ops.admin init``), seeds demo activities ($SEED_COUNT, defaul
 the database holds none and it is the embedded server (or --seed-demo is given: never
 otherwise, so a team's own database, named by a URL or by libpq's variables, never gets demo
 rows it did not ask for), then runs
-``pipeline.run`` in this process with the remaining options.
+``pipeline.run`` in this process with the remaining options. A run that found nothing pending
+(every activity already done, by ``./run_local.sh`` say) adds a note on stderr that says so,
+and how to start afresh (a schema of its own: ``--schema NAME``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import argparse
 import logging
 import os
 import sys
+import uuid
+
+import sqlalchemy as sa
 
 from ops.seed import seed
 from pipeline import cli, run, stopping
@@ -81,7 +86,55 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[tables.SCHEMA_ENV] = own.schema
     if own.sources:
         os.environ[sources.SOURCES_ENV] = own.sources
-    return run.main(rest)
+    ids = argparse.ArgumentParser(add_help=False)
+    ids.add_argument("--run-id", "--run_id", dest="run_id", default=None)
+    run_id = ids.parse_known_args(rest)[0].run_id
+    if run_id is None:  # named here, so that its record can be read once it has run
+        run_id = str(uuid.uuid4())
+        rest = [*rest, "--run-id", run_id]
+    code = run.main(rest)
+    if code == cli.OK:
+        seeds = (embedded or own.seed_demo) and not with_sources
+        note = nothing_done_note(resolved[0], own.schema, run_id, seeds)
+        if note:
+            print(note, file=sys.stderr)
+    return code
+
+
+def nothing_done_note(url: str, schema: str, run_id: str, seeds: bool) -> str | None:
+    """What to say when the run found nothing to compute (its record says so): a run that
+    "succeeded" having done nothing must not pass for one that did the work."""
+    runs_table = tables.table(tables.RUNS_TABLE, schema)
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            record = conn.execute(
+                sa.select(
+                    runs_table.c.total_activities, runs_table.c.pending, runs_table.c.runner
+                ).where(runs_table.c.run_id == run_id)
+            ).first()
+    except sa.exc.SQLAlchemyError:
+        return None  # the summary has been printed; this note is only a courtesy
+    finally:
+        engine.dispose()
+    if record is None or record.pending:
+        return None
+    fresh = "--schema emissions_2" if schema != "emissions_2" else "--schema emissions_3"
+    if not record.total_activities:
+        more = "" if seeds else " (add --seed-demo for demo activities)"
+        return f"note: schema {schema} has no activities, so the run computed nothing{more}"
+    again = (
+        f"give the run a schema of its own ({fresh}): it gets its own tables and "
+        f"{os.environ.get('SEED_COUNT', DEFAULT_SEED_COUNT)} demo activities"
+        if seeds
+        else f"give the run a schema of its own ({fresh}) with --seed-demo for demo activities"
+    )
+    return (
+        f"note: nothing was pending: all {record.total_activities:,} activities in schema "
+        f"{schema} already have a result or a dead letter (from an earlier run), so this run "
+        f"on {record.runner} computed nothing. To compute everything again on a fresh "
+        f"database, {again}."
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ million takes seconds.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import io
@@ -234,20 +235,29 @@ def seed(
     return added
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
     parser = cli.parser("ops.seed", __doc__)
     parser.add_argument("--count", type=int, required=True, help="activities to add")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
     cli.add_database_option(parser)
     parser.add_argument(
         "--if-empty",
+        "--if_empty",
+        dest="if_empty",
         action="store_true",
         help="add rows only when there are no activities yet",
     )
+    cli.add_log_level_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.count < 0:
         parser.error("--count must not be negative")
-    cli.setup_logging()
+    cli.setup_logging(args.log_level)
 
     def seed_database(target: cli.Target) -> int:
         if args.sources or os.environ.get(sources.SOURCES_ENV):

@@ -11,9 +11,11 @@ import argparse
 import datetime
 import math
 import os
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import cli
@@ -39,6 +41,12 @@ DEFAULT_STATEMENT_TIMEOUT = 1800.0
 DEFAULT_LOCK_TIMEOUT = 300.0
 #: One range's results per write: a worker never holds two ranges' results at once.
 DEFAULT_WRITE_BATCH_SIZE = DEFAULT_ROWS_PER_RANGE
+#: The Pushgateway job the run's figures are pushed under (``--pushgateway``).
+METRICS_JOB = "emissions_pipeline"
+#: What Airflow puts in a task's environment (and so in the pipeline's, which the Beam
+#: operator starts with it): the DAG and the DAG run the task belongs to.
+AIRFLOW_DAG_ID_ENV = "AIRFLOW_CTX_DAG_ID"
+AIRFLOW_RUN_ID_ENV = "AIRFLOW_CTX_DAG_RUN_ID"
 #: The plausibility options: flag, ``Limits`` field, and what it bounds (for --help).
 _LIMIT_OPTIONS = (
     ("max-kwh", "max_kwh", "electricity in kWh, after unit conversion"),
@@ -58,13 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="UUID identifying this run (default: a new random one).",
     )
-    parser.add_argument(
-        "--activity-types",
-        "--activity_types",
-        dest="activity_types",
-        default=",".join(ACTIVITY_TYPES),
-        help="Comma-separated activity types to calculate (default: all).",
-    )
+    cli.add_activity_types_option(parser, "calculate")
     parser.add_argument(
         "--partitions",
         type=int,
@@ -203,6 +205,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Seconds a statement may wait for a lock another session holds before the run "
         "fails saying so (0: no limit).",
     )
+    parser.add_argument(
+        "--metrics-file",
+        "--metrics_file",
+        dest="metrics_file",
+        default=None,
+        metavar="PATH",
+        help="Write the run's figures (rows read and written, dead letters, rates, durations) "
+        "to this file in Prometheus' text format, atomically, for node-exporter's textfile "
+        "collector (the name must end in .prom). Default: none.",
+    )
+    parser.add_argument(
+        "--pushgateway",
+        default=None,
+        metavar="URL",
+        help="Push the same figures to this Prometheus Pushgateway (http://host:9091), job "
+        f"{METRICS_JOB!r}, grouped by schema. Default: none.",
+    )
+    parser.add_argument(
+        "--data-interval-start",
+        "--data_interval_start",
+        dest="data_interval_start",
+        default=None,
+        metavar="TIMESTAMP",
+        help="The scheduler's data interval this run is for (ISO 8601), recorded with the "
+        "run. Default: under Airflow ($AIRFLOW_CTX_DAG_RUN_ID set), --date-from.",
+    )
+    parser.add_argument(
+        "--data-interval-end",
+        "--data_interval_end",
+        dest="data_interval_end",
+        default=None,
+        metavar="TIMESTAMP",
+        help="The end of that data interval. Default: under Airflow, --date-to.",
+    )
+    cli.add_log_level_option(parser)
+
+
+@dataclass(frozen=True)
+class Orchestration:
+    """Which scheduler's run this one is, recorded with it: the Airflow DAG and DAG run (from
+    the task's environment) and the data interval it was for."""
+
+    dag_id: str | None = None
+    dag_run_id: str | None = None
+    data_interval_start: datetime.datetime | None = None
+    data_interval_end: datetime.datetime | None = None
+
+    def columns(self) -> dict[str, Any]:
+        """As the columns of ``calculation_runs``."""
+        return {
+            "airflow_dag_id": self.dag_id,
+            "airflow_run_id": self.dag_run_id,
+            "data_interval_start": self.data_interval_start,
+            "data_interval_end": self.data_interval_end,
+        }
 
 
 @dataclass(frozen=True)
@@ -230,6 +287,11 @@ class RunConfig:
     sources: Mapping[ActivityType, Source] = field(default_factory=default_sources)
     #: Plausibility bounds: a value above one is a dead letter, not a result.
     limits: Limits = DEFAULT_LIMITS
+    #: Where the run's figures go for Prometheus: a textfile collector's file, a Pushgateway.
+    metrics_file: str | None = None
+    pushgateway: str | None = None
+    #: The scheduler's run this one is a task of (recorded with the run).
+    orchestration: Orchestration = field(default_factory=Orchestration)
 
     @property
     def text_ids(self) -> bool:
@@ -248,6 +310,66 @@ def _check_date(name: str, value: str | None) -> str | None:
         return datetime.date.fromisoformat(value).isoformat()
     except ValueError:
         raise OptionsError(f"--{name} must be a date like 2025-01-31, not {value!r}") from None
+
+
+def _check_timestamp(name: str, value: str | None) -> datetime.datetime | None:
+    """An ISO 8601 date or timestamp, in UTC when it names no zone."""
+    if not value:
+        return None
+    try:
+        found = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise OptionsError(
+            f"--{name} must be an ISO 8601 timestamp like 2025-01-31T00:00:00+00:00, not {value!r}"
+        ) from None
+    return found if found.tzinfo else found.replace(tzinfo=datetime.timezone.utc)
+
+
+def orchestration(
+    options: Any, date_from: str | None, date_to: str | None, environ: Mapping[str, str]
+) -> Orchestration:
+    """The Airflow DAG run this run is a task of (Airflow sets ``AIRFLOW_CTX_*`` in the task's
+    environment) and its data interval: the options', else, under Airflow, the dates the DAG
+    passes as ``--date-from``/``--date-to`` (its data interval's days)."""
+    dag_id = environ.get(AIRFLOW_DAG_ID_ENV) or None
+    dag_run_id = environ.get(AIRFLOW_RUN_ID_ENV) or None
+    start = _check_timestamp("data-interval-start", getattr(options, "data_interval_start", None))
+    end = _check_timestamp("data-interval-end", getattr(options, "data_interval_end", None))
+    if dag_run_id and start is None and end is None:
+        start = _check_timestamp("date-from", date_from)
+        end = _check_timestamp("date-to", date_to)
+    if start is not None and end is not None and start >= end:
+        raise OptionsError(
+            f"--data-interval-start ({start.isoformat()}) must be before --data-interval-end "
+            f"({end.isoformat()})"
+        )
+    return Orchestration(dag_id, dag_run_id, start, end)
+
+
+def _check_metrics_file(value: str | None) -> str | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.suffix != ".prom":
+        raise OptionsError(
+            f"--metrics-file must end in .prom (node-exporter's textfile collector reads only "
+            f"those), not {value!r}"
+        )
+    if not path.parent.is_dir():
+        raise OptionsError(f"--metrics-file: the directory {str(path.parent)!r} does not exist")
+    return str(path)
+
+
+def _check_pushgateway(value: str | None) -> str | None:
+    if not value:
+        return None
+    url = value if "://" in value else f"http://{value}"
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise OptionsError(
+            f"--pushgateway must be an http(s) URL like http://host:9091, not {value!r}"
+        )
+    return url
 
 
 def _check_limits(options: Any) -> Limits:
@@ -341,6 +463,9 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
             f"--activity-types asks for {', '.join(missing)}, which the sources file does not map"
         )
     types = tuple(t for t in types if t in found)  # by default, every type that is mapped
+    metrics_file = _check_metrics_file(getattr(options, "metrics_file", None))
+    pushgateway = _check_pushgateway(getattr(options, "pushgateway", None))
+    scheduled = orchestration(options, date_from, date_to, os.environ)
     return RunConfig(
         database_url=for_run(
             with_timeouts(
@@ -370,4 +495,7 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         schema=schema,
         sources=found,
         limits=limits,
+        metrics_file=metrics_file,
+        pushgateway=pushgateway,
+        orchestration=scheduled,
     )

@@ -9,6 +9,7 @@ and exits 143 or 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -18,16 +19,18 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
+from pipeline.metrics import redact as redact_push_url
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
 from pipeline.planning import check_sources, plan, retire
 from pipeline.ranges import KeyRange
 from pipeline.stopping import (
     Cancelled,
+    Leftovers,
     Stop,
     TracebacksAtDebug,
     WorkerStderr,
@@ -116,10 +119,17 @@ _WARM_UP: list[threading.Thread] = []
 
 
 def execute(
-    argv: list[str], config: RunConfig, ranges: Sequence[KeyRange], stop: Stop | None = None
+    argv: list[str],
+    config: RunConfig,
+    ranges: Sequence[KeyRange],
+    stop: Stop | None = None,
+    build: Callable[[Any], Any] | None = None,
 ) -> dict[str, int] | None:
-    """Builds and runs the Beam pipeline over ``ranges``; returns its counters (None if the
+    """Builds and runs the Beam pipeline over ``ranges`` (or the one ``build(p)`` adds, the
+    follow mode's: then streaming on a runner elsewhere); returns its counters (None if the
     runner has none). Raises ``Cancelled`` when ``stop`` sees a stop signal meanwhile.
+    Whatever the runner started outside this process (Flink's job server) is stopped, and
+    Beam's temp folders removed, when the pipeline ends (``Leftovers``).
 
     Beam is imported here, and only here: a run with nothing pending never pays for it.
     """
@@ -133,10 +143,19 @@ def execute(
 
     options = PipelineOptions(with_local_defaults(argv))
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
-    p = make_pipeline(options)
-    graph.build(p, config, ranges)
     elsewhere = runner_name(argv) in REMOTE_RUNNERS
-    return run_until_done(p, stop or Stop(), in_process=not elsewhere)
+    if build is not None and elsewhere:
+        from apache_beam.options.pipeline_options import StandardOptions
+
+        options.view_as(StandardOptions).streaming = True
+    with Leftovers() as leftovers:  # from here, Beam's temp folders are the run's own
+        p = make_pipeline(options)
+        leftovers.watch(p.runner)
+        if build is None:
+            graph.build(p, config, ranges)
+        else:
+            build(p)
+        return run_until_done(p, stop or Stop(), in_process=not elsewhere)
 
 
 #: Runners that run the job elsewhere, submitted by ``p.run()`` (whose job server takes the
@@ -231,24 +250,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def calculate(args: list[str], stop: Stop) -> int:
     """Parse → validate → build → run → summarise, looking at ``stop`` between the steps."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=real_stderr(),
-        force=True,
-    )
-    for chatty in _CHATTY_LOGGERS:
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(TracebacksAtDebug())
     tuning.tune_process()
     started = time.monotonic()
+    started_at = time.time()
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
     try:
         options, beam_args = parser.parse_known_args(args)
     except SystemExit:
         return 2  # argparse has said what is wrong
+    # The run's own lines at --log-level; Beam's and its job server's at WARNING unless DEBUG.
+    cli.setup_logging(options.log_level, stream=real_stderr())
+    for chatty in _CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TracebacksAtDebug())
     url = None
     try:
         url = connections.resolve_database_url(options.database_url)
@@ -268,6 +284,7 @@ def calculate(args: list[str], stop: Stop) -> int:
     policy = config.retry_policy
     recorded = False  # whether this process has started the run's row (only it may finish it)
     counts: dict[str, dict[str, int]] = {}
+    heartbeat = contextlib.ExitStack()  # the run's heartbeat, from its row's start to its end
     try:
         try:
             checked = retry.call(
@@ -288,6 +305,21 @@ def calculate(args: list[str], stop: Stop) -> int:
             what="checking the run id",
             policy=policy,
         )
+        # Runs whose heartbeat stopped long ago were killed: marked abandoned, and said.
+        retry.call(
+            lambda: runs.mark_abandoned(
+                engine, runs.DEFAULT_STALE_AFTER, config.schema, by=f"run {config.run_id}"
+            ),
+            what="checking earlier runs",
+            policy=policy,
+        )
+        abandoned = retry.call(
+            lambda: runs.abandoned_since_success(engine, config.schema),
+            what="checking earlier runs",
+            policy=policy,
+        )
+        if abandoned:
+            _LOG.warning("%s", summaries.abandoned_line(abandoned))
         pins = dict(config.factor_pins)
         try:
             in_force = retry.call(
@@ -314,19 +346,31 @@ def calculate(args: list[str], stop: Stop) -> int:
         )
         pending = sum(c["pending"] for c in counts.values())
         stop.check()
-        retry.call(
-            lambda: runs.start_run(
-                engine,
-                config.run_id,
-                runner,
-                safe_options(options, beam_args),
-                config.schema,
-                code_version=editions.code_version(),
-            ),
-            what="recording the run",
-            policy=policy,
-        )
+        shown = safe_options(options, beam_args)
+        if shown.get("pushgateway"):
+            shown["pushgateway"] = redact_push_url(shown["pushgateway"])
+        attempts: list[int] = []
+
+        def record() -> None:
+            attempts.append(1)
+            try:
+                runs.start_run(
+                    engine,
+                    config.run_id,
+                    runner,
+                    shown,
+                    config.schema,
+                    code_version=editions.code_version(),
+                    **config.orchestration.columns(),
+                )
+            except runs.RunIdTaken:
+                if len(attempts) == 1:
+                    raise
+                # A retry: the first insert committed, and only its reply was lost.
+
+        retry.call(record, what="recording the run", policy=policy)
         recorded = True
+        heartbeat.enter_context(runs.Heartbeat(engine, config.run_id, config.schema))
         setup_s = time.monotonic() - started
         _LOG.info(
             "run %s on %s: %d pending of %d activities (%d new, %d changed); %d deleted",
@@ -393,6 +437,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(time.monotonic() - started, 3),
         }
+        heartbeat.close()  # the outcome is recorded next: no heartbeat after it
         finished = retry.call(
             lambda: runs.finish_run(
                 engine,
@@ -422,12 +467,14 @@ def calculate(args: list[str], stop: Stop) -> int:
                 config.run_id,
                 tables.RUNS_TABLE,
             )
+        summaries.export_metrics(engine, config, summary, started_at)
         print(json.dumps(summary, indent=2))
         return 0
     except runs.RunIdTaken as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Cancelled as stopped:
+        heartbeat.close()
         exact = workers_in_process(beam_args)
         end_cancelled(engine, config, stopped, recorded, counts, started, exact)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
@@ -438,8 +485,17 @@ def calculate(args: list[str], stop: Stop) -> int:
             config.run_id,
             connections.scrub("".join(traceback.format_exception(e)), config.database_url),
         )
+        heartbeat.close()
+        failed = {
+            "run_id": config.run_id,
+            "runner": runner,
+            "status": "failed",
+            "timings": {"total_s": round(time.monotonic() - started, 3)},
+            "by_activity_type": summaries.counted(counts),
+        }
         if not recorded:
             # Nothing of this run is recorded: a row with its id is another run's.
+            summaries.export_metrics(engine, config, failed, started_at)
             print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
             return 1
         try:
@@ -453,14 +509,18 @@ def calculate(args: list[str], stop: Stop) -> int:
             )
         except Exception as again:  # noqa: BLE001
             _LOG.error(
-                "run %s could not be marked failed in %s (%s); it stays 'running' there",
+                "run %s could not be marked failed in %s (%s); it stays 'running' there until "
+                "its heartbeat is %g s old, when ops.status or the next run marks it abandoned",
                 config.run_id,
                 tables.RUNS_TABLE,
                 connections.scrub(retry.describe(again), config.database_url),
+                runs.DEFAULT_STALE_AFTER,
             )
+        summaries.export_metrics(engine, config, failed, started_at)
         print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
         return 1
     finally:
+        heartbeat.close()
         engine.dispose()
 
 

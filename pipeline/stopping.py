@@ -4,6 +4,9 @@
 a thread of its own (``run_until_done``) while the main thread watches for it, and a stopped
 run records itself as cancelled with what it had committed (``end_cancelled``). Beam's worker
 threads print to stderr directly: ``WorkerStderr`` lets only the main thread's output through.
+Whatever the runner starts outside this process (the job server of a portable runner, worker
+processes) is stopped when the pipeline ends, however it ends, and the temp folders Beam
+writes are removed (``Leftovers``).
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
-from types import FrameType
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import sqlalchemy as sa
@@ -97,6 +103,8 @@ class Cancelled(Exception):
         self.exit_code = 128 + signum  # as a shell reports a process ended by the signal
         #: The runner's result, when the pipeline runs elsewhere and its job can be cancelled.
         self.job: Any = None
+        #: What the run started or wrote outside this process, stopped by ``end_cancelled``.
+        self.leftovers: Leftovers | None = None
         super().__init__(f"cancelled by {self.signal_name}")
 
 
@@ -205,6 +213,138 @@ def cancel_job(result: Any) -> None:
         _LOG.debug("the runner could not cancel the job", exc_info=True)
 
 
+def child_processes() -> dict[int, str]:
+    """This process's live children, pid → start time (so that a pid used again later is
+    another process). Read from ``/proc``: empty where there is none."""
+    me = os.getpid()
+    found: dict[int, str] = {}
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After "(name)": state, ppid, ... and the start time, the 22nd field of all.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[1]) == me and fields[0] != "Z":  # a zombie has ended already
+            found[int(entry.name)] = fields[19]
+    return found
+
+
+def terminate(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM to each of this process's children ``pids``, then SIGKILL to those still alive
+    after ``timeout``; each is reaped."""
+
+    def ended(pid: int) -> bool:
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:
+            return True  # reaped already (by the Popen that started it)
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [pid for pid in left if not ended(pid)]
+        if left:
+            time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+class Leftovers:
+    """Stops and removes, once the pipeline has ended, what the runner started or wrote
+    outside this process's memory: no run leaves a process or a temp folder behind.
+
+    * A portable runner (``FlinkRunner``) starts Beam's job server, a JVM of some 300 MB with a
+      temp folder of its own, and leaves stopping it to an ``atexit`` handler; a run ends with
+      ``exit_now``, which runs none, so every run would leave one behind. The job servers the
+      runner makes are recorded (through ``default_job_server``, the portable runner's hook
+      for the job server it starts) and stopped with Beam's own ``stop`` (SIGINT, then a
+      kill).
+    * Any other child process started meanwhile and still alive (SDK worker processes, say)
+      is stopped: TERM, then KILL.
+    * Beam writes temp folders it never removes (the pipeline's own, the package built from
+      ``--setup_file``, a requirements cache; the job server's Flink client, a job graph):
+      while the pipeline is built and runs, Python's temp folder (``tempfile.tempdir``) and
+      the job server's (``java.io.tmpdir``) are one of the run's own, removed at the end.
+
+    Used as ``with Leftovers() as leftovers:`` around building and running the pipeline, with
+    ``leftovers.watch(p.runner)`` once the runner is made. A run stopped by a signal
+    (``Cancelled``) is left to ``end_cancelled``, which cancels its job while the job server
+    that can cancel it still runs, records the run while the in-process runner's flushes are
+    held, and only then calls ``stop``."""
+
+    def __init__(self) -> None:
+        self.job_servers: list[Any] = []
+        self._before = set(child_processes().items())
+        self._previous_temp = tempfile.tempdir
+        self.temp = tempfile.mkdtemp(prefix="emissions-run-")
+        tempfile.tempdir = self.temp
+
+    def watch(self, runner: Any) -> None:
+        """Records the job servers ``runner`` starts, to stop them (a portable runner makes
+        them in ``default_job_server``; other runners start none), with their temp in the
+        run's."""
+        make = getattr(runner, "default_job_server", None)
+        if make is None:
+            return
+
+        def recorded(options: Any) -> Any:
+            from apache_beam.options.pipeline_options import JobServerOptions
+
+            jvm = options.view_as(JobServerOptions)
+            given = list(jvm.job_server_jvm_properties or [])
+            if not any(p.startswith("-Djava.io.tmpdir=") for p in given):
+                jvm.job_server_jvm_properties = [*given, f"-Djava.io.tmpdir={self.temp}"]
+            server = make(options)
+            self.job_servers.append(server)
+            return server
+
+        runner.default_job_server = recorded  # this runner only, for this run only
+
+    def __enter__(self) -> Leftovers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
+    ) -> None:
+        if isinstance(error, Cancelled):
+            error.leftovers = self  # end_cancelled stops them, once the run is recorded
+        else:
+            self.stop()
+
+    def stop(self, timeout: float = 10.0) -> list[int]:
+        """Stops the job servers, then the other children started since, and removes the
+        run's temp folder; returns the pids of the children it had to stop."""
+        for server in self.job_servers:
+            try:
+                server.stop()
+            except Exception as e:  # noqa: BLE001 - the children are stopped below all the same
+                _LOG.warning("Beam's job server did not stop by itself: %s", one_line(str(e)))
+        self.job_servers.clear()
+        left = [p for p, t in child_processes().items() if (p, t) not in self._before]
+        terminate(left, timeout)
+        if left:
+            _LOG.debug("stopped %d process(es) the run had started: %s", len(left), left)
+        if tempfile.tempdir == self.temp:
+            tempfile.tempdir = self._previous_temp
+        shutil.rmtree(self.temp, ignore_errors=True)
+        return left
+
+
 def end_cancelled(
     engine: sa.Engine,
     config: RunConfig,
@@ -214,8 +354,10 @@ def end_cancelled(
     started: float,
     exact: bool = True,
 ) -> NoReturn:
-    """Ends a run stopped by a signal: records it ``cancelled`` with what it committed, says
-    so in one line on stderr, and ends the process (``exit_now``) with 128 + the signal.
+    """Ends a run stopped by a signal: cancels its job (a runner that runs it elsewhere),
+    records it ``cancelled`` with what it committed, stops what it started (job server, worker
+    processes: ``Leftovers``), says so in one line on stderr, and ends the process
+    (``exit_now``) with 128 + the signal.
 
     From here on nothing else may reach stderr: the loggers are silenced and a dying thread's
     traceback is dropped. The flushes in progress are held at their commit
@@ -235,6 +377,7 @@ def end_cancelled(
             file=sys.stderr,
         )
         engine.dispose()
+        _stop_leftovers(stopped)
         exit_now(stopped.exit_code)
     held = None  # referenced until the process ends: closing it would let held flushes commit
     try:
@@ -273,9 +416,17 @@ def end_cancelled(
             f"run {run_id} {stopped}, but could not be recorded ({one_line(why)}): it stays "
             f"'running' in {tables.RUNS_TABLE}"
         )
-    print(line, file=sys.stderr)
     engine.dispose()  # the held connection stays open (checked out) until the process ends
+    _stop_leftovers(stopped)
+    print(line, file=sys.stderr)
     exit_now(stopped.exit_code)
+
+
+def _stop_leftovers(stopped: Cancelled) -> None:
+    """Stops what the stopped run started (job server, worker processes) and removes its temp
+    folder before it ends: its job is cancelled and its outcome recorded by now."""
+    if stopped.leftovers is not None:
+        stopped.leftovers.stop()
 
 
 def exit_now(code: int) -> NoReturn:
@@ -283,7 +434,8 @@ def exit_now(code: int) -> NoReturn:
 
     The interpreter's own shutdown joins the runner's idle threads and frees every object one
     by one: half a second after a large run, for nothing, since everything that matters is
-    committed and flushed by then."""
+    committed and flushed by then. It runs no ``atexit`` handler either: what the run started
+    outside this process has been stopped by then (``Leftovers``)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

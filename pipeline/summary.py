@@ -7,16 +7,18 @@ where it reports them, else from the database.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from pipeline import retry
-from pipeline.options import RunConfig
+from pipeline import metrics, retry
+from pipeline.options import METRICS_JOB, RunConfig
 from pipeline.store import queries, runs, tables
 
 if TYPE_CHECKING:
@@ -26,7 +28,13 @@ _LOG = logging.getLogger("pipeline.run")
 
 
 class Progress:
-    """Logs how many results this run has stored, every few seconds, while the pipeline runs."""
+    """Logs how many results this run has stored, every ``interval`` seconds while the pipeline
+    runs, with the rate and about how long is left, and a final line when it is done.
+
+    The count comes from the run's write log (``runs.results_written``), committed with the
+    results: what has been written, on any runner (Flink reports its counters only at the
+    end). Activities that become dead letters have no result, so the share can end below
+    100%."""
 
     def __init__(
         self,
@@ -43,8 +51,13 @@ class Progress:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._started = time.monotonic()
+        #: The last count and when it was read: the rate since is what the time left uses.
+        self._last: tuple[float, int] = (self._started, 0)
 
     def __enter__(self) -> Progress:
+        self._started = time.monotonic()
+        self._last = (self._started, 0)
         if self._interval > 0:
             self._thread.start()
         return self
@@ -53,25 +66,109 @@ class Progress:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self._interval > 0 and exc[0] is None:
+            self._report(final=True)
 
     def _loop(self) -> None:
-        started = time.monotonic()
         while not self._stop.wait(self._interval):
-            try:
-                # From the write log: a count of the run's results would scan them all.
-                done = runs.results_written(self._engine, self._run_id, self._schema)
-            except Exception as e:  # noqa: BLE001 - progress is best-effort
-                _LOG.warning("progress: could not count results (%s)", type(e).__name__)
-                continue
-            elapsed = time.monotonic() - started
-            share = 100.0 * done / self._pending if self._pending else 100.0
-            _LOG.info(
-                "progress: %d of %d pending activities have results (%.1f%%), %.0f/s",
-                done,
-                self._pending,
-                share,
-                done / elapsed if elapsed else 0.0,
-            )
+            self._report(final=False)
+
+    def _report(self, final: bool) -> None:
+        try:
+            # From the write log: a count of the run's results would scan them all.
+            done = runs.results_written(self._engine, self._run_id, self._schema)
+        except Exception as e:  # noqa: BLE001 - progress is best-effort
+            _LOG.warning("progress: could not count results (%s)", type(e).__name__)
+            return
+        now = time.monotonic()
+        _LOG.info("%s", self.line(done, now, final))
+        self._last = (now, done)
+
+    def line(self, done: int, now: float, final: bool = False) -> str:
+        """The progress line for ``done`` results stored at ``now`` (``time.monotonic``)."""
+        elapsed = now - self._started
+        share = 100.0 * done / self._pending if self._pending else 100.0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        head = f"{done:,} of {self._pending:,} pending activities have results ({share:.1f}%)"
+        if final:
+            return f"progress: done: {head} in {elapsed:.1f} s, {rate:,.0f}/s"
+        if done == 0:
+            return f"progress: {head} after {elapsed:.0f} s: waiting for the first commits"
+        then, before = self._last
+        recent = (done - before) / (now - then) if now > then and done > before else rate
+        left = max(self._pending - done, 0)
+        eta = f", {_time_left(left / recent)}" if recent > 0 and left else ""
+        return f"progress: {head}, {rate:,.0f}/s{eta}"
+
+
+def _time_left(seconds: float) -> str:
+    """``seconds`` left, as people say it: under 1 s, about 45 s, 3 min 20 s, 2 h 5 min."""
+    whole = int(round(seconds))
+    if whole < 1:
+        return "under 1 s left"
+    if whole < 60:
+        return f"about {whole} s left"
+    if whole < 3600:
+        return f"about {whole // 60} min {whole % 60} s left"
+    return f"about {whole // 3600} h {whole % 3600 // 60} min left"
+
+
+def abandoned_line(abandoned: Sequence[runs.RunRecord]) -> str:
+    """One line on the runs that stopped without finishing since the last run that succeeded
+    (killed, their machine lost), for the next run to say."""
+    shown = ", ".join(
+        f"{r.run_id} (started {_when(r.started_at)}, last heartbeat {_when(r.heartbeat_at)})"
+        for r in abandoned[:3]
+    )
+    more = f" and {len(abandoned) - 3} more" if len(abandoned) > 3 else ""
+    some = "1 run" if len(abandoned) == 1 else f"{len(abandoned)} runs"
+    return (
+        f"{some} stopped without finishing since the last successful run, marked "
+        f"{runs.ABANDONED} in {tables.RUNS_TABLE}: {shown}{more}; what they committed stays, "
+        "and what they left is pending again"
+    )
+
+
+def _when(moment: datetime.datetime | None) -> str:
+    if moment is None:
+        return "never"
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def counted(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Per activity type, what a run had counted before it failed (the summary's keys)."""
+    return {
+        t: {
+            "total_activities": c["total"],
+            "skipped": c["total"] - c["pending"],
+            "pending": c["pending"],
+        }
+        for t, c in counts.items()
+    }
+
+
+def export_metrics(
+    engine: sa.Engine, config: RunConfig, summary: dict[str, Any], started_at: float
+) -> None:
+    """The run's figures to the Prometheus textfile and Pushgateway its options name (if any);
+    a failed export is said in one warning and changes nothing else. ``started_at``: Unix time.
+    """
+    if not (config.metrics_file or config.pushgateway):
+        return
+    finished_at = time.time()
+    last_success: float | None = finished_at
+    if summary.get("status") != "succeeded":
+        try:
+            found = runs.last_succeeded(engine, config.schema)
+            ended = found.finished_at if found is not None else None
+            last_success = ended.timestamp() if ended is not None else None
+        except Exception:  # noqa: BLE001 - the database may be what failed
+            last_success = None
+    figures = metrics.registry(summary, config.schema, started_at, finished_at, last_success)
+    for problem in metrics.export(
+        figures, config.metrics_file, config.pushgateway, METRICS_JOB, config.schema
+    ):
+        _LOG.warning("%s", problem)
 
 
 def counters(result: PipelineResult) -> dict[str, int] | None:

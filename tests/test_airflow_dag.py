@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from psycopg2 import sql
 
+from ops import flink_cluster
+from ops.flink_cluster import LocalFlinkCluster
 from ops.seed import seed
 from pipeline.options import add_arguments, validate
 from pipeline.store import connections, tables
@@ -42,6 +44,8 @@ IMPORT_BUDGET_S = 30.0
 SEEDED = 20_000
 SECRET = f"pw-{uuid.uuid4().hex}"
 RUN_TIMEOUT_S = 300
+
+pytest_plugins = ["tests.flink_fixtures"]
 
 
 def _fail_loudly(what: str, proc: subprocess.CompletedProcess[str]) -> None:
@@ -189,22 +193,28 @@ def test_rendered_task_runs_the_module_for_the_data_interval(airflow_env: dict[s
 
 
 def test_rendered_task_with_params_passes_flags_and_runner_options(
-    airflow_env: dict[str, str],
+    airflow_env: dict[str, str], flink_job_server_jar: Path
 ) -> None:
     conf = {
         "runner": "FlinkRunner",
-        "runner_options": {"flink_master": "localhost:8081", "environment_type": "LOOPBACK"},
+        "runner_options": {"flink_master": "localhost:8081", "parallelism": 4},
         "partitions": 4,
         "no_radiative_forcing": True,
     }
     report = _inspect(airflow_env, conf)
+    # The options docs/airflow.md gives, plus the job server's that the DAG adds by itself
+    # (without them Beam downloads a job server jar from the internet): the project's own.
     assert report["command"] == [
         sys.executable,
         "-m",
         "pipeline.run",
         "--runner=FlinkRunner",
         "--flink_master=localhost:8081",
+        f"--flink_version={flink_cluster.FLINK_MINOR}",
+        f"--flink_job_server_jar={flink_job_server_jar}",
         "--environment_type=LOOPBACK",
+        "--parallelism=4",
+        f"--setup_file={ROOT / 'setup.py'}",
         "--date-from=2025-03-04",
         "--date-to=2025-03-05",
         "--partitions=4",
@@ -521,3 +531,76 @@ def test_password_stays_out_of_the_logs_and_the_metadata(runs: Runs) -> None:
         assert SECRET not in _log(proc)
     assert runs.airflow_metadata, "the runs were recorded in Airflow's metadata database"
     assert SECRET.encode() not in runs.airflow_metadata
+
+
+# --- on Flink, with the options docs/airflow.md gives ----------------------------------------
+
+
+def test_dag_runs_on_flink_with_the_documented_options(
+    airflow_env: dict[str, str],
+    local_flink: LocalFlinkCluster,
+    pg_server_url: str,
+    database_template: Callable[[tables.IdType], str],
+    tmp_path: Path,
+) -> None:
+    """``{"flink_master": ...}`` is all a trigger gives (docs/airflow.md): the DAG adds the job
+    server's options, the run computes the interval on the cluster exactly as the DirectRunner
+    does on a copy of the data, and no job server outlives it."""
+    suffix = uuid.uuid4().hex[:10]
+    on_flink, direct = f"emissions_afflink_{suffix}", f"emissions_afdirect_{suffix}"
+    try:
+        url = _create_database(pg_server_url, on_flink, database_template("bigint"))
+        engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            seed(engine, 5000, seed_value=3)
+        finally:
+            engine.dispose()
+        direct_url = _create_database(pg_server_url, direct, on_flink)
+        day = _busiest_day(url)
+        next_day = day + datetime.timedelta(days=1)
+        conf = {"runner": "FlinkRunner", "runner_options": {"flink_master": local_flink.master}}
+        before = int((local_flink.overview() or {}).get("jobs-finished", 0))  # type: ignore[call-overload]
+        proc = _airflow(
+            airflow_env,
+            "dags",
+            "test",
+            DAG_ID,
+            next_day.isoformat(),
+            "--conf",
+            json.dumps(conf),
+            cwd=tmp_path,
+            extra_env={"AIRFLOW_CONN_EMISSIONS_DB": url, "AIRFLOW__EMISSIONS__RETRIES": "0"},
+        )
+        assert proc.returncode == 0, _log(proc)[-5000:]
+        command = next(line for line in _log(proc).splitlines() if "Running command: " in line)
+        assert "--runner=FlinkRunner" in command
+        assert f"--flink_job_server_jar={flink_cluster.job_server_jar_path()}" in command
+        overview = local_flink.overview() or {}
+        assert int(overview.get("jobs-finished", 0)) == before + 1, overview  # type: ignore[call-overload]
+        assert flink_cluster.job_servers_of(local_flink.master) == []
+
+        direct_run = subprocess.run(
+            [sys.executable, "-m", "pipeline.run", f"--date-from={day}", f"--date-to={next_day}"],
+            env={**os.environ, "EMISSIONS_DATABASE_URL": direct_url},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        assert direct_run.returncode == 0, _log(direct_run)
+        outcomes = _outcomes(url)
+        assert outcomes["results"], "the Flink run wrote results"
+        assert outcomes == _outcomes(direct_url)
+    finally:
+        conn = _admin(pg_server_url)
+        try:
+            with conn.cursor() as cur:
+                for name in (on_flink, direct):
+                    cur.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)
+                        )
+                    )
+        finally:
+            conn.close()

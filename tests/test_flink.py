@@ -1,16 +1,17 @@
 """The pipeline on a real Apache Flink session cluster, against a DirectRunner run.
 
-A local Flink cluster (see ``pipeline/flink_cluster.py``) is started once for the session and
-always stopped. What it needs is fetched into ``.cache/flink`` the first time (PyPI and Maven
-Central, a few minutes); any failure there fails these tests with the reason: they never skip.
+The local Flink cluster, its job server jar and the worker pool come from
+``tests/flink_fixtures.py``: started once for the session, always stopped, never skipped.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,68 +19,19 @@ import pytest
 import sqlalchemy as sa
 
 from ops import flink_cluster
-from ops.flink_cluster import FlinkSetupError, LocalFlinkCluster
+from ops.flink_cluster import LocalFlinkCluster
 from ops.seed import seed
 from pipeline import run
 from pipeline.store import connections, tables
+from tests.support import wait_for
+
+pytest_plugins = ["tests.flink_fixtures"]
 
 SEED_COUNT = 3000
 # A Flink run here takes about half a minute; past this the jobs are cancelled so a hang fails.
 RUN_TIMEOUT_S = 300.0
 # activity_version is the activity row's xmin: it differs between two databases.
 VOLATILE = {"id", "run_id", "created_at", "activity_version"}
-
-
-@pytest.fixture(scope="session")
-def flink_job_server_jar() -> Path:
-    try:
-        return flink_cluster.fetch_job_server()
-    except FlinkSetupError as e:
-        pytest.fail(f"could not build the Beam Flink job server jar: {e}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def local_flink(
-    tmp_path_factory: pytest.TempPathFactory, flink_job_server_jar: Path
-) -> Iterator[LocalFlinkCluster]:
-    """A Flink session cluster on 127.0.0.1 with two task slots, for the whole session."""
-    try:
-        home = flink_cluster.fetch_flink()
-    except FlinkSetupError as e:
-        pytest.fail(f"could not assemble Flink {flink_cluster.FLINK_VERSION}: {e}", pytrace=False)
-    cluster = LocalFlinkCluster.create(home, tmp_path_factory.mktemp("flink"), slots=2)
-    try:
-        cluster.start()
-    except FlinkSetupError as e:
-        pytest.fail(f"could not start the Flink cluster: {e}", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A Beam SDK worker pool, as a deployment runs beside each TaskManager: (address, log)."""
-    port = flink_cluster.free_port()
-    log = tmp_path_factory.mktemp("worker-pool") / "worker_pool.log"
-    try:
-        pool = flink_cluster.start_worker_pool(port, log)
-    except FlinkSetupError as e:
-        pytest.fail(f"could not start the Beam worker pool: {e}", pytrace=False)
-    try:
-        yield f"127.0.0.1:{port}", log
-    finally:
-        pool.terminate()
-        try:
-            pool.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pool.kill()
-
-
-@pytest.fixture
-def flink_args(local_flink: LocalFlinkCluster, flink_job_server_jar: Path) -> list[str]:
-    return flink_cluster.beam_args(local_flink.master, flink_job_server_jar, parallelism=2)
 
 
 def run_pipeline(
@@ -239,3 +191,203 @@ def test_config_binds_everything_to_loopback(tmp_path: Path) -> None:
     assert "localhost" not in text and "0.0.0.0" not in text
     assert text.count("127.0.0.1") == 6
     assert f"dir: {tmp_path}" in text  # pid files stay with this cluster
+
+
+def script(
+    env: dict[str, str], *args: str, timeout: float = RUN_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["./run_flink.sh", *args],
+        cwd=flink_cluster.PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def documented(section: str) -> list[list[str]]:
+    """The commands of the first bash block under ``section`` in docs/flink.md, as words
+    (comments dropped)."""
+    text = (flink_cluster.PROJECT_ROOT / "docs" / "flink.md").read_text()
+    block = text.split(section, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_run_flink_sh_works_as_documented(
+    make_database: Callable[..., str],
+    flink_job_server_jar: Path,
+    flink_home: Path,
+    tmp_path: Path,
+) -> None:
+    """The commands of docs/flink.md's "A local cluster, one command", as written, on a
+    cluster of their own (in a cache of their own that reuses the fetched Flink and jar) and
+    a seeded database; then nothing is left running."""
+    commands = documented("### A local cluster, one command")
+    assert commands == [
+        ["./run_flink.sh"],
+        ["./run_flink.sh", "--no-radiative-forcing"],
+        ["./run_flink.sh", "status"],
+        ["./run_flink.sh", "stop"],
+    ]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / flink_home.name).symlink_to(flink_home)
+    (cache / flink_job_server_jar.name).symlink_to(flink_job_server_jar)
+    url = seeded(make_database)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
+        "EMISSIONS_FLINK_CACHE": str(cache),
+        "EMISSIONS_DATABASE_URL": url,
+    }
+    assert script(env, "status").returncode == 1  # no cluster yet
+
+    first = script(env, *commands[1][1:], "--progress-interval", "0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "running: --flink_master=127.0.0.1:" in first.stderr
+    summary = json.loads(first.stdout)  # stdout is the run's summary, and only that
+    assert (summary["runner"], summary["pending"]) == ("FlinkRunner", SEED_COUNT)
+    assert summary["total_processed"] + summary["errors"] == SEED_COUNT
+    assert "nothing was pending" not in first.stderr
+
+    # Run again (as after ./run_local.sh): nothing pending, and it says so and what to do.
+    again = script(env, *commands[0][1:], "--progress-interval", "0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    note = again.stderr.strip().splitlines()[-1]
+    assert note.startswith(f"note: nothing was pending: all {SEED_COUNT:,} activities"), note
+    assert "this run on FlinkRunner computed nothing" in note
+    assert "--schema emissions_2" in note
+
+    status = script(env, *commands[2][1:])
+    assert status.returncode == 0, status.stderr
+    overview = json.loads(status.stdout)
+    assert (overview["taskmanagers"], overview["slots-total"]) == (1, 2)
+    cluster = LocalFlinkCluster.load(cache / "cluster" / "cluster.json")
+    daemons = cluster._alive_pids()
+    assert len(daemons) == 2
+    assert flink_cluster.job_servers_of(cluster.master) == []  # the runs stopped theirs
+
+    stop = script(env, *commands[3][1:])
+    assert stop.returncode == 0, stop.stderr
+    assert stop.stdout.strip() == "stopped: the local Flink cluster (2 daemon(s))"
+    assert not any(running(pid) for pid in daemons)
+    assert script(env, "status").returncode == 1
+
+
+def test_stop_also_stops_a_job_server_a_killed_run_left(
+    flink_job_server_jar: Path, flink_home: Path, tmp_path: Path
+) -> None:
+    """A run killed outright (SIGKILL) cannot stop its job server: ``stop`` does."""
+    cluster = LocalFlinkCluster.create(flink_home, tmp_path / "cluster", slots=1)
+    cluster.start()
+    try:
+        # The job server as Beam starts it for a run on this cluster, its run then gone.
+        orphan = subprocess.Popen(
+            ["java", "-jar", str(flink_job_server_jar), "--flink-master"]
+            + [f"http://{cluster.master}", "--job-port", str(flink_cluster.free_port())],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        # Found once the forked child has become the JVM (its command line is Java's).
+        wait_for(
+            lambda: flink_cluster.job_servers_of(cluster.master) == [orphan.pid],
+            timeout=10,
+            what="the orphan job server to be found by its command line",
+        )
+    finally:
+        daemons, servers = cluster.stop()
+    assert (daemons, servers) == (2, 1)
+    assert orphan.wait(timeout=10) is not None
+    assert flink_cluster.job_servers_of(cluster.master) == []
+
+
+def test_a_long_fetch_says_how_it_is_going(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flink_cluster, "PROGRESS_INTERVAL_S", 0.2)
+    flink_cluster._run(
+        ["sleep", "0.7"], "waiting", tmp_path / "log", progress=lambda: ", 12 MB so far"
+    )
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2
+    assert all(
+        line.startswith("  ... waiting: ") and line.endswith(" s, 12 MB so far") for line in lines
+    )
+
+
+def test_maven_downloads_are_counted_from_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "mvn.log"
+    log.write_text(
+        "[INFO] Downloading from central: https://repo/a.jar\n"
+        "[INFO] Downloaded from central: https://repo/a.jar (1.5 MB at 2.0 MB/s)\n"
+        "[INFO] Downloaded from central: https://repo/b.pom (2.5 kB at 10 kB/s)\n"
+        "[INFO] Downloaded from central: https://repo/c.jar (1,024 kB at 1 MB/s)\n"
+    )
+    count, mb = flink_cluster.maven_downloads(log)
+    assert count == 3
+    assert mb == pytest.approx(1.5 + 0.0025 + 1.024)
+
+
+def test_the_scripting_steps_work_as_documented(
+    make_database: Callable[..., str],
+    flink_job_server_jar: Path,
+    flink_home: Path,
+    tmp_path: Path,
+) -> None:
+    """docs/flink.md's "steps underneath, for scripting", run as written by bash (``[options]``
+    left out), on a cluster of their own: the run computes everything and stop stops it all."""
+    block = documented("The steps underneath, for scripting:")
+    assert [words[:4] for words in block] == [
+        [".venv/bin/python", "-m", "ops.flink_cluster", "fetch"],
+        [".venv/bin/python", "-m", "ops.flink_cluster", "start"],
+        [".venv/bin/python", "-m", "ops.flink_cluster", "args"],
+        [".venv/bin/python", "-m", "pipeline.run", "$(.venv/bin/python"],
+        [".venv/bin/python", "-m", "ops.flink_cluster", "stop"],
+    ]
+    text = (flink_cluster.PROJECT_ROOT / "docs" / "flink.md").read_text()
+    lines = text.split("The steps underneath, for scripting:", 1)[1]
+    lines = lines.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = "\n".join(
+        line.split("#", 1)[0].replace("[options]", "--progress-interval 0")
+        for line in lines.splitlines()
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / flink_home.name).symlink_to(flink_home)
+    (cache / flink_job_server_jar.name).symlink_to(flink_job_server_jar)
+    url = seeded(make_database)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
+        "EMISSIONS_FLINK_CACHE": str(cache),
+        "EMISSIONS_DATABASE_URL": url,
+    }
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands],
+        cwd=flink_cluster.PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S * 2,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"job server jar: {cache / flink_job_server_jar.name}" in out
+    master = out.split("--flink_master=", 1)[1].split()[0]
+    assert f"--runner=FlinkRunner --flink_master={master} --flink_version=" in out
+    summary = json.loads(out[out.index("\n{") : out.rindex("}") + 1])
+    assert (summary["runner"], summary["pending"]) == ("FlinkRunner", SEED_COUNT)
+    assert summary["total_processed"] + summary["errors"] == SEED_COUNT
+    assert out.rstrip().endswith("stopped: the local Flink cluster (2 daemon(s))")
+    assert flink_cluster.job_servers_of(master) == []
+    assert not (cache / "cluster" / "cluster.json").exists()

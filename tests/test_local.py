@@ -55,3 +55,24 @@ def test_a_database_of_your_own_gets_no_demo_rows_unless_asked(empty_database: s
     summary = json.loads(asked.stdout)
     assert activities(empty_database) == summary["total_activities"] == 300
     assert summary["total_processed"] + summary["errors"] == 300
+
+
+def test_a_run_that_finds_nothing_pending_says_so_and_how_to_start_afresh(
+    empty_database: str,
+) -> None:
+    first = local(empty_database, "--seed-demo")
+    assert first.returncode == 0, first.stderr
+    assert "nothing was pending" not in first.stderr
+    again = local(empty_database, "--seed-demo")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["pending"], summary["total_processed"]) == (0, 0)
+    note = again.stderr.strip().splitlines()[-1]
+    assert note.startswith("note: nothing was pending: all 300 activities in schema emissions ")
+    assert "this run on DirectRunner computed nothing" in note
+    assert "(--schema emissions_2): it gets its own tables and 300 demo activities" in note
+    # What the note says to do computes everything again, in a schema of its own.
+    fresh = local(empty_database, "--seed-demo", "--schema", "emissions_2")
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["pending"] == 300
+    assert "nothing was pending" not in fresh.stderr

@@ -228,3 +228,42 @@ def test_only_the_main_thread_prints_on_stderr_while_a_run_is_on() -> None:
     worker.start()
     worker.join()
     assert shown.getvalue() == "error: one line\n"
+
+
+def test_a_run_whose_database_is_down_from_the_start_says_no_row_stays_running(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No row was ever written for it: its error says what failed, and nothing about a
+    record 'running' in the database."""
+    run_id = str(uuid.uuid4())
+    url = "postgresql://nobody@127.0.0.1:1/none"
+    assert run.main(["--database-url", url, "--run-id", run_id, "--retry-attempts", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 2, captured.err
+    said = lines[1].removeprefix(f"error: run {run_id} failed: ")
+    assert lines[0].endswith(f" ERROR pipeline.run run {run_id} failed: {said}")
+    assert lines[1].startswith(
+        f"error: run {run_id} failed: the database is unavailable: checking the sources failed "
+        "1 time(s)"
+    )
+    assert "stays 'running'" not in captured.err
+
+
+def test_a_run_beats_while_it_works_and_stops_before_its_outcome(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 600, seed_value=5)
+    run_id = str(uuid.uuid4())
+    assert run_in_process(database_url, "--run-id", run_id) == 0
+    capsys.readouterr()
+    started, beat, finished = (
+        scalar(
+            database_url,
+            f"SELECT {column} FROM emissions.calculation_runs WHERE run_id = %s",
+            (run_id,),
+        )
+        for column in ("started_at", "heartbeat_at", "finished_at")
+    )
+    assert started <= beat <= finished  # the last heartbeat came before the outcome

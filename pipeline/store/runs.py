@@ -6,12 +6,21 @@ rewrite an earlier run's outcome.
 
 What a run wrote is summed from its write log (``WRITES_TABLE``: a few rows per flush, written
 in the same transaction as the results they describe), never by a scan of its results.
+
+A run says it is alive by its heartbeat (``Heartbeat``: ``heartbeat_at`` set every few
+seconds while it works); a run still ``running`` whose heartbeat is older than a threshold has
+stopped without finishing (killed, its machine lost) and is marked ``abandoned``
+(``mark_abandoned``), by a conditional update that a live run's heartbeat always escapes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import logging
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +36,17 @@ from pipeline.store.tables import (
     qualified_text,
     table,
 )
+
+_LOG = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats of a run that is working.
+HEARTBEAT_INTERVAL = 5.0
+#: A run still ``running`` whose last heartbeat is older than this (seconds) has stopped
+#: without finishing: sixty heartbeats missed, far more than a database restart (retried for
+#: about 35 s) or a busy machine can explain.
+DEFAULT_STALE_AFTER = 300.0
+#: The status of a run that stopped without finishing (found by its old heartbeat).
+ABANDONED = "abandoned"
 
 
 def _runs_table(schema: str) -> sa.Table:
@@ -84,6 +104,7 @@ def start_run(
                 status="running",
                 runner=runner,
                 options=json.loads(json.dumps(options, default=str)),
+                heartbeat_at=sa.func.now(),
                 **fields,
             )
             .on_conflict_do_nothing(index_elements=[runs.c.run_id])
@@ -105,6 +126,232 @@ def finish_run(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA, **f
             .values(finished_at=sa.func.now(), **fields)
         )
         return bool(updated.rowcount == 1)
+
+
+def beat(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA) -> bool:
+    """Sets the run's ``heartbeat_at`` to now, if it is still ``running``; returns whether it
+    is (False once it has finished, or another process has marked it abandoned)."""
+    runs = _runs_table(schema)
+    with engine.begin() as conn:
+        updated = conn.execute(
+            runs.update()
+            .where(runs.c.run_id == run_id, runs.c.status == "running")
+            .values(heartbeat_at=sa.func.now())
+        )
+        return bool(updated.rowcount == 1)
+
+
+class Heartbeat:
+    """While the ``with`` block runs, a daemon thread sets the run's ``heartbeat_at`` at once
+    and then every ``interval`` seconds, on a connection of ``engine``'s pool for a moment
+    each time. Stop it before the run records its outcome (leaving the block, or ``stop``).
+
+    A heartbeat that cannot be written (the database restarting) is tried again at the next
+    interval, said once in the log; once the row is no longer ``running`` (another process
+    marked it abandoned), it says so and stops. Any long-lived process that owns a run's row
+    (a run, a follow mode's cycle) keeps it alive this way."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        run_id: str,
+        schema: str = DEFAULT_SCHEMA,
+        interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        self._engine = engine
+        self._run_id = run_id
+        self._schema = schema
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        #: Heartbeats written; whether the row was still ``running`` at the last one.
+        self.beats = 0
+        self.running = True
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No more heartbeats (waits a moment for one being written)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.running = beat(self._engine, self._run_id, self._schema)
+            except Exception as e:  # noqa: BLE001 - tried again at the next interval
+                if not failing:
+                    _LOG.warning(
+                        "heartbeat of run %s not recorded (%s); trying every %g s",
+                        self._run_id,
+                        type(e).__name__,
+                        self._interval,
+                    )
+                failing = True
+            else:
+                failing = False
+                if not self.running:
+                    if not self._stop.is_set():
+                        _LOG.warning(
+                            "run %s is no longer 'running' in %s (marked by another process): "
+                            "its heartbeat stops and its outcome will not be recorded",
+                            self._run_id,
+                            RUNS_TABLE,
+                        )
+                    return
+                self.beats += 1
+            self._stop.wait(self._interval)
+
+
+def mark_abandoned(
+    engine: sa.Engine,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    schema: str = DEFAULT_SCHEMA,
+    by: str = "ops.status",
+) -> list[str]:
+    """Marks ``abandoned`` every run still ``running`` whose last heartbeat (or start, for a
+    run recorded before heartbeats) is more than ``stale_after`` seconds old; returns their ids.
+
+    One conditional ``UPDATE``: a row is marked only if, when its lock is had, it is still
+    ``running`` and its heartbeat still old, so a live run (whose heartbeat is written every
+    few seconds) is never marked, and a run that finishes meanwhile keeps its outcome."""
+    runs = _runs_table(schema)
+    last_sign = sa.func.coalesce(runs.c.heartbeat_at, runs.c.started_at)
+    since = sa.func.to_char(sa.func.timezone("UTC", last_sign), "YYYY-MM-DD HH24:MI:SS")
+    message = (
+        sa.literal("stopped without finishing: no heartbeat since ", sa.Text)
+        + since
+        + sa.literal(f" UTC (marked by {by})", sa.Text)
+    )
+    with engine.begin() as conn:
+        marked = conn.execute(
+            runs.update()
+            .where(
+                runs.c.status == "running",
+                last_sign < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, stale_after),
+            )
+            .values(status=ABANDONED, message=message)
+            .returning(runs.c.run_id)
+        )
+        return sorted(str(r) for r in marked.scalars())
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as ``calculation_runs`` holds it: what an operator asks of it. ``duration_s``:
+    to its end; for an abandoned run, to its last heartbeat; for a running one, to now.
+    ``heartbeat_age_s``: for a run still ``running``, how old its last sign of life is."""
+
+    run_id: str
+    status: str
+    runner: str | None
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    heartbeat_at: datetime.datetime | None
+    duration_s: float | None
+    heartbeat_age_s: float | None
+    total_activities: int | None
+    pending: int | None
+    total_processed: int | None
+    errors: int | None
+    total_co2e_tonnes: float | None
+    message: str | None
+    airflow_dag_id: str | None
+    airflow_run_id: str | None
+    data_interval_start: datetime.datetime | None
+    data_interval_end: datetime.datetime | None
+
+
+def _records(
+    conn: sa.Connection, runs: sa.Table, *where: Any, limit: int | None = None
+) -> list[RunRecord]:
+    c = runs.c
+    end = sa.case(
+        (c.finished_at.is_not(None), c.finished_at),
+        (c.status == "running", sa.func.now()),
+        else_=c.heartbeat_at,
+    )
+    duration = sa.cast(sa.func.extract("epoch", end - c.started_at), sa.Float).label("duration_s")
+    age = sa.case(
+        (
+            c.status == "running",
+            sa.cast(
+                sa.func.extract(
+                    "epoch", sa.func.now() - sa.func.coalesce(c.heartbeat_at, c.started_at)
+                ),
+                sa.Float,
+            ),
+        ),
+        else_=None,
+    ).label("heartbeat_age_s")
+    query = (
+        sa.select(
+            c.run_id,
+            c.status,
+            c.runner,
+            c.started_at,
+            c.finished_at,
+            c.heartbeat_at,
+            duration,
+            age,
+            c.total_activities,
+            c.pending,
+            c.total_processed,
+            c.errors,
+            c.total_co2e_tonnes,
+            c.message,
+            c.airflow_dag_id,
+            c.airflow_run_id,
+            c.data_interval_start,
+            c.data_interval_end,
+        )
+        .where(*where)
+        .order_by(c.started_at.desc().nulls_last(), c.run_id)
+        .limit(limit)
+    )
+    return [RunRecord(**{**r._asdict(), "run_id": str(r.run_id)}) for r in conn.execute(query)]
+
+
+def recent_runs(
+    engine: sa.Engine, schema: str = DEFAULT_SCHEMA, limit: int = 10
+) -> list[RunRecord]:
+    """The ``limit`` runs started last, newest first."""
+    with engine.connect() as conn:
+        return _records(conn, _runs_table(schema), limit=limit)
+
+
+def last_succeeded(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> RunRecord | None:
+    """The run that succeeded last (by its start), or None."""
+    runs = _runs_table(schema)
+    with engine.connect() as conn:
+        found = _records(conn, runs, runs.c.status == "succeeded", limit=1)
+    return found[0] if found else None
+
+
+def abandoned_since_success(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> list[RunRecord]:
+    """Runs marked abandoned that started after the last run that succeeded (every one, when
+    none has), newest first: the ones an operator has not yet seen followed by a success."""
+    runs = _runs_table(schema)
+    succeeded = (
+        sa.select(sa.func.max(runs.c.started_at))
+        .where(runs.c.status == "succeeded")
+        .scalar_subquery()
+    )
+    with engine.connect() as conn:
+        return _records(
+            conn,
+            runs,
+            runs.c.status == ABANDONED,
+            runs.c.started_at
+            > sa.func.coalesce(succeeded, sa.literal("-infinity").cast(sa.DateTime(timezone=True))),
+        )
 
 
 def hold_commits(engine: sa.Engine, schema: str, wait_s: float) -> sa.Connection | None:

@@ -297,6 +297,14 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("factor_pins", postgresql.JSONB),
         sa.Column("factor_editions", postgresql.JSONB),
         sa.Column("code_version", sa.Text),
+        # Revision 0003: written every few seconds while the run works (``runs.Heartbeat``); a
+        # run whose heartbeat is old stopped without finishing (``runs.mark_abandoned``).
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+        # The Airflow DAG run the run was a task of, and the data interval it was for.
+        sa.Column("airflow_dag_id", sa.Text),
+        sa.Column("airflow_run_id", sa.Text),
+        sa.Column("data_interval_start", sa.DateTime(timezone=True)),
+        sa.Column("data_interval_end", sa.DateTime(timezone=True)),
     )
     return md
 
