@@ -10,6 +10,7 @@ import apache_beam as beam
 from pipeline.options import RunConfig
 from pipeline.ranges import KeyRange
 from transforms.calculate import ERRORS, CalculateEmissions, ReadFactorsFn
+from transforms.follow import ReadChanges
 from transforms.read import ReadPendingActivities
 from transforms.write import WriteErrors, WriteResults
 
@@ -23,6 +24,48 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
     stage, tables stream from the read to the writes, and the workers share the ranges of all
     types (one stage per type would leave a worker idle at the end of each).
     """
+    activities = p | "ReadPending" >> ReadPendingActivities(
+        config.database_url,
+        ranges,
+        date_from=config.date_from,
+        date_to=config.date_to,
+        retry_policy=config.retry_policy,
+        sources=config.sources,
+        schema=config.schema,
+        run_id=config.run_id,
+    )
+    return _calculate_and_write(p, activities, config, config.write_batch_size)
+
+
+def build_follow(
+    p: beam.Pipeline,
+    config: RunConfig,
+    poll_interval: float,
+    stop_at: float,
+    rows_per_window: int,
+    max_windows: int,
+) -> Any:
+    """Adds the follow mode to ``p``: every ``poll_interval`` seconds until ``stop_at`` (a Unix
+    time), the windows of new and changed activities → read → calculate → write, the same
+    calculation and writes as ``build``. Each poll's results are written as soon as they are
+    calculated (a write per element, not per batch): the point is their latency."""
+    activities = p | "ReadChanges" >> ReadChanges(
+        config.database_url,
+        config.sources,
+        poll_interval,
+        stop_at,
+        rows_per_window,
+        max_windows,
+        config.retry_policy,
+        config.schema,
+        config.activity_types,
+    )
+    return _calculate_and_write(p, activities, config, batch_size=1)
+
+
+def _calculate_and_write(
+    p: beam.Pipeline, activities: Any, config: RunConfig, batch_size: int
+) -> Any:
     factors = (
         p
         | "Factors" >> beam.Create([None])
@@ -36,23 +79,13 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
             )
         )
     )
-    activities = p | "ReadPending" >> ReadPendingActivities(
-        config.database_url,
-        ranges,
-        date_from=config.date_from,
-        date_to=config.date_to,
-        retry_policy=config.retry_policy,
-        sources=config.sources,
-        schema=config.schema,
-        run_id=config.run_id,
-    )
     calculated = activities | "Calculate" >> CalculateEmissions(
         factors, config.radiative_forcing, config.limits
     )
     calculated.results | "WriteResults" >> WriteResults(
         config.database_url,
         config.run_id,
-        config.write_batch_size,
+        batch_size,
         config.retry_policy,
         config.schema,
         config.text_ids,
@@ -60,7 +93,7 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
     calculated[ERRORS] | "WriteErrors" >> WriteErrors(
         config.database_url,
         config.run_id,
-        config.write_batch_size,
+        batch_size,
         config.retry_policy,
         config.schema,
     )

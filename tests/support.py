@@ -56,7 +56,9 @@ class RunProcess:
         return json.loads(text[text.index("{") :])
 
 
-def start_run(url: str, workdir: Path, *extra: str, name: str = "run") -> RunProcess:
+def start_run(
+    url: str, workdir: Path, *extra: str, name: str = "run", module: str = "pipeline.run"
+) -> RunProcess:
     out, err = workdir / f"{name}.out", workdir / f"{name}.err"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("EMISSIONS_DATABASE_URL", None)
@@ -65,7 +67,7 @@ def start_run(url: str, workdir: Path, *extra: str, name: str = "run") -> RunPro
             [
                 sys.executable,
                 "-m",
-                "pipeline.run",
+                module,
                 "--database-url",
                 url,
                 "--progress-interval",

@@ -46,9 +46,11 @@ def read_pending_table(
     date_from: str | None = None,
     date_to: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    window: tuple[str | None, str | None] | None = None,
 ) -> pa.Table:
-    """The pending rows of one key range as an Arrow table, in one ``COPY … TO STDOUT``, in a
-    read-only transaction (a source is someone else's: the read never writes to it).
+    """The pending rows of one key range (or follow ``window``) as an Arrow table, in one
+    ``COPY … TO STDOUT``, in a read-only transaction (a source is someone else's: the read
+    never writes to it).
 
     ``arrow_schema`` gives the activity columns' Arrow types (``activity_date`` as ISO text);
     the table has three more columns: ``activity_version`` (the row's version), ``stored``
@@ -56,7 +58,7 @@ def read_pending_table(
     fingerprint). An unquoted empty field is NULL and a quoted one the empty string, as
     PostgreSQL writes them.
     """
-    query, params = pending_query(source, start, end, date_from, date_to, schema)
+    query, params = pending_query(source, start, end, date_from, date_to, schema, window)
     arrow_schema = (
         arrow_schema.append(pa.field(VERSION_COLUMN, pa.int64()))
         .append(pa.field(STORED_COLUMN, pa.bool_()))
@@ -67,7 +69,9 @@ def read_pending_table(
         cur.execute("SET TRANSACTION READ ONLY")
         # A join to the results planned as a loop would go quadratic if the statistics say
         # the results table is empty when it is not (right after a first run): hash or merge.
-        cur.execute("SET LOCAL enable_nestloop = off")
+        # (A follow window is a few rows: for them, a loop over the results' index is right.)
+        if window is None:
+            cur.execute("SET LOCAL enable_nestloop = off")
         copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
         cur.copy_expert(cur.mogrify(copy, params).decode(), buf)
     conn.commit()

@@ -44,6 +44,9 @@ _KEY_TYPES: dict[str, KeyType] = {
     "bpchar": "text",
 }
 
+#: What a ``follow_by`` column may be: a number that grows, or a timestamp.
+FOLLOW_TYPES = frozenset({"int2", "int4", "int8", "timestamp", "timestamptz"})
+
 #: Row versions: PostgreSQL's ``xmin`` of a table, or a column that changes with the row.
 _VERSION_TYPES = {
     "xid": "xid",
@@ -164,6 +167,16 @@ def _check_source(
                 f"{at}: version {source.version} is {columns[source.version]}; a version must "
                 "be xmin, an integer or a timestamp"
             )
+    follow_type = source.follow_type
+    if source.follow_by is not None:
+        # A missing column matters to the follow mode only, which says so when it starts
+        # (the pipeline's own tables have it from revision 0004, which may be yet to run).
+        follow_type = columns.get(source.follow_by)
+        if follow_type is not None and follow_type not in FOLLOW_TYPES:
+            problems.append(
+                f"{at}: follow_by {source.follow_by} is {follow_type}; it must be an integer "
+                "(a number from a sequence) or a timestamp"
+            )
     wanted = field_types(source.activity_type)
     for name, field in source.fields:
         if field.column is None:
@@ -180,7 +193,12 @@ def _check_source(
             )
     if len(problems) > before:
         return None
-    resolved = dataclasses.replace(source, key_type=key_type, version_type=version_type or "xid")
+    resolved = dataclasses.replace(
+        source,
+        key_type=key_type,
+        version_type=version_type or "xid",
+        follow_type=follow_type,
+    )
     # Expressions and constants: PostgreSQL itself says whether they work, one at a time.
     with conn.cursor() as cur:
         for name, field in source.fields:

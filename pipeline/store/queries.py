@@ -30,6 +30,7 @@ from pipeline.model import (
 )
 from pipeline.store.connections import raw_connection
 from pipeline.store.sources import (
+    FOLLOW_COLUMN,
     VERSION_COLUMN,
     Source,
     Sources,
@@ -183,12 +184,18 @@ def pending_query(
     date_from: str | None = None,
     date_to: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    window: tuple[str | None, str | None] | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """One key range of the activities to compute: new ones, and those whose version differs
     from their result's. Each comes with its row version, whether it has a result, and that
-    result's input fingerprint."""
+    result's input fingerprint. ``window`` (after, up to) narrows it to the rows whose
+    ``follow_by`` value is in that interval (the follow mode's reads)."""
     source = as_source(source, schema)
     conditions, params = _in_scope(source, start, end, date_from, date_to)
+    if window is not None:
+        found, window_params = follow_window(source, *window)
+        conditions += found
+        params.update(window_params)
     select = sql.SQL(", ").join(
         [sql.SQL("a.") + sql.Identifier(c) for c in activity_fields(source.activity_type)]
         + [
@@ -208,6 +215,40 @@ def pending_query(
         changed=_CHANGED,
     )
     return query, params
+
+
+#: How a ``follow_by`` value (kept as text) is cast back to its column's type.
+_FOLLOW_CASTS = {
+    "int2": "bigint",
+    "int4": "bigint",
+    "int8": "bigint",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+}
+
+
+def follow_cast(source: Source) -> sql.SQL:
+    """``::type`` for values of the source's ``follow_by`` column."""
+    if source.follow_type not in _FOLLOW_CASTS:
+        raise ValueError(f"{source.name} has no usable follow_by column")
+    return sql.SQL("::" + _FOLLOW_CASTS[source.follow_type])
+
+
+def follow_window(
+    source: Source, after: str | None, upto: str | None
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """Conditions for ``after < follow_by <= upto`` (an end left None is open)."""
+    cast = follow_cast(source)
+    column = sql.SQL("a.") + sql.Identifier(FOLLOW_COLUMN)
+    conditions: list[sql.Composable] = [column + sql.SQL(" IS NOT NULL")]
+    params: dict[str, Any] = {}
+    if after is not None:
+        conditions.append(column + sql.SQL(" > %(after)s") + cast)
+        params["after"] = after
+    if upto is not None:
+        conditions.append(column + sql.SQL(" <= %(upto)s") + cast)
+        params["upto"] = upto
+    return conditions, params
 
 
 def count_query(

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from psycopg2 import sql
 
 from pipeline.model import ACTIVITY_TYPES, ActivityType, activity_fields
-from pipeline.store.tables import ACTIVITY_TABLES, DEFAULT_SCHEMA
+from pipeline.store.tables import ACTIVITY_TABLES, CHANGE_COLUMN, DEFAULT_SCHEMA
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +109,11 @@ class Source:
     fields: tuple[tuple[str, Field], ...] = ()
     key_type: KeyType | None = None
     version_type: str | None = None
+    #: An indexed column that grows with every insert and update (a number from a sequence,
+    #: an ``updated_at`` timestamp): what the follow mode finds changes by. Its PostgreSQL
+    #: type is filled in by ``check``.
+    follow_by: str | None = None
+    follow_type: str | None = None
 
     @property
     def name(self) -> str:
@@ -129,6 +134,8 @@ def default_sources(schema: str = DEFAULT_SCHEMA) -> dict[ActivityType, Source]:
             activity_type=t,
             table=(schema, ACTIVITY_TABLES[t]),
             fields=tuple((f, Field(column=f)) for f in field_types(t)),
+            follow_by=CHANGE_COLUMN,
+            follow_type="int8",
         )
         for t in ACTIVITY_TYPES
     }
@@ -188,7 +195,7 @@ def _parse_source(
 ) -> Source | None:
     at = f"[{activity_type}]"
     before = len(problems)
-    known = {"table", "query", "key", "version", "fields"}
+    known = {"table", "query", "key", "version", "fields", "follow_by"}
     for key in section:
         if key not in known:
             problems.append(f"{at} {key}: unknown setting ({', '.join(sorted(known))})")
@@ -215,6 +222,9 @@ def _parse_source(
         )
     elif not isinstance(version, str) or not _IDENT.match(version):
         problems.append(f"{at} version = {version!r}: name a column (or xmin)")
+    follow_by = section.get("follow_by")
+    if follow_by is not None and (not isinstance(follow_by, str) or not _IDENT.match(follow_by)):
+        problems.append(f"{at} follow_by = {follow_by!r}: name an indexed column")
     raw_fields = section.get("fields", {})
     if not isinstance(raw_fields, Mapping):
         problems.append(f'{at} fields must be a table: field = "column" or {{ … }}')
@@ -246,6 +256,7 @@ def _parse_source(
         key=str(key),
         version=str(version),
         fields=tuple(fields),
+        follow_by=str(follow_by) if follow_by is not None else None,
     )
 
 
@@ -352,6 +363,8 @@ def version_expression(source: Source) -> sql.Composed:
 
 #: The column the reads add: the row version the input was read at.
 VERSION_COLUMN = "activity_version"
+#: The column the relation adds for a source with ``follow_by``: that column, as it is.
+FOLLOW_COLUMN = "follow_key"
 
 
 def relation(source: Source) -> sql.Composed:
@@ -367,4 +380,10 @@ def relation(source: Source) -> sql.Composed:
     columns.append(
         sql.SQL("{} AS {}").format(version_expression(source), sql.Identifier(VERSION_COLUMN))
     )
+    if source.follow_by is not None:
+        columns.append(
+            sql.SQL("s.{} AS {}").format(
+                sql.Identifier(source.follow_by), sql.Identifier(FOLLOW_COLUMN)
+            )
+        )
     return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), from_clause(source))

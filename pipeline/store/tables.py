@@ -10,6 +10,7 @@ definitions here describe the newest revision, for the code that reads and write
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Literal
 
@@ -70,6 +71,11 @@ VERSION_COLUMN = "activity_version"
 #: Why a result left ``emission_results`` for its history.
 HISTORY_REASONS = ("restatement", "activity_changed", "activity_deleted")
 EXPLAINED_VIEW = "emission_results_explained"
+#: The follow mode's marks: per activity type, how far it has come (``pipeline.follow``).
+MARKS_TABLE = "follow_marks"
+#: On the pipeline's own activity tables: a number from one sequence per insert and update.
+CHANGE_COLUMN = "change_seq"
+CHANGE_SEQUENCE = "activity_changes"
 ERROR_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ErrorRecord))
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -108,6 +114,16 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         )
         return sa.Column(name, col_type, **kw)
 
+    def change_seq() -> sa.Column[Any]:
+        # Numbers every insert (this default) and update (a trigger, migration 0004): what the
+        # follow mode finds changes by, through its index.
+        return sa.Column(
+            CHANGE_COLUMN,
+            sa.BigInteger,
+            server_default=sa.Sequence(CHANGE_SEQUENCE, schema=schema).next_value(),
+            index=True,
+        )
+
     sa.Table(
         ACTIVITY_TABLES["electricity"],
         md,
@@ -117,6 +133,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("region", sa.Text),
         sa.Column("country", sa.Text),
         sa.Column("activity_date", sa.Date),
+        change_seq(),
     )
     sa.Table(
         ACTIVITY_TABLES["spend"],
@@ -126,6 +143,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("currency", sa.Text),
         sa.Column("naics_code", sa.Text),
         sa.Column("activity_date", sa.Date),
+        change_seq(),
     )
     sa.Table(
         ACTIVITY_TABLES["air_travel"],
@@ -138,6 +156,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("return_trip", sa.Boolean),
         sa.Column("activity_date", sa.Date),
         sa.Column("distance_km", sa.Float(53)),
+        change_seq(),
     )
     sa.Table(
         FACTORS_TABLE,
@@ -274,6 +293,20 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("replaced", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("written_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
+    # The follow mode's marks (docs/follow.md): ``mark``, every change up to it is computed;
+    # ``scanned``, read up to there; ``pending_mark``, the next mark, once every transaction
+    # older than ``pending_xmax`` has ended. Keys of the source's ``follow_by``, as text.
+    sa.Table(
+        MARKS_TABLE,
+        md,
+        sa.Column("activity_type", sa.Text, primary_key=True),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("mark", sa.Text),
+        sa.Column("scanned", sa.Text),
+        sa.Column("pending_xmax", sa.BigInteger),
+        sa.Column("pending_mark", sa.Text),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    )
     sa.Table(
         RUNS_TABLE,
         md,
@@ -309,8 +342,14 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
     return md
 
 
+@functools.lru_cache(maxsize=64)
 def table(name: str, schema: str = DEFAULT_SCHEMA, id_type: IdType = "bigint") -> sa.Table:
-    """One table's SQLAlchemy definition, in ``schema``."""
+    """One table's SQLAlchemy definition, in ``schema``: the same object each time.
+
+    Made once per (name, schema, key type): a new one per call would make every statement on
+    it new to SQLAlchemy's compiled-statement cache, which keeps 500 of them, each holding a
+    whole ``MetaData``; a heartbeat every 5 s made a long follow run grow by some 5 MB a
+    minute that way."""
     return build_metadata(id_type, schema).tables[f"{schema}.{name}"]
 
 

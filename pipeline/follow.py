@@ -1,0 +1,343 @@
+"""The follow mode: compute new and changed activities within seconds of their commit, until
+stopped.
+
+    python -m pipeline.follow [--poll-interval 2] [--stop-after SECONDS] [run options]
+
+The same read → calculate → write steps as ``pipeline.run``, in a pipeline that keeps running:
+every ``--poll-interval`` seconds it reads what is new or changed since its marks, through the
+index on each source's ``follow_by`` column (``pipeline.store.marks``), so a poll costs what
+has changed, not the size of the table. Deleted activities are retired by batch runs, which
+can run beside it: the writes are idempotent, so nothing is doubled.
+
+It records itself in ``calculation_runs`` with a heartbeat, logs at a calm rate, and ends
+cleanly on SIGTERM or SIGINT: writes that reached their commit stay, the others roll back, and
+the next start continues from the marks. ``--stop-after`` bounds its life (a service manager
+or scheduler starts it again): see docs/follow.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import cli, editions, retry, tuning
+from pipeline.options import OptionsError, RunConfig, add_arguments, validate
+from pipeline.planning import check_sources
+from pipeline.run import execute, runner_name, safe_options, workers_in_process
+from pipeline.stopping import (
+    Cancelled,
+    Stop,
+    TracebacksAtDebug,
+    WorkerStderr,
+    end_cancelled,
+    real_stderr,
+)
+from pipeline.store import checks, connections, runs
+from pipeline.store.install import ensure_initialised
+from pipeline.store.sources import Sources, SourcesError
+
+_LOG = logging.getLogger("pipeline.follow")
+
+#: A window of changes holds at most this many rows: the most a read holds in memory.
+ROWS_PER_WINDOW = 20_000
+#: Windows handed out per poll and type, at most: a backlog is worked through over polls.
+MAX_WINDOWS = 10
+
+
+class NotFollowable(ValueError):
+    """A source the follow mode cannot read by its changes; the message says what to add."""
+
+
+def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-interval",
+        "--poll_interval",
+        dest="poll_interval",
+        type=float,
+        default=2.0,
+        help="seconds between two looks for new and changed activities",
+    )
+    parser.add_argument(
+        "--stop-after",
+        "--stop_after",
+        dest="stop_after",
+        type=float,
+        default=None,
+        help="end after this many seconds (default: run until SIGTERM or SIGINT)",
+    )
+    parser.add_argument(
+        "--rows-per-window",
+        "--rows_per_window",
+        dest="rows_per_window",
+        type=int,
+        default=ROWS_PER_WINDOW,
+        help="the most rows read at once (a backlog is read in windows of this size)",
+    )
+
+
+def followable(engine: sa.Engine, sources: Sources) -> None:
+    """``NotFollowable`` unless every source has a usable ``follow_by`` column, and each
+    table's is the first column of an index (else every poll would read the whole table)."""
+    problems = []
+    with engine.connect() as conn:
+        for activity_type, source in sources.items():
+            if source.follow_by is None or source.follow_type is None:
+                problems.append(
+                    f"{activity_type}: {source.name} has no follow_by column: name an indexed "
+                    "column that grows with every insert and update (a number from a sequence, "
+                    "an updated_at timestamp) as follow_by in the sources file (docs/follow.md)"
+                )
+            elif source.table is not None:
+                indexed = conn.execute(
+                    sa.text(
+                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON "
+                        "a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = "
+                        "to_regclass(:t) AND a.attname = :c)"
+                    ),
+                    {"t": ".".join(f'"{p}"' for p in source.table), "c": source.follow_by},
+                ).scalar()
+                if not indexed:
+                    problems.append(
+                        f"{activity_type}: {source.name}.{source.follow_by} has no index: ask "
+                        f"for CREATE INDEX ON {source.name} ({source.follow_by})"
+                    )
+    if problems:
+        raise NotFollowable("; ".join(problems))
+
+
+class Activity:
+    """Logs, at most every ``interval`` seconds and only when something was stored, what the
+    follow run has stored since the last line and in all (from the write log)."""
+
+    def __init__(self, engine: sa.Engine, run_id: str, schema: str, interval: float) -> None:
+        self._engine, self._run_id, self._schema = engine, run_id, schema
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="follow-activity", daemon=True)
+
+    def __enter__(self) -> Activity:
+        if self._interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        before, since = 0, time.monotonic()
+        while not self._stop.wait(self._interval):
+            try:
+                stored = runs.results_written(self._engine, self._run_id, self._schema)
+            except Exception as e:  # noqa: BLE001 - best effort
+                _LOG.warning("could not count results (%s)", type(e).__name__)
+                continue
+            if stored != before:
+                now = time.monotonic()
+                _LOG.info(
+                    "following: %d results stored in the last %.0f s, %d in all",
+                    stored - before,
+                    now - since,
+                    stored,
+                )
+                before, since = stored, now
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit code (a signal ends the process itself, with 128 + the
+    signal's number, once the run is recorded: see ``end_cancelled``)."""
+    args = argv if argv is not None else sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        parser = cli.parser("pipeline.follow", __doc__)
+        add_follow_arguments(parser)
+        add_arguments(parser)
+        parser.print_help()
+        return 0
+    stop = Stop()
+    stop.install()
+    stderr = sys.stderr
+    if not isinstance(stderr, WorkerStderr):
+        sys.stderr = WorkerStderr(stderr)
+    try:
+        return follow(args, stop)
+    finally:
+        stop.restore()
+        sys.stderr = stderr
+
+
+def follow(args: list[str], stop: Stop) -> int:
+    tuning.tune_process()
+    started = time.monotonic()
+    parser = argparse.ArgumentParser(add_help=False)
+    add_follow_arguments(parser)
+    add_arguments(parser)
+    try:
+        options, beam_args = parser.parse_known_args(args)
+    except SystemExit:
+        return 2
+    cli.setup_logging(options.log_level, stream=real_stderr())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TracebacksAtDebug())
+    url = None
+    try:
+        if options.poll_interval <= 0 or options.rows_per_window < 1:
+            raise OptionsError("--poll-interval and --rows-per-window must be positive")
+        url = connections.resolve_database_url(options.database_url)
+        config = validate(options, url)
+    except OptionsError as e:
+        cli.error(str(e))
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line, then a non-zero exit
+        cli.error(f"could not reach the database: {retry.describe(e)}", url)
+        return 1
+    runner = runner_name(beam_args)
+    engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
+    recorded = False
+    try:
+        try:
+            checked = check_sources(engine, config)
+            sources = {t: checked[t] for t in config.activity_types if t in checked}
+            ensure_initialised(engine, config.schema, checks.common_key_type(checked))
+            if not any(s.follow_type for s in sources.values()):
+                # The pipeline's own tables get their follow_by column from revision 0004,
+                # which ensure_initialised may have just applied: look again.
+                checked = check_sources(engine, config)
+                sources = {t: checked[t] for t in config.activity_types if t in checked}
+            followable(engine, sources)
+        except (SourcesError, NotFollowable) as e:
+            cli.error(str(e), config.database_url)
+            return 2
+        config = _with_sources(config, checked)
+        shown = safe_options(options, beam_args)
+        shown["follow"] = True
+        runs.start_run(
+            engine,
+            config.run_id,
+            runner,
+            shown,
+            config.schema,
+            code_version=editions.code_version(),
+        )
+        recorded = True
+        stop_at = time.time() + options.stop_after if options.stop_after else 2.0**40
+        _LOG.info(
+            "run %s follows %s on %s, every %g s%s",
+            config.run_id,
+            ", ".join(s.name for s in sources.values()),
+            runner,
+            options.poll_interval,
+            f", for {options.stop_after:g} s" if options.stop_after else ", until stopped",
+        )
+        with (
+            runs.Heartbeat(engine, config.run_id, config.schema),
+            Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)),
+        ):
+            metrics = _execute(beam_args, config, options, stop_at, stop)
+        coverage = runs.run_coverage(engine, config.run_id, config.schema)
+        summary: dict[str, Any] = {
+            "run_id": config.run_id,
+            "status": "succeeded",
+            "mode": "follow",
+            "runner": runner,
+            "database": connections.redact_url(config.database_url),
+            "schema": config.schema,
+            "total_processed": int(coverage["overall"]["results"]),
+            "errors": int(coverage["overall"]["errors"]["records"]),
+            "total_co2e_tonnes": float(coverage["overall"]["kg_co2e"]) / 1000.0,
+            "polls": (metrics or {}).get("polls"),
+            "timings": {"total_s": round(time.monotonic() - started, 3)},
+        }
+        runs.finish_run(
+            engine,
+            config.run_id,
+            config.schema,
+            status="succeeded",
+            total_processed=summary["total_processed"],
+            errors=summary["errors"],
+            total_co2e_tonnes=summary["total_co2e_tonnes"],
+            quality=coverage,
+            timings=summary["timings"],
+            metrics_source="database",
+            code_version=editions.code_version(),
+        )
+        cli.print_json(summary)
+        return 0
+    except Cancelled as stopped:
+        end_cancelled(engine, config, stopped, recorded, {}, started, workers_in_process(beam_args))
+    except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
+        message = connections.scrub(retry.describe(e), config.database_url)
+        _LOG.error("run %s failed: %s", config.run_id, message)
+        if recorded:
+            try:
+                runs.finish_run(
+                    engine, config.run_id, config.schema, status="failed", message=message
+                )
+            except Exception:  # noqa: BLE001 - the heartbeat's age will say it stopped
+                _LOG.error("run %s could not be marked failed", config.run_id)
+        cli.error(f"run {config.run_id} failed: {message}")
+        return 1
+    finally:
+        engine.dispose()
+
+
+def _with_sources(config: RunConfig, checked: Sources) -> RunConfig:
+    return dataclasses.replace(config, sources=checked)
+
+
+def _execute(
+    beam_args: list[str],
+    config: RunConfig,
+    options: argparse.Namespace,
+    stop_at: float,
+    stop: Stop,
+) -> dict[str, int] | None:
+    from pipeline import graph
+
+    def build(p: Any) -> None:
+        graph.build_follow(
+            p, config, options.poll_interval, stop_at, options.rows_per_window, MAX_WINDOWS
+        )
+
+    _consolidate_metrics_eagerly()
+    # One worker, in memory: the in-process runner's multi-threaded mode ends a pipeline of
+    # ticks after the first of them; each poll's work is small.
+    given = " ".join(beam_args)
+    local = [] if "direct_num_workers" in given else ["--direct_num_workers=1"]
+    if "direct_running_mode" not in given:
+        local.append("--direct_running_mode=in_memory")
+    return execute([*beam_args, *local], config, [], stop, build=build)
+
+
+def _consolidate_metrics_eagerly() -> None:
+    """Makes the in-process runner merge each bundle's metrics into its running totals at once.
+
+    Beam's ``FnApiRunner`` (2.62) keeps, per stage, ``consolidate(chain(this bundle's metrics,
+    the totals so far))``, and ``consolidate`` is a generator: nothing is merged until the
+    pipeline ends, so every bundle adds a layer of generators holding its metrics. A batch run
+    has a few bundles per stage; the follow mode has one per poll, forever: the process grew by
+    about 1 MB a minute, and the layers are unwound by recursion when the pipeline ends. The
+    same function, its result made a list, keeps one merged total per stage. Nothing else
+    changes: the same metrics, merged the same way, only sooner."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    lazy = fn_runner.consolidate_monitoring_infos
+    if getattr(lazy, "eager", False):
+        return
+
+    def eager(infos: Any, *key: Any) -> list[Any]:
+        return list(lazy(infos, *key))
+
+    eager.eager = True  # type: ignore[attr-defined]
+    fn_runner.consolidate_monitoring_infos = eager
+
+
+if __name__ == "__main__":
+    sys.exit(main())

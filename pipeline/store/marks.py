@@ -1,0 +1,187 @@
+"""The follow mode's marks: which changes of a source it has read, and which it knows computed.
+
+A source the follow mode reads has a ``follow_by`` column that grows with every insert and
+update (the pipeline's own tables number them from a sequence, ``change_seq``; a team's table
+may have an ``updated_at``), with an index on it. Each poll (``poll_windows``) returns windows
+``(after, up to]`` of that column to read; a window never holds more than ``rows_per_window``
+rows, so memory does not grow with a backlog, and a poll never reads the table beyond its
+windows, so its cost does not grow with the table.
+
+Transactions commit out of order: a row numbered 100 may become visible after one numbered
+101 has been read. So a poll keeps three values per activity type (``follow_marks``):
+
+- ``scanned``: windows up to here have been handed out;
+- ``mark``: every row at or below it is visible and computed (a result or a dead letter for
+  its current version): a restart would need nothing below it;
+- ``pending_xmax``/``pending_mark``: the next mark. Taken as (the snapshot's ``xmax``, how far
+  the poll has scanned): a row at or below ``pending_mark`` that this snapshot could not see
+  belongs to a transaction that had already started (its number was drawn before the
+  snapshot's newest visible row), so once every transaction older than ``pending_xmax`` has
+  ended, all of them are visible. A later poll that sees this (its snapshot's ``xmin`` has
+  passed ``pending_xmax``) looks at ``(mark, pending_mark]`` once more: what is still to
+  compute there (a late commit, or a window still being written) is handed out again, and
+  when nothing is, the mark moves up to ``pending_mark``.
+
+A window handed out twice is harmless: the read returns only rows without a result for their
+current version, and the writes are idempotent. Two pollers of one type take turns (an
+advisory lock per schema and type).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pipeline.model import ActivityType
+from pipeline.store.queries import follow_window, pending_query
+from pipeline.store.sources import FOLLOW_COLUMN, Source, relation
+from pipeline.store.tables import DEFAULT_SCHEMA, MARKS_TABLE, qualified
+
+_LOG = logging.getLogger(__name__)
+
+Window = tuple[str | None, str]  # (after, up to]: values of the follow_by column, as text
+
+
+@dataclass(frozen=True)
+class Marks:
+    """One activity type's row of ``follow_marks``."""
+
+    mark: str | None = None
+    scanned: str | None = None
+    pending_xmax: int | None = None
+    pending_mark: str | None = None
+
+
+def _lock_key(schema: str, activity_type: ActivityType) -> int:
+    return zlib.crc32(f"follow:{schema}:{activity_type}".encode()) - 2**31
+
+
+def read_marks(
+    conn: psycopg2.extensions.connection, activity_type: ActivityType, schema: str = DEFAULT_SCHEMA
+) -> Marks | None:
+    """The stored marks of a type (None when it has never been followed)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT mark, scanned, pending_xmax, pending_mark FROM {} WHERE activity_type = %s"
+            ).format(qualified(MARKS_TABLE, schema)),
+            (activity_type,),
+        )
+        row = cur.fetchone()
+    return Marks(*row) if row is not None else None
+
+
+def poll_windows(
+    conn: psycopg2.extensions.connection,
+    source: Source,
+    rows_per_window: int,
+    max_windows: int,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[Window]:
+    """The windows of ``source``'s changes to read now (see the module's docstring), the marks
+    moved on, in one transaction."""
+    t = source.activity_type
+    marks_table = qualified(MARKS_TABLE, schema)
+    windows: list[Window] = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(schema, t),))
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (activity_type, source) VALUES (%s, %s) "
+                    "ON CONFLICT (activity_type) DO NOTHING"
+                ).format(marks_table),
+                (t, source.name),
+            )
+            cur.execute(
+                sql.SQL(
+                    "SELECT source, mark, scanned, pending_xmax, pending_mark FROM {} "
+                    "WHERE activity_type = %s"
+                ).format(marks_table),
+                (t,),
+            )
+            stored_source, *values = cur.fetchone()
+            marks = Marks(*values)
+            if stored_source != source.name:
+                _LOG.info(
+                    "%s: following %s now (was %s): starting from its first row",
+                    t,
+                    source.name,
+                    stored_source,
+                )
+                marks = Marks()
+            # One statement, one snapshot: what is in progress, and the newest visible row.
+            cur.execute(
+                sql.SQL(
+                    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,"
+                    " top FROM (SELECT pg_current_snapshot() AS s, (SELECT max(a.{k})::text "
+                    "FROM ({r}) a) AS top) q"
+                ).format(k=sql.Identifier(FOLLOW_COLUMN), r=relation(source)),
+            )
+            xmin, xmax, top = cur.fetchone()
+            mark, pending_xmax, pending_mark = marks.mark, marks.pending_xmax, marks.pending_mark
+            if pending_xmax is not None and pending_mark is not None and xmin >= pending_xmax:
+                if _anything_to_compute(cur, source, (mark, pending_mark), schema):
+                    windows.append((mark, pending_mark))  # late commits, or still being written
+                else:
+                    mark, pending_xmax, pending_mark = pending_mark, None, None
+            scanned = marks.scanned if marks.scanned is not None else mark
+            if top is not None:
+                cuts = _cuts(cur, source, scanned, top, rows_per_window, max_windows)
+                ends = [*cuts, top] if len(cuts) < max_windows else cuts
+                for end in ends:
+                    if end != scanned:
+                        windows.append((scanned, end))
+                        scanned = end
+            if pending_xmax is None and scanned is not None and scanned != mark:
+                pending_xmax, pending_mark = xmax, scanned
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} SET source = %s, mark = %s, scanned = %s, pending_xmax = %s, "
+                    "pending_mark = %s, updated_at = now() WHERE activity_type = %s"
+                ).format(marks_table),
+                (source.name, mark, scanned, pending_xmax, pending_mark, t),
+            )
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return windows
+
+
+def _anything_to_compute(
+    cur: Any, source: Source, window: tuple[str | None, str], schema: str
+) -> bool:
+    query, params = pending_query(source, None, None, schema=schema, window=window)
+    cur.execute(sql.SQL("SELECT EXISTS ({})").format(query), params)
+    return bool(cur.fetchone()[0])
+
+
+def _cuts(
+    cur: Any,
+    source: Source,
+    after: str | None,
+    top: str,
+    rows_per_window: int,
+    max_windows: int,
+) -> list[str]:
+    """The ends of the full windows of ``(after, top]`` (each ``rows_per_window`` rows), at
+    most ``max_windows``: read from the index, no further than those windows reach."""
+    conditions, params = follow_window(source, after, top)
+    column = sql.Identifier(FOLLOW_COLUMN)
+    cur.execute(
+        sql.SQL(
+            "SELECT c.{k}::text FROM (SELECT n.{k}, row_number() OVER (ORDER BY n.{k}) AS i "
+            "FROM (SELECT a.{k} FROM ({r}) a WHERE {w} ORDER BY a.{k} LIMIT %(limit)s) n) c "
+            "WHERE c.i %% %(size)s = 0 ORDER BY c.{k}"
+        ).format(k=column, r=relation(source), w=sql.SQL(" AND ").join(conditions)),
+        {**params, "limit": rows_per_window * max_windows, "size": rows_per_window},
+    )
+    cuts = [str(v) for (v,) in cur.fetchall()]
+    # Equal values at a cut stay in one window: the next starts after the last of them.
+    return list(dict.fromkeys(cuts))

@@ -1,0 +1,117 @@
+"""The follow mode on Flink: a streaming job on the local cluster, with a bounded life
+(``--stop-after``: Beam 2.62's portable Flink runner grows a polling splittable DoFn's
+checkpoint without bound, apache/beam#27648, so each job ends and a new one continues from the
+marks). A row inserted and a row corrected while it runs get their results; the job ends on
+its own, recorded, with exactly those two results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ops.flink_cluster import LocalFlinkCluster
+from ops.seed import seed
+from pipeline.store import connections
+from tests.support import scalar, wait_for
+from tests.test_follow import execute, following, matches_reference, result_of, start_follow
+
+pytest_plugins = ["tests.flink_fixtures"]
+
+
+def test_the_follow_mode_runs_as_a_flink_streaming_job_for_a_bounded_life(
+    make_database: Callable[..., str],
+    local_flink: LocalFlinkCluster,
+    flink_args: list[str],
+    tmp_path: Path,
+) -> None:
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        seed(engine, 200, seed_value=11)
+    finally:
+        engine.dispose()
+    finished_before = _jobs_finished(local_flink)
+    proc = start_follow(url, tmp_path, *flink_args, "--stop-after", "75")
+    try:
+        following(url, proc)
+        # Its first polls computed the 200 seeded rows (less the refused ones).
+        wait_for(
+            lambda: not _pending(url),
+            timeout=120,
+            what="the seeded rows computed on Flink",
+        )
+        corrected = int(
+            scalar(
+                url,
+                "SELECT min(activity_id) FROM emissions.emission_results "
+                "WHERE activity_type = 'spend'",
+            )
+        )
+        before = result_of(url, "spend", corrected)
+        assert before is not None
+        started = time.monotonic()
+        execute(
+            url,
+            "INSERT INTO emissions.spend_activities (id, amount, currency, naics_code, "
+            "activity_date) VALUES (600001, 900, 'USD', '334111', '2024-04-01')",
+        )
+        execute(
+            url,
+            "UPDATE emissions.spend_activities SET amount = amount * 3 WHERE id = %s",
+            (corrected,),
+        )
+        wait_for(
+            lambda: (
+                result_of(url, "spend", 600001) is not None
+                and result_of(url, "spend", corrected) != before
+            ),
+            timeout=60,
+            what="results for the inserted and the corrected rows, on Flink",
+        )
+        latency = time.monotonic() - started
+        assert proc.wait(timeout=240) == 0, proc.stderr[-3000:]
+    finally:
+        proc.kill()
+    summary = proc.summary()
+    assert summary["runner"] == "FlinkRunner" and summary["mode"] == "follow"
+    stored = scalar(url, "SELECT count(*) FROM emissions.emission_results")
+    refused = scalar(url, "SELECT count(*) FROM emissions.emission_errors")
+    assert stored + refused == 201
+    assert summary["total_processed"] == stored + 1  # the correction is a second result
+    assert _jobs_finished(local_flink) == finished_before + 1
+    assert (
+        scalar(
+            url,
+            "SELECT status FROM emissions.calculation_runs WHERE run_id = %s",
+            (summary["run_id"],),
+        )
+        == "succeeded"
+    )
+    matches_reference(url)
+    print(f"Flink follow: results {latency:.1f} s after the commits")
+
+
+def _pending(url: str) -> bool:
+    """Whether a seeded activity has neither a result nor a dead letter yet."""
+    return bool(
+        scalar(
+            url,
+            "SELECT count(*) FROM (SELECT id, 'electricity' t FROM "
+            "emissions.electricity_activities UNION ALL SELECT id, 'spend' FROM "
+            "emissions.spend_activities UNION ALL SELECT id, "
+            "'air_travel' FROM emissions.air_travel_activities) a WHERE NOT EXISTS (SELECT 1 FROM "
+            "emissions.emission_results r WHERE r.activity_type = a.t AND r.activity_id = a.id) "
+            "AND NOT EXISTS (SELECT 1 FROM emissions.emission_errors e WHERE e.activity_type = a.t "
+            "AND e.activity_id = a.id)",
+        )
+    )
+
+
+def _jobs_finished(cluster: LocalFlinkCluster) -> int:
+    """How many jobs the cluster has finished, from its REST API."""
+    overview = cluster.overview()
+    assert overview is not None, "the local Flink cluster does not answer"
+    return int(str(overview["jobs-finished"]))
