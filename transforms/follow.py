@@ -20,6 +20,7 @@ from apache_beam.transforms.periodicsequence import (
     ImpulseSeqGenDoFn,
     ImpulseSeqGenRestrictionProvider,
 )
+from apache_beam.utils.timestamp import Timestamp
 
 from pipeline import tuning
 from pipeline.model import ActivityType
@@ -44,9 +45,17 @@ _WATERMARK = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_
 
 
 class _Ticks(ImpulseSeqGenDoFn):
-    """Beam's ``PeriodicImpulse`` generator, except that it waits for the next tick inside the
-    call: the in-process runner calls a generator that has nothing to emit yet again at once,
-    and would spin a core between ticks."""
+    """Beam's ``PeriodicImpulse`` generator, with two changes for polling.
+
+    - It waits for the next tick inside the call: the in-process runner calls a generator
+      that has nothing to emit yet again at once, and would spin a core between ticks.
+    - It emits **one tick per call**. Beam's emits every tick that is due, and checks the clock
+      again after each: while a poll takes longer than the interval (a first start reading a
+      large table), the next tick is always due and the call never returns. On Flink a
+      bundle's outputs are passed on when it ends, so no result was written until the polls
+      caught up (20–30 s at 1,000,000 activities). The ticks that fell due while a poll ran
+      are claimed together with it: one poll reads everything up to now.
+    """
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -56,11 +65,30 @@ class _Ticks(ImpulseSeqGenDoFn):
         watermark_estimator: Any = _WATERMARK,
     ) -> Iterator[float]:
         start, _, interval = element
-        due = float(start) + interval * restriction_tracker.current_restriction().start
+        start = float(start)
+        index = restriction_tracker.current_restriction().start
+        due = start + interval * index
         wait = due - time.time()
         if wait > 0:
             time.sleep(min(wait, interval))
-        yield from super().process(element, restriction_tracker, watermark_estimator)
+        now = time.time()
+        tick: float | None = None
+        while due <= now:
+            if not restriction_tracker.try_claim(index):
+                break  # past the stop time: this restriction is done
+            tick = due
+            index += 1
+            due = start + interval * index
+        else:
+            if tick is not None:
+                watermark_estimator.set_watermark(Timestamp(tick))
+                yield tick
+            watermark_estimator.set_watermark(Timestamp(due))
+            restriction_tracker.defer_remainder(Timestamp(due))
+            return
+        if tick is not None:
+            watermark_estimator.set_watermark(Timestamp(tick))
+            yield tick
 
 
 class Ticks(beam.PTransform):
