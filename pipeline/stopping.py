@@ -264,6 +264,50 @@ def terminate(pids: list[int], timeout: float = 10.0) -> None:
             pass
 
 
+#: A run's temp folder: ``emissions-run-<pid>-<random>`` in the system's temp folder.
+_TEMP_PREFIX = "emissions-run-"
+
+
+def remove_killed_runs_temp(parent: str) -> list[str]:
+    """Removes the temp folders in ``parent`` of runs whose process has ended: a run killed
+    outright (SIGKILL, a lost machine) cannot remove its own. Only folders named by a run
+    (``emissions-run-<pid>-…``), owned by this user, whose pid is no live process; a pid taken
+    since by another process keeps its folder until that one ends. Returns the names removed."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text, _, rest = entry.name.removeprefix(_TEMP_PREFIX).partition("-")
+        if not entry.name.startswith(_TEMP_PREFIX) or not pid_text.isdigit() or not rest:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if _alive(int(pid_text)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.name)
+    if removed:
+        _LOG.info("removed the temp folders of runs that were killed: %s", ", ".join(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 class Leftovers:
     """Stops and removes, once the pipeline has ended, what the runner started or wrote
     outside this process's memory: no run leaves a process or a temp folder behind.
@@ -279,7 +323,9 @@ class Leftovers:
     * Beam writes temp folders it never removes (the pipeline's own, the package built from
       ``--setup_file``, a requirements cache; the job server's Flink client, a job graph):
       while the pipeline is built and runs, Python's temp folder (``tempfile.tempdir``) and
-      the job server's (``java.io.tmpdir``) are one of the run's own, removed at the end.
+      the job server's (``java.io.tmpdir``) are one of the run's own, removed at the end. A
+      run killed outright cannot remove it: the next run on the machine does
+      (``remove_killed_runs_temp``; the folder's name holds the run's pid).
 
     Used as ``with Leftovers() as leftovers:`` around building and running the pipeline, with
     ``leftovers.watch(p.runner)`` once the runner is made. A run stopped by a signal
@@ -291,7 +337,8 @@ class Leftovers:
         self.job_servers: list[Any] = []
         self._before = set(child_processes().items())
         self._previous_temp = tempfile.tempdir
-        self.temp = tempfile.mkdtemp(prefix="emissions-run-")
+        remove_killed_runs_temp(tempfile.gettempdir())
+        self.temp = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-")
         tempfile.tempdir = self.temp
 
     def watch(self, runner: Any) -> None:

@@ -84,7 +84,7 @@ def run_tracked(
     as soon as it returns true."""
     mark = uuid.uuid4().hex
     temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp.mkdir(exist_ok=True)
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
@@ -217,3 +217,43 @@ def test_a_direct_run_leaves_nothing_behind(
         assert run.started == {}
     assert run.left == {}
     assert run.temp_left == []
+
+
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(
+    make_database: Callable[..., str], tmp_path: Path
+) -> None:
+    url = seeded(make_database, 20_000)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
+        "EMISSIONS_DATABASE_URL": url,
+        "TMPDIR": str(temp),
+    }
+    # A run killed outright (SIGKILL) while it works cannot remove its temp folder.
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    prefix = f"emissions-run-{killed.pid}-"
+    while not any(p.name.startswith(prefix) for p in temp.iterdir()):
+        assert killed.poll() is None, "the run ended before its temp folder was seen"
+        assert time.monotonic() < deadline, "the run made no temp folder"
+        time.sleep(0.02)
+    killed.kill()
+    killed.wait()
+    (left_by_kill,) = [p.name for p in temp.iterdir() if p.name.startswith(prefix)]
+    # Beside it: the folder of a run still alive (this process), and one named otherwise.
+    alive = temp / f"emissions-run-{os.getpid()}-alive"
+    alive.mkdir()
+    unnamed = temp / "emissions-run-nopid"
+    unnamed.mkdir()
+
+    run = run_tracked(url, ["--runner=DirectRunner"], tmp_path)
+    assert run.code == 0, run.stderr[-3000:]
+    assert f"removed the temp folders of runs that were killed: {left_by_kill}" in run.stderr
+    assert run.temp_left == sorted([alive.name, unnamed.name])
