@@ -7,9 +7,11 @@ connects to Google Cloud or to the database.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
@@ -45,7 +47,9 @@ DATAFLOW_ARGV = [
 ]
 
 
-def test_dataflow_options_and_graph_build_without_submitting() -> None:
+def test_dataflow_options_and_graph_build_without_submitting(
+    request: pytest.FixtureRequest,
+) -> None:
     options = PipelineOptions(DATAFLOW_ARGV)
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     gcp = options.view_as(GoogleCloudOptions)
@@ -60,6 +64,8 @@ def test_dataflow_options_and_graph_build_without_submitting() -> None:
 
     # The Pipeline constructor runs the DataflowRunner's option validation (GCS paths, project).
     p = beam.Pipeline(runner=DataflowRunner(), options=options)
+    # It also makes a temp folder, which only running the pipeline removes: this test's own.
+    request.addfinalizer(lambda: shutil.rmtree(p.local_tempdir, ignore_errors=True))
     # The launcher plans the ranges (from the database); here, 32 slices of each type's keys.
     ranges = [r for t in ACTIVITY_TYPES for r in plan_int_ranges(t, 1, 1_000_000, 32)]
     outputs = graph.build(p, config, ranges)
