@@ -40,21 +40,28 @@ import psutil
 import psycopg2
 
 from benchmarks.run import RESULTS_DIR, ROOT, seeded
+from pipeline.model import ACTIVITY_TYPES
 from pipeline.store import connections
 from pipeline.store.embedded import server_url
+from pipeline.store.tables import ACTIVITY_TABLES, CHANGE_COLUMN
 
 #: Latencies are also given for the activities committed this long after the inserts began.
 WARM_UP_S = 60.0
 #: True once every type's mark has reached the newest seeded row: the follow run has read the
 #: whole seeded table and knows it computed (``pipeline.store.marks``).
 CAUGHT_UP = (
-    "SELECT coalesce(bool_and(m.mark IS NOT NULL AND m.mark::bigint >= t.top), false) FROM ("
-    "VALUES ('electricity', (SELECT max(change_seq) FROM emissions.electricity_activities)), "
-    "('spend', (SELECT max(change_seq) FROM emissions.spend_activities)), "
-    "('air_travel', (SELECT max(change_seq) FROM emissions.air_travel_activities))"
-    ") AS t (activity_type, top) LEFT JOIN emissions.follow_marks m USING (activity_type)"
+    "SELECT coalesce(bool_and(m.mark IS NOT NULL AND m.mark::bigint >= t.top), false) FROM "
+    "(VALUES "
+    + ", ".join(
+        f"('{t}', (SELECT max({CHANGE_COLUMN}) FROM emissions.{ACTIVITY_TABLES[t]}))"
+        for t in ACTIVITY_TYPES
+    )
+    + ") AS t (activity_type, top) LEFT JOIN emissions.follow_marks m USING (activity_type)"
 )
-FIRST_POLL = "SELECT count(*) = 3 FROM emissions.follow_marks WHERE scanned IS NOT NULL"
+#: True once each type has been polled.
+FIRST_POLL = (
+    f"SELECT count(*) = {len(ACTIVITY_TYPES)} FROM emissions.follow_marks WHERE scanned IS NOT NULL"
+)
 #: Ids of the inserted activities start here (the seeded ones are below).
 BASE_ID = 50_000_000
 #: (activity type, INSERT statement) in turn: valid rows, so each gets a result.

@@ -74,6 +74,16 @@ class Tracked:
         return summary
 
 
+def run_env(url: str, temp: Path) -> dict[str, str]:
+    """A run's environment: this one without libpq's and the pipeline's variables, the
+    database ``url``, and ``temp`` as its temp folder."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
+        "EMISSIONS_DATABASE_URL": url,
+        "TMPDIR": str(temp),
+    }
+
+
 def run_tracked(
     url: str,
     args: list[str],
@@ -86,12 +96,7 @@ def run_tracked(
     temp = tmp_path / "tmp"
     temp.mkdir(exist_ok=True)
     out, err = tmp_path / "stdout", tmp_path / "stderr"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
-        "EMISSIONS_DATABASE_URL": url,
-        MARK: mark,
-        "TMPDIR": str(temp),
-    }
+    env = {**run_env(url, temp), MARK: mark}
     started: dict[int, str] = {}
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(
@@ -225,11 +230,7 @@ def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(
     url = seeded(make_database, 20_000)
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "EMISSIONS_"))},
-        "EMISSIONS_DATABASE_URL": url,
-        "TMPDIR": str(temp),
-    }
+    env = run_env(url, temp)
     # A run killed outright (SIGKILL) while it works cannot remove its temp folder.
     killed = subprocess.Popen(
         [sys.executable, "-m", "pipeline.run"],

@@ -73,22 +73,20 @@ class _Ticks(ImpulseSeqGenDoFn):
             time.sleep(min(wait, interval))
         now = time.time()
         tick: float | None = None
+        stopped = False
         while due <= now:
             if not restriction_tracker.try_claim(index):
-                break  # past the stop time: this restriction is done
+                stopped = True  # past the stop time: this restriction is done
+                break
             tick = due
             index += 1
             due = start + interval * index
-        else:
-            if tick is not None:
-                watermark_estimator.set_watermark(Timestamp(tick))
-                yield tick
-            watermark_estimator.set_watermark(Timestamp(due))
-            restriction_tracker.defer_remainder(Timestamp(due))
-            return
         if tick is not None:
             watermark_estimator.set_watermark(Timestamp(tick))
             yield tick
+        if not stopped:
+            watermark_estimator.set_watermark(Timestamp(due))
+            restriction_tracker.defer_remainder(Timestamp(due))
 
 
 class Ticks(beam.PTransform):
