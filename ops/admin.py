@@ -3,7 +3,7 @@
     python -m ops.admin init [--schema S] [--sources FILE] [--id-type bigint|uuid|text]
     python -m ops.admin revision [--schema S]
     python -m ops.admin check-sources --sources FILE
-    python -m ops.admin load-factors --kind egrid --file PATH
+    python -m ops.admin load-factors --kind egrid --file PATH [--edition NAME]
 
 ``init`` checks the sources (when a file is given) against the database, creates the
 pipeline's schema if it is missing, migrates it to the newest revision and loads the shipped
@@ -12,7 +12,11 @@ factors; it is safe to run twice, and it never alters anything outside the schem
 reports every problem of a sources file at once, writing nothing. A factor
 file is checked whole before anything is written (a negative, missing or duplicate value or an
 unknown unit refuses the file, naming the row), then loaded in one transaction: the factors in
-force change completely or not at all.
+force change completely or not at all. A loaded edition never changes: a file whose rows differ
+from an edition of the same name (the shipped one, unless ``--edition`` names another) is
+refused, naming the first rows that differ; a revised file is loaded as a new edition with
+``--edition NAME``, and its rows are in force from then on (the newest loaded row per set, key
+and year), unless a run or restatement pins another edition.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipeline import cli, factors
+from pipeline import cli, editions, factors
 from pipeline.factors import FactorFileError
 from pipeline.model import FactorRow
-from pipeline.store import checks, connections, queries, sources, tables
+from pipeline.store import checks, connections, sources, tables
 from pipeline.store.install import initialise, revision
 
 _LOG = logging.getLogger(__name__)
@@ -47,15 +51,23 @@ FACTOR_PARSERS = {
 
 
 def load_factor_file(
-    engine: sa.Engine, kind: str, path: str, schema: str = tables.DEFAULT_SCHEMA
-) -> int:
-    """Check a whole factor file, then insert its new rows in one transaction; rows added.
+    engine: sa.Engine,
+    kind: str,
+    path: str,
+    schema: str = tables.DEFAULT_SCHEMA,
+    edition: str | None = None,
+) -> editions.Loaded:
+    """Check a whole factor file, then add its rows not loaded yet, in one transaction, as
+    ``edition`` when given (else the editions the parser names: the shipped ones).
 
-    Raises ``FactorFileError`` (naming the file and line) before writing anything.
+    Raises ``FactorFileError`` (naming the file and line) or ``EditionConflict`` (naming the
+    rows that differ from a loaded edition of the same name) before writing anything.
     """
     parse: Callable[[Path], list[FactorRow]] = FACTOR_PARSERS[kind]
     rows = parse(Path(path))
-    return queries.insert_factors(engine, rows, schema)
+    if edition is not None:
+        rows = factors.with_edition(rows, edition)
+    return editions.load_edition(engine, rows, schema)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", choices=sorted(FACTOR_PARSERS), required=True, help="which published file it is"
     )
     load.add_argument("--file", required=True, help="the CSV, in the shipped file's layout")
+    load.add_argument(
+        "--edition",
+        default=None,
+        metavar="NAME",
+        help="load the file as this edition, beside those loaded (a revised file: its rows "
+        "are in force from then on unless a run pins another edition); default: the "
+        "shipped file's edition, which a differing file may not change",
+    )
     return parser
 
 
@@ -127,15 +147,35 @@ def main(argv: list[str] | None = None) -> int:
 
     def load_factors(target: cli.Target) -> int:
         try:
-            added = load_factor_file(target.engine, args.kind, args.file, target.schema)
+            loaded = load_factor_file(
+                target.engine, args.kind, args.file, target.schema, args.edition
+            )
         except FactorFileError as e:
             cli.error(f"refused: {e}; nothing was loaded")
             return cli.FAILED
+        except editions.EditionConflict as e:
+            fix = (
+                "choose another --edition NAME"
+                if args.edition
+                else "give --edition NAME to load it as a new edition"
+            )
+            cli.error(f"refused: {e}; {fix}; nothing was loaded")
+            return cli.USAGE
+        except factors.EditionNameError as e:
+            raise cli.UsageError(f"--edition: {e}") from None
+        if not loaded.added:
+            _LOG.info(
+                "%s is loaded already as %s: 0 rows added",
+                args.file,
+                ", ".join(repr(e) for e in loaded.editions),
+            )
         cli.print_json(
             {
                 "database": connections.redact_url(target.url),
                 "file": args.file,
-                "factor_rows_added": added,
+                "editions": loaded.editions,
+                "factor_rows_added": loaded.added,
+                "already_loaded": not loaded.added,
             }
         )
         return cli.OK

@@ -6,6 +6,10 @@
 - **Factor editions**: ``choose_factor_rows`` picks the rows a calculation uses: for a set
   pinned to an edition, only that edition's rows (the year rule then chooses among its years);
   for every other set, the newest loaded row per (set, key, year), as ``pipeline.run`` does.
+  A pin may name a kind of file for all of its sets (``egrid=NAME``).
+- **Loading an edition**: ``load_edition`` adds a checked file's rows in one transaction,
+  and refuses a file whose rows differ from an already loaded edition of the same name (an
+  edition, once loaded, never changes: a revised file is loaded under a new name).
 
 A result's own fingerprints (of its input row and its factor rows) are computed beside it in
 the batch and stored in its row: see ``pipeline.fingerprint``.
@@ -16,13 +20,16 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import psycopg2.extensions
 import sqlalchemy as sa
 from psycopg2 import sql
+from sqlalchemy.dialects import postgresql
 
+from pipeline import factors
 from pipeline.model import FactorRow
 from pipeline.store import connections, tables
 
@@ -82,14 +89,28 @@ def read_all_factor_rows(
     return [FactorRow(**dict(zip(cols, row, strict=True))) for row in fetched]
 
 
+def resolve_pins(loaded: Mapping[str, Iterable[str]], pins: Mapping[str, str]) -> dict[str, str]:
+    """Pins by factor set: a pin naming a kind of file (``egrid=NAME``, see
+    ``factors.KIND_SETS``) pins each of its sets that has that edition loaded. ``EditionError``
+    unless every pin names a loaded set (or kind) and one of its loaded editions."""
+    resolved: dict[str, str] = {}
+    for name, edition in pins.items():
+        sets = [name] if name in loaded else list(factors.KIND_SETS.get(name, ()))
+        if not sets:
+            raise EditionError(f"no factor set {name!r} is loaded")
+        having = [s for s in sets if edition in loaded.get(s, ())]
+        if not having:
+            known = sorted({e for s in sets for e in loaded.get(s, ())})
+            raise EditionError(
+                f"{name} has no edition {edition!r}; loaded: {', '.join(map(repr, known))}"
+            )
+        resolved.update(dict.fromkeys(having, edition))
+    return resolved
+
+
 def check_pins(loaded: Mapping[str, Iterable[str]], pins: Mapping[str, str]) -> None:
     """``EditionError`` unless every pin names a loaded set and one of its loaded editions."""
-    for factor_set, edition in pins.items():
-        if factor_set not in loaded:
-            raise EditionError(f"no factor set {factor_set!r} is loaded")
-        if edition not in loaded[factor_set]:
-            known = ", ".join(repr(e) for e in sorted(loaded[factor_set]))
-            raise EditionError(f"{factor_set} has no edition {edition!r}; loaded: {known}")
+    resolve_pins(loaded, pins)
 
 
 def choose_factor_rows(rows: Sequence[FactorRow], pins: Mapping[str, str]) -> list[FactorRow]:
@@ -97,7 +118,7 @@ def choose_factor_rows(rows: Sequence[FactorRow], pins: Mapping[str, str]) -> li
     loaded: dict[str, set[str]] = {}
     for r in rows:
         loaded.setdefault(r.factor_set, set()).add(r.edition)
-    check_pins(loaded, pins)
+    pins = resolve_pins(loaded, pins)
     newest: dict[tuple[str, str, int], FactorRow] = {}
     for r in rows:
         if r.factor_set in pins and r.edition != pins[r.factor_set]:
@@ -139,6 +160,116 @@ def current_editions(
     newest: dict[str, set[str]] = {}
     for is_loaded, factor_set, edition in found:
         (loaded if is_loaded else newest).setdefault(factor_set, set()).add(edition)
-    check_pins(loaded, pins)
+    pins = resolve_pins(loaded, pins)
     in_force = {s: {pins[s]} if s in pins else e for s, e in newest.items()}
     return {s: sorted(e) for s, e in sorted(in_force.items())}
+
+
+# --- Loading an edition --------------------------------------------------------------------
+
+#: What makes two rows of one edition the same factor: everything but where it was read from.
+_COMPARED = ("value", "unit", "kg_co2", "kg_ch4_co2e", "kg_n2o_co2e", "basis", "gwp_set")
+#: The differences an ``EditionConflict`` names.
+SHOWN_DIFFERENCES = 3
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A row of a file that an already loaded edition of the same name holds otherwise."""
+
+    factor_set: str
+    key: str
+    year: int
+    field: str  # ``value``, another compared field, or ``row`` (not in the loaded edition)
+    old: object
+    new: object
+
+    def __str__(self) -> str:
+        what = "" if self.field in ("value", "row") else f"{self.field} "
+        old = "(not in it)" if self.field == "row" else repr(self.old)
+        new = repr(self.new)
+        return f"{self.factor_set} {self.key} {self.year}: {what}{old} → {new}"
+
+
+class EditionConflict(EditionError):
+    """A file whose rows differ from those of an already loaded edition of the same name."""
+
+    def __init__(self, editions: Sequence[str], differences: Sequence[Difference]) -> None:
+        self.editions = list(editions)
+        self.differences = list(differences)
+        shown = "; ".join(str(d) for d in differences[:SHOWN_DIFFERENCES])
+        more = len(differences) - SHOWN_DIFFERENCES
+        names = ", ".join(repr(e) for e in editions)
+        super().__init__(
+            f"the file differs from the loaded edition {names}: {shown}"
+            + (f" (and {more} more)" if more > 0 else "")
+        )
+
+
+def differences(loaded: Iterable[FactorRow], rows: Iterable[FactorRow]) -> list[Difference]:
+    """How ``rows`` differ from the ``loaded`` rows of the same editions: a compared field of
+    the same (set, edition, key, year), or a row the loaded edition does not have; in the
+    file's order. (A file that holds only part of a loaded edition does not differ.)"""
+    by_identity = {(r.factor_set, r.edition, r.key, r.year): r for r in loaded}
+    editions_loaded = {(r.factor_set, r.edition) for r in by_identity.values()}
+    found: list[Difference] = []
+    for new in rows:
+        if (new.factor_set, new.edition) not in editions_loaded:
+            continue  # a new edition
+        old = by_identity.get((new.factor_set, new.edition, new.key, new.year))
+        if old is None:
+            found.append(Difference(new.factor_set, new.key, new.year, "row", None, new.value))
+            continue
+        for name in _COMPARED:
+            before, after = getattr(old, name), getattr(new, name)
+            if before != after:
+                found.append(Difference(new.factor_set, new.key, new.year, name, before, after))
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What ``load_edition`` did."""
+
+    editions: list[str]  # the editions the file's rows belong to
+    added: int  # rows added (0: every row was loaded already)
+
+
+def load_edition(
+    engine: sa.Engine, rows: Sequence[FactorRow], schema: str = tables.DEFAULT_SCHEMA
+) -> Loaded:
+    """Loads a checked file's rows, in one transaction: refused (``EditionConflict``, nothing
+    written) when an edition of the same name is loaded and differs; otherwise the rows not
+    loaded yet are added (none, for a file loaded before). The factors table is locked against
+    other writers meanwhile (readers go on), so two loads cannot both pass the comparison."""
+    factor_table = tables.table(tables.FACTORS_TABLE, schema)
+    names = sorted({r.edition for r in rows})
+    pairs = sorted({(r.factor_set, r.edition) for r in rows})
+    fields = [c for c in FactorRow.__dataclass_fields__ if c != "id"]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"LOCK TABLE {tables.qualified_text(tables.FACTORS_TABLE, schema)} "
+                "IN SHARE ROW EXCLUSIVE MODE"
+            )
+        )
+        loaded = [
+            FactorRow(**dict(zip(fields, found, strict=True)))
+            for found in conn.execute(
+                sa.select(*(factor_table.c[c] for c in fields)).where(
+                    sa.tuple_(factor_table.c.factor_set, factor_table.c.edition).in_(pairs)
+                )
+            )
+        ]
+        found = differences(loaded, rows)
+        if found:
+            raise EditionConflict(names, found)
+        payload = [{c: getattr(r, c) for c in fields} for r in rows]
+        stmt = postgresql.insert(factor_table).on_conflict_do_nothing(
+            constraint="uq_factor_identity"
+        )
+        added = 0
+        for start in range(0, len(payload), 5000):
+            added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
+    return Loaded(names, added)

@@ -14,6 +14,7 @@ multiplies. Where and how each file was obtained is in ``pipeline/data/PROVENANC
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.metadata
 import importlib.resources
 import io
@@ -521,6 +522,38 @@ def parse_fx(path: Path | None = None) -> list[FactorRow]:
             )
         )
     return rows
+
+
+#: The factor sets each kind of published file holds (``ops.admin load-factors --kind``); a
+#: pin may name a kind for all of its sets (``egrid=NAME`` pins ``egrid_subregion`` and
+#: ``egrid_us``).
+KIND_SETS: dict[str, tuple[str, ...]] = {
+    "egrid": ("egrid_subregion", "egrid_us"),
+    "uk_electricity": ("desnz_uk_electricity", "desnz_uk_td"),
+    "country_grid": ("country_grid",),
+    "sef": ("epa_sef",),
+    "air": ("desnz_air",),
+    "cpi": ("cpi_u",),
+}
+
+#: The longest edition name ``with_edition`` accepts.
+MAX_EDITION_LENGTH = 200
+
+
+class EditionNameError(ValueError):
+    """An edition name that cannot be used."""
+
+
+def with_edition(rows: Iterable[FactorRow], edition: str) -> list[FactorRow]:
+    """``rows`` as an edition of the user's naming (a revised file loaded beside the one it
+    revises): every row, whatever year, takes the name. ``EditionNameError`` for a blank name, one
+    longer than ``MAX_EDITION_LENGTH`` or one with control characters."""
+    name = edition.strip()
+    if not name or len(name) > MAX_EDITION_LENGTH or not name.isprintable():
+        raise EditionNameError(
+            f"an edition name is 1 to {MAX_EDITION_LENGTH} printable characters, not {edition!r}"
+        )
+    return [dataclasses.replace(r, edition=name) for r in rows]
 
 
 def load_shipped_factors() -> list[FactorRow]:
