@@ -41,6 +41,8 @@ DEFAULT_STATEMENT_TIMEOUT = 1800.0
 DEFAULT_LOCK_TIMEOUT = 300.0
 #: One range's results per write: a worker never holds two ranges' results at once.
 DEFAULT_WRITE_BATCH_SIZE = DEFAULT_ROWS_PER_RANGE
+#: The largest share of a type's results a run retires unasked (``--max-retire-share``).
+DEFAULT_MAX_RETIRE_SHARE = 0.1
 #: The Pushgateway job the run's figures are pushed under (``--pushgateway``).
 METRICS_JOB = "emissions_pipeline"
 #: What Airflow puts in a task's environment (and so in the pipeline's, which the Beam
@@ -206,6 +208,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fails saying so (0: no limit).",
     )
     parser.add_argument(
+        "--max-retire-share",
+        "--max_retire_share",
+        dest="max_retire_share",
+        type=float,
+        default=DEFAULT_MAX_RETIRE_SHARE,
+        metavar="SHARE",
+        help="Refuse, before retiring anything, a run that would retire more than this share "
+        "of an activity type's results as deleted (0 to 1; default: 0.1): a wrong sources "
+        "mapping looks like every activity deleted. 1 allows any share.",
+    )
+    parser.add_argument(
+        "--allow-retire",
+        "--allow_retire",
+        dest="allow_retire",
+        action="store_true",
+        default=False,
+        help="Retire the results of deleted activities whatever their share (as "
+        "--max-retire-share 1): for activities that really were deleted in bulk.",
+    )
+    parser.add_argument(
         "--metrics-file",
         "--metrics_file",
         dest="metrics_file",
@@ -292,6 +314,8 @@ class RunConfig:
     pushgateway: str | None = None
     #: The scheduler's run this one is a task of (recorded with the run).
     orchestration: Orchestration = field(default_factory=Orchestration)
+    #: The largest share of a type's results the run may retire (1: any).
+    max_retire_share: float = DEFAULT_MAX_RETIRE_SHARE
 
     @property
     def text_ids(self) -> bool:
@@ -394,6 +418,17 @@ def _check_limits(options: Any) -> Limits:
     )
 
 
+def _check_retire_share(options: Any) -> float:
+    """``--max-retire-share`` as a number from 0 to 1; 1 with ``--allow-retire``."""
+    if getattr(options, "allow_retire", False):
+        return 1.0
+    value = getattr(options, "max_retire_share", None)
+    share = DEFAULT_MAX_RETIRE_SHARE if value is None else float(value)
+    if not 0 <= share <= 1:  # NaN too
+        raise OptionsError(f"--max-retire-share must be a share from 0 to 1, not {value}")
+    return share
+
+
 def validate(options: Any, database_url: str | None) -> RunConfig:
     """Check every option and return the plain configuration, or raise ``OptionsError``.
 
@@ -449,6 +484,7 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
     if options.retry_attempts < 1:
         raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
     limits = _check_limits(options)
+    max_retire_share = _check_retire_share(options)
     schema = getattr(options, "schema", None) or DEFAULT_SCHEMA
     try:
         validate_schema(schema)
@@ -498,4 +534,5 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         metrics_file=metrics_file,
         pushgateway=pushgateway,
         orchestration=scheduled,
+        max_retire_share=max_retire_share,
     )

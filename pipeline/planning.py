@@ -1,4 +1,5 @@
-"""Before the pipeline: the sources checked, deleted activities retired, key ranges planned."""
+"""Before the pipeline: the sources checked, deleted activities retired (unless too many for a
+decision nobody took), key ranges planned."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from pipeline.model import ActivityType
-from pipeline.options import RunConfig
+from pipeline.options import OptionsError, RunConfig
 from pipeline.ranges import KeyRange, plan_ranges
-from pipeline.store import checks, connections, writes
+from pipeline.store import checks, connections, retirement, writes
 from pipeline.store.sources import Source
 
 if TYPE_CHECKING:
@@ -48,6 +49,33 @@ def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
         ]
     _LOG.info("%d key ranges to read (%s)", len(planned), ", ".join(types))
     return planned
+
+
+class MassRetirement(OptionsError):
+    """A run would retire more of a type's results than it may (``--max-retire-share``)."""
+
+
+def check_retirement(
+    engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
+) -> None:
+    """``MassRetirement`` when a type would lose more than ``config.max_retire_share`` of its
+    results as deleted (``counts``: the run's counts, taken before anything is retired),
+    saying how many and how to allow it."""
+    retiring: dict[str, int] = {
+        t: counts[t]["deleted"] for t in config.activity_types if counts[t]["deleted"]
+    }
+    if not retiring or config.max_retire_share >= 1:
+        return
+    with connections.raw_connection(engine) as conn:
+        stored = retirement.stored_results(conn, sorted(retiring), config.schema)
+    found = retirement.over_share(retiring, stored, config.max_retire_share)
+    if found:
+        raise MassRetirement(
+            f"this run would retire {'; '.join(map(str, found))} as deleted, more than "
+            f"--max-retire-share {config.max_retire_share:g}: check the sources mapping; if "
+            "those activities really were deleted, run again with --allow-retire; nothing "
+            "was retired"
+        )
 
 
 def retire(

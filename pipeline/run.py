@@ -26,7 +26,7 @@ from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
 from pipeline.metrics import redact as redact_push_url
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate
-from pipeline.planning import check_sources, plan, retire
+from pipeline.planning import MassRetirement, check_retirement, check_sources, plan, retire
 from pipeline.ranges import KeyRange
 from pipeline.stopping import (
     Cancelled,
@@ -345,6 +345,15 @@ def calculate(args: list[str], stop: Stop) -> int:
             policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
+        try:
+            retry.call(
+                lambda: check_retirement(engine, config, counts),
+                what="counting the results to retire",
+                policy=policy,
+            )
+        except MassRetirement as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         stop.check()
         shown = safe_options(options, beam_args)
         if shown.get("pushgateway"):

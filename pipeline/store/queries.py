@@ -102,12 +102,13 @@ def key_cast(key: Any, key_type: str | None = None) -> sql.SQL:
     return sql.SQL("::" + {"bigint": "bigint", "uuid": "uuid", "text": "text"}[key_type])
 
 
-#: A new activity: no result, and no dead letter for this very version of the row (a refused
-#: row is not read again until it changes).
+#: A new activity: no result, and no open dead letter for this very version of the row (a
+#: refused row is not read again until it changes; one whose dead letter was retired, as if
+#: it had been deleted, is read again, and its dead letter reopens: ``writes.write_errors``).
 _NEW = sql.SQL(
     "r.activity_id IS NULL AND NOT EXISTS (SELECT 1 FROM {e} e "
     "WHERE e.activity_type = %(activity_type)s AND e.activity_id = a.id{e_range} "
-    "AND e.activity_version = a.activity_version)"
+    "AND e.activity_version = a.activity_version AND e.retired_at IS NULL)"
 )
 #: A changed activity, perhaps: its version is not the one its result was computed from. (The
 #: reader compares the input fingerprints: a new version with the same content is no change.)

@@ -196,10 +196,11 @@ def write_errors(
     rows = [dataclasses.astuple(e) + (key[2], run_id) for key, e in unique.items()]
     # The same bad input again, at a new row version (a no-op update, a restore): the record
     # stands, with the version now current, so that the row is not read again for nothing.
+    # A record retired while its activity seemed deleted (a wrong mapping) reopens.
     conflict = sql.SQL(
         "(activity_type, activity_id, input_hash) DO UPDATE SET activity_version = "
-        "EXCLUDED.activity_version WHERE {e}.activity_version IS DISTINCT FROM "
-        "EXCLUDED.activity_version"
+        "EXCLUDED.activity_version, retired_at = NULL WHERE {e}.activity_version IS DISTINCT "
+        "FROM EXCLUDED.activity_version OR {e}.retired_at IS NOT NULL"
     ).format(e=qualified(ERRORS_TABLE, schema))
     return _staged_insert(conn, ERRORS_TABLE, columns, rows, conflict, schema)
 
