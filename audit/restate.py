@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +39,15 @@ from psycopg2 import sql
 from pipeline import cli, editions, fingerprint
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import activities_table, calculate_batch
-from pipeline.model import ACTIVITY_CLASSES, ACTIVITY_TYPES, ActivityType, activity_fields
-from pipeline.store import connections, install, runs, tables, writes
+from pipeline.model import (
+    ACTIVITY_CLASSES,
+    ACTIVITY_TYPES,
+    DEFAULT_LIMITS,
+    ActivityType,
+    Limits,
+    activity_fields,
+)
+from pipeline.store import connections, install, runs, stored_sources, tables, writes
 from pipeline.store.sources import Source, Sources, default_sources, relation
 
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
@@ -64,6 +71,8 @@ class Outcome:
     changed: int = 0
     refused: int = 0
     diff: dict[str, Any] = field(default_factory=dict)
+    #: The plausibility bounds applied: each result's run's, as it recorded them.
+    limits: set[Limits] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,20 +90,28 @@ def _recompute(
     pairs: Sequence[tuple[Any, dict[str, Any]]],
     book: FactorBook,
     factor_fps: fingerprint.FactorFingerprints,
+    limits_of: Callable[[str], Limits] = lambda _: DEFAULT_LIMITS,
 ) -> tuple[list[dict[str, Any]], int]:
     """New results (with fingerprints) for (activity, stored result) pairs whose factor rows
     now differ."""
     changed: list[dict[str, Any]] = []
     refused = 0
-    # The result keeps its own radiative-forcing choice (air travel; None for the others).
-    by_rf: dict[bool, list[tuple[Any, dict[str, Any]]]] = {}
+    # The result keeps its own radiative-forcing choice (air travel; None for the others),
+    # and the plausibility bounds its run recorded.
+    by_choice: dict[tuple[bool, Limits], list[tuple[Any, dict[str, Any]]]] = {}
     for activity, stored in pairs:
         rf = stored["radiative_forcing"]
-        by_rf.setdefault(True if rf is None else bool(rf), []).append((activity, stored))
-    for rf, group in by_rf.items():
+        choice = (True if rf is None else bool(rf), limits_of(str(stored["run_id"])))
+        by_choice.setdefault(choice, []).append((activity, stored))
+    for (rf, limits), group in by_choice.items():
         table = activities_table(activity_type, [a for a, _ in group])
         outcome = calculate_batch(
-            activity_type, table, book, radiative_forcing=rf, fields=tables.RESULT_COLUMNS
+            activity_type,
+            table,
+            book,
+            radiative_forcing=rf,
+            limits=limits,
+            fields=tables.RESULT_COLUMNS,
         )
         refused += len(outcome.errors)
         results = fingerprint.with_fingerprints(
@@ -172,10 +189,11 @@ def _restate_type(
     outcome: Outcome,
     chunk: int,
     schema: str,
+    limits_of: Callable[[str], Limits] = lambda _: DEFAULT_LIMITS,
 ) -> None:
     activity_type = source.activity_type
     a_cols = list(activity_fields(activity_type))
-    r_cols = list(tables.RESULT_COLUMNS)
+    r_cols = [*tables.RESULT_COLUMNS, "run_id"]
     query = sql.SQL(
         "SELECT {a}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
         "WHERE r.activity_type = {t} ORDER BY r.activity_id"
@@ -206,7 +224,8 @@ def _restate_type(
                     for row in fetched
                 ]
                 outcome.examined += len(pairs)
-                changed, refused = _recompute(activity_type, pairs, book, factor_fps)
+                outcome.limits.update(limits_of(str(s["run_id"])) for _, s in pairs)
+                changed, refused = _recompute(activity_type, pairs, book, factor_fps, limits_of)
                 outcome.refused += refused
                 pending.extend(changed)
                 if len(pending) >= chunk:
@@ -297,10 +316,12 @@ def restate(
     chunk: int = 20_000,
     schema: str = tables.DEFAULT_SCHEMA,
     sources: Sources | None = None,
+    chosen: stored_sources.Chosen | None = None,
 ) -> Outcome:
     """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``,
     with each activity as its source holds it (``sources``: checked; default: the pipeline's
-    own tables).
+    own tables; ``chosen``: where they came from, recorded with the restatement). Each result
+    is recomputed with the plausibility bounds its run recorded.
 
     One restatement at a time: it reads results in one snapshot and replaces them afterwards,
     so a second one must not interleave (a session advisory lock; refused if held).
@@ -315,7 +336,7 @@ def restate(
         if not locked:
             raise RestatementRunning("another restatement is running on this database")
         try:
-            return _restate(engine, pins, activity_types, chunk, schema, sources)
+            return _restate(engine, pins, activity_types, chunk, schema, sources, chosen)
         finally:
             with lock.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
@@ -329,8 +350,16 @@ def _restate(
     chunk: int,
     schema: str,
     sources: Sources,
+    chosen: stored_sources.Chosen | None = None,
 ) -> Outcome:
     chosen_pins = dict(pins or {})
+    chosen = chosen or stored_sources.Chosen(dict(sources), None, stored_sources.OWN_TABLES)
+    with engine.connect() as c:
+        recorded = stored_sources.recorded_options(c, schema)
+
+    def limits_of(run_id: str) -> Limits:
+        return stored_sources.recorded_limits(recorded.get(run_id)) or DEFAULT_LIMITS
+
     outcome = Outcome(str(uuid.uuid4()), chosen_pins)
     with connections.raw_connection(engine) as conn:
         rows = editions.choose_factor_rows(editions.read_all_factor_rows(conn, schema), chosen_pins)
@@ -351,14 +380,16 @@ def _restate(
         engine,
         outcome.restatement_id,
         "restatement",
-        {"pins": chosen_pins},
+        {"pins": chosen_pins, "sources": chosen.path},
         schema,
         code_version=editions.code_version(),
+        sources_sha256=chosen.sha256,
+        calculation_options=stored_sources.calculation_options(None, None, chosen_pins, chosen),
     )
     try:
         for t in activity_types:
             if t in sources:
-                _restate_type(engine, sources[t], book, outcome, chunk, schema)
+                _restate_type(engine, sources[t], book, outcome, chunk, schema, limits_of)
         outcome.diff = diff(engine, outcome.restatement_id, schema=schema)
     except Exception as e:
         with engine.begin() as c:
@@ -393,6 +424,10 @@ def _restate(
         total_co2e_tonnes=outcome.diff["new_kg"] / 1000.0,
         factor_editions=in_force,
         code_version=editions.code_version(),
+        # The loosest bounds applied: every result it wrote passes them (audit.verify).
+        calculation_options=stored_sources.calculation_options(
+            None, stored_sources.loosest(sorted(outcome.limits, key=repr)), chosen_pins, chosen
+        ),
         message=f"restatement: {outcome.changed} of {outcome.examined} results restated",
     )
     return outcome
@@ -436,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 [t for t in ACTIVITY_TYPES if t in types],
                 schema=target.schema,
                 sources=cli.checked_sources(target),
+                chosen=target.chosen,
             )
         except editions.EditionError as e:
             raise cli.UsageError(str(e)) from None

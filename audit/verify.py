@@ -48,12 +48,14 @@ from pipeline.methodology.batch import activity_schema
 from pipeline.model import (
     ACTIVITY_CLASSES,
     ACTIVITY_TYPES,
+    DEFAULT_LIMITS,
     ActivityType,
     FactorRow,
     InputError,
+    Limits,
     activity_fields,
 )
-from pipeline.store import connections, install, tables
+from pipeline.store import connections, install, stored_sources, tables
 from pipeline.store.sources import Source, Sources, default_sources, relation
 
 #: Stored result fields compared with the recomputation (the run and time are bookkeeping).
@@ -192,6 +194,19 @@ class _Context:
     factor_fps: fingerprint.FactorFingerprints  # of the factor rows as they are now
     code_versions: Mapping[str, str | None]  # run or restatement → its code version
     version: str  # the code version now
+    #: run or restatement → the options it recorded that change numbers (revision 0005)
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def limits(self, run_id: str) -> Limits:
+        """The plausibility bounds the run computed with (the defaults if it recorded none)."""
+        return stored_sources.recorded_limits(self.options.get(run_id)) or DEFAULT_LIMITS
+
+    def radiative_forcing(self, run_id: str, stored: bool | None) -> bool:
+        """The result's own choice; else the run's; else with (air travel only has one)."""
+        if stored is not None:
+            return bool(stored)
+        recorded = self.options.get(run_id, {}).get("radiative_forcing")
+        return True if recorded is None else bool(recorded)
 
 
 def _check_row(
@@ -224,12 +239,12 @@ def _check_row(
         return Mismatch(activity_type, ident, "factor_changed", {}, "a factor row it names changed")
     run_id = str(stored["run_id"])
     book = ctx.books.for_result(run_id, [stored[c] for c in _FACTOR_ID_FIELDS])
-    rf = stored["radiative_forcing"]
     try:
         again = calculate(
             ACTIVITY_CLASSES[activity_type](**activity),
             book,
-            radiative_forcing=True if rf is None else bool(rf),
+            radiative_forcing=ctx.radiative_forcing(run_id, stored["radiative_forcing"]),
+            limits=ctx.limits(run_id),
         )
     except InputError as e:
         return Mismatch(activity_type, ident, "refused", {}, f"{e.code}: {e.message}")
@@ -288,6 +303,8 @@ def verify(
     version = editions.code_version()
     report = VerifyReport(code_version=version)
     pins, versions = _runs(engine, schema)
+    with engine.connect() as c:
+        recorded = stored_sources.recorded_options(c, schema)
     with connections.raw_connection(engine) as conn:
         factor_rows = editions.read_all_factor_rows(conn, schema)
         ctx = _Context(
@@ -295,6 +312,7 @@ def verify(
             fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(factor_rows)),
             versions,
             version,
+            recorded,
         )
         for t in activity_types:
             if t in sources:

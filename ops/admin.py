@@ -1,13 +1,17 @@
 """Set-up commands: create or upgrade the pipeline's schema, load the emission factors.
 
     python -m ops.admin init [--schema S] [--sources FILE] [--id-type bigint|uuid|text]
+    python -m ops.admin set-sources --sources FILE [--schema S]
     python -m ops.admin revision [--schema S]
     python -m ops.admin check-sources --sources FILE
     python -m ops.admin load-factors --kind egrid --file PATH [--edition NAME]
 
 ``init`` checks the sources (when a file is given) against the database, creates the
 pipeline's schema if it is missing, migrates it to the newest revision and loads the shipped
-factors; it is safe to run twice, and it never alters anything outside the schema.
+factors; it is safe to run twice, and it never alters anything outside the schema. With a
+sources file, the schema remembers it (its text and sha256): runs, follow, status, verify and
+restatements without ``--sources`` read those sources, and refuse another file until
+``set-sources`` changes them on purpose (recording who, when, and the sha256 it replaced).
 ``revision`` shows the schema's migration revision and the newest one. ``check-sources``
 reports every problem of a sources file at once, writing nothing. A factor
 file is checked whole before anything is written (a negative, missing or duplicate value or an
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +36,7 @@ import sqlalchemy as sa
 from pipeline import cli, editions, factors
 from pipeline.factors import FactorFileError
 from pipeline.model import FactorRow
-from pipeline.store import checks, connections, sources, tables
+from pipeline.store import checks, connections, sources, stored_sources, tables
 from pipeline.store.install import initialise, revision
 
 _LOG = logging.getLogger(__name__)
@@ -91,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="key type of the results, when they are created (default: the sources' keys; "
         "bigint for the pipeline's own tables)",
     )
+    command(
+        "set-sources",
+        "check a sources file, then make it the schema's sources (recording the old and new)",
+    )
     command("revision", "show the schema's migration revision and the newest one")
     command("check-sources", "check the sources against the database; writes nothing")
     load = command("load-factors", "check a factor file, then load it")
@@ -116,10 +123,50 @@ def main(argv: list[str] | None = None) -> int:
 
     def init_database(target: cli.Target) -> int:
         id_type = args.id_type
-        if args.sources or os.environ.get(sources.SOURCES_ENV):
+        path = sources.resolve_path(args.sources)
+        text = None if path is None else stored_sources.read_text(path)
+        if text is not None:
             id_type = id_type or checks.common_key_type(cli.checked_sources(target))
+            with target.engine.connect() as conn:
+                found = stored_sources.current(conn, target.schema)
+            if found is not None and found.sha256 != stored_sources.digest(text):
+                raise stored_sources.mismatch(stored_sources.digest(text), found.sha256)
         outcome = initialise(target.engine, id_type, target.schema)
+        if text is not None:
+            with target.engine.begin() as conn:
+                stored_sources.remember(conn, text, target.schema)
+            outcome["sources_sha256"] = stored_sources.digest(text)
         cli.print_json({"database": connections.redact_url(target.url), **outcome})
+        return cli.OK
+
+    def set_sources(target: cli.Target) -> int:
+        path = sources.resolve_path(args.sources)
+        if path is None:
+            raise cli.UsageError("set-sources needs the new file: --sources FILE")
+        text = stored_sources.read_text(path)
+        cli.checked_sources(target)
+        with target.engine.begin() as conn:
+            before, now = stored_sources.replace(conn, text, target.schema)
+        changed = before is None or before.sha256 != now.sha256
+        if changed:
+            _LOG.info(
+                "the sources of %s are now %s (were %s), set by %s",
+                target.schema,
+                now.sha256,
+                before.sha256 if before else "none stored",
+                now.changed_by,
+            )
+        cli.print_json(
+            {
+                "database": connections.redact_url(target.url),
+                "schema": target.schema,
+                "changed": changed,
+                "previous_sha256": before.sha256 if before else None,
+                "sha256": now.sha256,
+                "changed_by": now.changed_by,
+                "changed_at": now.changed_at,
+            }
+        )
         return cli.OK
 
     def show_revision(target: cli.Target) -> int:
@@ -182,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
 
     bodies = {
         "init": (init_database, "init"),
+        "set-sources": (set_sources, "setting the sources (nothing was changed)"),
         "revision": (show_revision, "reading the revision"),
         "check-sources": (check, "checking the sources"),
         "load-factors": (load_factors, "loading the factor file (nothing was loaded)"),
     }
     body, what = bodies[args.command]
-    return cli.run(args, what, body)
+    # init and set-sources take the file given as it is (they are what stores it); the
+    # others read the schema's sources.
+    return cli.run(args, what, body, stored=args.command not in ("init", "set-sources"))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 ``./run_local.sh`` and ``./run_flink.sh`` call it. The database is the one every command
 resolves (``pipeline.store.connections.resolve_database_url``: --database-url, else
 $EMISSIONS_DATABASE_URL, else the embedded server). It creates what is missing and loads the
-shipped factors (``ops.admin init``), seeds demo activities ($SEED_COUNT, default 100,000) when
+shipped factors (``ops.admin init``; a sources file given is stored as the schema's, as init
+stores it), seeds demo activities ($SEED_COUNT, default 100,000) when
 the database holds none and it is the embedded server (or --seed-demo is given: never
 otherwise, so a team's own database, named by a URL or by libpq's variables, never gets demo
 rows it did not ask for), then runs
@@ -21,12 +22,13 @@ import logging
 import os
 import sys
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from ops.seed import seed
 from pipeline import cli, run, stopping
-from pipeline.store import checks, connections, queries, sources, tables
+from pipeline.store import checks, connections, queries, sources, stored_sources, tables
 from pipeline.store.install import initialise
 
 _LOG = logging.getLogger("ops.local")
@@ -45,6 +47,11 @@ def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool)
             checked = checks.check_sources(conn, target.sources)
         id_type = checks.common_key_type(checked)
     initialise(engine, id_type, schema)
+    chosen = target.chosen
+    if chosen is not None and chosen.origin == stored_sources.GIVEN and chosen.path:
+        # As ops.admin init --sources: the schema remembers them (a no-op when it does).
+        with engine.begin() as conn:
+            stored_sources.remember(conn, stored_sources.read_text(Path(chosen.path)), schema)
     if not seed_demo or with_sources:
         return
     existing = queries.count_activities(engine, schema=schema)
@@ -74,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def set_up(target: cli.Target) -> int:
         resolved.append(target.url)
-        prepare(target, own.seed_demo or embedded, count, with_sources)
+        # Sources the schema stores count as given: no demo rows beside them.
+        stored = target.chosen is not None and target.chosen.origin == stored_sources.STORED
+        prepare(target, own.seed_demo or embedded, count, with_sources or stored)
         return cli.OK
 
     code = cli.run(own, "setting up the database", set_up)

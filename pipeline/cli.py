@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from pipeline import retry
 from pipeline.model import ACTIVITY_TYPES, ActivityType
-from pipeline.store import checks, connections, sources, tables
+from pipeline.store import checks, connections, sources, stored_sources, tables
 
 #: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
 OK, FAILED, USAGE = 0, 1, 2
@@ -86,21 +86,23 @@ def add_database_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="TOML file mapping each activity type to your own table or query and columns "
-        "(docs/adoption.md). Default: $" + sources.SOURCES_ENV + ", else the pipeline's own "
-        "activity tables in its schema.",
+        "(docs/adoption.md). Default: $" + sources.SOURCES_ENV + ", else the file stored in "
+        "the schema by ops.admin init --sources (or set-sources), else the pipeline's own "
+        "activity tables in its schema. A file other than the stored one is refused.",
     )
 
 
 @dataclass(frozen=True)
 class Target:
     """What a command works on: the database (its URL and an engine), the pipeline's schema
-    in it, and the activity sources (read from the file, not yet checked against the
-    database)."""
+    in it, and the activity sources (the file given or the schema's stored one, not yet
+    checked against the database; ``chosen`` says which, with its sha256)."""
 
     url: str
     engine: sa.Engine
     schema: str
     sources: dict[ActivityType, sources.Source]
+    chosen: stored_sources.Chosen | None = None
 
 
 def checked_sources(target: Target) -> dict[ActivityType, sources.Source]:
@@ -111,12 +113,27 @@ def checked_sources(target: Target) -> dict[ActivityType, sources.Source]:
 
 
 def target_sources(args: argparse.Namespace) -> dict[ActivityType, sources.Source]:
-    """The sources the arguments name (``UsageError`` when the file cannot be used)."""
+    """The sources the file of the arguments names, without a database (``UsageError`` when
+    the file cannot be used); the pipeline's own tables without one."""
     try:
         schema = tables.validate_schema(args.schema)
         return sources.load_sources(sources.resolve_path(args.sources), schema)
     except (sources.SourcesError, ValueError) as e:
         raise UsageError(str(e)) from None
+
+
+def schema_sources(
+    args: argparse.Namespace, engine: sa.Engine
+) -> tuple[dict[ActivityType, sources.Source], stored_sources.Chosen]:
+    """The sources a command reads: the file given when it is the schema's stored one, the
+    stored one when none is given, else the pipeline's own tables (``UsageError`` for a file
+    other than the stored one, or one that cannot be used)."""
+    try:
+        path = sources.resolve_path(args.sources)
+        chosen = stored_sources.resolve(engine, args.schema, path)
+    except (stored_sources.SourcesChanged, sources.SourcesError) as e:
+        raise UsageError(str(e)) from None
+    return chosen.sources, chosen
 
 
 #: The levels ``--log-level`` takes.
@@ -180,23 +197,29 @@ def run(
     args: argparse.Namespace,
     what: str,
     body: Callable[[Target], int],
+    stored: bool = True,
     **engine_options: Any,
 ) -> int:
     """``body(target)`` on the database the arguments name; its exit code, or the exit code of
-    what it raised (``UsageError``, ``SourcesError``: 2, anything else: 1, said in one line)."""
+    what it raised (``UsageError``, ``SourcesError``: 2, anything else: 1, said in one line).
+    The target's sources are the schema's (``schema_sources``) unless ``stored`` is False (the
+    commands that store them): then the file given, as it is."""
     url: str | None = None
     try:
         found = target_sources(args)
         url = connections.resolve_database_url(args.database_url)
         engine = connections.make_engine(url, **engine_options)
         try:
-            return body(Target(url, engine, args.schema, found))
+            chosen = None
+            if stored:
+                found, chosen = schema_sources(args, engine)
+            return body(Target(url, engine, args.schema, found, chosen))
         finally:
             engine.dispose()
     except sources.SourcesError as e:
         error(str(e), url)
         return USAGE
-    except UsageError as e:
+    except (UsageError, stored_sources.SourcesChanged, stored_sources.NoStoredSources) as e:
         error(str(e), url)
         return USAGE
     except Exception as e:  # noqa: BLE001 - one line and an exit code, never a traceback

@@ -28,9 +28,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import cli, editions, retry, tuning
-from pipeline.options import OptionsError, RunConfig, add_arguments, validate
+from pipeline.options import OptionsError, RunConfig, add_arguments, validate, with_sources
 from pipeline.planning import check_sources
-from pipeline.run import execute, runner_name, safe_options, workers_in_process
+from pipeline.run import (
+    execute,
+    recorded_options,
+    resolve_sources,
+    runner_name,
+    safe_options,
+    workers_in_process,
+)
 from pipeline.stopping import (
     Cancelled,
     Stop,
@@ -39,7 +46,7 @@ from pipeline.stopping import (
     end_cancelled,
     real_stderr,
 )
-from pipeline.store import checks, connections, runs
+from pipeline.store import checks, connections, runs, stored_sources
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import Sources, SourcesError
 
@@ -203,6 +210,12 @@ def follow(args: list[str], stop: Stop) -> int:
     recorded = False
     try:
         try:
+            chosen = resolve_sources(engine, options, config)
+            config = with_sources(config, options, chosen.sources)
+        except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
+            cli.error(str(e), config.database_url)
+            return 2
+        try:
             checked = check_sources(engine, config)
             sources = {t: checked[t] for t in config.activity_types if t in checked}
             ensure_initialised(engine, config.schema, checks.common_key_type(checked))
@@ -218,6 +231,7 @@ def follow(args: list[str], stop: Stop) -> int:
         config = _with_sources(config, checked)
         shown = safe_options(options, beam_args)
         shown["follow"] = True
+        shown["sources"] = chosen.path
         runs.start_run(
             engine,
             config.run_id,
@@ -225,6 +239,7 @@ def follow(args: list[str], stop: Stop) -> int:
             shown,
             config.schema,
             code_version=editions.code_version(),
+            **recorded_options(config, chosen),
         )
         recorded = True
         stop_at = time.time() + options.stop_after if options.stop_after else 2.0**40

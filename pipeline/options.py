@@ -8,6 +8,7 @@ argparse (so that a run with nothing to do never imports Beam), and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -536,3 +537,19 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         orchestration=scheduled,
         max_retire_share=max_retire_share,
     )
+
+
+def with_sources(
+    config: RunConfig, options: Any, found: Mapping[ActivityType, Source]
+) -> RunConfig:
+    """``config`` reading ``found`` (the schema's stored sources, resolved once the database
+    is reached): its activity types those of ``--activity-types`` that they map (all that
+    they map by default); ``OptionsError`` when the option names one they do not map."""
+    asked = tuple(t.strip() for t in options.activity_types.split(",") if t.strip())
+    missing = [t for t in asked if t not in found]
+    if missing and options.activity_types != ",".join(ACTIVITY_TYPES):
+        raise OptionsError(
+            f"--activity-types asks for {', '.join(missing)}, which the sources do not map"
+        )
+    types = tuple(t for t in asked if t in found)
+    return dataclasses.replace(config, sources=dict(found), activity_types=types)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
 from pipeline.metrics import redact as redact_push_url
-from pipeline.options import OptionsError, RunConfig, add_arguments, validate
+from pipeline.options import OptionsError, RunConfig, add_arguments, validate, with_sources
 from pipeline.planning import MassRetirement, check_retirement, check_sources, plan, retire
 from pipeline.ranges import KeyRange
 from pipeline.stopping import (
@@ -39,13 +39,14 @@ from pipeline.stopping import (
     real_stderr,
     run_until_done,
 )
-from pipeline.store import checks, connections, queries, runs, tables
+from pipeline.store import checks, connections, queries, runs, sources, stored_sources, tables
 from pipeline.store.install import ensure_initialised, settle_after_writes
 from pipeline.store.sources import SourcesError
 from pipeline.summary import failure_message
 
 if TYPE_CHECKING:
     import apache_beam as beam
+    import sqlalchemy as sa
     from apache_beam.options.pipeline_options import PipelineOptions
 
 _LOG = logging.getLogger("pipeline.run")
@@ -215,6 +216,31 @@ def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str,
     return shown
 
 
+def resolve_sources(
+    engine: sa.Engine, options: argparse.Namespace, config: RunConfig
+) -> stored_sources.Chosen:
+    """The run's sources: the file given (``--sources``, ``$EMISSIONS_SOURCES``) when it is
+    the one the schema stores, the stored one when none is given, else the pipeline's own
+    tables; ``SourcesChanged`` for a file the schema does not store."""
+    path = sources.resolve_path(options.sources)
+    return retry.call(
+        lambda: stored_sources.resolve(engine, config.schema, path),
+        what="checking the sources",
+        policy=config.retry_policy,
+    )
+
+
+def recorded_options(config: RunConfig, chosen: stored_sources.Chosen) -> dict[str, Any]:
+    """The columns of the run's record that say what its numbers rest on: the sources'
+    sha256, and every option that changes numbers (``audit.verify`` recomputes with them)."""
+    return {
+        "sources_sha256": chosen.sha256,
+        "calculation_options": stored_sources.calculation_options(
+            config.radiative_forcing, config.limits, dict(config.factor_pins), chosen
+        ),
+    }
+
+
 def print_help() -> None:
     """``--help``: this pipeline's options (Beam's own, such as ``--runner``, also apply)."""
     parser = cli.parser(
@@ -287,6 +313,12 @@ def calculate(args: list[str], stop: Stop) -> int:
     heartbeat = contextlib.ExitStack()  # the run's heartbeat, from its row's start to its end
     try:
         try:
+            chosen = resolve_sources(engine, options, config)
+            config = with_sources(config, options, chosen.sources)
+        except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
             checked = retry.call(
                 lambda: check_sources(engine, config), what="checking the sources", policy=policy
             )
@@ -356,6 +388,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             return 2
         stop.check()
         shown = safe_options(options, beam_args)
+        shown["sources"] = chosen.path
         if shown.get("pushgateway"):
             shown["pushgateway"] = redact_push_url(shown["pushgateway"])
         attempts: list[int] = []
@@ -370,6 +403,7 @@ def calculate(args: list[str], stop: Stop) -> int:
                     shown,
                     config.schema,
                     code_version=editions.code_version(),
+                    **recorded_options(config, chosen),
                     **config.orchestration.columns(),
                 )
             except runs.RunIdTaken:
@@ -441,6 +475,7 @@ def calculate(args: list[str], stop: Stop) -> int:
         summary["database"] = connections.redact_url(config.database_url)
         summary["schema"] = config.schema
         summary["sources"] = {t: s.name for t, s in config.sources.items()}
+        summary["sources_sha256"] = chosen.sha256
         summary["timings"] = {
             "setup_s": round(setup_s, 3),
             "pipeline_s": round(pipeline_s, 3),

@@ -47,6 +47,8 @@ HISTORY_TABLE = "emission_results_history"
 RESTATEMENTS_TABLE = "restatements"
 #: One row per activity type and results flush of a run: what it wrote (``bulk.log_writes``).
 WRITES_TABLE = "calculation_run_writes"
+#: The sources file the schema's results are computed from, one row per change (revision 0005).
+SOURCES_TABLE = "sources_config"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 
 
@@ -338,6 +340,21 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("airflow_run_id", sa.Text),
         sa.Column("data_interval_start", sa.DateTime(timezone=True)),
         sa.Column("data_interval_end", sa.DateTime(timezone=True)),
+        # Revision 0005: the sources it read (NULL: the pipeline's own tables) and every
+        # option that changes numbers (``audit.verify`` recomputes its results with them).
+        sa.Column("sources_sha256", sa.Text),
+        sa.Column("calculation_options", postgresql.JSONB),
+    )
+    # Revision 0005: the schema's sources file, one row per change, the newest in force.
+    sa.Table(
+        SOURCES_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("sha256", sa.Text, nullable=False),
+        sa.Column("text", sa.Text, nullable=False),
+        sa.Column("changed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("changed_by", sa.Text, nullable=False, server_default=sa.text("CURRENT_USER")),
+        sa.Column("previous_sha256", sa.Text),
     )
     return md
 
