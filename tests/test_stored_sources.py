@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from audit import restate, verify
 from ops import admin, status
-from pipeline import editions, run
+from pipeline import editions, follow, run
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology import FactorBook, calculate
 from pipeline.model import AirTravelActivity, ElectricityActivity, Limits
@@ -76,7 +76,8 @@ def app(empty_database: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     with conn.cursor() as cur:
         cur.execute(
             "CREATE SCHEMA app; "
-            "CREATE TABLE app.meters (id bigint PRIMARY KEY, kwh float8, grid text, day date); "
+            "CREATE TABLE app.meters (id bigint PRIMARY KEY, kwh float8, grid text, day date, "
+            "seq bigserial); CREATE INDEX ON app.meters (seq); "
             "CREATE TABLE app.flights (id bigint PRIMARY KEY, dep text, arr text, cabin text, "
             "pax int, back boolean, day date)"
         )
@@ -305,3 +306,25 @@ def test_a_schema_that_stores_none_never_falls_back_after_a_run_read_a_file(
     assert json.loads(capsys.readouterr().out)["previous_sha256"] is None
     assert run_pipeline(url, capsys)["pending"] == 0
     assert results(url)[::2] == (RESULTS, 0)
+
+
+def test_follow_without_a_file_follows_the_stored_sources(
+    app: tuple[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url, path = app
+    followed = tmp_path / "followed.toml"
+    text = SOURCES.replace('table = "app.meters"', 'table = "app.meters"\nfollow_by = "seq"')
+    followed.write_text(text)
+    init(url, capsys, "--sources", str(followed))
+    assert follow.main(["--database-url", url, "--sources", str(path)]) == 2
+    assert "differ from the schema's" in capsys.readouterr().err
+    argv = ["--database-url", url, "--activity-types", "electricity", "--poll-interval", "0.5"]
+    assert follow.main([*argv, "--stop-after", "4", "--progress-interval", "0"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["total_processed"] == 30
+    (count,) = one(url, "SELECT count(*) FROM emissions.emission_results")
+    assert count == 30
+    (recorded,) = one(
+        url, "SELECT sources_sha256 FROM emissions.calculation_runs WHERE runner IS NOT NULL"
+    )
+    assert recorded == sha(text)
