@@ -235,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         "load-factors": (load_factors, "loading the factor file (nothing was loaded)"),
     }
     body, what = bodies[args.command]
-    # init and set-sources take the file given as it is (they are what stores it); the
-    # others read the schema's sources.
-    return cli.run(args, what, body, stored=args.command not in ("init", "set-sources"))
+    # init and set-sources take the file given as it is (they are what stores it), and so
+    # does check-sources (a new file is checked before set-sources); without a file, each
+    # reads the schema's sources.
+    given = sources.resolve_path(args.sources) is not None
+    as_given = args.command in ("init", "set-sources") or (
+        args.command == "check-sources" and given
+    )
+    return cli.run(args, what, body, stored=not as_given)
 
 
 if __name__ == "__main__":

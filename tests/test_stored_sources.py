@@ -188,6 +188,8 @@ def test_a_different_file_is_refused_until_set_sources_changes_it(
     (runs,) = one(url, "SELECT count(*) FROM emissions.calculation_runs")
     assert runs == 0
 
+    assert admin.main(["check-sources", "--database-url", url]) == 0  # a new file is checked
+    assert json.loads(capsys.readouterr().out)["electricity"]["source"] == "app.meters"
     assert admin.main(["set-sources", "--database-url", url]) == 0
     changed = json.loads(capsys.readouterr().out)
     assert changed["changed"] is True
