@@ -215,7 +215,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "audit.report": report.build_parser,
     **{
         f"ops.admin {name}": (lambda name=name: admin_command(name))  # type: ignore[misc]
-        for name in ("init", "revision", "check-sources", "load-factors")
+        for name in ("init", "set-sources", "revision", "check-sources", "load-factors")
     },
 }
 
