@@ -10,8 +10,10 @@ back), and every stored field is compared exactly. The fingerprints stored besid
 (``pipeline.fingerprint``), against the same fingerprints of the rows as they are now, say why
 a result does not reproduce:
 
-- ``input_changed``: the activity row differs from the one the result was computed from: the
-  next run recomputes it (the result moves to history, reason ``activity_changed``);
+- ``input_changed``: the activity row differs from the one the result was computed from:
+  when its version moved, the next run recomputes it (the result moves to history, reason
+  ``activity_changed``); when it did not (an application that changed the row without its
+  version column), only ``pipeline.run --recheck`` does;
 - ``input_missing``: the activity row is gone: the next run retires the result (to history,
   reason ``activity_deleted``);
 - ``factor_changed``: a factor row it names differs from the one it was computed with;
@@ -164,6 +166,7 @@ def _query(source: Source, sample: int | None, seed: str, schema: str) -> sql.Co
     columns = [sql.SQL("a.id IS NULL")]
     columns += [sql.SQL("a.{}").format(sql.Identifier(c)) for c in activity_fields(activity_type)]
     columns += [sql.SQL("r.{}").format(sql.Identifier(c)) for c in _READ]
+    columns.append(sql.SQL("a.activity_version IS DISTINCT FROM r.activity_version"))
     if sample is None:
         tail = sql.SQL("")
     else:
@@ -209,6 +212,17 @@ class _Context:
         return True if recorded is None else bool(recorded)
 
 
+def _changed(version_moved: bool) -> str:
+    """What will recompute a result whose activity row changed: a run sees a new version;
+    a change that left the version as it was is seen only by ``--recheck``."""
+    if version_moved:
+        return "the activity row changed since: the next run recomputes it"
+    return (
+        "the activity row changed since, but not its version: run pipeline.run --recheck "
+        "to recompute it"
+    )
+
+
 def _check_row(
     activity_type: ActivityType,
     missing: bool,
@@ -216,6 +230,7 @@ def _check_row(
     stored: dict[str, Any],
     now: tuple[int, int],
     ctx: _Context,
+    version_moved: bool = True,
 ) -> Mismatch | None:
     ident = str(stored["activity_id"])
     if missing:
@@ -228,13 +243,7 @@ def _check_row(
         )
     sealed = stored["input_fingerprint"] is not None
     if sealed and now[0] != stored["input_fingerprint"]:
-        return Mismatch(
-            activity_type,
-            ident,
-            "input_changed",
-            {},
-            "the activity row changed since: the next run recomputes it",
-        )
+        return Mismatch(activity_type, ident, "input_changed", {}, _changed(version_moved))
     if sealed and now[1] != stored["factor_fingerprint"]:
         return Mismatch(activity_type, ident, "factor_changed", {}, "a factor row it names changed")
     run_id = str(stored["run_id"])
@@ -338,13 +347,16 @@ def _verify_type(
         while chunk := cur.fetchmany(batch):
             missing = [bool(row[0]) for row in chunk]
             activities = [dict(zip(a_cols, row[1 : 1 + len(a_cols)], strict=True)) for row in chunk]
-            stored = [dict(zip(_READ, row[1 + len(a_cols) :], strict=True)) for row in chunk]
+            stored = [dict(zip(_READ, row[1 + len(a_cols) : -1], strict=True)) for row in chunk]
             now = _fingerprints_now(activity_type, activities, stored, ctx.factor_fps)
             for i in range(len(chunk)):
                 report.examined += 1
                 if stored[i]["input_fingerprint"] is None:
                     report.unsealed += 1
-                found = _check_row(activity_type, missing[i], activities[i], stored[i], now[i], ctx)
+                moved = bool(chunk[i][-1])
+                found = _check_row(
+                    activity_type, missing[i], activities[i], stored[i], now[i], ctx, moved
+                )
                 if found is None:
                     report.reproduced += 1
                 else:

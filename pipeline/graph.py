@@ -33,6 +33,7 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
         sources=config.sources,
         schema=config.schema,
         run_id=config.run_id,
+        recheck=config.recheck,
     )
     return _calculate_and_write(p, activities, config, config.write_batch_size)
 

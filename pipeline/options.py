@@ -209,6 +209,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fails saying so (0: no limit).",
     )
     parser.add_argument(
+        "--recheck",
+        action="store_true",
+        default=False,
+        help="Also compare every activity that has a result with the input it was computed "
+        "from (its input fingerprint) and compute again those that differ: for an application "
+        "that may change a row without changing its version column. Reads every activity in "
+        "scope.",
+    )
+    parser.add_argument(
         "--max-retire-share",
         "--max_retire_share",
         dest="max_retire_share",
@@ -317,6 +326,8 @@ class RunConfig:
     orchestration: Orchestration = field(default_factory=Orchestration)
     #: The largest share of a type's results the run may retire (1: any).
     max_retire_share: float = DEFAULT_MAX_RETIRE_SHARE
+    #: Compare every stored result's input fingerprint with its activity as it is now.
+    recheck: bool = False
 
     @property
     def text_ids(self) -> bool:
@@ -536,6 +547,7 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         pushgateway=pushgateway,
         orchestration=scheduled,
         max_retire_share=max_retire_share,
+        recheck=bool(getattr(options, "recheck", False)),
     )
 
 

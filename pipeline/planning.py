@@ -29,11 +29,11 @@ def check_sources(engine: sa.Engine, config: RunConfig) -> dict[ActivityType, So
 
 
 def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]) -> list[KeyRange]:
-    """The key ranges (``pipeline.ranges.plan_ranges``) of the tables with pending activities,
-    on one connection. Without a date window, the counts already say how many rows each table
-    has."""
+    """The key ranges (``pipeline.ranges.plan_ranges``) of the tables with pending activities
+    (``--recheck``: with any activity in scope), on one connection. Without a date window, the
+    counts already say how many rows each table has."""
     whole_tables = config.date_from is None and config.date_to is None
-    types = [t for t in config.activity_types if counts[t]["pending"]]
+    types = [t for t in config.activity_types if to_read(config, counts[t])]
     with connections.raw_connection(engine) as conn:
         planned = [
             r
@@ -49,6 +49,12 @@ def plan(engine: sa.Engine, config: RunConfig, counts: dict[str, dict[str, int]]
         ]
     _LOG.info("%d key ranges to read (%s)", len(planned), ", ".join(types))
     return planned
+
+
+def to_read(config: RunConfig, counts: dict[str, int]) -> bool:
+    """Whether a type's table is read at all: it has pending activities, or (``--recheck``)
+    any activity in scope, whose fingerprint the read compares with its result's."""
+    return bool(counts["pending"] or (config.recheck and counts["total"]))
 
 
 class MassRetirement(OptionsError):

@@ -26,7 +26,14 @@ from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
 from pipeline.metrics import redact as redact_push_url
 from pipeline.options import OptionsError, RunConfig, add_arguments, validate, with_sources
-from pipeline.planning import MassRetirement, check_retirement, check_sources, plan, retire
+from pipeline.planning import (
+    MassRetirement,
+    check_retirement,
+    check_sources,
+    plan,
+    retire,
+    to_read,
+)
 from pipeline.ranges import KeyRange
 from pipeline.stopping import (
     Cancelled,
@@ -432,7 +439,8 @@ def calculate(args: list[str], stop: Stop) -> int:
         )
         stop.check()
         metrics: dict[str, int] | None
-        if pending == 0:
+        reading = any(to_read(config, c) for c in counts.values())
+        if not reading:
             metrics = {}  # nothing to do: no pipeline, nothing written
         else:
             # Planned here while Beam is still being imported (warm_up_beam): only the types
@@ -455,7 +463,7 @@ def calculate(args: list[str], stop: Stop) -> int:
         coverage = retry.call(
             lambda: (
                 runs.run_coverage(engine, config.run_id, config.schema)
-                if pending
+                if reading
                 else runs.nothing_written()
             ),
             what="measuring data-quality coverage",

@@ -37,7 +37,8 @@ class ActivityTable(NamedTuple):
 @beam.typehints.with_input_types(KeyRange)
 @beam.typehints.with_output_types(ActivityTable)
 class ReadRangeFn(beam.DoFn):
-    """Reads the pending activities of one key range as an Arrow table."""
+    """Reads the pending activities of one key range as an Arrow table (``recheck``: every
+    activity with a result as well, kept when its input fingerprint is not its result's)."""
 
     def __init__(
         self,
@@ -48,9 +49,11 @@ class ReadRangeFn(beam.DoFn):
         sources: Sources | None = None,
         schema: str = tables.DEFAULT_SCHEMA,
         run_id: str | None = None,
+        recheck: bool = False,
     ) -> None:
         self._database_url = database_url
         self._run_id = run_id
+        self._recheck = recheck
         self._sources = dict(sources or default_sources(schema))
         self._db_schema = schema
         self._date_from = date_from
@@ -146,6 +149,7 @@ class ReadRangeFn(beam.DoFn):
                 self._date_from,
                 self._date_to,
                 self._db_schema,
+                recheck=self._recheck,
             ),
         )
         self._ranges_read.inc()
@@ -175,11 +179,12 @@ class ReadPendingActivities(beam.PTransform):
         sources: Sources | None = None,
         schema: str = tables.DEFAULT_SCHEMA,
         run_id: str | None = None,
+        recheck: bool = False,
     ) -> None:
         super().__init__()
         self._ranges = list(ranges)
         self._read = ReadRangeFn(
-            database_url, date_from, date_to, retry_policy, sources, schema, run_id
+            database_url, date_from, date_to, retry_policy, sources, schema, run_id, recheck
         )
 
     def expand(self, pbegin: Any) -> Any:

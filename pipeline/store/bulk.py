@@ -47,6 +47,7 @@ def read_pending_table(
     date_to: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     window: tuple[str | None, str | None] | None = None,
+    recheck: bool = False,
 ) -> pa.Table:
     """The pending rows of one key range (or follow ``window``) as an Arrow table, in one
     ``COPY … TO STDOUT``, in a read-only transaction (a source is someone else's: the read
@@ -58,7 +59,7 @@ def read_pending_table(
     fingerprint). An unquoted empty field is NULL and a quoted one the empty string, as
     PostgreSQL writes them.
     """
-    query, params = pending_query(source, start, end, date_from, date_to, schema, window)
+    query, params = pending_query(source, start, end, date_from, date_to, schema, window, recheck)
     arrow_schema = (
         arrow_schema.append(pa.field(VERSION_COLUMN, pa.int64()))
         .append(pa.field(STORED_COLUMN, pa.bool_()))
@@ -149,16 +150,20 @@ def supersede_results_table(
     one transaction: each current row moves to history first, whole, with ``reason`` and this
     run's id; then the new values take its place. Returns how many results were written.
 
-    Idempotent and safe beside other runs: only a stored row of another activity version is
-    replaced, so a retried flush, or a second run that computed the same version, changes
-    nothing; a result that is gone meanwhile is inserted."""
+    Idempotent and safe beside other runs: only a stored row of another activity version (or
+    of the same version with another input fingerprint) is replaced, so a retried flush, or a
+    second run that computed the same version, changes nothing; a result that is gone
+    meanwhile is inserted."""
     data, order = _encode(results, run_id, text_ids)
     cols = sql.SQL(", ").join(map(sql.Identifier, order))
     current = qualified(RESULTS_TABLE, schema)
     stored = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in STORED_RESULT_COLUMNS)
+    # Another version, or the same version with other content (an application that changed
+    # a row without its version column: ``--recheck``).
     differs = sql.SQL(
         "s.activity_type = r.activity_type AND s.activity_id = r.activity_id "
-        "AND r.activity_version IS DISTINCT FROM s.activity_version"
+        "AND (r.activity_version IS DISTINCT FROM s.activity_version "
+        "OR r.input_fingerprint IS DISTINCT FROM s.input_fingerprint)"
     )
     with conn.cursor() as cur:
         staging = stage(cur, RESULTS_TABLE, order, data, "binary", schema)

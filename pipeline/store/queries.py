@@ -115,6 +115,9 @@ _NEW = sql.SQL(
 _CHANGED = sql.SQL(
     "r.activity_id IS NOT NULL AND r.activity_version IS DISTINCT FROM a.activity_version"
 )
+#: ``--recheck``: every activity with a result, whatever its version (an application may change
+#: a row without its version column); the reader keeps those whose fingerprint differs.
+_STORED = sql.SQL("r.activity_id IS NOT NULL")
 
 
 def _bounds(alias: str, start: Any, end: Any, key_type: str | None) -> sql.Composed:
@@ -186,11 +189,13 @@ def pending_query(
     date_to: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     window: tuple[str | None, str | None] | None = None,
+    recheck: bool = False,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """One key range of the activities to compute: new ones, and those whose version differs
-    from their result's. Each comes with its row version, whether it has a result, and that
-    result's input fingerprint. ``window`` (after, up to) narrows it to the rows whose
-    ``follow_by`` value is in that interval (the follow mode's reads)."""
+    from their result's (``recheck``: every one with a result). Each comes with its row
+    version, whether it has a result, and that result's input fingerprint. ``window`` (after,
+    up to) narrows it to the rows whose ``follow_by`` value is in that interval (the follow
+    mode's reads)."""
     source = as_source(source, schema)
     conditions, params = _in_scope(source, start, end, date_from, date_to)
     if window is not None:
@@ -213,7 +218,7 @@ def pending_query(
         join=_results_join(schema, start, end, source.key_type),
         where=sql.SQL(" AND ").join(conditions),
         new=_new(schema, start, end, source.key_type),
-        changed=_CHANGED,
+        changed=_STORED if recheck else _CHANGED,
     )
     return query, params
 
