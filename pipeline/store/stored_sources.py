@@ -145,13 +145,15 @@ def _insert(conn: sa.Connection, schema: str, text: str, previous: str | None) -
     return Stored(*row)
 
 
+#: Advisory lock class of changes to a schema's sources (the schema's name is the other key).
+_LOCK = 7355610
+
+
 def _lock(conn: sa.Connection, schema: str) -> None:
-    """One change at a time: two set-sources at once would both name the same previous."""
+    """One change at a time per schema, until the transaction ends: two set-sources at once
+    would both name the same previous. An advisory lock needs no privilege on the table."""
     conn.execute(
-        sa.text(
-            f"LOCK TABLE {tables.qualified_text(tables.SOURCES_TABLE, schema)} "
-            "IN SHARE ROW EXCLUSIVE MODE"
-        )
+        sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:s))"), {"k": _LOCK, "s": schema}
     )
 
 
