@@ -197,6 +197,11 @@ def follow(args: list[str], stop: Stop) -> int:
     try:
         if options.poll_interval <= 0 or options.rows_per_window < 1:
             raise OptionsError("--poll-interval and --rows-per-window must be positive")
+        if getattr(options, "recheck", False):
+            raise OptionsError(
+                "--recheck is pipeline.run's: follow computes the rows its follow_by column "
+                "says changed; run python -m pipeline.run --recheck for the others"
+            )
         url = connections.resolve_database_url(options.database_url)
         config = validate(options, url)
     except OptionsError as e:

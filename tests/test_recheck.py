@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from audit import verify
-from pipeline import run
+from pipeline import follow, run
 from pipeline.store import connections
 from tests.support import scalar
 
@@ -120,3 +120,14 @@ def test_a_change_that_left_the_version_column_alone_is_found_by_recheck_only(
     # Nothing differs any more: a second recheck writes nothing.
     assert run_on(url, mapping, capsys, "--recheck")["total_processed"] == 0
     assert scalar(url, "SELECT count(*) FROM emissions.emission_results") == ROWS
+
+
+def test_follow_refuses_recheck_in_one_line(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert follow.main(["--database-url", database_url, "--recheck"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --recheck is pipeline.run's: follow computes the rows its follow_by column says "
+        "changed; run python -m pipeline.run --recheck for the others"
+    ]
+    assert scalar(database_url, "SELECT count(*) FROM emissions.calculation_runs") == 0
