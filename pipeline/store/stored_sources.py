@@ -263,6 +263,12 @@ def calculation_options(
         "limits": None if limits is None else _limits_dict(limits),
         "factor_pins": dict(sorted(pins.items())),
         "sources": chosen.describe(),
+        # The time zone a source's timestamptz activity_date is read in, where it says one.
+        "time_zones": {
+            t: zone
+            for t, s in sorted(chosen.sources.items())
+            if (zone := getattr(s, "time_zone", None)) is not None
+        },
     }
 
 
