@@ -23,7 +23,6 @@ $(python -m ops.flink_cluster args) --stop-after 900``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -40,7 +39,10 @@ import psutil
 import psycopg2
 
 from benchmarks.run import RESULTS_DIR, ROOT, seeded
+from pipeline import cli
+from pipeline.follow import add_follow_arguments
 from pipeline.model import ACTIVITY_TYPES
+from pipeline.options import parse_run_args
 from pipeline.store import connections
 from pipeline.store.embedded import server_url
 from pipeline.store.tables import ACTIVITY_TABLES, CHANGE_COLUMN
@@ -175,7 +177,7 @@ def scalar(url: str, query: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks.follow", description=__doc__.split("\n")[0])
+    parser = cli.parser("benchmarks.follow", __doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=600.0)
@@ -194,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         "seeded table (as after a long stop), instead of once it has caught up",
     )
     args, follow_args = parser.parse_known_args(argv)
+    # The rest goes to pipeline.follow: checked here, before a million rows are seeded.
+    parse_run_args(
+        follow_args, add_follow_arguments, prog="pipeline.follow", known=cli.option_strings(parser)
+    )
     server = args.database_url or server_url(ROOT / ".pgdata")
     say = lambda text: print(text, flush=True)  # noqa: E731
     say(f"seeding {args.count:,} activities, all computed …")

@@ -25,7 +25,6 @@ The figures are printed, written to ``benchmarks/results/latest.json`` and drawn
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,7 +45,7 @@ from psycopg2 import sql
 from benchmarks.in_database import load_reference_tables, reference_query
 from benchmarks.legacy import run_legacy
 from ops.seed import seed
-from pipeline import ranges
+from pipeline import cli, ranges
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import Probes, activity_schema, calculate_batch
 from pipeline.model import ACTIVITY_TYPES
@@ -430,11 +429,7 @@ def chart(figures: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.parser("benchmarks.run", __doc__)
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--done-share", type=float, default=0.3)
     parser.add_argument("--legacy-count", type=int, default=5_000)

@@ -27,7 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ops.seed import seed
-from pipeline import cli, run, stopping
+from pipeline import cli, options, run, stopping
 from pipeline.store import checks, connections, queries, sources, stored_sources, tables
 from pipeline.store.install import initialise
 
@@ -61,13 +61,26 @@ def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool)
     _LOG.info("seeded %d demo activities into %s", sum(added.values()), schema)
 
 
+def _add_seed_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seed-demo",
+        "--seed_demo",
+        dest="seed_demo",
+        action="store_true",
+        help="seed demo activities into an empty database of your own (the embedded one is "
+        "seeded anyway)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         print(cli.plain(__doc__))
         return run.main(["--help"])
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--seed-demo", action="store_true")
+    # Every option checked before anything is set up: a typo must not cost a seeding first.
+    options.parse_run_args(args, _add_seed_demo, prog="ops.local")
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_seed_demo(parser)
     cli.add_database_option(parser)
     own, rest = parser.parse_known_args(args)
     cli.setup_logging()

@@ -1,6 +1,8 @@
 """What every command line of the project shares, so that each ``main`` reads as what it does.
 
-- ``parser``: help that shows defaults, and descriptions without reST markup;
+- ``parser``: help that shows defaults, and descriptions without reST markup; a ``Parser``
+  that takes no abbreviations and says what is wrong with a command line in one line (an
+  unknown option with the closest known spelling, a bad value with what was expected), exit 2;
 - ``add_database_option``: ``--database-url`` spelled (and explained) the same everywhere;
 - ``add_log_level_option`` and ``setup_logging``: ``--log-level``, and the libraries beneath
   (Beam, its job server, Alembic) kept to their warnings unless it says ``DEBUG``;
@@ -12,14 +14,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import sqlalchemy as sa
 
@@ -52,11 +55,99 @@ def plain(text: str | None) -> str:
     return re.sub(r"``([^`]+)``", r"\1", text or "").strip()
 
 
-def parser(prog: str, doc: str | None, **kw: Any) -> argparse.ArgumentParser:
+def refuse(message: str) -> NoReturn:
+    """Ends the command: ``error: MESSAGE`` on stderr, one line, and exit code 2."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(USAGE)
+
+
+#: argparse's complaints about a value, and how they read here (first match).
+_VALUE_COMPLAINTS = (
+    (re.compile(r"invalid int value: (.+)"), "expected an integer, got {0}"),
+    (re.compile(r"invalid float value: (.+)"), "expected a number, got {0}"),
+    (re.compile(r"invalid choice: (.+?) \(choose from (.+)\)"), "expected one of {1}, got {0}"),
+    (re.compile(r"expected one argument"), "expected a value"),
+    (re.compile(r"ignored explicit argument (.+)"), "takes no value, got {0}"),
+    (re.compile(r"invalid \S+ value: (.+)"), "invalid value {0}"),
+)
+
+
+def readable(message: str) -> str:
+    """argparse's error message as one line that says what was expected:
+    ``argument --partitions: invalid int value: 'x'`` → ``--partitions: expected an
+    integer, got 'x'``."""
+    found = re.fullmatch(r"argument (\S+?)(?:/\S+)?: (.+)", message, re.DOTALL)
+    if found is None:
+        required = re.fullmatch(r"the following arguments are required: (.+)", message)
+        return f"missing {required.group(1)} (see --help)" if required else message
+    name, what = found.groups()
+    for pattern, text in _VALUE_COMPLAINTS:
+        matched = pattern.fullmatch(what)
+        if matched is None:
+            continue
+        values = [v.replace("'", "") if i else v for i, v in enumerate(matched.groups())]
+        what = text.format(*values)
+        if "choose from" in pattern.pattern:
+            choices = [c.strip(" '") for c in matched.group(2).split(",")]
+            close = difflib.get_close_matches(matched.group(1).strip("'"), choices, n=1)
+            what += f" (did you mean {close[0]}?)" if close else ""
+        break
+    return f"{name}: {what}"
+
+
+def unknown_message(extra: Sequence[str], known: Iterable[str]) -> str:
+    """What to say of arguments no parser took: each unknown option, with the closest known
+    spelling (the option it abbreviates, else ``difflib``'s), or the first stray value."""
+    names = list(dict.fromkeys(a.split("=", 1)[0] for a in extra if a.startswith("-")))
+    if not names:
+        return f"unexpected argument {extra[0]!r} (see --help)"
+    spellings = sorted(set(known))
+    said = []
+    for name in names:
+        # An abbreviation: the option it begins; else the most similar spelling.
+        close = sorted((s for s in spellings if s.startswith(name)), key=len)[:1]
+        close = close or difflib.get_close_matches(name, spellings, n=1)
+        said.append(f"{name} (did you mean {close[0]}?)" if close else f"{name} (see --help)")
+    return f"unknown option{'s' if len(said) > 1 else ''} {', '.join(said)}"
+
+
+def option_strings(parser: argparse.ArgumentParser, chosen: Any = None) -> list[str]:
+    """The long option strings ``parser`` knows, with those of the subcommand that the parsed
+    namespace ``chosen`` names."""
+    found = []
+    for action in parser._actions:
+        found += [s for s in action.option_strings if s.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction) and chosen is not None:
+            sub = action.choices.get(str(getattr(chosen, action.dest, "")))
+            found += option_strings(sub, chosen) if sub is not None else []
+    return found
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, strict: no abbreviations (a prefix of an option is a typo, not a spelling),
+    and a command line it cannot use is refused in one line with exit 2 (``refuse``): an
+    unknown option named with the closest known spelling, a bad value with what was expected,
+    never the usage page."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        found, extra = self.parse_known_args(args, namespace)
+        if extra:
+            refuse(unknown_message(extra, option_strings(self, found)))
+        return found
+
+    def error(self, message: str) -> NoReturn:
+        refuse(readable(message))
+
+
+def parser(prog: str, doc: str | None, **kw: Any) -> Parser:
     """An argument parser for ``python -m PROG``, described by the module's docstring."""
-    return argparse.ArgumentParser(
-        prog=f"python -m {prog}", description=plain(doc), formatter_class=Formatter, **kw
-    )
+    return Parser(prog=f"python -m {prog}", description=plain(doc), formatter_class=Formatter, **kw)
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import cli, editions, retry, tuning
-from pipeline.options import OptionsError, RunConfig, add_arguments, validate, with_sources
+from pipeline.options import (
+    OptionsError,
+    RunConfig,
+    add_arguments,
+    parse_run_args,
+    validate,
+    with_sources,
+)
 from pipeline.planning import check_sources
 from pipeline.run import (
     execute,
@@ -183,13 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 def follow(args: list[str], stop: Stop) -> int:
     tuning.tune_process()
     started = time.monotonic()
-    parser = argparse.ArgumentParser(add_help=False)
-    add_follow_arguments(parser)
-    add_arguments(parser)
     try:
-        options, beam_args = parser.parse_known_args(args)
+        options, beam_args = parse_run_args(args, add_follow_arguments, prog="pipeline.follow")
     except SystemExit:
-        return 2
+        return 2  # said in one line: an unknown option (not even Beam's), or a bad value
     cli.setup_logging(options.log_level, stream=real_stderr())
     for handler in logging.getLogger().handlers:
         handler.addFilter(TracebacksAtDebug())

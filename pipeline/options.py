@@ -14,7 +14,7 @@ import math
 import os
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,28 @@ _LIMIT_OPTIONS = (
     ("max-passengers", "max_passengers", "number of passengers on one booking"),
     ("max-distance-km", "max_distance_km", "given one-way flight distance in km"),
 )
+
+
+def parse_run_args(
+    args: Sequence[str],
+    *more: Callable[[argparse.ArgumentParser], None],
+    prog: str = "pipeline.run",
+    known: Iterable[str] = (),
+) -> tuple[argparse.Namespace, list[str]]:
+    """The calculation's options (and those ``more`` declares) from ``args``, and the rest,
+    which must all be registered Beam options (checked by Beam's registry, which is imported
+    only when there is a rest). Anything else, or a value an option cannot take, is refused
+    in one line with exit 2 (``SystemExit``); ``known`` adds spellings to suggest."""
+    parser = cli.parser(prog, None, add_help=False)
+    for add in more:
+        add(parser)
+    add_arguments(parser)
+    options, rest = parser.parse_known_args(list(args))
+    if rest:
+        from pipeline.beam_options import check_beam_args
+
+        check_beam_args(rest, [*known, *cli.option_strings(parser)])
+    return options, rest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

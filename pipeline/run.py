@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
 from pipeline.metrics import redact as redact_push_url
-from pipeline.options import OptionsError, RunConfig, add_arguments, validate, with_sources
+from pipeline.options import (
+    OptionsError,
+    RunConfig,
+    add_arguments,
+    parse_run_args,
+    validate,
+    with_sources,
+)
 from pipeline.planning import (
     MassRetirement,
     check_retirement,
@@ -286,12 +293,10 @@ def calculate(args: list[str], stop: Stop) -> int:
     tuning.tune_process()
     started = time.monotonic()
     started_at = time.time()
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
     try:
-        options, beam_args = parser.parse_known_args(args)
+        options, beam_args = parse_run_args(args)
     except SystemExit:
-        return 2  # argparse has said what is wrong
+        return 2  # said in one line: an unknown option (not even Beam's), or a bad value
     # The run's own lines at --log-level; Beam's and its job server's at WARNING unless DEBUG.
     cli.setup_logging(options.log_level, stream=real_stderr())
     for chatty in _CHATTY_LOGGERS:
