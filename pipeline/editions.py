@@ -171,6 +171,9 @@ def current_editions(
 _COMPARED = ("value", "unit", "kg_co2", "kg_ch4_co2e", "kg_n2o_co2e", "basis", "gwp_set")
 #: The differences an ``EditionConflict`` names.
 SHOWN_DIFFERENCES = 3
+#: Advisory lock key of factor loads (with the schema's hash); schema creation uses 7355608,
+#: restatements 7355609, changes of the stored sources 7355610.
+_LOCK = 7355611
 
 
 @dataclass(frozen=True)
@@ -241,18 +244,16 @@ def load_edition(
 ) -> Loaded:
     """Loads a checked file's rows, in one transaction: refused (``EditionConflict``, nothing
     written) when an edition of the same name is loaded and differs; otherwise the rows not
-    loaded yet are added (none, for a file loaded before). The factors table is locked against
-    other writers meanwhile (readers go on), so two loads cannot both pass the comparison."""
+    loaded yet are added (none, for a file loaded before). Loads into one schema take turns
+    (an advisory lock, which needs no privilege on the table; readers go on), so two cannot
+    both pass the comparison."""
     factor_table = tables.table(tables.FACTORS_TABLE, schema)
     names = sorted({r.edition for r in rows})
     pairs = sorted({(r.factor_set, r.edition) for r in rows})
     fields = [c for c in FactorRow.__dataclass_fields__ if c != "id"]
     with engine.begin() as conn:
         conn.execute(
-            sa.text(
-                f"LOCK TABLE {tables.qualified_text(tables.FACTORS_TABLE, schema)} "
-                "IN SHARE ROW EXCLUSIVE MODE"
-            )
+            sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:s))"), {"k": _LOCK, "s": schema}
         )
         loaded = [
             FactorRow(**dict(zip(fields, found, strict=True)))

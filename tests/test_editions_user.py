@@ -5,6 +5,8 @@ keeps every value it replaces (issue 23, item 5)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from ops import admin
 from ops.seed import seed
 from pipeline import editions, factors
 from pipeline.model import FactorRow
+from pipeline.store import tables
 from tests.test_end_to_end import run_pipeline
 
 REVISED = "eGRID2023 rev2, CAMX corrected"
@@ -210,3 +213,52 @@ def test_a_file_differs_by_a_changed_field_or_an_added_row_not_by_a_missing_one(
         "s B 2023: 2.0 → 2.5",
         "s C 2023: (not in it) → 3.0",
     ]
+
+
+def test_two_loads_of_one_edition_name_take_turns(
+    database_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """A load waits for one in progress, then compares with what that one stored: of two
+    different files loaded under one name at once, the second is refused."""
+    first = factors.with_edition(factors.parse_egrid(revised_egrid(tmp_path, CAMX_REVISED)), "E")
+    second = factors.with_edition(
+        factors.parse_egrid(revised_egrid(tmp_path, CAMX_OTHER, "other.csv")), "E"
+    )
+    outcome: list[object] = []
+    holder = engine.connect()
+    try:
+        with holder.begin():
+            holder.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k, hashtext('emissions'))"),
+                {"k": editions._LOCK},
+            )
+            waiting = threading.Thread(
+                target=lambda: outcome.append(_load_or_conflict(engine, second))
+            )
+            waiting.start()
+            time.sleep(1.0)
+            assert waiting.is_alive()  # it waits for the load in progress
+            # That load: the first file, stored under the same name, committed with the lock.
+            holder.execute(
+                sa.insert(tables.table(tables.FACTORS_TABLE)),
+                [
+                    {c: getattr(r, c) for c in FactorRow.__dataclass_fields__ if c != "id"}
+                    for r in first
+                ],
+            )
+        waiting.join(timeout=30)
+    finally:
+        holder.close()
+    (refused,) = outcome
+    assert isinstance(refused, editions.EditionConflict)
+    camx = [next(r.value for r in rows if r.key == "CAMX") for rows in (first, second)]
+    assert [str(d) for d in refused.differences] == [
+        f"egrid_subregion CAMX 2023: {camx[0]!r} → {camx[1]!r}"
+    ]
+
+
+def _load_or_conflict(engine: sa.Engine, rows: list[FactorRow]) -> object:
+    try:
+        return editions.load_edition(engine, rows)
+    except editions.EditionConflict as e:
+        return e
