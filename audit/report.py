@@ -114,7 +114,8 @@ def figures(
         "total_co2e_tonnes, "
         "(SELECT sum((v->>'new')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
         "(SELECT sum((v->>'changed')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
-        "(SELECT sum((v->>'retired')::bigint) FROM jsonb_each(by_activity_type) x(k, v)) "
+        "(SELECT sum((v->>'retired')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
+        "message "
         f"FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} c WHERE NOT EXISTS "
         f"(SELECT 1 FROM {restatements} s WHERE s.restatement_id = c.run_id) "
         "ORDER BY started_at DESC LIMIT 8",
@@ -247,6 +248,7 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:4px 10p
 border-bottom:1px solid #eee;text-align:left}td.num,th.num{text-align:right;
 font-variant-numeric:tabular-nums}.chart text{font-size:12px;fill:#333}.chart .tick{
 font-size:11px;fill:#555}.up{color:#b03a2e}.down{color:#1e8449}code{font-size:12px}
+.why{color:#b03a2e;font-size:12px;max-width:24em}
 """
 
 
@@ -455,8 +457,9 @@ def _runs_part(f: dict[str, Any]) -> str:
     runs = (
         "".join(
             f"<tr data-run='{_e(r[0])}' data-new='{_raw(r[7])}' data-changed='{_raw(r[8])}' "
-            f"data-retired='{_raw(r[9])}'><td><code>{_e(r[0])}</code></td><td>{_e(r[1])}</td>"
-            f"<td>{_e(r[2] or '')}</td><td>{_e(_when(r[3]))}</td>"
+            f"data-retired='{_raw(r[9])}'><td><code>{_e(r[0])}</code></td>"
+            + _status_cell(r[0], r[1], r[10])
+            + f"<td>{_e(r[2] or '')}</td><td>{_e(_when(r[3]))}</td>"
             + _count_cell("written", r[4])
             + _count_cell("new", r[7])
             + _count_cell("changed", r[8])
@@ -516,6 +519,20 @@ def _runs_part(f: dict[str, Any]) -> str:
         "editions chosen; its tonnes are those of the results it changed, before and after, "
         "not of the inventory.</p>"
     )
+
+
+#: The outcomes of a run whose record says why it did not succeed.
+_UNSUCCESSFUL = ("failed", "abandoned", "cancelled")
+
+
+def _status_cell(run_id: Any, status: Any, message: Any) -> str:
+    """A run's outcome, with its one-line reason when it did not succeed."""
+    why = (
+        f"<div class='why' data-message='{_e(run_id)}'>{_e(message)}</div>"
+        if status in _UNSUCCESSFUL and message
+        else ""
+    )
+    return f"<td data-status='{_e(status)}'>{_e(status)}{why}</td>"
 
 
 def _pins(pins: Any) -> str:

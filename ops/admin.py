@@ -131,10 +131,16 @@ def main(argv: list[str] | None = None) -> int:
                 found = stored_sources.current(conn, target.schema)
             if found is not None and found.sha256 != stored_sources.digest(text):
                 raise stored_sources.mismatch(stored_sources.digest(text), found.sha256)
-        outcome = initialise(target.engine, id_type, target.schema)
+        # The sources are stored in the set-up's own transaction: all of it, or nothing.
+        outcome = initialise(
+            target.engine,
+            id_type,
+            target.schema,
+            also=None
+            if text is None
+            else lambda c: stored_sources.remember(c, text, target.schema),
+        )
         if text is not None:
-            with target.engine.begin() as conn:
-                stored_sources.remember(conn, text, target.schema)
             outcome["sources_sha256"] = stored_sources.digest(text)
         cli.print_json({"database": connections.redact_url(target.url), **outcome})
         return cli.OK

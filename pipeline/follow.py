@@ -38,7 +38,9 @@ from pipeline.options import (
 )
 from pipeline.planning import check_sources
 from pipeline.run import (
+    Record,
     execute,
+    record_engine,
     recorded_options,
     resolve_sources,
     runner_name,
@@ -56,6 +58,7 @@ from pipeline.stopping import (
 from pipeline.store import checks, connections, runs, stored_sources
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import Sources, SourcesError
+from pipeline.summary import failure_message
 
 _LOG = logging.getLogger("pipeline.follow")
 
@@ -216,14 +219,18 @@ def follow(args: list[str], stop: Stop) -> int:
         return 1
     runner = runner_name(beam_args)
     engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
-    recorded = False
+    shown = safe_options(options, beam_args)
+    shown["follow"] = True
+    record = Record(record_engine(url, config.run_id), config, runner, shown, {})
     try:
+        # The run's row first: whatever fails from here on is recorded.
+        record.start_if_ready()
         try:
             chosen = resolve_sources(engine, options, config)
             config = with_sources(config, options, chosen.sources)
         except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
-            cli.error(str(e), config.database_url)
-            return 2
+            return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
+        record.note(chosen.path, **recorded_options(config, chosen))
         try:
             checked = check_sources(engine, config)
             sources = {t: checked[t] for t in config.activity_types if t in checked}
@@ -233,24 +240,13 @@ def follow(args: list[str], stop: Stop) -> int:
                 # which ensure_initialised may have just applied: look again.
                 checked = check_sources(engine, config)
                 sources = {t: checked[t] for t in config.activity_types if t in checked}
+            if not record.started:  # the schema has just been set up or brought up to date
+                record.start()
+                record.note(chosen.path, **recorded_options(config, chosen))
             followable(engine, sources)
         except (SourcesError, NotFollowable) as e:
-            cli.error(str(e), config.database_url)
-            return 2
+            return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
         config = _with_sources(config, checked)
-        shown = safe_options(options, beam_args)
-        shown["follow"] = True
-        shown["sources"] = chosen.path
-        runs.start_run(
-            engine,
-            config.run_id,
-            runner,
-            shown,
-            config.schema,
-            code_version=editions.code_version(),
-            **recorded_options(config, chosen),
-        )
-        recorded = True
         stop_at = time.time() + options.stop_after if options.stop_after else 2.0**40
         _LOG.info(
             "run %s follows %s on %s, every %g s%s",
@@ -260,10 +256,8 @@ def follow(args: list[str], stop: Stop) -> int:
             options.poll_interval,
             f", for {options.stop_after:g} s" if options.stop_after else ", until stopped",
         )
-        with (
-            runs.Heartbeat(engine, config.run_id, config.schema),
-            Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)),
-        ):
+        record.beat(engine)  # within the run's pool from here, as the pipeline's connections
+        with Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)):
             metrics = _execute(beam_args, config, options, stop_at, stop)
         coverage = runs.run_coverage(engine, config.run_id, config.schema)
         summary: dict[str, Any] = {
@@ -279,10 +273,8 @@ def follow(args: list[str], stop: Stop) -> int:
             "polls": (metrics or {}).get("polls"),
             "timings": {"total_s": round(time.monotonic() - started, 3)},
         }
-        runs.finish_run(
-            engine,
-            config.run_id,
-            config.schema,
+        record.stop_beating()  # the outcome is recorded next: no heartbeat after it
+        record.finish(
             status="succeeded",
             total_processed=summary["total_processed"],
             errors=summary["errors"],
@@ -294,22 +286,25 @@ def follow(args: list[str], stop: Stop) -> int:
         )
         cli.print_json(summary)
         return 0
+    except runs.RunIdTaken as e:
+        cli.error(str(e))
+        return 2
     except Cancelled as stopped:
-        end_cancelled(engine, config, stopped, recorded, {}, started, workers_in_process(beam_args))
+        record.stop_beating()
+        exact = workers_in_process(beam_args)
+        end_cancelled(engine, config, stopped, record.started, {}, started, exact)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
-        message = connections.scrub(retry.describe(e), config.database_url)
+        message = connections.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
-        if recorded:
-            try:
-                runs.finish_run(
-                    engine, config.run_id, config.schema, status="failed", message=message
-                )
-            except Exception:  # noqa: BLE001 - the heartbeat's age will say it stopped
-                _LOG.error("run %s could not be marked failed", config.run_id)
-        cli.error(f"run {config.run_id} failed: {message}")
+        record.stop_beating()
+        record.fail(message)
+        unrecorded = f" ({record.unready})" if record.unready else ""
+        cli.error(f"run {config.run_id} failed: {message}{unrecorded}")
         return 1
     finally:
+        record.stop_beating()
         engine.dispose()
+        record.engine.dispose()
 
 
 def _with_sources(config: RunConfig, checked: Sources) -> RunConfig:

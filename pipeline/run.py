@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from pipeline import cli, editions, retry, tuning
 from pipeline import summary as summaries
 from pipeline.metrics import redact as redact_push_url
@@ -53,14 +55,22 @@ from pipeline.stopping import (
     real_stderr,
     run_until_done,
 )
-from pipeline.store import checks, connections, queries, runs, sources, stored_sources, tables
+from pipeline.store import (
+    checks,
+    connections,
+    install,
+    queries,
+    runs,
+    sources,
+    stored_sources,
+    tables,
+)
 from pipeline.store.install import ensure_initialised, settle_after_writes
 from pipeline.store.sources import SourcesError
-from pipeline.summary import failure_message
+from pipeline.summary import failure_message, one_line
 
 if TYPE_CHECKING:
     import apache_beam as beam
-    import sqlalchemy as sa
     from apache_beam.options.pipeline_options import PipelineOptions
 
 _LOG = logging.getLogger("pipeline.run")
@@ -255,6 +265,156 @@ def recorded_options(config: RunConfig, chosen: stored_sources.Chosen) -> dict[s
     }
 
 
+#: A bound on each statement of a run's own record (its row's start and outcome): the run's
+#: ``--statement-timeout`` may be what failed it, and its failure must still be recorded.
+RECORD_TIMEOUT_S = 30.0
+
+
+def record_engine(url: str, run_id: str) -> sa.Engine:
+    """An engine for the run's row alone: a connection only while a statement of the record
+    runs (none while the pipeline holds its own), each statement and lock wait bounded by
+    ``RECORD_TIMEOUT_S`` whatever the run's own timeouts."""
+    bounded = connections.with_timeouts(url, RECORD_TIMEOUT_S, RECORD_TIMEOUT_S)
+    return connections.make_engine(connections.for_run(bounded, run_id), poolclass=sa.pool.NullPool)
+
+
+@dataclasses.dataclass
+class Record:
+    """The run's row in ``calculation_runs``, started by the run's first statement once the
+    database is reachable (or, on a schema not yet set up or behind, as soon as
+    ``ensure_initialised`` has brought it up to date), so that whatever fails after it (the
+    sources check, the counts, the planning, a timeout) is recorded ``failed`` with its line.
+    Only the process that started the row finishes it (``runs.finish_run``)."""
+
+    engine: sa.Engine
+    config: RunConfig
+    runner: str
+    options: dict[str, Any]
+    fields: dict[str, Any]
+    started: bool = False
+    #: Why the run could not be recorded yet (its schema is not set up), when known.
+    unready: str | None = None
+    _heartbeat: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+
+    def start_if_ready(self) -> bool:
+        """Starts the row if the schema is at the newest revision; returns whether it did."""
+        schema = self.config.schema
+        found = retry.call(
+            lambda: install.revision(self.engine, schema),
+            what="recording the run",
+            policy=self.config.retry_policy,
+        )
+        if found.up_to_date:
+            self.start()
+        else:
+            behind = f"at revision {found.current}" if found.current else "not set up yet"
+            self.unready = f"not recorded: the schema {schema} is {behind}"
+        return self.started
+
+    def start(self) -> None:
+        """Starts the row (``runs.RunIdTaken`` when the id is already recorded)."""
+        attempts: list[int] = []
+
+        def insert() -> None:
+            attempts.append(1)
+            try:
+                runs.start_run(
+                    self.engine,
+                    self.config.run_id,
+                    self.runner,
+                    self.options,
+                    self.config.schema,
+                    code_version=editions.code_version(),
+                    **self.fields,
+                )
+            except runs.RunIdTaken:
+                if len(attempts) == 1:
+                    raise
+                # A retry: the first insert committed, and only its reply was lost.
+
+        retry.call(insert, what="recording the run", policy=self.config.retry_policy)
+        self.started, self.unready = True, None
+        self.beat(self.engine)
+
+    def beat(self, engine: sa.Engine) -> None:
+        """Keeps the row's heartbeat going on ``engine`` from now on. It starts on the record's
+        own engine, a connection for a moment each time, beside the counts, which take the whole
+        pool of the run's engine (and may wait for a lock); the pipeline's connections leave
+        room in that pool, and the run's connections stay within their bound."""
+        self.stop_beating()
+        self._heartbeat.enter_context(
+            runs.Heartbeat(engine, self.config.run_id, self.config.schema)
+        )
+
+    def stop_beating(self) -> None:
+        """No more heartbeats: the outcome is recorded next."""
+        self._heartbeat.close()
+
+    def note(self, sources_path: str | None, **fields: Any) -> None:
+        """Adds to the running row what the run learnt since it started: the sources it reads
+        (the file, as ``options['sources']``) and the columns ``fields``."""
+        self.options["sources"] = sources_path
+        if not self.started:
+            return
+        retry.call(
+            lambda: runs.note_run(
+                self.engine,
+                self.config.run_id,
+                self.config.schema,
+                options=json.loads(json.dumps(self.options, default=str)),
+                **fields,
+            ),
+            what="recording the run",
+            policy=self.config.retry_policy,
+        )
+
+    def finish(self, **fields: Any) -> bool:
+        """Stores the outcome; whether the row was still ``running`` (see ``finish_run``)."""
+        return bool(
+            retry.call(
+                lambda: runs.finish_run(
+                    self.engine, self.config.run_id, self.config.schema, **fields
+                ),
+                what="recording the run's outcome",
+                policy=self.config.retry_policy,
+            )
+        )
+
+    def fail(self, message: str) -> None:
+        """Records the run ``failed`` with ``message`` (one line), briefly: the database may be
+        what failed, and the run must still end. Said in the log when it cannot be."""
+        if not self.started:
+            return
+        try:
+            retry.call(
+                lambda: runs.finish_run(
+                    self.engine,
+                    self.config.run_id,
+                    self.config.schema,
+                    status="failed",
+                    message=message,
+                ),
+                what="recording the failure",
+                policy=retry.RetryPolicy(attempts=2, base_delay=0.5),
+            )
+        except Exception as again:  # noqa: BLE001
+            _LOG.error(
+                "run %s could not be marked failed in %s (%s); it stays 'running' there until "
+                "its heartbeat is %g s old, when ops.status or the next run marks it abandoned",
+                self.config.run_id,
+                tables.RUNS_TABLE,
+                connections.scrub(retry.describe(again), self.config.database_url),
+                runs.DEFAULT_STALE_AFTER,
+            )
+
+    def refuse(self, error: Exception, said: str) -> int:
+        """A run refused for what it was given (its sources, an edition): recorded failed with
+        the reason when its row exists, ``said`` on stderr; exit code 2."""
+        self.fail(one_line(connections.scrub(str(error), self.config.database_url)))
+        print(said, file=sys.stderr)
+        return 2
+
+
 def print_help() -> None:
     """``--help``: this pipeline's options (Beam's own, such as ``--runner``, also apply)."""
     parser = cli.parser(
@@ -320,23 +480,28 @@ def calculate(args: list[str], stop: Stop) -> int:
     runner = runner_name(beam_args)
     engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
     policy = config.retry_policy
-    recorded = False  # whether this process has started the run's row (only it may finish it)
+    shown = safe_options(options, beam_args)
+    if shown.get("pushgateway"):
+        shown["pushgateway"] = redact_push_url(shown["pushgateway"])
+    record = Record(
+        record_engine(url, config.run_id), config, runner, shown, config.orchestration.columns()
+    )
     counts: dict[str, dict[str, int]] = {}
-    heartbeat = contextlib.ExitStack()  # the run's heartbeat, from its row's start to its end
     try:
+        # The run's row first: whatever fails from here on is recorded.
+        record.start_if_ready()
         try:
             chosen = resolve_sources(engine, options, config)
             config = with_sources(config, options, chosen.sources)
         except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return record.refuse(e, f"error: {e}")
+        record.note(chosen.path, **recorded_options(config, chosen))
         try:
             checked = retry.call(
                 lambda: check_sources(engine, config), what="checking the sources", policy=policy
             )
         except SourcesError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return record.refuse(e, f"error: {e}")
         config = dataclasses.replace(config, sources=checked)
         id_type = checks.common_key_type(checked)
         retry.call(
@@ -344,11 +509,9 @@ def calculate(args: list[str], stop: Stop) -> int:
             what="checking the schema",
             policy=policy,
         )
-        retry.call(
-            lambda: runs.check_new_run_id(engine, config.run_id, config.schema),
-            what="checking the run id",
-            policy=policy,
-        )
+        if not record.started:  # the schema has just been set up or brought up to date
+            record.start()
+            record.note(chosen.path, **recorded_options(config, chosen))
         # Runs whose heartbeat stopped long ago were killed: marked abandoned, and said.
         retry.call(
             lambda: runs.mark_abandoned(
@@ -372,8 +535,7 @@ def calculate(args: list[str], stop: Stop) -> int:
                 policy=policy,
             )
         except editions.EditionError as e:
-            print(f"error: --factor-edition: {e}", file=sys.stderr)
-            return 2
+            return record.refuse(e, f"error: --factor-edition: {e}")
         counts = retry.call(
             lambda: queries.count_activities(
                 engine,
@@ -389,6 +551,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
+        record.beat(engine)  # the counts are done: room in the pool
         try:
             retry.call(
                 lambda: check_retirement(engine, config, counts),
@@ -396,36 +559,8 @@ def calculate(args: list[str], stop: Stop) -> int:
                 policy=policy,
             )
         except MassRetirement as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return record.refuse(e, f"error: {e}")
         stop.check()
-        shown = safe_options(options, beam_args)
-        shown["sources"] = chosen.path
-        if shown.get("pushgateway"):
-            shown["pushgateway"] = redact_push_url(shown["pushgateway"])
-        attempts: list[int] = []
-
-        def record() -> None:
-            attempts.append(1)
-            try:
-                runs.start_run(
-                    engine,
-                    config.run_id,
-                    runner,
-                    shown,
-                    config.schema,
-                    code_version=editions.code_version(),
-                    **recorded_options(config, chosen),
-                    **config.orchestration.columns(),
-                )
-            except runs.RunIdTaken:
-                if len(attempts) == 1:
-                    raise
-                # A retry: the first insert committed, and only its reply was lost.
-
-        retry.call(record, what="recording the run", policy=policy)
-        recorded = True
-        heartbeat.enter_context(runs.Heartbeat(engine, config.run_id, config.schema))
         setup_s = time.monotonic() - started
         _LOG.info(
             "run %s on %s: %d pending of %d activities (%d new, %d changed); %d deleted",
@@ -459,64 +594,19 @@ def calculate(args: list[str], stop: Stop) -> int:
                 engine, config.run_id, pending, config.progress_interval, config.schema
             ):
                 metrics = execute(args, config, ranges, stop)
-        # A run that changed a large share of the results leaves them vacuumed: the next
-        # run may start straight away, before autovacuum has come round.
-        changed = pending + sum(results for results, _ in retired.values())
-        settle_after_writes(engine, changed, config.schema)
-        stop.check()  # after this, the run records its outcome whatever arrives
+        stop.check()  # after this, every write is committed: the run records its outcome
         pipeline_s = time.monotonic() - started - setup_s
-        coverage = retry.call(
-            lambda: (
-                runs.run_coverage(engine, config.run_id, config.schema)
-                if reading
-                else runs.nothing_written()
-            ),
-            what="measuring data-quality coverage",
-            policy=policy,
-        )
-        summary = retry.call(
-            lambda: summaries.summarise(engine, config, counts, metrics, coverage, retired),
-            what="summarising the run",
-            policy=policy,
-        )
-        summary["quality"] = coverage
-        summary["factor_pins"] = pins
-        summary["factor_editions"] = in_force
-        summary["code_version"] = editions.code_version()
-        summary["status"] = "succeeded"
-        summary["runner"] = runner
-        summary["database"] = connections.redact_url(config.database_url)
-        summary["schema"] = config.schema
-        summary["sources"] = {t: s.name for t, s in config.sources.items()}
+        summary = summarise_run(engine, config, runner, counts, metrics, retired, in_force, reading)
         summary["sources_sha256"] = chosen.sha256
         summary["timings"] = {
             "setup_s": round(setup_s, 3),
             "pipeline_s": round(pipeline_s, 3),
             "total_s": round(time.monotonic() - started, 3),
         }
-        heartbeat.close()  # the outcome is recorded next: no heartbeat after it
-        finished = retry.call(
-            lambda: runs.finish_run(
-                engine,
-                config.run_id,
-                config.schema,
-                status="succeeded",
-                total_activities=summary["total_activities"],
-                skipped=summary["skipped"],
-                pending=summary["pending"],
-                total_processed=summary["total_processed"],
-                errors=summary["errors"],
-                total_co2e_tonnes=summary["total_co2e_tonnes"],
-                by_activity_type=summary["by_activity_type"],
-                timings=summary["timings"],
-                metrics_source=summary["metrics_source"],
-                quality=summary["quality"],
-                factor_pins=summary["factor_pins"],
-                factor_editions=summary["factor_editions"],
-                code_version=summary["code_version"],
-            ),
-            what="recording the run's outcome",
-            policy=policy,
+        record.stop_beating()  # the outcome is recorded next: no heartbeat after it
+        finished = record.finish(
+            status="succeeded",
+            **{column: summary[column] for column in SUMMARY_COLUMNS},
         )
         if not finished:
             _LOG.warning(
@@ -524,16 +614,26 @@ def calculate(args: list[str], stop: Stop) -> int:
                 config.run_id,
                 tables.RUNS_TABLE,
             )
-        summaries.export_metrics(engine, config, summary, started_at)
+        # Housekeeping once the outcome is recorded: a run that changed a large share of the
+        # results leaves them vacuumed, so the next run may start straight away, before
+        # autovacuum has come round. A stop signal meanwhile cancels the vacuum only.
+        changed = pending + sum(results for results, _ in retired.values())
+        settle_after_writes(
+            engine,
+            changed,
+            config.schema,
+            stopped=lambda: None if stop.signum is None else Cancelled(stop.signum).signal_name,
+        )
+        summaries.export_metrics(record.engine, config, summary, started_at)
         print(json.dumps(summary, indent=2))
         return 0
     except runs.RunIdTaken as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Cancelled as stopped:
-        heartbeat.close()
+        record.stop_beating()
         exact = workers_in_process(beam_args)
-        end_cancelled(engine, config, stopped, recorded, counts, started, exact)
+        end_cancelled(engine, config, stopped, record.started, counts, started, exact)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
         message = connections.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
@@ -542,7 +642,8 @@ def calculate(args: list[str], stop: Stop) -> int:
             config.run_id,
             connections.scrub("".join(traceback.format_exception(e)), config.database_url),
         )
-        heartbeat.close()
+        record.stop_beating()
+        record.fail(message)
         failed = {
             "run_id": config.run_id,
             "runner": runner,
@@ -550,35 +651,71 @@ def calculate(args: list[str], stop: Stop) -> int:
             "timings": {"total_s": round(time.monotonic() - started, 3)},
             "by_activity_type": summaries.counted(counts),
         }
-        if not recorded:
-            # Nothing of this run is recorded: a row with its id is another run's.
-            summaries.export_metrics(engine, config, failed, started_at)
-            print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
-            return 1
-        try:
-            # Briefly: the database may be what failed, and the run must still end.
-            retry.call(
-                lambda: runs.finish_run(
-                    engine, config.run_id, config.schema, status="failed", message=message
-                ),
-                what="recording the failure",
-                policy=retry.RetryPolicy(attempts=2, base_delay=0.5),
-            )
-        except Exception as again:  # noqa: BLE001
-            _LOG.error(
-                "run %s could not be marked failed in %s (%s); it stays 'running' there until "
-                "its heartbeat is %g s old, when ops.status or the next run marks it abandoned",
-                config.run_id,
-                tables.RUNS_TABLE,
-                connections.scrub(retry.describe(again), config.database_url),
-                runs.DEFAULT_STALE_AFTER,
-            )
-        summaries.export_metrics(engine, config, failed, started_at)
-        print(f"error: run {config.run_id} failed: {message}", file=sys.stderr)
+        summaries.export_metrics(record.engine, config, failed, started_at)
+        unrecorded = f" ({record.unready})" if record.unready else ""
+        print(f"error: run {config.run_id} failed: {message}{unrecorded}", file=sys.stderr)
         return 1
     finally:
-        heartbeat.close()
+        record.stop_beating()
         engine.dispose()
+        record.engine.dispose()
+
+
+#: The summary's figures stored in the run's row when it succeeds.
+SUMMARY_COLUMNS = (
+    "total_activities",
+    "skipped",
+    "pending",
+    "total_processed",
+    "errors",
+    "total_co2e_tonnes",
+    "by_activity_type",
+    "timings",
+    "metrics_source",
+    "quality",
+    "factor_pins",
+    "factor_editions",
+    "code_version",
+)
+
+
+def summarise_run(
+    engine: sa.Engine,
+    config: RunConfig,
+    runner: str,
+    counts: dict[str, dict[str, int]],
+    metrics: dict[str, int] | None,
+    retired: dict[str, tuple[int, int]],
+    in_force: Any,
+    reading: bool,
+) -> dict[str, Any]:
+    """The summary of a run whose writes are all committed: what it wrote (from its write
+    log), its data-quality coverage, and what it ran with."""
+    policy = config.retry_policy
+    coverage = retry.call(
+        lambda: (
+            runs.run_coverage(engine, config.run_id, config.schema)
+            if reading
+            else runs.nothing_written()
+        ),
+        what="measuring data-quality coverage",
+        policy=policy,
+    )
+    summary = retry.call(
+        lambda: summaries.summarise(engine, config, counts, metrics, coverage, retired),
+        what="summarising the run",
+        policy=policy,
+    )
+    summary["quality"] = coverage
+    summary["factor_pins"] = dict(config.factor_pins)
+    summary["factor_editions"] = in_force
+    summary["code_version"] = editions.code_version()
+    summary["status"] = "succeeded"
+    summary["runner"] = runner
+    summary["database"] = connections.redact_url(config.database_url)
+    summary["schema"] = config.schema
+    summary["sources"] = {t: s.name for t, s in config.sources.items()}
+    return summary
 
 
 if __name__ == "__main__":

@@ -156,14 +156,12 @@ def export_metrics(
     if not (config.metrics_file or config.pushgateway):
         return
     finished_at = time.time()
-    last_success: float | None = finished_at
-    if summary.get("status") != "succeeded":
-        try:
-            found = runs.last_succeeded(engine, config.schema)
-            ended = found.finished_at if found is not None else None
-            last_success = ended.timestamp() if ended is not None else None
-        except Exception:  # noqa: BLE001 - the database may be what failed
-            last_success = None
+    try:  # as recorded: a run that failed keeps the last success's time
+        last_success = runs.last_success_time(engine, config.schema)
+    except Exception:  # noqa: BLE001 - the database may be what failed
+        last_success = None
+    if last_success is None and summary.get("status") == "succeeded":
+        last_success = finished_at
     figures = metrics.registry(summary, config.schema, started_at, finished_at, last_success)
     for problem in metrics.export(
         figures, config.metrics_file, config.pushgateway, METRICS_JOB, config.schema

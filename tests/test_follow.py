@@ -350,12 +350,17 @@ def test_a_source_without_a_follow_by_column_is_refused_in_one_line(
     proc = start_follow(url, tmp_path, "--sources", str(sources), "--activity-types", "electricity")
     assert proc.wait(timeout=60) == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1] == (
-        "error: electricity: app.power has no follow_by column: name an indexed column that "
+    refused = (
+        "electricity: app.power has no follow_by column: name an indexed column that "
         "grows with every insert and update (a number from a sequence, an updated_at "
         "timestamp) as follow_by in the sources file (docs/follow.md)"
     )
-    assert scalar(url, "SELECT count(*) FROM emissions.calculation_runs") == 0
+    assert lines[-1] == f"error: {refused}"
+    # Recorded from its first statement: a refused run is a failed run, with its reason.
+    assert scalar(url, "SELECT count(*) FROM emissions.calculation_runs") == 1
+    assert scalar(url, "SELECT status || ': ' || message FROM emissions.calculation_runs") == (
+        f"failed: {refused}"
+    )
 
 
 def test_a_teams_table_is_followed_by_its_own_indexed_updated_at(

@@ -245,7 +245,7 @@ def test_a_run_whose_database_is_down_from_the_start_says_no_row_stays_running(
     said = lines[1].removeprefix(f"error: run {run_id} failed: ")
     assert lines[0].endswith(f" ERROR pipeline.run run {run_id} failed: {said}")
     assert lines[1].startswith(
-        f"error: run {run_id} failed: the database is unavailable: checking the sources failed "
+        f"error: run {run_id} failed: the database is unavailable: recording the run failed "
         "1 time(s)"
     )
     assert "stays 'running'" not in captured.err

@@ -185,8 +185,13 @@ def test_a_different_file_is_refused_until_set_sources_changes_it(
     assert capsys.readouterr().err == line
     assert admin.main(["init", "--database-url", url]) == 2  # init never changes them
     assert capsys.readouterr().err == line
-    (runs,) = one(url, "SELECT count(*) FROM emissions.calculation_runs")
-    assert runs == 0
+    # The two refused runs are recorded from their first statement: failed, with the line.
+    (runs,) = one(
+        url,
+        "SELECT array_agg(status || ': ' || message) FROM emissions.calculation_runs "
+        "WHERE runner IS NOT NULL",
+    )
+    assert runs == [f"failed: {line.removeprefix('error: ').strip()}"] * 2
 
     assert admin.main(["check-sources", "--database-url", url]) == 0  # a new file is checked
     assert json.loads(capsys.readouterr().out)["electricity"]["source"] == "app.meters"
@@ -329,6 +334,8 @@ def test_follow_without_a_file_follows_the_stored_sources(
     (count,) = one(url, "SELECT count(*) FROM emissions.emission_results")
     assert count == 30
     (recorded,) = one(
-        url, "SELECT sources_sha256 FROM emissions.calculation_runs WHERE runner IS NOT NULL"
+        url,
+        "SELECT sources_sha256 FROM emissions.calculation_runs WHERE runner IS NOT NULL "
+        "AND status = 'succeeded'",
     )
     assert recorded == sha(text)

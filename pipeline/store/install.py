@@ -19,8 +19,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -323,19 +324,25 @@ def create_schema(
 ) -> tables.IdType:
     """Creates (or upgrades) the pipeline's schema to the newest revision, in one transaction;
     returns the key type of its results. Safe to run twice."""
+    with engine.begin() as conn:
+        return _migrate(conn, id_type, schema)
+
+
+def _migrate(conn: sa.Connection, id_type: tables.IdType | None, schema: str) -> tables.IdType:
+    """Creates or upgrades the schema in the transaction of ``conn``, holding the set-up lock
+    until it ends (a second set-up waits, then finds it done)."""
     from alembic import command
 
     tables.validate_schema(schema)
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
-        chosen = _prepare_schema(conn, schema, id_type)
-        command.upgrade(_alembic_config(conn, schema, chosen), "head")
-        differences = shape_differences(conn, schema, tables.build_metadata(chosen, schema))  # type: ignore[arg-type]
-        if differences:
-            raise SchemaError(
-                f"after migrating, the schema {schema} differs from what the code expects: "
-                + "; ".join(differences)
-            )
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
+    chosen = _prepare_schema(conn, schema, id_type)
+    command.upgrade(_alembic_config(conn, schema, chosen), "head")
+    differences = shape_differences(conn, schema, tables.build_metadata(chosen, schema))  # type: ignore[arg-type]
+    if differences:
+        raise SchemaError(
+            f"after migrating, the schema {schema} differs from what the code expects: "
+            + "; ".join(differences)
+        )
     return chosen  # type: ignore[return-value]
 
 
@@ -343,11 +350,21 @@ def initialise(
     engine: sa.Engine,
     id_type: tables.IdType | None = None,
     schema: str = tables.DEFAULT_SCHEMA,
+    also: Callable[[sa.Connection], object] | None = None,
 ) -> dict[str, object]:
-    """Create or upgrade the schema and load every shipped factor row not yet present."""
-    chosen = create_schema(engine, id_type, schema)
+    """Create or upgrade the schema and load every shipped factor row not yet present, as one
+    transaction: stopped at any instant (a signal, a lost connection), it leaves the database
+    as it was or wholly set up, and running it again completes it. ``also``: more set-up to
+    do in that same transaction, given its connection.
+
+    The factor files are read first: the transaction holds the set-up lock only while the
+    database works."""
     rows = load_shipped_factors()
-    added = queries.insert_factors(engine, rows, schema)
+    with engine.begin() as conn:
+        chosen = _migrate(conn, id_type, schema)
+        added = queries.insert_factors(conn, rows, schema)
+        if also is not None:
+            also(conn)
     return {
         "schema": schema,
         "revision": head_revision(),
@@ -370,7 +387,16 @@ def ensure_initialised(
         current = _current_revision(conn, schema)
         found = _results_id_type(conn, schema) if current is not None else None
     if current != head_revision():
-        create_schema(engine, id_type, schema)
+        rows = load_shipped_factors()
+        with engine.begin() as conn:  # the schema and its factors, or nothing (``initialise``)
+            _migrate(conn, id_type, schema)
+            if not conn.execute(
+                sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM "
+                    f"{tables.qualified_text(tables.FACTORS_TABLE, schema)})"
+                )
+            ).scalar():
+                queries.insert_factors(conn, rows, schema)
     elif id_type is not None and found is not None and found != id_type:
         raise SchemaError(
             f"{schema}.{tables.RESULTS_TABLE} is keyed by {found}, but the sources' keys are "
@@ -415,7 +441,10 @@ def analyze_if_stale(engine: sa.Engine, schema: str = tables.DEFAULT_SCHEMA) -> 
 
 
 def settle_after_writes(
-    engine: sa.Engine, changed: int, schema: str = tables.DEFAULT_SCHEMA
+    engine: sa.Engine,
+    changed: int,
+    schema: str = tables.DEFAULT_SCHEMA,
+    stopped: Callable[[], str | None] | None = None,
 ) -> bool:
     """``VACUUM (ANALYZE)`` the results table after a run that changed a large share of it
     (``changed`` rows written, superseded or retired: more than the stale share of the table
@@ -425,10 +454,11 @@ def settle_after_writes(
     fraction of its size: a run with nothing to do took 1.6–2.1× its time on a vacuumed table.
 
     Housekeeping only: skipped for a role that does not own the table, skipped when another
-    session holds it (``SKIP_LOCKED``), and a failure is a warning, never the run's. Returns
-    whether it vacuumed."""
+    session holds it (``SKIP_LOCKED``), and a failure is a warning, never the run's. While it
+    works, ``stopped`` is asked every tenth of a second what stop signal has arrived (its name,
+    or None): then the vacuum is cancelled, and left to autovacuum. Returns whether it
+    vacuumed."""
     name = tables.qualified_text(tables.RESULTS_TABLE, schema)
-    vacuum = f"VACUUM (ANALYZE, SKIP_LOCKED) {tables.qualified_text(tables.RESULTS_TABLE, schema)}"
     with engine.connect() as conn:
         measured, owned = conn.execute(
             sa.text(
@@ -447,12 +477,16 @@ def settle_after_writes(
             # one of which says whether the table was skipped.
             raw = cast(psycopg2.extensions.connection, conn.connection.dbapi_connection)
             seen = len(raw.notices)
-            with raw.cursor() as cur:
-                cur.execute(vacuum)
+            signal = _vacuum(raw, schema, stopped or (lambda: None))
             skipped = any("skipping" in n for n in raw.notices[seen:])
     except (sa.exc.DBAPIError, psycopg2.Error) as e:
         cause = e.orig if isinstance(e, sa.exc.DBAPIError) else e
         _LOG.warning("could not vacuum %s after this run's writes (%s)", name, type(cause).__name__)
+        return False
+    if signal is not None:
+        _LOG.warning(
+            "stopped vacuuming %s after this run's writes (%s): autovacuum will do it", name, signal
+        )
         return False
     if skipped:  # another session (autovacuum, a backup) holds the table: it is left to them
         _LOG.info("did not vacuum %s after this run's writes: another session holds it", name)
@@ -464,3 +498,33 @@ def settle_after_writes(
         time.monotonic() - started,
     )
     return True
+
+
+def _vacuum(
+    raw: psycopg2.extensions.connection, schema: str, stopped: Callable[[], str | None]
+) -> str | None:
+    """Vacuums the results table on ``raw`` in a thread of its own, while this one (the main
+    thread, where signal handlers run) watches ``stopped``; on a stop signal the statement is
+    cancelled, and its name returned. Raises what the vacuum raised."""
+    vacuum = f"VACUUM (ANALYZE, SKIP_LOCKED) {tables.qualified_text(tables.RESULTS_TABLE, schema)}"
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with raw.cursor() as cur:
+                cur.execute(vacuum)
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(e)
+
+    worker = threading.Thread(target=work, name="vacuum", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.1)
+        signal = stopped()
+        if signal is not None and worker.is_alive():
+            raw.cancel()
+            worker.join(timeout=10)
+            return signal
+    if failed:
+        raise failed[0]
+    return None

@@ -8,6 +8,7 @@ dead letter for their current version) leave the database. Identifiers are compo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -56,16 +57,24 @@ _FACTOR_COLUMNS = tuple(f.name for f in dataclasses.fields(FactorRow) if f.name 
 
 
 def insert_factors(
-    engine: sa.Engine, rows: Iterable[FactorRow], schema: str = DEFAULT_SCHEMA
+    engine: sa.Engine | sa.Connection, rows: Iterable[FactorRow], schema: str = DEFAULT_SCHEMA
 ) -> int:
-    """Insert factor rows not already present (by set, edition, key, year). Returns rows added."""
+    """Insert factor rows not already present (by set, edition, key, year). Returns rows added.
+
+    In one transaction of its own, or in the caller's when given a connection (``admin init``
+    sets up the schema and loads the shipped factors as one)."""
     factors = table(FACTORS_TABLE, schema)
     payload = [{c: getattr(r, c) for c in _FACTOR_COLUMNS} for r in rows]
     if not payload:
         return 0
     stmt = postgresql.insert(factors).on_conflict_do_nothing(constraint="uq_factor_identity")
     added = 0
-    with engine.begin() as conn:
+    with contextlib.ExitStack() as transaction:
+        conn = (
+            engine
+            if isinstance(engine, sa.Connection)
+            else transaction.enter_context(engine.begin())
+        )
         for start in range(0, len(payload), 5000):
             added += conn.execute(stmt, payload[start : start + 5000]).rowcount or 0
     return added

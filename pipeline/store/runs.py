@@ -128,6 +128,19 @@ def finish_run(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA, **f
         return bool(updated.rowcount == 1)
 
 
+def note_run(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA, **fields: Any) -> bool:
+    """Sets ``fields`` on the row of a run this process started, while it is ``running`` (what
+    it learnt after its start, such as the sources it reads); returns whether it did."""
+    runs = _runs_table(schema)
+    with engine.begin() as conn:
+        updated = conn.execute(
+            runs.update()
+            .where(runs.c.run_id == run_id, runs.c.status == "running")
+            .values(**fields)
+        )
+        return bool(updated.rowcount == 1)
+
+
 def beat(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA) -> bool:
     """Sets the run's ``heartbeat_at`` to now, if it is still ``running``; returns whether it
     is (False once it has finished, or another process has marked it abandoned)."""
@@ -333,6 +346,14 @@ def last_succeeded(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> RunRecord
     with engine.connect() as conn:
         found = _records(conn, runs, runs.c.status == "succeeded", limit=1)
     return found[0] if found else None
+
+
+def last_success_time(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> float | None:
+    """When the run that succeeded last (by its start) ended, as a Unix time; None if none
+    has."""
+    found = last_succeeded(engine, schema)
+    ended = found.finished_at if found is not None else None
+    return ended.timestamp() if ended is not None else None
 
 
 def abandoned_since_success(engine: sa.Engine, schema: str = DEFAULT_SCHEMA) -> list[RunRecord]:
