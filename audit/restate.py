@@ -48,7 +48,7 @@ from pipeline.model import (
     activity_fields,
 )
 from pipeline.store import connections, install, runs, stored_sources, tables, writes
-from pipeline.store.sources import Source, Sources, default_sources, relation
+from pipeline.store.sources import Source, Sources, default_sources, read_only, relation
 
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
 #: What a restatement writes of a result: its values, its fingerprints, the restatement id.
@@ -209,6 +209,7 @@ def _restate_type(
     pending: list[dict[str, Any]] = []
     # One connection streams the results (one snapshot) while another writes the changes.
     with connections.raw_connection(engine) as reader, connections.raw_connection(engine) as conn:
+        read_only(reader)  # the sources' SQL never runs where it could write
         with reader.cursor(name=f"restate_{activity_type}") as cur:
             cur.itersize = chunk
             cur.execute(query)

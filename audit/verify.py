@@ -58,7 +58,7 @@ from pipeline.model import (
     activity_fields,
 )
 from pipeline.store import connections, install, stored_sources, tables
-from pipeline.store.sources import Source, Sources, default_sources, relation
+from pipeline.store.sources import Source, Sources, default_sources, read_only, relation
 
 #: Stored result fields compared with the recomputation (the run and time are bookkeeping).
 COMPARED = tables.RESULT_COLUMNS
@@ -341,6 +341,7 @@ def _verify_type(
 ) -> None:
     activity_type = source.activity_type
     a_cols = activity_fields(activity_type)
+    read_only(conn)  # the sources' SQL never runs where it could write
     with conn.cursor(name=f"verify_{activity_type}") as cur:
         cur.itersize = batch
         cur.execute(_query(source, sample, seed, schema))

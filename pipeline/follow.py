@@ -55,7 +55,7 @@ from pipeline.stopping import (
     end_cancelled,
     real_stderr,
 )
-from pipeline.store import checks, connections, runs, stored_sources
+from pipeline.store import checks, connections, marks, runs, stored_sources
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import Sources, SourcesError
 from pipeline.summary import failure_message
@@ -100,10 +100,11 @@ def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def followable(engine: sa.Engine, sources: Sources) -> None:
-    """``NotFollowable`` unless every source has a usable ``follow_by`` column, and each
-    table's is the first column of an index (else every poll would read the whole table)."""
+    """``NotFollowable`` unless every source has a usable ``follow_by`` column that its polls
+    read through an index: a table's own, or that of the table under a view or query (else
+    every poll would read the whole table; ``marks.unindexed``)."""
     problems = []
-    with engine.connect() as conn:
+    with connections.raw_connection(engine) as conn:
         for activity_type, source in sources.items():
             if source.follow_by is None or source.follow_type is None:
                 problems.append(
@@ -111,20 +112,8 @@ def followable(engine: sa.Engine, sources: Sources) -> None:
                     "column that grows with every insert and update (a number from a sequence, "
                     "an updated_at timestamp) as follow_by in the sources file (docs/follow.md)"
                 )
-            elif source.table is not None:
-                indexed = conn.execute(
-                    sa.text(
-                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON "
-                        "a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = "
-                        "to_regclass(:t) AND a.attname = :c)"
-                    ),
-                    {"t": ".".join(f'"{p}"' for p in source.table), "c": source.follow_by},
-                ).scalar()
-                if not indexed:
-                    problems.append(
-                        f"{activity_type}: {source.name}.{source.follow_by} has no index: ask "
-                        f"for CREATE INDEX ON {source.name} ({source.follow_by})"
-                    )
+            elif (problem := marks.unindexed(conn, source)) is not None:
+                problems.append(f"{activity_type}: {problem}")
     if problems:
         raise NotFollowable("; ".join(problems))
 

@@ -20,7 +20,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from pipeline.model import ActivityType
-from pipeline.store.sources import Source, as_source, from_clause, key_column
+from pipeline.store.sources import Source, as_source, from_clause, key_column, read_only
 
 Key = int | str | None
 
@@ -106,6 +106,7 @@ def key_bounds(
     """
     found = as_source(source)
     key, relation = key_column(found), from_clause(found)
+    read_only(conn)  # a source is a team's SQL
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL("SELECT {k}, pg_typeof({k})::text FROM {r} ORDER BY {k} LIMIT 1").format(
@@ -125,6 +126,7 @@ def key_bounds(
 
 def count_rows(conn: psycopg2.extensions.connection, source: Source | ActivityType) -> int:
     """The number of rows of a source."""
+    read_only(conn)  # a source is a team's SQL
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(from_clause(as_source(source))))
         (count,) = cur.fetchone()
@@ -137,6 +139,7 @@ def keys_at(
 ) -> list[Any]:
     """The keys at the given 1-based row positions in key order, from one ordered scan."""
     found = as_source(source)
+    read_only(conn)  # a source is a team's SQL
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(

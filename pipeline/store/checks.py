@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
 from pipeline.model import ActivityType
 from pipeline.store.sources import (
+    Field,
     KeyType,
     Source,
     Sources,
@@ -23,6 +25,8 @@ from pipeline.store.sources import (
     field_expression,
     field_types,
     from_clause,
+    quote_name,
+    relation,
 )
 
 #: Column types (``pg_type.typname``) that can be read as each wanted type.
@@ -105,7 +109,7 @@ def _columns(
             )
             row = cur.fetchone()
             if row is None:
-                problems.append(f"{at} does not exist (or this role cannot see its schema)")
+                problems.append(f"{at} does not exist{_spelled_otherwise(cur, source.table)}")
                 return None
             oid, kind, may_select = row
             if not may_select:
@@ -124,15 +128,48 @@ def _columns(
             columns = {n: ("text" if typtype == "e" else typ) for n, typ, typtype in cur.fetchall()}
             return columns, str(kind)
         try:
-            cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(from_clause(source)))
+            # Over real rows: a query that writes (a function with a side effect) says so here.
+            cur.execute(
+                sql.SQL("SELECT * FROM {} LIMIT {}").format(
+                    from_clause(source), sql.Literal(SAMPLE_ROWS)
+                )
+            )
         except psycopg2.Error as e:
             conn.rollback()
-            problems.append(f"{at}: PostgreSQL refuses it: {_first_line(e)}")
+            if isinstance(e, psycopg2.errors.ReadOnlySqlTransaction):
+                problems.append(f"{at}: {_refusal('', e)}")
+            else:
+                problems.append(f"{at}: PostgreSQL refuses it: {_first_line(e)}")
             return None
-        oids = [d.type_code for d in cur.description or ()]
-        cur.execute("SELECT oid, typname, typtype FROM pg_type WHERE oid = ANY(%s)", (oids,))
-        names = {o: ("text" if typtype == "e" else n) for o, n, typtype in cur.fetchall()}
-        return {d.name: names.get(d.type_code, "?") for d in cur.description or ()}, "q"
+        # The description is the query's: read it before the type names' lookup replaces it.
+        described = [(d.name, d.type_code) for d in cur.description or ()]
+        names = _type_names(cur, [oid for _, oid in described])
+        return {name: names.get(oid, "?") for name, oid in described}, "q"
+
+
+def _type_names(cur: psycopg2.extensions.cursor, oids: list[int]) -> dict[int, str]:
+    """Type oid → ``pg_type.typname`` (an enum counts as text)."""
+    cur.execute("SELECT oid, typname, typtype FROM pg_type WHERE oid = ANY(%s)", (oids,))
+    return {o: ("text" if typtype == "e" else n) for o, n, typtype in cur.fetchall()}
+
+
+def _spelled_otherwise(cur: psycopg2.extensions.cursor, table: tuple[str, str]) -> str:
+    """What to say after "does not exist": a table of the same name in other capitals, or
+    that the role may not see it."""
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE lower(n.nspname) = lower(%s) "
+        "AND lower(c.relname) = lower(%s) ORDER BY 1, 2 LIMIT 1",
+        table,
+    )
+    found = cur.fetchone()
+    if found is None:
+        return " (or this role cannot see its schema)"
+    written = ".".join(quote_name(p) for p in found)
+    return (
+        f": did you mean {written}? (a name with capitals or spaces is written in double "
+        f"quotes: table = '{written}')"
+    )
 
 
 def _check_source(
@@ -193,30 +230,121 @@ def _check_source(
             )
     if len(problems) > before:
         return None
+    _check_time_zone(conn, source, problems)
+    if len(problems) > before:
+        return None
+    fields = _evaluated_fields(conn, source, columns, problems)
+    if fields is None:
+        return None
     resolved = dataclasses.replace(
         source,
         key_type=key_type,
         version_type=version_type or "xid",
         follow_type=follow_type,
+        fields=fields,
     )
-    # Expressions and constants: PostgreSQL itself says whether they work, one at a time.
+    # The whole relation over real rows: a query's own side effects, a cast of a version.
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM ({}) r LIMIT {}").format(
+                    relation(resolved), sql.Literal(SAMPLE_ROWS)
+                )
+            )
+    except psycopg2.Error as e:
+        conn.rollback()
+        problems.append(f"{at}: {_refusal('when read', e)}")
+        return None
+    return resolved
+
+
+#: Rows each expression (and each source as a whole) is evaluated over by the check: enough to
+#: meet a side effect or a value that cannot be cast, few enough for a large table.
+SAMPLE_ROWS = 100
+
+
+def _evaluated_fields(
+    conn: psycopg2.extensions.connection,
+    source: Source,
+    columns: dict[str, str],
+    problems: list[str],
+) -> tuple[tuple[str, Field], ...] | None:
+    """The fields with their types, each expression, mapped column and constant evaluated
+    over real rows (read-only: one that writes is refused); None after noting a problem."""
+    at = f"{source.activity_type}: {source.name}"
+    wanted = field_types(source.activity_type)
+    out: list[tuple[str, Field]] = []
+    failed = False
     with conn.cursor() as cur:
         for name, field in source.fields:
-            if field.column is not None and not field.mapping:
-                continue
-            try:
-                cur.execute(
-                    sql.SQL("SELECT {} FROM {} LIMIT 0").format(
-                        field_expression(field, wanted[name]), from_clause(source)
+            if field.column is not None:
+                field = dataclasses.replace(field, sql_type=columns.get(field.column))
+            if field.expression is not None:
+                typed = _expression_type(conn, cur, source, field.expression)
+                field = dataclasses.replace(field, sql_type=typed)
+            if field.column is None or field.mapping:
+                try:
+                    cur.execute(
+                        sql.SQL("SELECT {} FROM {} LIMIT {}").format(
+                            field_expression(field, wanted[name], source.time_zone),
+                            from_clause(source),
+                            sql.Literal(SAMPLE_ROWS),
+                        )
                     )
-                )
-            except psycopg2.Error as e:
-                conn.rollback()
-                problems.append(
-                    f"{at}: {name} = {field.describe()} does not work as {wanted[name]}: "
-                    f"{_first_line(e)}"
-                )
-    return resolved if len(problems) == before else None
+                except psycopg2.Error as e:
+                    conn.rollback()
+                    problems.append(
+                        f"{at}: {name} = {field.describe()} " + _refusal(f"as {wanted[name]}", e)
+                    )
+                    failed = True
+            out.append((name, field))
+    return None if failed else tuple(out)
+
+
+def _expression_type(
+    conn: psycopg2.extensions.connection,
+    cur: psycopg2.extensions.cursor,
+    source: Source,
+    expression: str,
+) -> str | None:
+    """The type of an expression over the source (None when PostgreSQL refuses it: the
+    evaluation says why)."""
+    try:
+        cur.execute(
+            sql.SQL("SELECT ({}) FROM {} LIMIT 0").format(
+                sql.SQL(expression.replace("%", "%%")), from_clause(source)
+            )
+        )
+    except psycopg2.Error:
+        conn.rollback()
+        return None
+    oid = cur.description[0].type_code if cur.description else 0
+    return _type_names(cur, [oid]).get(oid)
+
+
+def _refusal(doing: str, error: psycopg2.Error) -> str:
+    """Why PostgreSQL refused a source's SQL, in one line: one that tried to write says so."""
+    if isinstance(error, psycopg2.errors.ReadOnlySqlTransaction):
+        return (
+            f"writes to the database ({_first_line(error)}): the sources' SQL must only "
+            "read; remove what writes (a function that inserts, updates or takes a sequence "
+            "value)"
+        )
+    return f"does not work {doing}: {_first_line(error)}"
+
+
+def _check_time_zone(
+    conn: psycopg2.extensions.connection, source: Source, problems: list[str]
+) -> None:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT now() AT TIME ZONE %s", (source.time_zone,))
+    except psycopg2.Error:
+        conn.rollback()
+        problems.append(
+            f"{source.activity_type}: time_zone = {source.time_zone!r} is not a time zone "
+            "PostgreSQL knows (see pg_timezone_names: UTC, Europe/Berlin, …)"
+        )
 
 
 def _first_line(error: psycopg2.Error) -> str:

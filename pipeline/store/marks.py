@@ -24,7 +24,7 @@ Transactions commit out of order: a row numbered 100 may become visible after on
 
 A window handed out twice is harmless: the read returns only rows without a result for their
 current version, and the writes are idempotent. Two pollers of one type take turns (an
-advisory lock per schema and type).
+session advisory lock per schema and type).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
 from pipeline.model import ActivityType
 from pipeline.store.queries import follow_window, pending_query
-from pipeline.store.sources import FOLLOW_COLUMN, Source, relation
+from pipeline.store.sources import FOLLOW_COLUMN, Source, quote_name, read_only, relation
 from pipeline.store.tables import DEFAULT_SCHEMA, MARKS_TABLE, qualified
 
 _LOG = logging.getLogger(__name__)
@@ -84,74 +85,121 @@ def poll_windows(
     schema: str = DEFAULT_SCHEMA,
 ) -> list[Window]:
     """The windows of ``source``'s changes to read now (see the module's docstring), the marks
-    moved on, in one transaction."""
+    moved on. The source is read in a read-only transaction of its own (its SQL is a team's:
+    it never runs where it could write), between reading the marks and storing them; an
+    advisory lock held by the session over the three makes two pollers take turns."""
     t = source.activity_type
     marks_table = qualified(MARKS_TABLE, schema)
-    windows: list[Window] = []
+    lock = _lock_key(schema, t)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(schema, t),))
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} (activity_type, source) VALUES (%s, %s) "
-                    "ON CONFLICT (activity_type) DO NOTHING"
-                ).format(marks_table),
-                (t, source.name),
-            )
-            cur.execute(
-                sql.SQL(
-                    "SELECT source, mark, scanned, pending_xmax, pending_mark FROM {} "
-                    "WHERE activity_type = %s"
-                ).format(marks_table),
-                (t,),
-            )
-            stored_source, *values = cur.fetchone()
-            marks = Marks(*values)
-            if stored_source != source.name:
-                _LOG.info(
-                    "%s: following %s now (was %s): starting from its first row",
-                    t,
-                    source.name,
-                    stored_source,
-                )
-                marks = Marks()
-            # One statement, one snapshot: what is in progress, and the newest visible row.
-            cur.execute(
-                sql.SQL(
-                    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,"
-                    " top FROM (SELECT pg_current_snapshot() AS s, (SELECT max(a.{k})::text "
-                    "FROM ({r}) a) AS top) q"
-                ).format(k=sql.Identifier(FOLLOW_COLUMN), r=relation(source)),
-            )
-            xmin, xmax, top = cur.fetchone()
-            mark, pending_xmax, pending_mark = marks.mark, marks.pending_xmax, marks.pending_mark
-            if pending_xmax is not None and pending_mark is not None and xmin >= pending_xmax:
-                if _anything_to_compute(cur, source, (mark, pending_mark), schema):
-                    windows.append((mark, pending_mark))  # late commits, or still being written
-                else:
-                    mark, pending_xmax, pending_mark = pending_mark, None, None
-            scanned = marks.scanned if marks.scanned is not None else mark
-            if top is not None:
-                cuts = _cuts(cur, source, scanned, top, rows_per_window, max_windows)
-                ends = [*cuts, top] if len(cuts) < max_windows else cuts
-                for end in ends:
-                    if end != scanned:
-                        windows.append((scanned, end))
-                        scanned = end
-            if pending_xmax is None and scanned is not None and scanned != mark:
-                pending_xmax, pending_mark = xmax, scanned
+            cur.execute("SELECT pg_advisory_lock(%s)", (lock,))
+            marks = _stored_marks(cur, source, marks_table)
+            conn.commit()
+            read_only(conn)
+            windows, stored = _windows(cur, source, marks, rows_per_window, max_windows, schema)
+            conn.commit()
             cur.execute(
                 sql.SQL(
                     "UPDATE {} SET source = %s, mark = %s, scanned = %s, pending_xmax = %s, "
                     "pending_mark = %s, updated_at = now() WHERE activity_type = %s"
                 ).format(marks_table),
-                (source.name, mark, scanned, pending_xmax, pending_mark, t),
+                (
+                    source.name,
+                    stored.mark,
+                    stored.scanned,
+                    stored.pending_xmax,
+                    stored.pending_mark,
+                    t,
+                ),
             )
-        conn.commit()
+            conn.commit()
     except BaseException:
-        conn.rollback()
+        if not conn.closed:
+            conn.rollback()
         raise
+    finally:
+        _unlock(conn, lock)
     return windows
+
+
+def _unlock(conn: psycopg2.extensions.connection, lock: int) -> None:
+    """Releases the poll's lock (a broken connection's lock ended with its session)."""
+    if conn.closed:
+        return
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+        conn.commit()
+    except psycopg2.Error:
+        pass
+
+
+def _stored_marks(cur: Any, source: Source, marks_table: sql.Composed) -> Marks:
+    """The type's marks (a row made for it when it has none); none when the source changed."""
+    t = source.activity_type
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} (activity_type, source) VALUES (%s, %s) "
+            "ON CONFLICT (activity_type) DO NOTHING"
+        ).format(marks_table),
+        (t, source.name),
+    )
+    cur.execute(
+        sql.SQL(
+            "SELECT source, mark, scanned, pending_xmax, pending_mark FROM {} "
+            "WHERE activity_type = %s"
+        ).format(marks_table),
+        (t,),
+    )
+    stored_source, *values = cur.fetchone()
+    if stored_source != source.name:
+        _LOG.info(
+            "%s: following %s now (was %s): starting from its first row",
+            t,
+            source.name,
+            stored_source,
+        )
+        return Marks()
+    return Marks(*values)
+
+
+def _windows(
+    cur: Any,
+    source: Source,
+    marks: Marks,
+    rows_per_window: int,
+    max_windows: int,
+    schema: str,
+) -> tuple[list[Window], Marks]:
+    """The windows to read, and the marks to store after them: reads the source only."""
+    windows: list[Window] = []
+    # One statement, one snapshot: what is in progress, and the newest visible row.
+    cur.execute(
+        sql.SQL(
+            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,"
+            " top FROM (SELECT pg_current_snapshot() AS s, (SELECT max(a.{k})::text "
+            "FROM ({r}) a) AS top) q"
+        ).format(k=sql.Identifier(FOLLOW_COLUMN), r=relation(source)),
+    )
+    xmin, xmax, top = cur.fetchone()
+    mark, pending_xmax, pending_mark = marks.mark, marks.pending_xmax, marks.pending_mark
+    if pending_xmax is not None and pending_mark is not None and xmin >= pending_xmax:
+        if _anything_to_compute(cur, source, (mark, pending_mark), schema):
+            windows.append((mark, pending_mark))  # late commits, or still being written
+        else:
+            mark, pending_xmax, pending_mark = pending_mark, None, None
+    scanned = marks.scanned if marks.scanned is not None else mark
+    if top is not None:
+        cuts = _cuts(cur, source, scanned, top, rows_per_window, max_windows)
+        ends = [*cuts, top] if len(cuts) < max_windows else cuts
+        for end in ends:
+            if end != scanned:
+                windows.append((scanned, end))
+                scanned = end
+    if pending_xmax is None and scanned is not None and scanned != mark:
+        pending_xmax, pending_mark = xmax, scanned
+    return windows, Marks(mark, scanned, pending_xmax, pending_mark)
 
 
 def _anything_to_compute(
@@ -185,3 +233,75 @@ def _cuts(
     cuts = [str(v) for (v,) in cur.fetchall()]
     # Equal values at a cut stay in one window: the next starts after the last of them.
     return list(dict.fromkeys(cuts))
+
+
+#: Plan nodes that mean a poll would read a whole relation (the planner chooses them although
+#: they are disabled only when no index can serve the poll).
+_FULL_READS = frozenset({"Seq Scan", "Sort", "Incremental Sort", "Bitmap Heap Scan"})
+
+
+def unindexed(conn: psycopg2.extensions.connection, source: Source) -> str | None:
+    """None when the follow mode's polls read ``source`` through an index on its
+    ``follow_by`` (a table's, or the table's under a view or query); else what to do, in a
+    line. Asked of the planner (``EXPLAIN`` of a poll, with full reads and sorts disabled), in
+    a read-only transaction."""
+    conditions, params = follow_window(source, _LOWEST[source.follow_type or ""], None)
+    column = sql.Identifier(FOLLOW_COLUMN)
+    try:
+        read_only(conn)
+        with conn.cursor() as cur:
+            for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+                cur.execute(sql.SQL("SET LOCAL {} = off").format(sql.Identifier(setting)))
+            cur.execute("SET LOCAL enable_incremental_sort = off")
+            cur.execute(
+                sql.SQL(
+                    "EXPLAIN (FORMAT JSON, VERBOSE) SELECT a.{k} FROM ({r}) a WHERE {w} "
+                    "ORDER BY a.{k} LIMIT 1000"
+                ).format(k=column, r=relation(source), w=sql.SQL(" AND ").join(conditions)),
+                params,
+            )
+            (plan,) = cur.fetchone()
+            full = _full_reads(plan[0]["Plan"] if isinstance(plan, list) else plan, False)
+            if not full:
+                return None
+            schema, name = full[0]
+            cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                "AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped)",
+                (schema, name, source.follow_by),
+            )
+            (same_name,) = cur.fetchone()
+    finally:
+        conn.rollback()
+    table = f"{quote_name(schema)}.{quote_name(name)}"
+    wanted = (
+        f"create an index on {table} ({quote_name(source.follow_by or '')})"
+        if same_name
+        else f"create an index on {table} on the column {source.follow_by} is read from"
+    )
+    return (
+        f"{source.name}: follow_by {source.follow_by} is not read through an index (each poll "
+        f"would read all of {table}): {wanted}, then start again"
+    )
+
+
+#: A value below every value of a ``follow_by`` column of each type: the window the plan is for.
+_LOWEST = {
+    "int2": "-1",
+    "int4": "-1",
+    "int8": "-1",
+    "timestamp": "1970-01-01",
+    "timestamptz": "1970-01-01 00:00:00+00",
+}
+
+
+def _full_reads(node: dict[str, Any], under: bool) -> list[tuple[str, str]]:
+    """(schema, relation) of the scans in a plan that read a whole relation or feed a sort."""
+    under = under or node.get("Node Type") in _FULL_READS
+    found: list[tuple[str, str]] = []
+    if under and "Relation Name" in node:
+        found.append((str(node.get("Schema", "")), str(node["Relation Name"])))
+    for child in node.get("Plans", ()):
+        found.extend(_full_reads(child, under))
+    return found

@@ -37,6 +37,7 @@ from pipeline.store.sources import (
     Sources,
     as_source,
     default_sources,
+    read_only,
     relation,
 )
 from pipeline.store.tables import (
@@ -326,6 +327,7 @@ def count_activities(
     def count(activity_type: ActivityType) -> dict[str, int]:
         query = count_query(sources[activity_type], date_from, date_to, schema)
         with raw_connection(engine) as raw:
+            read_only(raw)
             with raw.cursor() as cur:
                 cur.execute(*query)
                 total, new, changed, deleted, orphaned = (int(n) for n in cur.fetchone())

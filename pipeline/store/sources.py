@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import psycopg2.extensions
 from psycopg2 import sql
 
 from pipeline.model import ACTIVITY_TYPES, ActivityType, activity_fields
@@ -54,6 +55,13 @@ _WANTED = {
 OPTIONAL_FIELDS = frozenset({"country", "distance_km"})
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+#: One part of a name, as PostgreSQL reads it: ``"Quoted ""as is"""`` or unquoted (folded to
+#: lower case).
+_NAME_PART = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)')
+#: The time zone a timestamptz ``activity_date`` is converted in, unless the file says another.
+DEFAULT_TIME_ZONE = "UTC"
+#: Settings of the file itself, beside its ``[activity_type]`` tables.
+_TOP_SETTINGS = frozenset({"time_zone"})
 
 
 class SourcesError(ValueError):
@@ -87,6 +95,9 @@ class Field:
     expression: str | None = None
     value: str | int | float | bool | None = None
     mapping: tuple[tuple[str, str], ...] = ()
+    #: The type (``pg_type.typname``) of the column or expression, filled in by ``check``: a
+    #: ``timestamptz`` read as a date is converted in the source's time zone.
+    sql_type: str | None = None
 
     def describe(self) -> str:
         if self.column is not None:
@@ -114,11 +125,16 @@ class Source:
     #: type is filled in by ``check``.
     follow_by: str | None = None
     follow_type: str | None = None
+    #: Where a ``timestamptz`` becomes a date: the same day whatever the session's TimeZone.
+    time_zone: str = DEFAULT_TIME_ZONE
 
     @property
     def name(self) -> str:
-        """How messages name it: ``schema.table``, or ``query`` for a SELECT."""
-        return ".".join(self.table) if self.table else f"the {self.activity_type} query"
+        """How messages name it: ``schema.table`` (quoted where SQL needs it), or ``query``
+        for a SELECT."""
+        if self.table is None:
+            return f"the {self.activity_type} query"
+        return ".".join(quote_name(p) for p in self.table)
 
     def field(self, name: str) -> Field | None:
         return dict(self.fields).get(name)
@@ -146,6 +162,37 @@ def as_source(source: Source | ActivityType, schema: str = DEFAULT_SCHEMA) -> So
     return default_sources(schema)[source] if isinstance(source, str) else source
 
 
+def quote_name(name: str) -> str:
+    """A name as SQL writes it: bare when PostgreSQL would read it back unchanged, else in
+    double quotes (``"Ops Data"``)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def parse_table_name(text: str) -> tuple[str, str] | None:
+    """``schema.name`` as PostgreSQL reads it: unquoted parts folded to lower case, quoted
+    ones (``"Ops Data"."MeterReadings"``, ``""`` for a quote) as written; None unless it is
+    exactly two parts of at most 63 bytes."""
+    parts: list[str] = []
+    pos = 0
+    while True:
+        found = _NAME_PART.match(text, pos)
+        if found is None:
+            return None
+        quoted, bare = found.groups()
+        parts.append(quoted.replace('""', '"') if quoted is not None else bare.lower())
+        pos = found.end()
+        if pos == len(text):
+            break
+        if text[pos] != ".":
+            return None
+        pos += 1
+    if len(parts) != 2 or any(len(p.encode()) > 63 or "\0" in p for p in parts):
+        return None
+    return parts[0], parts[1]
+
+
 def resolve_path(given: str | None) -> Path | None:
     """The sources file: the one given, else ``$EMISSIONS_SOURCES``, else none."""
     chosen = given or os.environ.get(SOURCES_ENV) or None
@@ -171,8 +218,9 @@ def parse_sources(document: Mapping[str, Any], where: str) -> dict[ActivityType,
     problems: list[str] = []
     sources: dict[ActivityType, Source] = {}
     for name in document:
-        if name not in ACTIVITY_TYPES:
+        if name not in ACTIVITY_TYPES and name not in _TOP_SETTINGS:
             problems.append(f"[{name}]: not an activity type ({', '.join(ACTIVITY_TYPES)})")
+    default_zone = _time_zone("", document.get("time_zone", DEFAULT_TIME_ZONE), problems)
     for activity_type in ACTIVITY_TYPES:
         section = document.get(activity_type)
         if section is None:
@@ -182,7 +230,8 @@ def parse_sources(document: Mapping[str, Any], where: str) -> dict[ActivityType,
             continue
         found = _parse_source(activity_type, section, problems)
         if found is not None:
-            sources[activity_type] = found
+            zone = _time_zone(f"[{activity_type}] ", section.get("time_zone"), problems)
+            sources[activity_type] = dataclasses.replace(found, time_zone=zone or default_zone)
     if not sources and not problems:
         problems.append(f"no activity type is mapped: add [{'], ['.join(ACTIVITY_TYPES)}]")
     if problems:
@@ -195,7 +244,7 @@ def _parse_source(
 ) -> Source | None:
     at = f"[{activity_type}]"
     before = len(problems)
-    known = {"table", "query", "key", "version", "fields", "follow_by"}
+    known = {"table", "query", "key", "version", "fields", "follow_by", "time_zone"}
     for key in section:
         if key not in known:
             problems.append(f"{at} {key}: unknown setting ({', '.join(sorted(known))})")
@@ -204,15 +253,16 @@ def _parse_source(
     if (table is None) == (query is None):
         problems.append(f'{at} needs exactly one of table = "schema.name" or query = "SELECT …"')
     elif table is not None:
-        parts = str(table).split(".")
-        if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
-            problems.append(f"{at} table = {table!r}: write it schema-qualified, as schema.name")
-        else:
-            parsed_table = (parts[0], parts[1])
+        parsed_table = parse_table_name(str(table))
+        if parsed_table is None:
+            problems.append(
+                f"{at} table = {table!r}: write it schema-qualified, as schema.name "
+                "(in double quotes where a name has capitals or spaces: '\"Ops Data\".readings')"
+            )
     elif not isinstance(query, str) or not query.strip():
         problems.append(f"{at} query must be a SELECT statement")
     key = section.get("key", "id")
-    if not isinstance(key, str) or not _IDENT.match(key):
+    if not _is_name(key):
         problems.append(f"{at} key = {key!r}: name a column")
     version = section.get("version", "xmin" if table is not None else None)
     if version is None:
@@ -220,10 +270,10 @@ def _parse_source(
             f"{at} version: a query has no xmin; name a column that changes whenever the row "
             "does (an updated_at timestamp or a version number)"
         )
-    elif not isinstance(version, str) or not _IDENT.match(version):
+    elif not _is_name(version):
         problems.append(f"{at} version = {version!r}: name a column (or xmin)")
     follow_by = section.get("follow_by")
-    if follow_by is not None and (not isinstance(follow_by, str) or not _IDENT.match(follow_by)):
+    if follow_by is not None and not _is_name(follow_by):
         problems.append(f"{at} follow_by = {follow_by!r}: name an indexed column")
     raw_fields = section.get("fields", {})
     if not isinstance(raw_fields, Mapping):
@@ -260,6 +310,21 @@ def _parse_source(
     )
 
 
+def _is_name(name: Any) -> bool:
+    """A column's name as it is (capitals and spaces included: it is always quoted)."""
+    return isinstance(name, str) and 0 < len(name.encode()) <= 63 and "\0" not in name
+
+
+def _time_zone(at: str, zone: Any, problems: list[str]) -> str:
+    """A ``time_zone`` setting (``""`` when not given); the database checks that it knows it."""
+    if zone is None:
+        return ""
+    if not isinstance(zone, str) or not zone.strip() or len(zone) > 64:
+        problems.append(f'{at}time_zone = {zone!r}: name a time zone, as time_zone = "UTC"')
+        return ""
+    return zone
+
+
 def _parse_field(at: str, spec: Any, problems: list[str]) -> Field | None:
     if isinstance(spec, str):
         if not _IDENT.match(spec):
@@ -292,7 +357,7 @@ def _parse_field(at: str, spec: Any, problems: list[str]) -> Field | None:
         mapping = tuple((str(k), str(v)) for k, v in raw.items())
     if "column" in spec:
         column = spec["column"]
-        if not isinstance(column, str) or not _IDENT.match(column):
+        if not _is_name(column):
             problems.append(f"{at}: column = {column!r} is not a column name")
             return None
         return Field(column=column, mapping=mapping)
@@ -310,6 +375,14 @@ def _parse_field(at: str, spec: Any, problems: list[str]) -> Field | None:
 
 
 # --- SQL -----------------------------------------------------------------------------------
+
+
+def read_only(conn: psycopg2.extensions.connection) -> None:
+    """Makes the connection's transaction read-only, from here to its end. Every transaction
+    that evaluates a source (a table's expressions, a query) is: the sources' SQL is a team's
+    own, and whatever it would write (a function that inserts, a sequence) fails instead."""
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION READ ONLY")
 
 
 def _user_sql(text: str) -> sql.SQL:
@@ -330,8 +403,12 @@ def key_column(source: Source) -> sql.Composed:
     return sql.SQL("s.{}").format(sql.Identifier(source.key))
 
 
-def field_expression(field: Field, wanted: str) -> sql.Composable:
-    """One field as read, cast to the type the methodology expects (a no-op when it is)."""
+def field_expression(
+    field: Field, wanted: str, time_zone: str = DEFAULT_TIME_ZONE
+) -> sql.Composable:
+    """One field as read, cast to the type the methodology expects (a no-op when it is). A
+    ``timestamptz`` read as a date is converted in ``time_zone`` first: the cast alone would
+    take the session's TimeZone, and the day would depend on who runs it."""
     if field.column is None and field.expression is None:
         return sql.SQL("CAST({} AS {})").format(sql.Literal(field.value), sql.SQL(wanted))
     base: sql.Composable = (
@@ -347,6 +424,8 @@ def field_expression(field: Field, wanted: str) -> sql.Composable:
         base = sql.SQL("CASE CAST({b} AS text) {w} ELSE CAST({b} AS text) END").format(
             b=base, w=whens
         )
+    elif wanted == "date" and field.sql_type == "timestamptz":
+        base = sql.SQL("({} AT TIME ZONE {})").format(base, sql.Literal(time_zone))
     return sql.SQL("CAST({} AS {})").format(base, sql.SQL(wanted))
 
 
@@ -375,7 +454,9 @@ def relation(source: Source) -> sql.Composed:
     columns: list[sql.Composable] = [sql.SQL("{} AS id").format(key_column(source))]
     for name, field in source.fields:
         columns.append(
-            sql.SQL("{} AS {}").format(field_expression(field, wanted[name]), sql.Identifier(name))
+            sql.SQL("{} AS {}").format(
+                field_expression(field, wanted[name], source.time_zone), sql.Identifier(name)
+            )
         )
     columns.append(
         sql.SQL("{} AS {}").format(version_expression(source), sql.Identifier(VERSION_COLUMN))

@@ -20,7 +20,7 @@ from pipeline.model import (
     ErrorRecord,
 )
 from pipeline.store.queries import key_cast
-from pipeline.store.sources import Source, relation
+from pipeline.store.sources import Source, read_only, relation
 from pipeline.store.tables import (
     DEFAULT_SCHEMA,
     ERROR_COLUMNS,
@@ -242,36 +242,34 @@ def retire_deleted(
 ) -> tuple[int, int]:
     """Retires, within one key range, the results and dead letters of activities that no longer
     exist: each result moves to history (reason ``activity_deleted``, this run's id) and leaves
-    the totals; each dead letter stays as a record, marked retired. Set-based, in one
-    transaction; returns (results retired, dead letters retired). Safe to repeat."""
-    params = {"activity_type": source.activity_type, "run_id": run_id}
-    bounds: dict[str, list[sql.Composable]] = {"r": [], "e": []}
-    for alias in bounds:
-        column = sql.SQL("{}.activity_id").format(sql.Identifier(alias))
-        if start is not None:
-            bounds[alias].append(
-                column + sql.SQL(" >= %(start)s") + key_cast(start, source.key_type)
-            )
-            params["start"] = str(start)
-        if end is not None:
-            bounds[alias].append(column + sql.SQL(" < %(end)s") + key_cast(end, source.key_type))
-            params["end"] = str(end)
-    stored = sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS))
+    the totals; each dead letter stays as a record, marked retired. Set-based; returns
+    (results retired, dead letters retired). Safe to repeat.
 
-    def where(alias: str) -> sql.Composed:
-        return sql.SQL(" AND ").join(
-            [
-                sql.SQL("{}.activity_type = %(activity_type)s").format(sql.Identifier(alias)),
-                *bounds[alias],
-                sql.SQL("NOT EXISTS (SELECT 1 FROM ({relation}) a WHERE a.id = {k})").format(
-                    relation=relation(source),
-                    k=sql.SQL("{}.activity_id").format(sql.Identifier(alias)),
-                ),
-            ]
-        )
+    Which activities are gone is asked first, in a read-only transaction (the source is a
+    team's SQL: it never runs where it could write, ``gone_in_range``); the rows found are then
+    retired in one transaction, each only if it is still the row the probe saw (its ``xmin``):
+    a result another writer replaced since stays."""
+    results, errors = gone_in_range(conn, source, start, end, schema)
+    if not results and not errors:
+        return 0, 0
+    # (A source not checked has no key type: the pipeline's own table, whose ids are these.)
+    key_type = source.key_type or (
+        "uuid" if results and isinstance(results[0][0], str) else "bigint"
+    )
+    params = {
+        "activity_type": source.activity_type,
+        "run_id": run_id,
+        "ids": [str(k) for k, _ in results],
+        "xmins": [x for _, x in results],
+        "errors": errors,
+    }
+    stored = sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS))
+    where = sql.SQL(
+        "r.activity_type = %(activity_type)s AND (r.activity_id, r.xmin::text) IN "
+        "(SELECT g.id::{k}, g.x FROM unnest(%(ids)s::text[], %(xmins)s::text[]) AS g(id, x))"
+    ).format(k=sql.SQL(key_type))
 
     with conn.cursor() as cur:
-        cur.execute("SET LOCAL enable_nestloop = off")  # see ``bulk.read_pending_table``
         cur.execute(
             sql.SQL(
                 "WITH gone AS (DELETE FROM {r} r WHERE {where} RETURNING {stored}), "
@@ -282,7 +280,7 @@ def retire_deleted(
             ).format(
                 r=qualified(RESULTS_TABLE, schema),
                 h=qualified(HISTORY_TABLE, schema),
-                where=where("r"),
+                where=where,
                 stored=stored,
             ),
             params,
@@ -296,13 +294,71 @@ def retire_deleted(
             )
         cur.execute(
             sql.SQL(
-                "UPDATE {e} e SET retired_at = now() WHERE e.retired_at IS NULL AND {where}"
-            ).format(e=qualified(ERRORS_TABLE, schema), where=where("e")),
+                "UPDATE {e} e SET retired_at = now() WHERE e.retired_at IS NULL "
+                "AND e.id = ANY(%(errors)s::bigint[])"
+            ).format(e=qualified(ERRORS_TABLE, schema)),
             params,
         )
-        errors = cur.rowcount
+        retired_errors = cur.rowcount
     conn.commit()
-    return int(gone), int(errors)
+    return int(gone), int(retired_errors)
+
+
+def gone_in_range(
+    conn: psycopg2.extensions.connection,
+    source: Source,
+    start: Any,
+    end: Any,
+    schema: str = DEFAULT_SCHEMA,
+) -> tuple[list[tuple[Any, str]], list[int]]:
+    """Within one key range, the results ((activity id, row ``xmin``)) and open dead letters
+    (ids) whose activity no longer exists; in a read-only transaction of its own."""
+    params: dict[str, Any] = {"activity_type": source.activity_type}
+    bounds: dict[str, list[sql.Composable]] = {"r": [], "e": []}
+    for alias in bounds:
+        column = sql.SQL("{}.activity_id").format(sql.Identifier(alias))
+        if start is not None:
+            bounds[alias].append(
+                column + sql.SQL(" >= %(start)s") + key_cast(start, source.key_type)
+            )
+            params["start"] = str(start)
+        if end is not None:
+            bounds[alias].append(column + sql.SQL(" < %(end)s") + key_cast(end, source.key_type))
+            params["end"] = str(end)
+
+    def where(alias: str) -> sql.Composed:
+        return sql.SQL(" AND ").join(
+            [
+                sql.SQL("{}.activity_type = %(activity_type)s").format(sql.Identifier(alias)),
+                *bounds[alias],
+                sql.SQL("NOT EXISTS (SELECT 1 FROM ({relation}) a WHERE a.id = {k})").format(
+                    relation=relation(source),
+                    k=sql.SQL("{}.activity_id").format(sql.Identifier(alias)),
+                ),
+            ]
+        )
+
+    try:
+        with conn.cursor() as cur:
+            read_only(conn)
+            cur.execute("SET LOCAL enable_nestloop = off")  # see ``bulk.read_pending_table``
+            cur.execute(
+                sql.SQL("SELECT r.activity_id, r.xmin::text FROM {r} r WHERE {w}").format(
+                    r=qualified(RESULTS_TABLE, schema), w=where("r")
+                ),
+                params,
+            )
+            results = [(k, str(x)) for k, x in cur.fetchall()]
+            cur.execute(
+                sql.SQL("SELECT e.id FROM {e} e WHERE e.retired_at IS NULL AND {w}").format(
+                    e=qualified(ERRORS_TABLE, schema), w=where("e")
+                ),
+                params,
+            )
+            errors = [int(i) for (i,) in cur.fetchall()]
+    finally:
+        conn.rollback()
+    return results, errors
 
 
 def claim_range(
