@@ -263,7 +263,7 @@ def follow(args: list[str], stop: Stop) -> int:
             "timings": {"total_s": round(time.monotonic() - started, 3)},
         }
         record.stop_beating()  # the outcome is recorded next: no heartbeat after it
-        record.finish(
+        finished = record.finish(
             status="succeeded",
             total_processed=summary["total_processed"],
             errors=summary["errors"],
@@ -273,6 +273,8 @@ def follow(args: list[str], stop: Stop) -> int:
             metrics_source="database",
             code_version=editions.code_version(),
         )
+        if not finished:
+            return record.overtaken(summary, time.time() - (time.monotonic() - started))
         cli.print_json(summary)
         return 0
     except runs.RunIdTaken as e:

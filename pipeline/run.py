@@ -380,6 +380,27 @@ class Record:
             )
         )
 
+    def overtaken(self, summary: dict[str, Any], started_at: float) -> int:
+        """A run whose row another process finished while it worked (marked abandoned: its
+        heartbeat stopped, the process frozen): the record stays as that process left it,
+        append-only, and the run says so and exits 1, its figures exported with that outcome
+        (a scheduler must not see a success the record does not hold)."""
+        found = retry.call(
+            lambda: runs.outcome(self.engine, self.config.run_id, self.config.schema),
+            what="reading the run's record",
+            policy=self.config.retry_policy,
+        )
+        status, why = found or ("missing", None)
+        summary["status"] = status
+        summaries.export_metrics(self.engine, self.config, summary, started_at)
+        said = f" ({why})" if why else ""
+        print(
+            f"error: run {self.config.run_id} was recorded {status} by another process while "
+            f"it worked{said}: its outcome was not recorded",
+            file=sys.stderr,
+        )
+        return 1
+
     def fail(self, message: str) -> None:
         """Records the run ``failed`` with ``message`` (one line), briefly: the database may be
         what failed, and the run must still end. Said in the log when it cannot be."""
@@ -609,11 +630,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             **{column: summary[column] for column in SUMMARY_COLUMNS},
         )
         if not finished:
-            _LOG.warning(
-                "run %s was no longer 'running' in %s: its record was left as it was",
-                config.run_id,
-                tables.RUNS_TABLE,
-            )
+            return record.overtaken(summary, started_at)
         # Housekeeping once the outcome is recorded: a run that changed a large share of the
         # results leaves them vacuumed, so the next run may start straight away, before
         # autovacuum has come round. A stop signal meanwhile cancels the vacuum only.

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +28,7 @@ from ops import status
 from ops.seed import seed
 from pipeline import follow, run, summary
 from pipeline.factors import load_shipped_factors
-from pipeline.store import connections, install
+from pipeline.store import connections, install, runs
 from tests.support import ROOT, scalar, start_run, wait_for
 from tests.test_report import parse, text_of
 
@@ -339,3 +340,53 @@ def test_a_run_stopped_during_its_vacuum_is_recorded_succeeded(
         in (proc.stderr)
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_a_run_marked_abandoned_while_it_worked_exits_1_and_its_record_stays(
+    database_url: str, engine: sa.Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another process marks the run abandoned (as ops.status does for a frozen run): the
+    run keeps that record, says so, and exits 1 with its figures exported as abandoned."""
+    seed(engine, 3_000, seed_value=45)
+    run_id = str(uuid.uuid4())
+    marked: list[str] = []
+
+    def mark() -> None:
+        wait_for(
+            lambda: (
+                scalar(
+                    database_url,
+                    "SELECT count(*) FROM emissions.calculation_runs WHERE run_id = %s",
+                    (run_id,),
+                )
+                == 1
+            ),
+            timeout=60,
+            interval=0.005,
+        )
+        time.sleep(0.01)  # a heartbeat older than the threshold below
+        marked.extend(runs.mark_abandoned(engine, 0.001, by="ops.status"))
+
+    marker = threading.Thread(target=mark)
+    marker.start()
+    metrics_file = tmp_path / "emissions.prom"
+    code = run.main(
+        [
+            *("--database-url", database_url, "--run-id", run_id, "--progress-interval", "0"),
+            *("--metrics-file", str(metrics_file)),
+        ]
+    )
+    marker.join()
+    assert marked == [run_id]
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    state, message = run_row(database_url, run_id)
+    assert state == "abandoned" and message is not None
+    assert message.startswith("stopped without finishing: no heartbeat since ")
+    assert captured.err.splitlines()[-1] == (
+        f"error: run {run_id} was recorded abandoned by another process while it worked "
+        f"({message}): its outcome was not recorded"
+    )
+    found = metric_values(metrics_file)
+    assert (found["emissions_run_success"], found["info:abandoned"]) == (0.0, 1.0)

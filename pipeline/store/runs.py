@@ -141,6 +141,18 @@ def note_run(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA, **fie
         return bool(updated.rowcount == 1)
 
 
+def outcome(
+    engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA
+) -> tuple[str, str | None] | None:
+    """The run's status and message as recorded, or None when it has no row."""
+    runs = _runs_table(schema)
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(runs.c.status, runs.c.message).where(runs.c.run_id == run_id)
+        ).first()
+    return None if row is None else (str(row[0]), row[1])
+
+
 def beat(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA) -> bool:
     """Sets the run's ``heartbeat_at`` to now, if it is still ``running``; returns whether it
     is (False once it has finished, or another process has marked it abandoned)."""
