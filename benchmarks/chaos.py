@@ -37,6 +37,7 @@ user may create databases; no restart is injected there).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -301,7 +302,7 @@ class Proc:
 def _command(kind: str, url: str, run_id: str | None, option: str) -> list[str]:
     base = [sys.executable, "-m"]
     if kind == "run":
-        return [*base, "pipeline.run", "--database-url", url, "--run-id", str(run_id), *RUN_ARGS]
+        return [*base, "pipeline.run", "--database-url", url, "--run-id", str(run_id), *_run_args()]
     if kind == "follow":
         return [
             *base,
@@ -312,7 +313,7 @@ def _command(kind: str, url: str, run_id: str | None, option: str) -> list[str]:
             str(run_id),
             "--poll-interval",
             "0.3",
-            *RUN_ARGS,
+            *_run_args(),
         ]
     if kind == "restate_pin":
         return [
@@ -561,15 +562,28 @@ _UPDATES: dict[str, dict[str, sql.Composable]] = {
 }
 
 
-def _final_run_args() -> tuple[str, ...]:
-    """``--stale-after`` for the last run, when ``pipeline.run`` has it: runs frozen longer
-    than that are dead to it, and so are their claims."""
+@functools.lru_cache(maxsize=1)
+def _run_options() -> frozenset[str]:
+    """The options ``pipeline.run`` and ``pipeline.follow`` know, in this checkout."""
     from pipeline.options import add_arguments
 
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
-    known = parser._option_string_actions  # noqa: SLF001 - an argparse table, read only
-    return ("--stale-after", f"{STALE_AFTER:g}") if "--stale-after" in known else ()
+    return frozenset(parser._option_string_actions)  # noqa: SLF001 - argparse's table, read
+
+
+def _run_args() -> tuple[str, ...]:
+    """``RUN_ARGS``, and ``--allow-retire`` where runs have it: the schedules delete
+    activities on purpose, more than the share a run retires unasked."""
+    return (*RUN_ARGS, *(("--allow-retire",) if "--allow-retire" in _run_options() else ()))
+
+
+def _final_run_args() -> tuple[str, ...]:
+    """``--stale-after`` for the last run, when runs have it: runs frozen longer than that
+    are dead to it, and so are their claims."""
+    if "--stale-after" in _run_options():
+        return ("--stale-after", f"{STALE_AFTER:g}")
+    return ()
 
 
 # --- Checking ----------------------------------------------------------------------------
