@@ -44,9 +44,10 @@ CREATE TABLE {log}.stored_results (
     kg_co2e float8, input_fingerprint bigint, factor_fingerprint bigint,
     activity_version bigint, app text, at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE {log}.stored_errors (
-    id bigserial PRIMARY KEY, op text NOT NULL, activity_type text NOT NULL,
-    activity_id text NOT NULL, input_hash text, activity_version bigint, run_id uuid,
-    app text, at timestamptz NOT NULL DEFAULT clock_timestamp());
+    id bigserial PRIMARY KEY, op text NOT NULL, version_changed boolean NOT NULL,
+    activity_type text NOT NULL, activity_id text NOT NULL, input_hash text,
+    activity_version bigint, run_id uuid, app text,
+    at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE FUNCTION {log}.log_result() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO {log}.stored_results (op, value_changed, activity_type, activity_id, run_id,
@@ -61,9 +62,10 @@ BEGIN
 END $$;
 CREATE FUNCTION {log}.log_error() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO {log}.stored_errors (op, activity_type, activity_id, input_hash,
-        activity_version, run_id, app)
-    VALUES (TG_OP, NEW.activity_type, NEW.activity_id::text, NEW.input_hash,
+    INSERT INTO {log}.stored_errors (op, version_changed, activity_type, activity_id,
+        input_hash, activity_version, run_id, app)
+    VALUES (TG_OP, TG_OP = 'UPDATE' AND NEW.activity_version IS DISTINCT FROM
+            OLD.activity_version, NEW.activity_type, NEW.activity_id::text, NEW.input_hash,
         NEW.activity_version, NEW.run_id, current_setting('application_name'));
     RETURN NULL;
 END $$;
@@ -266,6 +268,26 @@ def stored_by_run(conn: psycopg2.extensions.connection) -> dict[str, dict[str, i
     return found
 
 
+def dead_letters_by_run(conn: psycopg2.extensions.connection) -> dict[str, tuple[int, int]]:
+    """Per run id, from the log: (dead letters it inserted, dead letters whose version it
+    brought up to date: the same refused input seen again at a new row version)."""
+    query = sql.SQL(
+        "SELECT run_id::text, count(*), 0 FROM {log}.stored_errors WHERE op = 'INSERT' "
+        "GROUP BY 1 UNION ALL SELECT app, 0, count(*) FROM {log}.stored_errors "
+        "WHERE version_changed GROUP BY 1"
+    ).format(log=sql.Identifier(LOG_SCHEMA))
+    found: dict[str, tuple[int, int]] = {}
+    with conn.cursor() as cur:
+        cur.execute(query)
+        for who, inserted, refreshed in cur.fetchall():
+            run_id = who if inserted else run_of(who)
+            if run_id is not None:
+                a, b = found.get(run_id, (0, 0))
+                found[run_id] = (a + int(inserted), b + int(refreshed))
+    conn.commit()
+    return found
+
+
 def run_records(conn: psycopg2.extensions.connection, schema: str) -> dict[str, dict[str, Any]]:
     """Every row of ``calculation_runs``, by run id."""
     query = sql.SQL(
@@ -277,12 +299,27 @@ def run_records(conn: psycopg2.extensions.connection, schema: str) -> dict[str, 
 
 def counts(conn: psycopg2.extensions.connection, schema: str) -> Verdict:
     """Each finished run's summary counts equal the rows it stored (the log): results in all
-    and per activity type."""
+    and per activity type, and dead letters."""
     verdict = Verdict("counts")
     stored = stored_by_run(conn)
+    refused = dead_letters_by_run(conn)
     for run_id, rec in run_records(conn, schema).items():
         if rec["total_processed"] is None:
             continue  # killed, abandoned: no summary
+        inserted, refreshed = refused.get(run_id, (0, 0))
+        # Whether a dead letter seen again (its version brought up to date) counts is the
+        # run's to say; one stored by another run never does.
+        if rec["errors"] is not None and rec["errors"] not in (inserted, inserted + refreshed):
+            verdict.add(
+                {
+                    "run_id": run_id,
+                    "status": rec["status"],
+                    "runner": rec["runner"],
+                    "summary_errors": rec["errors"],
+                    "dead_letters_inserted": inserted,
+                    "dead_letters_seen_again": refreshed,
+                }
+            )
         mine = stored.get(run_id, {"total": 0})
         if rec["total_processed"] != mine["total"]:
             verdict.add(
