@@ -26,7 +26,7 @@ from pipeline import run
 from pipeline.ranges import plan_ranges
 from pipeline.store import bulk, connections, marks, queries, writes
 from pipeline.store.checks import check_sources
-from pipeline.store.sources import Source, load_sources
+from pipeline.store.sources import Source, load_sources, read_only_within
 from tests.support import scalar
 
 APP = """
@@ -179,3 +179,26 @@ def test_every_statement_that_evaluates_a_source_is_read_only(
         STATEMENTS[statement](engine, writing)()
     assert touched(url) == 0
     assert scalar(url, "SELECT count(*) FROM emissions.emission_results") == 300
+
+
+def test_a_read_only_part_inside_a_transaction_that_writes(app_url: str) -> None:
+    """``read_only_within``: a source read under the locks of the writes it decides, where
+    SQL that writes fails, and the transaction writes again after it."""
+    conn = connections.connect(app_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE emissions.probe (n int)")
+            cur.execute("INSERT INTO emissions.probe VALUES (1)")
+            with read_only_within(cur):
+                cur.execute("SELECT count(*) FROM app.power")
+                assert cur.fetchone() == (300,)
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+                with read_only_within(cur):
+                    cur.execute("SELECT app.touch()")
+            cur.execute("SET LOCAL lock_timeout = '1s'")  # the transaction goes on, writing
+            cur.execute("INSERT INTO emissions.probe VALUES (2)")
+        conn.commit()
+    finally:
+        conn.close()
+    assert scalar(app_url, "SELECT sum(n) FROM emissions.probe") == 3
+    assert touched(app_url) == 0

@@ -18,11 +18,12 @@ SQL expressions and queries are the file's author's own SQL, checked before anyt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -383,6 +384,22 @@ def read_only(conn: psycopg2.extensions.connection) -> None:
     own, and whatever it would write (a function that inserts, a sequence) fails instead."""
     with conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")
+
+
+@contextlib.contextmanager
+def read_only_within(cur: psycopg2.extensions.cursor) -> Iterator[None]:
+    """Inside a transaction that writes, a read-only part: a savepoint with
+    ``transaction_read_only`` on, rolled back at the end (which turns it off again; SQL cannot
+    turn it off itself). For a source's SQL that must be read under the locks of the writes it
+    decides (a compare-and-swap on the source's current version): fetch what it reads inside;
+    anything done inside is undone, and SQL that writes fails there."""
+    cur.execute("SAVEPOINT user_sql")
+    try:
+        cur.execute("SET LOCAL transaction_read_only = on")
+        yield
+    finally:
+        cur.execute("ROLLBACK TO SAVEPOINT user_sql")
+        cur.execute("RELEASE SAVEPOINT user_sql")
 
 
 def _user_sql(text: str) -> sql.SQL:
