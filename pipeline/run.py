@@ -567,6 +567,7 @@ def calculate(args: list[str], stop: Stop) -> int:
                 sources=config.sources,
                 schema=config.schema,
                 progress_interval=config.progress_interval,
+                recheck=config.recheck,
             ),
             what="counting pending activities",
             policy=policy,

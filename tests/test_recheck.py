@@ -106,8 +106,10 @@ def test_a_change_that_left_the_version_column_alone_is_found_by_recheck_only(
     assert (again["pending"], again["total_processed"]) == (0, 0)
     assert kg(url, 7) == before[0]
 
-    # --recheck compares every result's input fingerprint: exactly row 7 is recomputed.
+    # --recheck compares every result's input fingerprint (all 60 are pending: to compare):
+    # exactly row 7 is recomputed.
     rechecked = run_on(url, mapping, capsys, "--recheck")
+    assert (rechecked["pending"], rechecked["skipped"]) == (ROWS, 0)
     assert (rechecked["total_processed"], rechecked["changed"], rechecked["new"]) == (1, 1, 0)
     assert kg(url, 7) == 2 * before[0]
     history = scalar(

@@ -272,10 +272,12 @@ def count_query(
     date_from: str | None = None,
     date_to: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    recheck: bool = False,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """One pass over a source and its results (a full join: hashed or merged, never a loop
-    per row): activities in scope, new ones, those whose version changed, and results whose
-    activity no longer exists (whatever the date window: a deletion is not dated)."""
+    per row): activities in scope, new ones, those whose version changed (``recheck``: every
+    one with a result, to compare), and results whose activity no longer exists (whatever the
+    date window: a deletion is not dated)."""
     source = as_source(source, schema)
     conditions, params = _in_scope(source, None, None, date_from, date_to)
     in_scope = sql.SQL("a.id IS NOT NULL AND ") + sql.SQL(" AND ").join(conditions)
@@ -291,7 +293,7 @@ def count_query(
     ).format(
         scope=in_scope,
         new=_new(schema),
-        changed=_CHANGED,
+        changed=_STORED if recheck else _CHANGED,
         relation=relation(source),
         r=qualified(RESULTS_TABLE, schema),
         e=qualified(ERRORS_TABLE, schema),
@@ -312,10 +314,12 @@ def count_activities(
     sources: Sources | None = None,
     schema: str = DEFAULT_SCHEMA,
     progress_interval: float = 10.0,
+    recheck: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Per activity type: activities in scope (``total``), those to compute (``pending``:
-    ``new`` ones and those whose version ``changed``), and results and open dead letters
-    whose activity is gone (``deleted``, ``deleted_errors``).
+    ``new`` ones and those whose version ``changed``; ``recheck``: every one with a result,
+    whose fingerprint the read compares), and results and open dead letters whose activity is
+    gone (``deleted``, ``deleted_errors``).
 
     One full join per type; they run on up to ``workers`` connections at once (the engine's
     pool must allow as many). ``on_pending`` is called once, as soon as a count finds
@@ -325,7 +329,7 @@ def count_activities(
     sources = sources or default_sources(schema)
 
     def count(activity_type: ActivityType) -> dict[str, int]:
-        query = count_query(sources[activity_type], date_from, date_to, schema)
+        query = count_query(sources[activity_type], date_from, date_to, schema, recheck)
         with raw_connection(engine) as raw:
             read_only(raw)
             with raw.cursor() as cur:
