@@ -120,6 +120,13 @@ def test_a_wrong_mapping_is_refused_before_anything_is_retired(
     assert open_dead_letters(url) == REFUSED
     assert scalar(url, "SELECT count(*) FROM emissions.emission_results_history") == 0
     assert scalar(url, BROKEN_INVARIANT) == 0
+    # The refused run is recorded, failed, with the same line.
+    last = scalar(
+        url,
+        "SELECT json_build_array(status, message) FROM emissions.calculation_runs "
+        "ORDER BY started_at DESC LIMIT 1",
+    )
+    assert last == ["failed", err.strip().splitlines()[-1].removeprefix("error: ")]
 
 
 def test_a_share_under_the_bound_is_retired_and_one_over_it_needs_leave(
