@@ -49,6 +49,7 @@ from pipeline.model import (
 )
 from pipeline.store import connections, install, runs, stored_sources, tables, writes
 from pipeline.store.sources import Source, Sources, default_sources, read_only, relation
+from pipeline.summary import failure_message
 
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
 #: What a restatement writes of a result: its values, its fingerprints, the restatement id.
@@ -388,20 +389,21 @@ def _restate(
         calculation_options=stored_sources.calculation_options(None, None, chosen_pins, chosen),
     )
     try:
-        for t in activity_types:
-            if t in sources:
-                _restate_type(engine, sources[t], book, outcome, chunk, schema, limits_of)
-        outcome.diff = diff(engine, outcome.restatement_id, schema=schema)
+        # Alive while it works, as a run is: a long restatement is never marked abandoned.
+        with runs.heartbeat_apart(engine, outcome.restatement_id, schema):
+            for t in activity_types:
+                if t in sources:
+                    _restate_type(engine, sources[t], book, outcome, chunk, schema, limits_of)
+            outcome.diff = diff(engine, outcome.restatement_id, schema=schema)
     except Exception as e:
+        message = connections.scrub(failure_message(e), engine.url.render_as_string(False))
         with engine.begin() as c:
             c.execute(
                 table.update()
                 .where(table.c.restatement_id == outcome.restatement_id)
-                .values(status="failed", finished_at=sa.func.now(), message=str(e)[:2000])
+                .values(status="failed", finished_at=sa.func.now(), message=message)
             )
-        runs.finish_run(
-            engine, outcome.restatement_id, schema, status="failed", message=str(e)[:2000]
-        )
+        runs.finish_run(engine, outcome.restatement_id, schema, status="failed", message=message)
         raise
     with engine.begin() as c:
         c.execute(

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from audit import report
+from audit import report, restate
 from ops import status
 from ops.seed import seed
 from pipeline import follow, run, summary
@@ -390,3 +390,38 @@ def test_a_run_marked_abandoned_while_it_worked_exits_1_and_its_record_stays(
     )
     found = metric_values(metrics_file)
     assert (found["emissions_run_success"], found["info:abandoned"]) == (0.0, 1.0)
+
+
+def test_a_failed_restatement_is_recorded_in_one_line(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 600, seed_value=46)
+    common = ["--database-url", database_url, "--progress-interval", "0"]
+    assert run.main(common) == 0
+    with engine.begin() as conn:  # the database refuses every restated result (not transient)
+        conn.execute(
+            sa.text(
+                "ALTER TABLE emissions.emission_results "
+                "ADD CONSTRAINT refuse_all CHECK (kg_co2e < 0) NOT VALID"
+            )
+        )
+    capsys.readouterr()
+    pin = ["--pin", "desnz_air=2025 flat file", "--activity-types", "air_travel"]
+    assert restate.main(["--database-url", database_url, *pin]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    with engine.connect() as conn:
+        ((state, message, heartbeat),) = conn.execute(
+            sa.text(
+                "SELECT status, message, heartbeat_at IS NOT NULL FROM emissions.calculation_runs "
+                "WHERE runner = 'restatement'"
+            )
+        ).all()
+        (stored,) = conn.execute(sa.text("SELECT message FROM emissions.restatements")).one()
+    assert (state, heartbeat) == ("failed", True)
+    assert message == stored
+    assert message.startswith(
+        'CheckViolation: new row for relation "emission_results" violates check constraint '
+        '"refuse_all"'
+    )
+    assert len(message) <= summary.MESSAGE_LIMIT and "\n" not in message

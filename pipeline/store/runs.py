@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +234,20 @@ class Heartbeat:
                     return
                 self.beats += 1
             self._stop.wait(self._interval)
+
+
+@contextlib.contextmanager
+def heartbeat_apart(
+    engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA
+) -> Iterator[Heartbeat]:
+    """A ``Heartbeat`` on connections of its own (one for a moment each time), for a process
+    whose pool its work may take whole (a restatement): its beats never wait for it."""
+    apart = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    try:
+        with Heartbeat(apart, run_id, schema) as beating:
+            yield beating
+    finally:
+        apart.dispose()
 
 
 def mark_abandoned(
