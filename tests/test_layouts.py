@@ -18,8 +18,9 @@ import sqlalchemy as sa
 from ops import admin
 from ops.seed import seed
 from pipeline import run
-from pipeline.store import connections
-from pipeline.store.sources import SourcesError, parse_sources, parse_table_name
+from pipeline.store import connections, marks
+from pipeline.store.checks import check_sources
+from pipeline.store.sources import Source, SourcesError, parse_sources, parse_table_name
 from tests.support import scalar, wait_for
 from tests.test_follow import WITHIN, execute, result_of, start_follow
 
@@ -313,3 +314,63 @@ def test_a_timestamptz_activity_date_is_the_same_day_under_any_session_time_zone
     assert "air_travel: time_zone = 'Mars/Olympus' is not a time zone PostgreSQL knows" in (
         capsys.readouterr().err
     )
+
+
+def _followed_query(url: str, query: str) -> Source:
+    source = parse_sources(
+        {
+            "electricity": {
+                "query": query,
+                "version": "version",
+                "follow_by": "updated_at",
+                "fields": {
+                    "quantity": {"sql": "(body->>'kwh')::float8"},
+                    "unit": {"value": "kWh"},
+                    "region": {"sql": "body->>'grid'"},
+                    "activity_date": {"sql": "(body->>'day')::date"},
+                },
+            }
+        },
+        "test",
+    )
+    conn = connections.connect(url)
+    try:
+        return check_sources(conn, source)["electricity"]
+    finally:
+        conn.close()
+
+
+def _unindexed(url: str, source: Source) -> str | None:
+    conn = connections.connect(url)
+    try:
+        return marks.unindexed(conn, source)
+    finally:
+        conn.close()
+
+
+def test_a_query_is_followed_through_the_index_of_its_table(database_url: str) -> None:
+    execute(database_url, EVENTS + "ALTER TABLE app.events ADD COLUMN changed timestamptz;")
+    plain = _followed_query(
+        database_url,
+        "SELECT id, version, body, updated_at FROM app.events WHERE kind = 'electricity'",
+    )
+    renamed = _followed_query(
+        database_url,
+        "SELECT id, version, body, changed AS updated_at FROM app.events "
+        "WHERE kind = 'electricity'",
+    )
+    assert _unindexed(database_url, plain) == (
+        "the electricity query: follow_by updated_at is not read through an index (each poll "
+        "would read all of app.events): create an index on app.events (updated_at), then "
+        "start again"
+    )
+    assert _unindexed(database_url, renamed) == (
+        "the electricity query: follow_by updated_at is not read through an index (each poll "
+        "would read all of app.events): create an index on app.events (changed), then start "
+        "again"
+    )
+    execute(database_url, "CREATE INDEX ON app.events (updated_at)")
+    assert _unindexed(database_url, plain) is None
+    assert _unindexed(database_url, renamed) is not None  # its column has none yet
+    execute(database_url, "CREATE INDEX ON app.events (changed)")
+    assert _unindexed(database_url, renamed) is None

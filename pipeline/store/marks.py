@@ -30,6 +30,7 @@ session advisory lock per schema and type).
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -246,7 +247,7 @@ def unindexed(conn: psycopg2.extensions.connection, source: Source) -> str | Non
     line. Asked of the planner (``EXPLAIN`` of a poll, with full reads and sorts disabled), in
     a read-only transaction."""
     conditions, params = follow_window(source, _LOWEST[source.follow_type or ""], None)
-    column = sql.Identifier(FOLLOW_COLUMN)
+    key = sql.Identifier(FOLLOW_COLUMN)
     try:
         read_only(conn)
         with conn.cursor() as cur:
@@ -257,33 +258,45 @@ def unindexed(conn: psycopg2.extensions.connection, source: Source) -> str | Non
                 sql.SQL(
                     "EXPLAIN (FORMAT JSON, VERBOSE) SELECT a.{k} FROM ({r}) a WHERE {w} "
                     "ORDER BY a.{k} LIMIT 1000"
-                ).format(k=column, r=relation(source), w=sql.SQL(" AND ").join(conditions)),
+                ).format(k=key, r=relation(source), w=sql.SQL(" AND ").join(conditions)),
                 params,
             )
             (plan,) = cur.fetchone()
-            full = _full_reads(plan[0]["Plan"] if isinstance(plan, list) else plan, False)
-            if not full:
-                return None
-            schema, name = full[0]
-            cur.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-                "AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped)",
-                (schema, name, source.follow_by),
-            )
-            (same_name,) = cur.fetchone()
     finally:
         conn.rollback()
-    table = f"{quote_name(schema)}.{quote_name(name)}"
+    top = plan[0]["Plan"] if isinstance(plan, list) else plan
+    full = _full_reads(top, False)
+    if not full:
+        return None
+    table = ".".join(quote_name(p) for p in full[0])
+    column = _sorted_column(top)
     wanted = (
-        f"create an index on {table} ({quote_name(source.follow_by or '')})"
-        if same_name
-        else f"create an index on {table} on the column {source.follow_by} is read from"
+        f"create an index on {table} ({column})"
+        if column is not None
+        else f"create an index on {table} on what {source.follow_by} is read from"
     )
     return (
         f"{source.name}: follow_by {source.follow_by} is not read through an index (each poll "
         f"would read all of {table}): {wanted}, then start again"
     )
+
+
+#: A plan's sort key that is a column of a relation (``events.updated_at``), as PostgreSQL
+#: writes it (quoted where it must be).
+_SORTED_COLUMN = re.compile(r'^(?:\w+|"(?:[^"]|"")+")\.(\w+|"(?:[^"]|"")+")$')
+
+
+def _sorted_column(node: dict[str, Any]) -> str | None:
+    """The column of the table beneath that a poll's plan sorts by (what an index would
+    serve), when it is a plain column."""
+    keys = node.get("Sort Key") or ()
+    if node.get("Node Type") in ("Sort", "Incremental Sort") and keys:
+        found = _SORTED_COLUMN.match(str(keys[0]))
+        return found.group(1) if found else None
+    for child in node.get("Plans", ()):
+        if (column := _sorted_column(child)) is not None:
+            return column
+    return None
 
 
 #: A value below every value of a ``follow_by`` column of each type: the window the plan is for.
