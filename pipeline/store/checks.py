@@ -136,10 +136,7 @@ def _columns(
             )
         except psycopg2.Error as e:
             conn.rollback()
-            if isinstance(e, psycopg2.errors.ReadOnlySqlTransaction):
-                problems.append(f"{at}: {_refusal('', e)}")
-            else:
-                problems.append(f"{at}: PostgreSQL refuses it: {_first_line(e)}")
+            problems.append(f"{at}: {_refusal('', e)}")
             return None
         # The description is the query's: read it before the type names' lookup replaces it.
         described = [(d.name, d.type_code) for d in cur.description or ()]
@@ -323,13 +320,16 @@ def _expression_type(
 
 
 def _refusal(doing: str, error: psycopg2.Error) -> str:
-    """Why PostgreSQL refused a source's SQL, in one line: one that tried to write says so."""
+    """Why PostgreSQL refused a source's SQL (``doing``: "as date", "when read"; empty for the
+    query itself), in one line: SQL that tried to write says so."""
     if isinstance(error, psycopg2.errors.ReadOnlySqlTransaction):
         return (
             f"writes to the database ({_first_line(error)}): the sources' SQL must only "
             "read; remove what writes (a function that inserts, updates or takes a sequence "
             "value)"
         )
+    if not doing:
+        return f"PostgreSQL refuses it: {_first_line(error)}"
     return f"does not work {doing}: {_first_line(error)}"
 
 
