@@ -46,12 +46,18 @@ def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool)
         with connections.raw_connection(engine) as conn:
             checked = checks.check_sources(conn, target.sources)
         id_type = checks.common_key_type(checked)
-    initialise(engine, id_type, schema)
     chosen = target.chosen
+    text = None
     if chosen is not None and chosen.origin == stored_sources.GIVEN and chosen.path:
-        # As ops.admin init --sources: the schema remembers them (a no-op when it does).
-        with engine.begin() as conn:
-            stored_sources.remember(conn, stored_sources.read_text(Path(chosen.path)), schema)
+        text = stored_sources.read_text(Path(chosen.path))
+    # As ops.admin init --sources: the schema remembers them (a no-op when it does), in the
+    # set-up's own transaction.
+    initialise(
+        engine,
+        id_type,
+        schema,
+        also=None if text is None else lambda c: stored_sources.remember(c, text, schema),
+    )
     if not seed_demo or with_sources:
         return
     existing = queries.count_activities(engine, schema=schema)

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit import restate, verify
-from ops import admin, status
+from ops import admin, local, status
 from pipeline import editions, follow, run
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology import FactorBook, calculate
@@ -339,3 +339,21 @@ def test_follow_without_a_file_follows_the_stored_sources(
         "AND status = 'succeeded'",
     )
     assert recorded == sha(text)
+
+
+def test_run_local_with_a_file_stores_it_as_init_does(
+    app: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, path = app
+    assert (
+        local.main(["--database-url", url, "--sources", str(path), "--progress-interval", "0"]) == 0
+    )
+    capsys.readouterr()
+    assert tuple(one(url, "SELECT count(*), min(sha256) FROM emissions.sources_config")) == (
+        1,
+        sha(SOURCES),
+    )
+    assert results(url)[0] == RESULTS
+    summary = run_pipeline(url, capsys)  # no file: the stored one
+    assert (summary["pending"], summary["sources_sha256"]) == (0, sha(SOURCES))
+    assert results(url)[::2] == (RESULTS, 0)
