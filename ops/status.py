@@ -243,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def status(target: cli.Target) -> int:
         found = install.revision(target.engine, target.schema)
+        if found.current is None:
+            cli.error(cli.init_first(target.schema))
+            return cli.FAILED
         if not found.up_to_date:
-            at = f"is at revision {found.current}" if found.current else "holds no pipeline yet"
             cli.error(
-                f"the schema {target.schema} {at}, not {found.head}: run python -m ops.admin "
-                "init (or a run) to bring it up to date"
+                f"the schema {target.schema} is at revision {found.current}, not {found.head}: "
+                "run python -m ops.admin init (or a run) to bring it up to date"
             )
             return cli.FAILED
         result = check(target, args.last, args.stale_after, args.pending_after)

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from pipeline import retry
 from pipeline.model import ACTIVITY_TYPES, ActivityType
-from pipeline.store import checks, connections, sources, stored_sources, tables
+from pipeline.store import checks, connections, install, sources, stored_sources, tables
 
 #: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
 OK, FAILED, USAGE = 0, 1, 2
@@ -162,8 +162,10 @@ def add_database_option(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="PostgreSQL URL (postgresql://user@host:5432/db?sslmode=verify-full). Default: $"
         + connections.DATABASE_URL_ENV
-        + ", else an embedded PostgreSQL kept under ./.pgdata. A password here shows in the "
-        "process list: keep it in $" + connections.DATABASE_URL_ENV + " or ~/.pgpass instead.",
+        + ", else libpq's PG* variables, else an embedded PostgreSQL kept in the checkout's "
+        ".pgdata ($EMISSIONS_PGDATA). A password here shows in the process list: keep it in $"
+        + connections.DATABASE_URL_ENV
+        + " or ~/.pgpass instead (percent-encoded in a URL: @ is %%40, : is %%3A).",
     )
     parser.add_argument(
         "--schema",
@@ -225,6 +227,23 @@ def schema_sources(
     except (stored_sources.SourcesChanged, sources.SourcesError) as e:
         raise UsageError(str(e)) from None
     return chosen.sources, chosen
+
+
+def init_first(schema: str) -> str:
+    """What to say of a schema that holds no pipeline yet: ``ops.admin init`` makes it (a run
+    migrates a schema an older release made, but never creates one: a mistyped ``--schema``
+    would otherwise "succeed" on a new, empty schema)."""
+    named = "" if schema == tables.DEFAULT_SCHEMA else f" --schema {schema}"
+    return (
+        f"the schema {schema} holds no pipeline yet: run python -m ops.admin init{named} first "
+        "(with --sources FILE to compute your own tables)"
+    )
+
+
+def not_initialised(engine: sa.Engine, schema: str) -> str | None:
+    """``init_first``'s message when ``schema`` has no pipeline in it (no revision), else
+    None."""
+    return init_first(schema) if install.revision(engine, schema).current is None else None
 
 
 #: The levels ``--log-level`` takes.
@@ -307,7 +326,7 @@ def run(
             return body(Target(url, engine, args.schema, found, chosen))
         finally:
             engine.dispose()
-    except sources.SourcesError as e:
+    except (sources.SourcesError, connections.UrlError) as e:
         error(str(e), url)
         return USAGE
     except (UsageError, stored_sources.SourcesChanged, stored_sources.NoStoredSources) as e:

@@ -200,7 +200,7 @@ def follow(args: list[str], stop: Stop) -> int:
             )
         url = connections.resolve_database_url(options.database_url)
         config = validate(options, url)
-    except OptionsError as e:
+    except (OptionsError, connections.UrlError) as e:
         cli.error(str(e))
         return 2
     except Exception as e:  # noqa: BLE001 - one line, then a non-zero exit
@@ -212,6 +212,10 @@ def follow(args: list[str], stop: Stop) -> int:
     shown["follow"] = True
     record = Record(record_engine(url, config.run_id), config, runner, shown, {})
     try:
+        missing = cli.not_initialised(engine, config.schema)
+        if missing:
+            cli.error(missing)
+            return 2
         # The run's row first: whatever fails from here on is recorded.
         record.start_if_ready()
         try:

@@ -177,8 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "Refuse to start when the run could hold more database connections than this "
             "at once: 2 for the driver, plus 4 per worker (a range reader, two writers and "
-            "a short-lived factor read), so 10 on the default 2 local workers. "
-            "Default: no limit."
+            "a short-lived factor read), so 10 on the default 2 local workers and at least 6 "
+            "for any run. Default: no limit."
         ),
     )
     parser.add_argument(

@@ -81,6 +81,11 @@ _HINTS = (
         "allows: find it in pg_locks and pg_stat_activity",
     ),
     (
+        # Before the service hint: libpq's "Name or service not known" is about DNS.
+        ("could not translate host name",),
+        "check the host name, in the URL or PGHOST: the DNS does not know it",
+    ),
+    (
         ("password authentication failed", "no password supplied"),
         "check the password: in ~/.pgpass, a service file, or $EMISSIONS_DATABASE_URL",
     ),

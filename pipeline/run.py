@@ -221,13 +221,22 @@ def check_connection_budget(config: RunConfig, runner: str, beam_args: list[str]
     local = runner in ("DirectRunner", "direct")
     workers = beam_workers(with_local_defaults(beam_args)) if local else 1
     bound = connections.connection_bound(workers)
-    if config.max_connections is not None and bound > config.max_connections:
+    limit = config.max_connections
+    if limit is None or bound <= limit:
+        return bound
+    fewest = connections.connection_bound(1)
+    if limit < fewest:
         raise OptionsError(
-            f"this run could hold up to {bound} database connections at once ({workers} "
-            f"worker(s)), more than --max-connections {config.max_connections}: use fewer "
-            "workers"
+            f"--max-connections {limit} is fewer than any run needs: {fewest} at once "
+            f"({connections.DRIVER_CONNECTIONS} for the run itself, "
+            f"{connections.WORKER_CONNECTIONS} for one worker); allow at least {fewest}"
         )
-    return bound
+    fits = (limit - connections.DRIVER_CONNECTIONS) // connections.WORKER_CONNECTIONS
+    raise OptionsError(
+        f"this run could hold up to {bound} database connections at once ({workers} workers), "
+        f"more than --max-connections {limit}: run {fits} worker{'s' if fits > 1 else ''} "
+        f"(--direct_num_workers={fits}), or allow {bound}"
+    )
 
 
 def safe_options(options: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
@@ -489,7 +498,7 @@ def calculate(args: list[str], stop: Stop) -> int:
         url = connections.resolve_database_url(options.database_url)
         config = validate(options, url)
         check_connection_budget(config, runner_name(beam_args), beam_args)
-    except OptionsError as e:
+    except (OptionsError, connections.UrlError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
@@ -509,6 +518,14 @@ def calculate(args: list[str], stop: Stop) -> int:
     )
     counts: dict[str, dict[str, int]] = {}
     try:
+        missing = retry.call(
+            lambda: cli.not_initialised(engine, config.schema),
+            what="checking the schema",
+            policy=policy,
+        )
+        if missing:
+            print(f"error: {missing}", file=sys.stderr)
+            return 2
         # The run's row first: whatever fails from here on is recorded.
         record.start_if_ready()
         try:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ from urllib.parse import quote, urlencode
 import psycopg2.sql
 import pytest
 
+from ops import admin, status
+from pipeline import follow, run
+from pipeline.store import connections, embedded
 from tests.tls_server import generate_ca
 
 if TYPE_CHECKING:
@@ -190,3 +194,150 @@ def test_the_embedded_server_is_used_without_libpq_variables_and_gets_none_of_th
     done, _ = command(["ops.admin", "revision"], asked)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["up_to_date"]
+
+
+# --- Set-up mistakes, each said in one line with what to do (issue 23, item 6) ---------------
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+def _outcome(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def _without_database_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("PG") or name in ("EMISSIONS_DATABASE_URL", "EMISSIONS_SOURCES"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("password", ["s3cr@t", "s3cr@t:x", "a:b@c"])
+def test_a_password_with_an_unencoded_at_sign_or_colon_says_to_encode_it(
+    password: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _without_database_settings(monkeypatch)
+    monkeypatch.setenv("EMISSIONS_DATABASE_URL", f"postgresql://carbon:{password}@db.example/c")
+    said = (
+        "error: the database URL holds an @ or : in its user or password that is not "
+        "percent-encoded: percent-encode the password (@ is %40, : is %3A)"
+    )
+    for main, argv in ((admin.main, ["revision"]), (run.main, ["--progress-interval", "0"])):
+        assert _outcome(main, argv) == 2
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err.splitlines()) == ("", [said])
+    # Encoded, it is a URL like any other (here, of a server that is not there).
+    monkeypatch.setenv(
+        "EMISSIONS_DATABASE_URL", f"postgresql://carbon:{quote(password, safe='')}@127.0.0.1:1/c"
+    )
+    assert _outcome(admin.main, ["revision"]) == 1
+    assert "Connection refused" in capsys.readouterr().err
+
+
+def test_an_unknown_host_is_said_to_be_the_host_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _without_database_settings(monkeypatch)
+    monkeypatch.setenv("EMISSIONS_DATABASE_URL", "postgresql://carbon@no-such-host.invalid/c")
+    assert _outcome(admin.main, ["revision"]) == 1
+    err = capsys.readouterr().err
+    assert "could not translate host name" in err
+    assert err.rstrip().endswith(
+        "(check the host name, in the URL or PGHOST: the DNS does not know it)"
+    ), err
+    assert "PGSERVICE" not in err
+
+
+def test_a_service_file_without_a_service_is_refused_not_replaced_by_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _without_database_settings(monkeypatch)
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[carbon]\nhost=db.example\ndbname=carbon\n\n[reporting]\nhost=r\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    monkeypatch.setenv("EMISSIONS_PGDATA", str(tmp_path / "pgdata"))
+    said = (
+        "error: PGSERVICEFILE is set but PGSERVICE is not: set PGSERVICE to the service to "
+        "connect to (the file defines carbon, reporting), or unset PGSERVICEFILE to use the "
+        "embedded server"
+    )
+    for main, argv in (
+        (admin.main, ["init"]),
+        (run.main, ["--progress-interval", "0"]),
+        (status.main, []),
+    ):
+        assert _outcome(main, argv) == 2
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err.splitlines()) == ("", [said])
+    assert not (tmp_path / "pgdata").exists()  # no embedded server was started
+
+
+def test_the_embedded_servers_data_do_not_depend_on_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("EMISSIONS_PGDATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert embedded.data_dir() == ROOT / ".pgdata"  # the checkout's, as ./run_local.sh uses
+    # An installed package (no checkout around it): a per-user data folder.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    installed = tmp_path / "site-packages"
+    assert embedded.data_dir(installed) == tmp_path / "xdg" / "emissions-pipeline" / "pgdata"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert embedded.data_dir(installed) == (
+        tmp_path / "home" / ".local" / "share" / "emissions-pipeline" / "pgdata"
+    )
+    # Named, it is where it is said to be (a relative name: from where it was said).
+    monkeypatch.setenv("EMISSIONS_PGDATA", "data")
+    assert embedded.data_dir() == tmp_path / "data"
+
+
+def test_max_connections_advises_what_can_be_done(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--database-url", database_url, "--progress-interval", "0"]
+    assert run.main([*base, "--max-connections", "3"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --max-connections 3 is fewer than any run needs: 6 at once (2 for the run "
+        "itself, 4 for one worker); allow at least 6"
+    ]
+    assert run.main([*base, "--max-connections", "7"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: this run could hold up to 10 database connections at once (2 workers), more "
+        "than --max-connections 7: run 1 worker (--direct_num_workers=1), or allow 10"
+    ]
+    # Either advice, followed, runs.
+    assert run.main([*base, "--max-connections", "7", "--direct_num_workers=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
+    assert run.main([*base, "--max-connections", "6", "--direct_num_workers=1"]) == 0
+
+
+def test_a_run_before_init_says_to_run_init_and_creates_nothing(
+    empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    said = (
+        "error: the schema {} holds no pipeline yet: run python -m ops.admin init{} first "
+        "(with --sources FILE to compute your own tables)"
+    )
+    base = ["--database-url", empty_database]
+    for main, argv, schema in (
+        (run.main, ["--progress-interval", "0"], "emissions"),
+        (follow.main, ["--stop-after", "1"], "emissions"),
+        (run.main, ["--schema", "emisions"], "emisions"),  # a mistyped schema: not made
+    ):
+        assert main([*base, *argv]) == 2
+        named = "" if schema == "emissions" else f" --schema {schema}"
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err.splitlines()) == ("", [said.format(schema, named)])
+    conn = connections.connect(empty_database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'emis%'")
+            assert cur.fetchone() == (0,)
+    finally:
+        conn.close()
+    assert admin.main(["init", *base]) == 0
+    assert run.main([*base, "--progress-interval", "0"]) == 0
+    capsys.readouterr()

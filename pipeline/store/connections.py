@@ -8,6 +8,7 @@ one run can hold.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import logging
 import os
@@ -210,6 +211,8 @@ def scrub(text: str, url: str | None) -> str:
 
 #: The run's own engine (bookkeeping and progress lines): ``pool_size=2, max_overflow=0``.
 DRIVER_CONNECTIONS = 2
+#: Per worker: a range reader, two writers and the short-lived factor read.
+WORKER_CONNECTIONS = 4
 
 
 def connection_bound(workers: int = 1) -> int:
@@ -221,7 +224,7 @@ def connection_bound(workers: int = 1) -> int:
     the factors. Every DoFn opens its connection in ``setup`` and closes it in ``teardown``;
     none opens one per element or per bundle.
     """
-    return DRIVER_CONNECTIONS + workers * 4
+    return DRIVER_CONNECTIONS + workers * WORKER_CONNECTIONS
 
 
 #: libpq's variables that say which server to reach, and how: when one is set and no URL is
@@ -247,6 +250,47 @@ def libpq_environment() -> dict[str, str]:
     return {k: os.environ[k] for k in LIBPQ_TARGET_VARIABLES if os.environ.get(k)}
 
 
+class UrlError(ValueError):
+    """The database to use cannot be told from what was given; the message says what to fix
+    (and never holds the password)."""
+
+
+def check_url(url: str) -> str:
+    """``url``, unless its user or password holds an ``@`` or ``:`` that is not
+    percent-encoded: the URL then splits at the wrong place (the password's end taken for the
+    host, its rest for the port: "invalid literal for int()"), so it is refused as such."""
+    if "://" not in url:
+        return url
+    head = url.split("://", 1)[1].split("?", 1)[0]
+    userinfo, at, rest = head.rpartition("@")
+    host = rest.split("/", 1)[0]
+    port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
+    if at and ("@" in userinfo or not port.isdigit() and port != ""):
+        raise UrlError(
+            "the database URL holds an @ or : in its user or password that is not "
+            "percent-encoded: percent-encode the password (@ is %40, : is %3A)"
+        )
+    return url
+
+
+def _service_file_alone() -> str | None:
+    """What to say when ``$PGSERVICEFILE`` is set but ``$PGSERVICE`` is not: a service file
+    was meant, but libpq connects to no service unless one is named."""
+    path = os.environ.get("PGSERVICEFILE")
+    if not path or os.environ.get("PGSERVICE"):
+        return None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+        named = f" (the file defines {', '.join(parser.sections())})" if parser.sections() else ""
+    except configparser.Error:
+        named = ""
+    return (
+        f"PGSERVICEFILE is set but PGSERVICE is not: set PGSERVICE to the service to connect "
+        f"to{named}, or unset PGSERVICEFILE to use the embedded server"
+    )
+
+
 def resolve_database_url(url: str | None) -> str:
     """The database a command works on, the same way for every command and script:
 
@@ -255,17 +299,23 @@ def resolve_database_url(url: str | None) -> str:
        conventions: those variables, ``~/.pgpass``, service files;
     3. else (or when the URL is ``embedded``) the embedded server's database, started if
        needed, with every ``PG*`` variable removed from this process first, so that none of
-       them reaches the server or its connections.
+       them reaches the server or its connections; but not when ``$PGSERVICEFILE`` is set
+       without ``$PGSERVICE`` (a service was meant: ``UrlError`` says to name it).
+
+    A URL whose password holds an unencoded ``@`` or ``:`` is refused (``UrlError``).
     """
     chosen = url or os.environ.get(DATABASE_URL_ENV)
     if chosen and chosen != EMBEDDED:
-        return chosen
+        return check_url(chosen)
     if chosen != EMBEDDED and libpq_environment():
         _LOG.info(
             "no database URL given: connecting as libpq's %s say",
             ", ".join(sorted(libpq_environment())),
         )
         return LIBPQ_URL
+    alone = _service_file_alone() if chosen != EMBEDDED else None
+    if alone:
+        raise UrlError(alone)
     from pipeline.store import embedded
 
     ignored = sorted(k for k in os.environ if k.startswith("PG"))
@@ -273,5 +323,6 @@ def resolve_database_url(url: str | None) -> str:
         del os.environ[name]
     if ignored:
         _LOG.info("the embedded PostgreSQL ignores %s", ", ".join(ignored))
-    _LOG.info("no database URL given: using the embedded PostgreSQL under ./.pgdata")
-    return embedded.ensure_database(embedded.server_url(), embedded.DEFAULT_DATABASE)
+    folder = embedded.data_dir()
+    _LOG.info("no database URL given: using the embedded PostgreSQL under %s", folder)
+    return embedded.ensure_database(embedded.server_url(folder), embedded.DEFAULT_DATABASE)

