@@ -212,12 +212,12 @@ def follow(args: list[str], stop: Stop) -> int:
     shown["follow"] = True
     record = Record(record_engine(url, config.run_id), config, runner, shown, {})
     try:
-        missing = cli.not_initialised(engine, config.schema)
-        if missing:
-            cli.error(missing)
-            return 2
         # The run's row first: whatever fails from here on is recorded.
-        record.start_if_ready()
+        if not record.start_if_ready():
+            missing = cli.not_initialised(engine, config.schema)
+            if missing:  # never creates the schema: a mistyped --schema would follow nothing
+                cli.error(missing)
+                return 2
         try:
             chosen = resolve_sources(engine, options, config)
             config = with_sources(config, options, chosen.sources)

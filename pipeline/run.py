@@ -518,16 +518,16 @@ def calculate(args: list[str], stop: Stop) -> int:
     )
     counts: dict[str, dict[str, int]] = {}
     try:
-        missing = retry.call(
-            lambda: cli.not_initialised(engine, config.schema),
-            what="checking the schema",
-            policy=policy,
-        )
-        if missing:
-            print(f"error: {missing}", file=sys.stderr)
-            return 2
         # The run's row first: whatever fails from here on is recorded.
-        record.start_if_ready()
+        if not record.start_if_ready():
+            missing = retry.call(
+                lambda: cli.not_initialised(engine, config.schema),
+                what="checking the schema",
+                policy=policy,
+            )
+            if missing:  # a run never creates the schema: a mistyped --schema would "succeed"
+                print(f"error: {missing}", file=sys.stderr)
+                return 2
         try:
             chosen = resolve_sources(engine, options, config)
             config = with_sources(config, options, chosen.sources)
