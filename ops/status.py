@@ -8,11 +8,12 @@ seconds while it works: a run still 'running' whose heartbeat is older than --st
 reported and marked 'abandoned', by a conditional update that a live run always escapes); and
 the activities pending, per type.
 
-Exit codes, for a monitor: 0 healthy; 1 the last run failed or was abandoned (or the status
-could not be read); 2 work has been pending too long: activities are pending and no run has
-succeeded for --pending-after seconds (pending activities arrived after the start of the last
-run that succeeded, so that is the longest they can have waited). A usage error also exits 2,
-with one line on stderr and nothing on stdout.
+Exit codes, for a monitor: 0 healthy; 1 the last run failed or was abandoned, or a run that
+stopped still holds key ranges the runs after it left to it while activities are pending (or
+the status could not be read); 2 work has been pending too long: activities are pending and
+no run has succeeded for --pending-after seconds (pending activities arrived after the start
+of the last run that succeeded, so that is the longest they can have waited). A usage error
+also exits 2, with one line on stderr and nothing on stdout.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import cli
-from pipeline.store import connections, install, queries, runs
+from pipeline.store import claims, connections, install, queries, runs
 
 #: Pending work older than this (seconds) makes the status unhealthy (exit 2): a nightly
 #: schedule, plus two hours.
@@ -91,6 +92,10 @@ def check(
     reads the last ``last`` runs and the pending activities, and judges them."""
     engine, schema = target.engine, target.schema
     marked = runs.mark_abandoned(engine, stale_after, schema, by="ops.status")
+    if marked:
+        # A frozen process keeps its connections, and the locks of a flush it had begun.
+        with connections.raw_connection(engine) as conn:
+            claims.cut_off(conn, marked)
     recent = runs.recent_runs(engine, schema, last)
     finished = [r for r in recent if r.status != "running"]
     last_run = finished[0] if finished else None
@@ -107,6 +112,10 @@ def check(
     if last_run is not None and last_run.status in UNHEALTHY_OUTCOMES:
         code = cli.FAILED
         problems.append(f"the last run, {last_run.run_id}, {last_run.status}: {last_run.message}")
+    left = _left_to_stopped_runs(target, total, last_run)
+    if left:
+        code = cli.FAILED
+        problems += left
     waited = None if success is None or success.started_at is None else success.started_at
     too_long = total > 0 and (
         waited is None
@@ -145,6 +154,23 @@ def check(
         "runs": [describe_run(r) for r in recent],
     }
     return Status(code, report)
+
+
+def _left_to_stopped_runs(
+    target: cli.Target, pending: int, last_run: runs.RunRecord | None
+) -> list[str]:
+    """One line per run no longer running that still holds key ranges other runs left to it
+    (they found it computing them), while activities are pending: nobody computes them until
+    the next run takes them over. The last run, when it is that run, is already said."""
+    if not pending:
+        return []
+    return [
+        f"run {held.run_id} ({held.status or 'not recorded'}) stopped holding {held.ranges:,} "
+        f"key range(s) that runs after it left to it; {pending:,} activities are pending: "
+        "the next run takes them over and computes them"
+        for held in claims.left_to_stopped_runs(target.engine, target.schema)
+        if last_run is None or held.run_id != last_run.run_id
+    ]
 
 
 def _number(value: float | int | None, digits: int = 0) -> str:

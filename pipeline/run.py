@@ -57,6 +57,7 @@ from pipeline.stopping import (
 )
 from pipeline.store import (
     checks,
+    claims,
     connections,
     install,
     queries,
@@ -551,10 +552,16 @@ def calculate(args: list[str], stop: Stop) -> int:
             record.start()
             record.note(chosen.path, **recorded_options(config, chosen))
         # Runs whose heartbeat stopped long ago were killed: marked abandoned, and said.
-        retry.call(
+        marked = retry.call(
             lambda: runs.mark_abandoned(
                 engine, runs.DEFAULT_STALE_AFTER, config.schema, by=f"run {config.run_id}"
             ),
+            what="checking earlier runs",
+            policy=policy,
+        )
+        # Their sessions are ended, and the claims of runs no longer running dropped.
+        retry.call(
+            lambda: claims.sweep(engine, marked, config.schema),
             what="checking earlier runs",
             policy=policy,
         )

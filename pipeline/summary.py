@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from pipeline import metrics, retry
 from pipeline.options import METRICS_JOB, RunConfig
-from pipeline.store import queries, runs, tables
+from pipeline.store import runs, tables
+from pipeline.store.claims import LEFT_TO
 
 if TYPE_CHECKING:
     from apache_beam.runners.runner import PipelineResult
@@ -198,17 +199,14 @@ def summarise(
     the run's write log)."""
     written = coverage["by_activity_type"]
     replaced = runs.replaced_results(engine, config.run_id, config.schema)
+    stored_errors = errors_stored(engine, config.run_id, config.schema)
     retired = retired or {}
-    outstanding = None if metrics is not None else queries.outstanding_errors(engine, config.schema)
     by_type: dict[str, Any] = {}
     for t in config.activity_types:
         c = counts[t]
         processed = int(written.get(t, {}).get("results", 0))
         kg = float(written.get(t, {}).get("kg_co2e", 0.0))
-        if metrics is not None:
-            errors = metrics.get(f"{t}_errors", 0)
-        else:
-            errors = (outstanding or {}).get(t, 0)
+        errors = stored_errors.get(t, 0)
         by_type[t] = {
             "total_activities": c["total"],
             "skipped": c["total"] - c["pending"],
@@ -233,10 +231,39 @@ def summarise(
         "errors": sum(v["errors"] for v in by_type.values()),
         "total_co2e_tonnes": sum(v["co2e_tonnes"] for v in by_type.values()),
         "by_activity_type": by_type,
-        # Key ranges another run was computing when this one came to them (each is its own).
+        # Key ranges another run was computing when this one came to them (each is its own),
+        # and which runs those were.
         "ranges_left_to_another_run": (metrics or {}).get("ranges_skipped", 0),
+        "ranges_left_to_runs": {
+            name.removeprefix(LEFT_TO): n
+            for name, n in sorted((metrics or {}).items())
+            if name.startswith(LEFT_TO) and n
+        },
+        # Computed, but not stored: the run had been declared stopped (frozen, cut off) and
+        # its claims taken over by another run, which computes them.
+        "not_stored": {
+            "results": (metrics or {}).get("results_not_stored", 0),
+            "errors": (metrics or {}).get("errors_not_stored", 0),
+            "ranges": (metrics or {}).get("ranges_not_read", 0),
+        },
         "metrics_source": "beam_counters" if metrics is not None else "database",
     }
+
+
+def errors_stored(engine: sa.Engine, run_id: str, schema: str) -> dict[str, int]:
+    """Per activity type, the dead letters a run stored (new, or given their activity's new
+    version), from its write log: logged by each flush in its own transaction, so a flush
+    that was refused or rolled back counts nothing."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT activity_type, sum(errors) FROM "
+                f"{tables.qualified_text(tables.WRITES_TABLE, schema)} "
+                "WHERE run_id = CAST(:run_id AS uuid) AND errors > 0 GROUP BY activity_type"
+            ),
+            {"run_id": run_id},
+        ).all()
+    return {str(t): int(n) for t, n in rows}
 
 
 TRACEBACK = "Traceback (most recent call last):"

@@ -22,7 +22,7 @@ from pipeline.methodology.batch import activity_schema
 from pipeline.model import ActivityType, activity_fields
 from pipeline.ranges import KeyRange
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.store import bulk, connections, queries, tables, writes
+from pipeline.store import bulk, claims, connections, queries, tables, writes
 from pipeline.store.sources import Sources, default_sources
 
 
@@ -71,6 +71,7 @@ class ReadRangeFn(beam.DoFn):
         self._versions_refreshed = Metrics.counter("read", "versions_refreshed")
         self._ranges_skipped = Metrics.counter("read", "ranges_skipped")
         self._ranges_read = Metrics.counter("read", "ranges_read")
+        self._ranges_not_read = Metrics.counter("read", "ranges_not_read")
 
     def _schema(self, activity_type: ActivityType) -> pa.Schema:
         """The source's Arrow schema: its key type is the source's (from the catalogue check),
@@ -116,26 +117,34 @@ class ReadRangeFn(beam.DoFn):
             self._versions_refreshed.inc(len(ids))
         return table.filter(pc.invert(same)).drop([queries.STORED_FINGERPRINT_COLUMN])
 
+    def _claim(self, key_range: KeyRange, run_id: str) -> bool:
+        """Whether this run may read the range: it holds its claim (``claims.claim``). A range
+        another run is computing now is its own to write: left to it, and counted by its id."""
+        assert self._conn is not None, "setup() opens the connection"
+        found = self._conn.run(
+            "claiming a key range",
+            lambda conn: claims.claim(
+                conn,
+                self._db_schema,
+                key_range.activity_type,
+                key_range.start,
+                key_range.end,
+                run_id,
+            ),
+        )
+        if found.stopped:
+            # This run was declared stopped (frozen, cut off) meanwhile: it reads no more.
+            self._ranges_not_read.inc()
+        elif not found.held:
+            self._ranges_skipped.inc()
+            Metrics.counter("read", f"{claims.LEFT_TO}{found.holder or 'unknown'}").inc()
+        return found.held
+
     def process(self, key_range: KeyRange) -> Iterator[ActivityTable]:
         assert self._conn is not None, "setup() opens the connection"
         schema = self._schema(key_range.activity_type)
-        if self._run_id is not None:
-            run_id = self._run_id
-            claimed = self._conn.run(
-                "claiming a key range",
-                lambda conn: writes.claim_range(
-                    conn,
-                    self._db_schema,
-                    key_range.activity_type,
-                    key_range.start,
-                    key_range.end,
-                    run_id,
-                ),
-            )
-            if not claimed:
-                # Another run is computing it now: its results are its own to write.
-                self._ranges_skipped.inc()
-                return
+        if self._run_id is not None and not self._claim(key_range, self._run_id):
+            return
         # A range is read whole (one COPY) before anything is emitted, so after a lost
         # connection it is simply read again: nothing is emitted twice.
         table = self._conn.run(

@@ -5,15 +5,22 @@ Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting an
 row of it is already stored, a staging table and ``INSERT … ON CONFLICT DO NOTHING``
 (``writes.staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
 crash loses only what was not committed, which the next run finds still pending.
+
+A flush commits only while its run is still ``running`` (``pipeline.store.claims``): a run
+declared stopped (frozen, cut off) has its flushes refused by the database at their commit;
+they are dropped, said once, and counted as not stored, and the run that took its key ranges
+over computes those rows.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import apache_beam as beam
+import psycopg2
 import psycopg2.extensions
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,9 +30,10 @@ from pipeline import tuning
 from pipeline.model import ErrorRecord
 from pipeline.options import DEFAULT_WRITE_BATCH_SIZE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.store import bulk, connections, tables, writes
+from pipeline.store import bulk, claims, connections, tables, writes
 
 Connection: TypeAlias = psycopg2.extensions.connection
+_LOG = logging.getLogger(__name__)
 
 
 class _BufferedWriteFn(beam.DoFn):
@@ -60,6 +68,8 @@ class _BufferedWriteFn(beam.DoFn):
         self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")
         self._flushes = Metrics.counter("write", f"{self._name}_flushes")
+        self._not_stored = Metrics.counter("write", f"{self._name}_not_stored")
+        self._dropped = False
 
     def start_bundle(self) -> None:
         self._buffer = []
@@ -84,14 +94,29 @@ class _BufferedWriteFn(beam.DoFn):
         assert self._conn is not None, "setup() opens the connection"
         rows, run_id, write, schema = self._buffer, self._run_id, self._write, self._schema
         # One idempotent transaction: after a lost connection it is simply written again.
-        written = self._conn.run(
-            f"writing {self._name}", lambda conn: write(conn, rows, run_id, schema)
-        )
+        try:
+            written = self._conn.run(
+                f"writing {self._name}", lambda conn: write(conn, rows, run_id, schema)
+            )
+        except psycopg2.Error as e:
+            if e.pgcode != claims.STOPPED:
+                raise
+            # The run was declared stopped (frozen, cut off): its claims are another run's
+            # now, and what it computed stays pending for that run.
+            self._drop(str(e))
+            written = 0
         self._written.inc(written)
         self._flushes.inc()
         self._buffer = []
         self._buffered = 0
         tuning.trim_heap()
+
+    def _drop(self, why: str) -> None:
+        """A flush the database refused because the run is no longer running."""
+        self._not_stored.inc(self._buffered)
+        if not self._dropped:
+            _LOG.warning("%s are not stored: %s", self._name, " ".join(why.split()))
+        self._dropped = True
 
     def teardown(self) -> None:
         if self._conn is not None:

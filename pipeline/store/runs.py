@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from pipeline.levels import LEVELS, Tally, describe_coverage
+from pipeline.store import claims
 from pipeline.store.tables import (
     DEFAULT_SCHEMA,
     ERRORS_TABLE,
@@ -202,10 +203,17 @@ class Heartbeat:
         self.stop()
 
     def stop(self) -> None:
-        """No more heartbeats (waits a moment for one being written)."""
+        """No more heartbeats (waits a moment for one being written), and the run's key-range
+        claims are released: they live with its heartbeat (``claims``)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        try:
+            claims.release_all(self._engine, self._run_id, self._schema)
+        except Exception as e:  # noqa: BLE001 - they die with the run's record anyway
+            _LOG.warning("the key ranges of run %s not released (%s)", self._run_id, e)
 
     def _loop(self) -> None:
         failing = False
@@ -456,7 +464,7 @@ def run_coverage(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA) -
             sa.text(
                 "SELECT activity_type, results, kg_co2e, levels FROM "
                 f"{qualified_text(WRITES_TABLE, schema)} "
-                "WHERE run_id = CAST(:run_id AS uuid) ORDER BY id"
+                "WHERE run_id = CAST(:run_id AS uuid) AND results > 0 ORDER BY id"
             ),
             {"run_id": run_id},
         ).all()

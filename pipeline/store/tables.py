@@ -49,6 +49,8 @@ RESTATEMENTS_TABLE = "restatements"
 WRITES_TABLE = "calculation_run_writes"
 #: The sources file the schema's results are computed from, one row per change (revision 0005).
 SOURCES_TABLE = "sources_config"
+#: Which run holds which key range (``pipeline.store.claims``); a claim lives with its run.
+CLAIMS_TABLE = "range_claims"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 
 
@@ -294,6 +296,21 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         # Of ``results``, those that replaced a result of a changed activity.
         sa.Column("replaced", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("written_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        # Revision 0006: the dead letters a flush stored (a row of a dead-letter flush).
+        sa.Column("errors", sa.BigInteger, nullable=False, server_default="0"),
+    )
+    # Revision 0006: key ranges claimed by runs (``pipeline.store.claims``): a claim is held
+    # while its run is ``running``; bounds as text (NULL: unbounded).
+    sa.Table(
+        CLAIMS_TABLE,
+        md,
+        sa.Column("activity_type", sa.Text, nullable=False),
+        sa.Column("range_key", sa.Text, nullable=False),
+        sa.Column("range_start", sa.Text),
+        sa.Column("range_end", sa.Text),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False, index=True),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.PrimaryKeyConstraint("activity_type", "range_key", name="range_claims_pkey"),
     )
     # The follow mode's marks (docs/follow.md): ``mark``, every change up to it is computed;
     # ``scanned``, read up to there; ``pending_mark``, the next mark, once every transaction

@@ -4,8 +4,10 @@ CONFLICT DO NOTHING`` when some rows already exist; one transaction per flush, i
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,6 +17,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from pipeline.levels import LEVELS
 from pipeline.model import (
     EmissionResult,
     ErrorRecord,
@@ -29,6 +32,7 @@ from pipeline.store.tables import (
     RESULT_COLUMNS,
     RESULTS_TABLE,
     STORED_RESULT_COLUMNS,
+    WRITES_TABLE,
     qualified,
 )
 
@@ -202,7 +206,36 @@ def write_errors(
         "EXCLUDED.activity_version, retired_at = NULL WHERE {e}.activity_version IS DISTINCT "
         "FROM EXCLUDED.activity_version OR {e}.retired_at IS NOT NULL"
     ).format(e=qualified(ERRORS_TABLE, schema))
-    return _staged_insert(conn, ERRORS_TABLE, columns, rows, conflict, schema)
+
+    def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
+        stored = [t for t, _, _ in unique] if written is None else [t for t, _ in written]
+        log_errors(cur, run_id, collections.Counter(stored), schema)
+
+    return staged_copy(
+        conn, ERRORS_TABLE, columns, copy_buffer(rows), conflict, after=log, schema=schema
+    )
+
+
+def log_errors(
+    cur: psycopg2.extensions.cursor,
+    run_id: str,
+    stored: dict[str, int],
+    schema: str = DEFAULT_SCHEMA,
+) -> None:
+    """Records in ``WRITES_TABLE`` how many dead letters a flush stored (new ones, and those
+    given a new version of their activity) per activity type, in the flush's transaction: a
+    run counts what it stored, and the log's trigger refuses the flush of a run that is no
+    longer running (revision 0006)."""
+    none = json.dumps({name: [0, 0.0] for name in LEVELS})
+    rows = [(run_id, t, 0, 0.0, none, 0, n) for t, n in sorted(stored.items()) if n]
+    if rows:
+        cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (run_id, activity_type, results, kg_co2e, levels, replaced, "
+                "errors) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            ).format(qualified(WRITES_TABLE, schema)),
+            rows,
+        )
 
 
 def refresh_versions(
@@ -359,35 +392,3 @@ def gone_in_range(
     finally:
         conn.rollback()
     return results, errors
-
-
-def claim_range(
-    conn: psycopg2.extensions.connection,
-    schema: str,
-    activity_type: str,
-    start: Any,
-    end: Any,
-    run_id: str,
-) -> bool:
-    """Claims a key range for this run, unless another run holds it: a second run started
-    beside a first skips the ranges the first is working on, so that each is computed once.
-
-    A session advisory lock, held until the connection closes (at the end of the run, or when
-    it dies: a crashed run's claims vanish with it). A range this run's other session holds (a
-    bundle read again by another worker) is its own: every connection of a run carries the
-    run id in its ``application_name`` (``connections.for_run``)."""
-    key = (f"emissions-range:{schema}:{activity_type}", f"{start}:{end}")
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", key)
-        (claimed,) = cur.fetchone()
-        if not claimed:
-            cur.execute(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
-                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                "AND l.classid = hashtext(%s)::oid AND l.objid = hashtext(%s)::oid",
-                key,
-            )
-            holders = [name for (name,) in cur.fetchall()]
-            claimed = bool(holders) and all(str(run_id) in (h or "") for h in holders)
-    conn.commit()
-    return bool(claimed)
