@@ -192,8 +192,10 @@ def test_a_claim_is_never_taken_from_a_live_run_and_always_from_a_stopped_one(
         # The heartbeat stopped with the run's work: its claims are released with it.
         assert claims.claim(conn, "emissions", "spend", 10, 20, other) == claims.Claim(True, other)
 
-        # A run still 'running' whose heartbeat is older than the lease is marked abandoned
-        # by the run that takes its range over; under the lease, it keeps it.
+        # A run still 'running' whose heartbeat is older than the lease (the default
+        # --stale-after) is marked abandoned by the run that takes its range over; under the
+        # lease, it keeps it.
+        assert claims.LEASE == runs.DEFAULT_STALE_AFTER
         stale = start(engine)
         assert claims.claim(conn, "emissions", "electricity", None, 5, stale).held
         age_heartbeat(engine, stale, claims.LEASE - 5)
