@@ -239,13 +239,6 @@ def summarise(
             for name, n in sorted((metrics or {}).items())
             if name.startswith(LEFT_TO) and n
         },
-        # Computed, but not stored: the run had been declared stopped (frozen, cut off) and
-        # its claims taken over by another run, which computes them.
-        "not_stored": {
-            "results": (metrics or {}).get("results_not_stored", 0),
-            "errors": (metrics or {}).get("errors_not_stored", 0),
-            "ranges": (metrics or {}).get("ranges_not_read", 0),
-        },
         "metrics_source": "beam_counters" if metrics is not None else "database",
     }
 

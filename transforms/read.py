@@ -71,7 +71,6 @@ class ReadRangeFn(beam.DoFn):
         self._versions_refreshed = Metrics.counter("read", "versions_refreshed")
         self._ranges_skipped = Metrics.counter("read", "ranges_skipped")
         self._ranges_read = Metrics.counter("read", "ranges_read")
-        self._ranges_not_read = Metrics.counter("read", "ranges_not_read")
 
     def _schema(self, activity_type: ActivityType) -> pa.Schema:
         """The source's Arrow schema: its key type is the source's (from the catalogue check),
@@ -132,10 +131,8 @@ class ReadRangeFn(beam.DoFn):
                 run_id,
             ),
         )
-        if found.stopped:
-            # This run was declared stopped (frozen, cut off) meanwhile: it reads no more.
-            self._ranges_not_read.inc()
-        elif not found.held:
+        # A run declared stopped (frozen, cut off) meanwhile reads no more (``found.stopped``).
+        if not found.held and not found.stopped:
             self._ranges_skipped.inc()
             Metrics.counter("read", f"{claims.LEFT_TO}{found.holder or 'unknown'}").inc()
         return found.held

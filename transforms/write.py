@@ -8,8 +8,8 @@ crash loses only what was not committed, which the next run finds still pending.
 
 A flush commits only while its run is still ``running`` (``pipeline.store.claims``): a run
 declared stopped (frozen, cut off) has its flushes refused by the database at their commit;
-they are dropped, said once, and counted as not stored, and the run that took its key ranges
-over computes those rows.
+they are dropped and said once, and the run that took its key ranges over computes those
+rows.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class _BufferedWriteFn(beam.DoFn):
         self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")
         self._flushes = Metrics.counter("write", f"{self._name}_flushes")
-        self._not_stored = Metrics.counter("write", f"{self._name}_not_stored")
         self._dropped = False
 
     def start_bundle(self) -> None:
@@ -113,7 +112,6 @@ class _BufferedWriteFn(beam.DoFn):
 
     def _drop(self, why: str) -> None:
         """A flush the database refused because the run is no longer running."""
-        self._not_stored.inc(self._buffered)
         if not self._dropped:
             _LOG.warning("%s are not stored: %s", self._name, " ".join(why.split()))
         self._dropped = True
