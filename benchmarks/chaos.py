@@ -75,7 +75,7 @@ AIR_EDITIONS = ("2024 full set v1.1", "2025 flat file")
 #: Processes alive at once, at most: more would only queue on a 2-core machine.
 MAX_LIVE = 4
 #: Seconds the processes get to end by themselves after the schedule, before SIGKILL.
-GRACE = 3.0
+GRACE = 2.5
 #: How stale a heartbeat is when the last run and the status judge runs dead.
 STALE_AFTER = 1.0
 #: Small ranges and flushes, so that a run commits piece by piece and a fault lands mid-way.
@@ -94,7 +94,7 @@ RUN_ARGS = (
     "0",
 )
 #: Seconds past ``--duration`` the events a scenario adds may fall.
-SCENARIO_TAIL = 3.0
+SCENARIO_TAIL = 2.0
 #: Updates and deletes choose among the activities of each type with the first ids only.
 HOT_ROWS = 400
 #: Event kinds and their weights in a schedule.
