@@ -40,7 +40,9 @@ def check_beam_args(args: Sequence[str], known: Iterable[str] = ()) -> None:
     takes, naming the closest spelling among Beam's and ``known`` (the command's own), and a
     Beam option whose value Beam's parser cannot use."""
     parser = beam_parser()
-    parser.allow_abbrev = False  # a prefix of an option is a typo, not a spelling
+    # A prefix of an option is a typo, not a spelling, even of Beam's (which Beam alone would
+    # take: the run reads --runner and --direct_num_workers itself, spelled out).
+    parser.allow_abbrev = False
     parser.error = lambda message: cli.refuse(cli.readable(message))  # type: ignore[method-assign]
     _, unknown = parser.parse_known_args(list(args))
     if unknown:

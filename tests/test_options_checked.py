@@ -123,6 +123,15 @@ def test_a_misspelled_flag_is_refused_before_anything_is_computed(
             "unknown option --flink_mastr (did you mean --flink_master?)",
         ),
         (["--direct_num_workers", "two"], "--direct_num_workers: expected an integer, got 'two'"),
+        # Beam alone would take a prefix of its own options; the run reads some of them itself.
+        (
+            ["--runner=DataflowRunner", "--service_account=sa@p.iam.gserviceaccount.com"],
+            "unknown option --service_account (did you mean --service_account_email?)",
+        ),
+        (
+            ["--direct_num_work=1"],
+            "unknown option --direct_num_work (did you mean --direct_num_workers?)",
+        ),
         (["--no-radiative-forcing", "yes"], "unexpected argument 'yes' (see --help)"),
         (
             ["--runner", "DirectRunner", "--activity_type", "spend"],
