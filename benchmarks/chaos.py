@@ -562,14 +562,23 @@ class Execution:
 
 
 def _claims_by_run(url: str) -> dict[str, int]:
-    """Per run id: the advisory locks (claims on key ranges) its sessions hold now."""
-    query = (
+    """Per run id: the claims on key ranges it holds now (rows of ``range_claims`` of runs
+    still ``running``, or, before that table, session advisory locks)."""
+    leases = sql.SQL(
+        "SELECT c.run_id::text, count(*) FROM {c} c JOIN {r} r USING (run_id) "
+        "WHERE r.status = 'running' GROUP BY 1"
+    ).format(c=qualified("range_claims", SCHEMA), r=qualified("calculation_runs", SCHEMA))
+    locks = (
         "SELECT a.application_name, count(*) FROM pg_locks l JOIN pg_stat_activity a "
         "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted GROUP BY 1"
     )
+    found: Counter[str] = Counter()
     with _connection(url) as conn, conn.cursor() as cur:
-        cur.execute(query)
-        found: Counter[str] = Counter()
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.range_claims",))
+        if cur.fetchone()[0]:
+            cur.execute(leases)
+            found.update({run_id: int(n) for run_id, n in cur.fetchall()})
+        cur.execute(locks)
         for app, n in cur.fetchall():
             if (run_id := checks.run_of(app)) is not None:
                 found[run_id] += int(n)
