@@ -64,6 +64,7 @@ import sqlalchemy as sa
 from psycopg2 import sql
 
 from benchmarks import chaos_checks as checks
+from pipeline import cli
 from pipeline.model import ACTIVITY_TYPES
 from pipeline.store import connections
 from pipeline.store.tables import ACTIVITY_TABLES, DEFAULT_SCHEMA, qualified
@@ -943,9 +944,9 @@ def totals(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.chaos",
-        description="Random schedules of runs, follow, restatements, changes and faults, "
+    parser = cli.parser(
+        "benchmarks.chaos",
+        "Random schedules of runs, follow, restatements, changes and faults, "
         "then the invariants checked; exit 1 on a violation.",
     )
     parser.add_argument("--schedules", type=int, default=1, help="how many schedules to run")

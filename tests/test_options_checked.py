@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from audit import report, restate, verify
+from benchmarks import chaos
 from benchmarks import follow as follow_benchmark
 from benchmarks import run as benchmark
 from ops import admin, flink_cluster, local, seed, status
@@ -165,7 +166,14 @@ def test_follow_refuses_in_one_line(
 # --- Every other command ---------------------------------------------------------------------
 
 #: Commands without --database-url, or that must be given it after their subcommand.
-NO_URL = (admin.main, flink_cluster.main, benchmark.main, follow_benchmark.main, local.main)
+NO_URL = (
+    admin.main,
+    flink_cluster.main,
+    benchmark.main,
+    chaos.main,
+    follow_benchmark.main,
+    local.main,
+)
 
 
 @pytest.mark.parametrize(
@@ -215,6 +223,7 @@ NO_URL = (admin.main, flink_cluster.main, benchmark.main, follow_benchmark.main,
         (restate.main, ["--pins", "air=x"], "unknown option --pins (did you mean --pin?)"),
         (report.main, ["--outt", "r.html"], "unknown option --outt (did you mean --out?)"),
         (benchmark.main, ["--scal"], "unknown option --scal (did you mean --scale?)"),
+        (chaos.main, ["--schedule", "2"], "unknown option --schedule (did you mean --schedules?)"),
         (follow_benchmark.main, ["--rat", "3"], "unknown option --rat (did you mean --rate?)"),
         (
             follow_benchmark.main,
@@ -254,7 +263,8 @@ def test_an_unknown_subcommand_is_named_with_the_closest(
 @pytest.mark.parametrize(
     "main",
     [run.main, follow.main, admin.main, status.main, seed.main, local.main, verify.main,
-     restate.main, report.main, benchmark.main, follow_benchmark.main, flink_cluster.main],
+     restate.main, report.main, benchmark.main, follow_benchmark.main, flink_cluster.main,
+     chaos.main],
 )  # fmt: skip
 def test_help_still_works(
     main: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
