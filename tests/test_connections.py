@@ -228,12 +228,15 @@ def test_a_password_with_an_unencoded_at_sign_or_colon_says_to_encode_it(
         assert _outcome(main, argv) == 2
         captured = capsys.readouterr()
         assert (captured.out, captured.err.splitlines()) == ("", [said])
-    # Encoded, it is a URL like any other (here, of a server that is not there).
-    monkeypatch.setenv(
-        "EMISSIONS_DATABASE_URL", f"postgresql://carbon:{quote(password, safe='')}@127.0.0.1:1/c"
-    )
-    assert _outcome(admin.main, ["revision"]) == 1
-    assert "Connection refused" in capsys.readouterr().err
+    # Encoded, it is a URL like any other (here, of a server that is not there); so is a user
+    # name with an @ that parses as meant (Azure's user@server).
+    for url in (
+        f"postgresql://carbon:{quote(password, safe='')}@127.0.0.1:1/c",
+        "postgresql://carbon@server:pw@127.0.0.1:1/c",
+    ):
+        monkeypatch.setenv("EMISSIONS_DATABASE_URL", url)
+        assert _outcome(admin.main, ["revision"]) == 1
+        assert "Connection refused" in capsys.readouterr().err
 
 
 def test_an_unknown_host_is_said_to_be_the_host_name(

@@ -256,21 +256,29 @@ class UrlError(ValueError):
 
 
 def check_url(url: str) -> str:
-    """``url``, unless its user or password holds an ``@`` or ``:`` that is not
-    percent-encoded: the URL then splits at the wrong place (the password's end taken for the
-    host, its rest for the port: "invalid literal for int()"), so it is refused as such."""
+    """``url``, unless its password (or user) holds an ``@`` or ``:`` that is not
+    percent-encoded where that moves the split: the password's end is then taken for the host,
+    its rest for the port ("invalid literal for int()"). Refused as such, without showing it
+    (a user name like Azure's ``user@server`` that parses as meant is left alone)."""
     if "://" not in url:
         return url
-    head = url.split("://", 1)[1].split("?", 1)[0]
-    userinfo, at, rest = head.rpartition("@")
-    host = rest.split("/", 1)[0]
-    port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host.rsplit("]", 1)[-1] else ""
-    if at and ("@" in userinfo or not port.isdigit() and port != ""):
+    try:
+        parsed = sa.make_url(url)
+    except ValueError as e:  # the port is not a number
+        if "@" in str(e):
+            raise UrlError(_UNENCODED) from None
         raise UrlError(
-            "the database URL holds an @ or : in its user or password that is not "
-            "percent-encoded: percent-encode the password (@ is %40, : is %3A)"
-        )
+            "the database URL's port is not a number: write postgresql://user@host:5432/db"
+        ) from None
+    if parsed.host and "@" in parsed.host:
+        raise UrlError(_UNENCODED)
     return url
+
+
+_UNENCODED = (
+    "the database URL holds an @ or : in its user or password that is not percent-encoded: "
+    "percent-encode the password (@ is %40, : is %3A)"
+)
 
 
 def _service_file_alone() -> str | None:
