@@ -147,7 +147,7 @@ class Schedule:
 def _event_detail(e: Event) -> str:
     if e.kind in ("insert", "update", "noop_update", "delete"):
         return f" {e.size}" + (f" ({e.option})" if e.option else "")
-    if e.kind in ("restate_pin", "restart"):
+    if e.kind in ("restate_pin", "restart") or (e.kind in SIGNALS and e.option):
         return f" {e.option}"
     return ""
 
@@ -191,9 +191,9 @@ def make_schedule(seed: int, duration: float) -> Schedule:
 
 def _scenario(rng: random.Random, kind: str, at: float, duration: float) -> list[Event]:
     """Events that often follow one of ``kind`` at ``at``, to meet issue 22's cases more
-    often than chance would: flights corrected while a restatement works, beside a follow run
-    that computes the correction (item 1); the same activities corrected twice while a follow
-    run works (item 2)."""
+    often than chance would: flights corrected while a restatement works (sometimes frozen,
+    so that it has read and not yet written), beside a follow run that computes the correction
+    (item 1); the same activities corrected twice while a follow run works (item 2)."""
 
     def when(delay: float) -> float:
         return round(min(at + delay, duration + SCENARIO_TAIL), 2)
@@ -204,9 +204,12 @@ def _scenario(rng: random.Random, kind: str, at: float, duration: float) -> list
         if rng.random() < 0.5:
             found.append(Event(round(max(at - rng.uniform(1.0, 3.0), 0.2), 2), "follow"))
         pick = rng.randrange(1 << 28) * len(ACTIVITY_TYPES) + air
-        found.append(
-            Event(when(rng.uniform(1.0, 3.0)), "update", pick, rng.randint(20, 200), "scale")
-        )
+        fix = rng.uniform(1.0, 3.0)
+        if rng.random() < 0.5:
+            # Frozen between its read and its write, while the correction is computed.
+            found.append(Event(when(fix - 0.2), "SIGSTOP", option="restate"))
+            found.append(Event(when(fix + rng.uniform(1.5, 3.0)), "SIGCONT", option="restate"))
+        found.append(Event(when(fix), "update", pick, rng.randint(20, 200), "scale"))
     elif kind == "follow" and rng.random() < 0.6:
         pick, size = rng.randrange(1 << 30), rng.randint(20, 150)
         first = rng.uniform(2.5, 3.5)
@@ -436,7 +439,19 @@ class Execution:
                 if p.code not in (0, -9, 143) and p.kind != "status":
                     lines = p.stderr_tail(2000).strip().splitlines()
                     why = f": {lines[-1][:300]}" if lines else ""
-                self.note(f"{p.label} exited {p.code}{why}")
+                self.note(f"{p.label} exited {p.code}{why}{self._left(p)}")
+
+    def _left(self, p: Proc) -> str:
+        """What a batch run says it left to other runs, by their labels."""
+        summary = (p.summary() or {}) if p.kind == "run" and p.code == 0 else {}
+        if not summary.get("ranges_left_to_another_run"):
+            return ""
+        labels = {q.run_id: q.label for q in self.procs if q.run_id}
+        to = summary.get("ranges_left_to_runs") or {}
+        named = ", ".join(f"{n} to {labels.get(r, r)}" for r, n in to.items())
+        return f"; left {summary['ranges_left_to_another_run']} ranges" + (
+            f" ({named})" if named else ""
+        )
 
     def live(self) -> list[Proc]:
         self.poll()
@@ -474,7 +489,7 @@ class Execution:
                 return
             self.start(event.kind, event.option)
         elif event.kind in SIGNALS:
-            targets = self.live()
+            targets = [p for p in self.live() if p.kind.startswith(event.option)]
             if event.kind == "SIGCONT":
                 targets = [p for p in targets if p.stopped]
             if not targets:
