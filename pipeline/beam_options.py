@@ -10,9 +10,10 @@ Beam knows: Beam itself only logs "Discarding unparseable args" and runs on.
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Iterable, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import cli
 from pipeline.options import add_arguments
@@ -44,6 +45,26 @@ def check_beam_args(args: Sequence[str], known: Iterable[str] = ()) -> None:
     # take: the run reads --runner and --direct_num_workers itself, spelled out).
     parser.allow_abbrev = False
     parser.error = lambda message: cli.refuse(cli.readable(message))  # type: ignore[method-assign]
-    _, unknown = parser.parse_known_args(list(args))
+    parsed, unknown = parser.parse_known_args(list(args))
     if unknown:
         cli.refuse(cli.unknown_message(unknown, [*known, *cli.option_strings(parser)]))
+    if parsed.runner is not None:
+        check_runner(str(parsed.runner))
+
+
+def check_runner(name: str) -> None:
+    """Refuses a ``--runner`` that is not one of Beam's runners by its name as Beam lists it
+    (``StandardOptions.KNOWN_RUNNER_NAMES``; ``direct`` too): Beam would take ``flink`` or a
+    class path, but the run decides by the name whether the job runs in this process."""
+    names = [*StandardOptions.KNOWN_RUNNER_NAMES, "direct"]
+    if name in names:
+        return
+    lowered = {n.lower(): n for n in names}
+    close = [lowered[n] for n in lowered if n.startswith(name.lower())][:1]
+    close = close or [
+        lowered[n] for n in difflib.get_close_matches(name.lower(), list(lowered), n=1)
+    ]
+    cli.refuse(
+        f"--runner: expected one of {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}, got "
+        f"{name!r}" + (f" (did you mean {close[0]}?)" if close else "")
+    )

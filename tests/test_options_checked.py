@@ -147,6 +147,21 @@ def test_run_refuses_in_one_line(
 
 
 @pytest.mark.parametrize(
+    ("given", "meant"), [("FlinkRuner", "FlinkRunner"), ("flink", "FlinkRunner"), ("x.Y", None)]
+)
+def test_a_runner_beam_does_not_list_is_refused(
+    given: str, meant: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Beam takes "flink" or a class path too; the run decides by the name whether the job
+    # runs in this process, so only the names Beam lists are taken.
+    line = refusal(run.main, ["--database-url", UNREACHABLE, f"--runner={given}"], capsys)
+    assert line == (
+        f"error: --runner: expected one of {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}, "
+        f"got {given!r}" + (f" (did you mean {meant}?)" if meant else "")
+    )
+
+
+@pytest.mark.parametrize(
     ("argv", "line"),
     [
         (
