@@ -305,6 +305,8 @@ class Record:
     #: Why the run could not be recorded yet (its schema is not set up), when known.
     unready: str | None = None
     _heartbeat: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    #: When the run started (Unix time), for its figures.
+    started_at: float = dataclasses.field(default_factory=time.time)
 
     def start_if_ready(self) -> bool:
         """Starts the row if the schema is at the newest revision; returns whether it did."""
@@ -440,8 +442,11 @@ class Record:
 
     def refuse(self, error: Exception, said: str) -> int:
         """A run refused for what it was given (its sources, an edition): recorded failed with
-        the reason when its row exists, ``said`` on stderr; exit code 2."""
+        the reason when its row exists, its figures exported as failed, ``said`` on stderr;
+        exit code 2."""
         self.fail(one_line(connections.scrub(str(error), self.config.database_url)))
+        refused = {"run_id": self.config.run_id, "runner": self.runner, "status": "failed"}
+        summaries.export_metrics(self.engine, self.config, refused, self.started_at)
         print(said, file=sys.stderr)
         return 2
 

@@ -425,3 +425,27 @@ def test_a_failed_restatement_is_recorded_in_one_line(
         '"refuse_all"'
     )
     assert len(message) <= summary.MESSAGE_LIMIT and "\n" not in message
+
+
+def test_a_refused_run_is_recorded_failed_and_its_figures_say_so(
+    database_url: str, engine: sa.Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(engine, 100, seed_value=47)
+    run_id = str(uuid.uuid4())
+    metrics_file = tmp_path / "emissions.prom"
+    code = run.main(
+        [
+            *("--database-url", database_url, "--run-id", run_id),
+            *("--factor-edition", "desnz_air=1999", "--metrics-file", str(metrics_file)),
+        ]
+    )
+    assert code == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.startswith("error: --factor-edition: desnz_air has no edition '1999'")
+    assert run_row(database_url, run_id) == (
+        "failed",
+        said.removeprefix("error: --factor-edition: "),
+    )
+    found = metric_values(metrics_file)
+    assert (found["emissions_run_success"], found["info:failed"]) == (0.0, 1.0)
+    assert "emissions_run_last_success_time_seconds" not in found  # none has succeeded
