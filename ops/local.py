@@ -81,8 +81,11 @@ def _add_seed_demo(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
-        print(cli.plain(__doc__))
-        return run.main(["--help"])
+        shown = cli.parser("ops.local", __doc__, epilog=run.BEAM_EPILOG)
+        _add_seed_demo(shown)
+        options.add_arguments(shown)
+        shown.print_help()
+        return cli.OK
     # Every option checked before anything is set up: a typo must not cost a seeding first.
     options.parse_run_args(args, _add_seed_demo, prog="ops.local")
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

@@ -451,14 +451,17 @@ class Record:
         return 2
 
 
+#: What ``--help`` says of Beam's options.
+BEAM_EPILOG = (
+    "Apache Beam's registered options are accepted too, e.g. --runner=DirectRunner (default),\n"
+    "--runner=FlinkRunner --flink_master=HOST:PORT, --direct_num_workers=2; any other option\n"
+    "is refused."
+)
+
+
 def print_help() -> None:
     """``--help``: this pipeline's options (Beam's own, such as ``--runner``, also apply)."""
-    parser = cli.parser(
-        "pipeline.run",
-        __doc__,
-        epilog="Apache Beam's options are accepted too, e.g. --runner=DirectRunner "
-        "(default), --runner=FlinkRunner --flink_master=HOST:PORT, --direct_num_workers=2.",
-    )
+    parser = cli.parser("pipeline.run", __doc__, epilog=BEAM_EPILOG)
     add_arguments(parser)
     parser.print_help()
 
