@@ -214,7 +214,7 @@ def follow(args: list[str], stop: Stop) -> int:
     try:
         # The run's row first: whatever fails from here on is recorded.
         if not record.start_if_ready():
-            missing = cli.not_initialised(engine, config.schema)
+            missing = cli.not_initialised(record.engine, config.schema)
             if missing:  # never creates the schema: a mistyped --schema would follow nothing
                 cli.error(missing)
                 return 2

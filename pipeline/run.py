@@ -530,7 +530,7 @@ def calculate(args: list[str], stop: Stop) -> int:
         # The run's row first: whatever fails from here on is recorded.
         if not record.start_if_ready():
             missing = retry.call(
-                lambda: cli.not_initialised(engine, config.schema),
+                lambda: cli.not_initialised(record.engine, config.schema),
                 what="checking the schema",
                 policy=policy,
             )

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audit import report, restate
 from ops import status
 from ops.seed import seed
-from pipeline import follow, run, summary
+from pipeline import cli, follow, run, summary
 from pipeline.factors import load_shipped_factors
 from pipeline.store import connections, install, runs
 from tests.support import ROOT, scalar, start_run, wait_for
@@ -143,30 +143,39 @@ def test_a_follow_run_cut_off_at_once_is_recorded_failed(
     assert err.splitlines()[-1] == f"error: run {run_id} failed: {message}"
 
 
-def test_a_run_before_init_that_fails_says_so_in_one_line_and_leaves_no_schema(
-    empty_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_run_before_init_says_so_in_one_line_and_creates_nothing(
+    empty_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No schema yet, so nowhere to record the run: it says so on its one line, and its
-    half-made schema is rolled back whole (the set-up is one transaction)."""
-    conn = connections.connect(empty_database)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(
-            "CREATE SCHEMA app; CREATE TABLE app.power (id bigint PRIMARY KEY, kwh float8, "
-            "region text, used_on date); INSERT INTO app.power VALUES (1, 10, 'CAMX', "
-            "'2024-03-01')"
-        )
-    conn.close()
-    sources = tmp_path / "sources.toml"
-    sources.write_text(
-        '[electricity]\ntable = "app.power"\n'
-        '[electricity.fields]\nquantity = "kwh"\nunit = { value = "kWh" }\n'
-        'region = "region"\nactivity_date = "used_on"\n'
-    )
+    """No schema, so nowhere to record the run: it says to run init, whatever its timeout."""
     run_id = str(uuid.uuid4())
     code = run.main(
         [
-            *("--database-url", empty_database, "--run-id", run_id, "--sources", str(sources)),
+            *("--database-url", empty_database, "--run-id", run_id),
+            *("--statement-timeout", "0.001", "--retry-attempts", "1"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {cli.init_first('emissions')}"]
+    assert scalar(empty_database, "SELECT to_regnamespace('emissions')::text") is None
+
+
+def test_a_run_on_a_schema_behind_that_fails_says_it_is_not_recorded(
+    empty_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A schema an older release made: the run migrates it before it can record itself; cut
+    off before that, it says so on its one line, and the migration is rolled back whole."""
+    from alembic import command
+
+    engine = connections.make_engine(empty_database, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA emissions"))
+        command.upgrade(install._alembic_config(conn, "emissions", "bigint"), "0004")
+    engine.dispose()
+    run_id = str(uuid.uuid4())
+    code = run.main(
+        [
+            *("--database-url", empty_database, "--run-id", run_id),
             *("--statement-timeout", "0.001", "--retry-attempts", "1"),
         ]
     )
@@ -175,8 +184,8 @@ def test_a_run_before_init_that_fails_says_so_in_one_line_and_leaves_no_schema(
     assert "Traceback" not in err
     last = err.splitlines()[-1]
     assert last.startswith(f"error: run {run_id} failed: QueryCanceled: {TIMED_OUT}")
-    assert last.endswith("(not recorded: the schema emissions is not set up yet)")
-    assert scalar(empty_database, "SELECT to_regnamespace('emissions')::text") is None
+    assert last.endswith("(not recorded: the schema emissions is at revision 0004)")
+    assert scalar(empty_database, "SELECT version_num FROM emissions.alembic_version") == "0004"
 
 
 # --- Atomic where promised ---------------------------------------------------------------
