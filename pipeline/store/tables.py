@@ -51,6 +51,8 @@ WRITES_TABLE = "calculation_run_writes"
 SOURCES_TABLE = "sources_config"
 #: Which run holds which key range (``pipeline.store.claims``); a claim lives with its run.
 CLAIMS_TABLE = "range_claims"
+#: The base year as first reported, one row per result (revision 0007, ``audit.base_year``).
+BASE_YEAR_TABLE = "base_year_results"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 
 
@@ -311,6 +313,27 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False, index=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("activity_type", "range_key", name="range_claims_pkey"),
+    )
+    # Revision 0007: a base year's results as first reported (``audit.base_year``); the
+    # activity's key as text, whatever its type.
+    sa.Table(
+        BASE_YEAR_TABLE,
+        md,
+        sa.Column("year_start", sa.Text, nullable=False),
+        sa.Column("base_year", sa.Integer, nullable=False),
+        sa.Column("activity_type", sa.Text, nullable=False),
+        sa.Column("activity_id", sa.Text, nullable=False),
+        sa.Column("scope", sa.SmallInteger, nullable=False),
+        sa.Column("category", sa.SmallInteger),
+        sa.Column("kg_co2e", sa.Float(53), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.PrimaryKeyConstraint(
+            "year_start",
+            "base_year",
+            "activity_type",
+            "activity_id",
+            name="base_year_results_pkey",
+        ),
     )
     # The follow mode's marks (docs/follow.md): ``mark``, every change up to it is computed;
     # ``scanned``, read up to there; ``pending_mark``, the next mark, once every transaction

@@ -1,0 +1,365 @@
+"""The inventory of one reporting year: its emissions by scope, Scope 3 category, gas, activity
+type and country/region, with the results, dead letters and data-quality shares behind each
+figure; compared with a base year (``audit.base_year``) and exported (``audit.inventory_export``).
+
+    python -m audit.inventory --year 2024 [--year-start 04-01] [--base-year 2019]
+        [--threshold 0.05] [--export DIR]
+
+An activity belongs to the reporting year that contains its ``activity_date`` (read from its
+source, as the pipeline reads it): calendar years by default; with ``--year-start MM-DD``,
+fiscal years that begin on that day, each named by the calendar year it begins in (2024 with
+``--year-start 04-01`` is 1 April 2024 to 31 March 2025). The rule is docs/methodology.md §4.1.
+
+Every kg CO2e figure is the database's ``sum(kg_co2e::numeric)`` over the year's stored results
+(``numeric`` cannot overflow, and sums of sums are exact), given as a double. The gases are the
+results' own per-gas parts (CO2, CH4 and N2O, each in kg CO2e); ``not_split`` is the rest of
+the total: results whose factor has no split (the Ember country intensities) or a partial one
+(the eGRID US total has CO2 only), and the rounding of published splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from psycopg2 import sql
+
+from pipeline import cli
+from pipeline.levels import LEVEL_SQL, LEVELS
+from pipeline.model import ACTIVITY_TYPES
+from pipeline.store import connections, tables
+from pipeline.store.sources import Sources, default_sources, relation
+
+#: The scope and Scope 3 category of each activity type (docs/methodology.md §1–3).
+TYPE_SCOPES: dict[str, tuple[int, int | None]] = {
+    "electricity": (2, None),
+    "spend": (3, 1),
+    "air_travel": (3, 6),
+}
+#: How each activity type's country or region is read from its activity; the others have none.
+_REGION = {"electricity": "coalesce(nullif(a.region, ''), a.country)"}
+GASES = ("co2", "ch4", "n2o", "not_split")
+_DATE = re.compile(r"^(\d\d)-(\d\d)$")
+
+
+@dataclass(frozen=True)
+class Period:
+    """A reporting year: ``start`` ≤ activity_date < ``end``."""
+
+    year: int
+    year_start: str
+    start: datetime.date
+    end: datetime.date
+
+    @property
+    def label(self) -> str:
+        if self.year_start == "01-01":
+            return str(self.year)
+        last = self.end - datetime.timedelta(days=1)
+        return f"FY {self.year} ({self.start.isoformat()} to {last.isoformat()})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "year": self.year,
+            "year_start": self.year_start,
+            "start": self.start.isoformat(),
+            "end_exclusive": self.end.isoformat(),
+            "label": self.label,
+        }
+
+
+def period(year: int, year_start: str = "01-01") -> Period:
+    """The reporting year ``year`` whose first day is ``year_start`` (``MM-DD``)."""
+    found = _DATE.match(year_start)
+    if found is None or not 1 <= year <= 9998:
+        raise cli.UsageError(
+            f"--year-start: expected MM-DD such as 04-01, got {year_start!r}"
+            if found is None
+            else f"--year: expected a year from 1 to 9998, got {year}"
+        )
+    month, day = int(found[1]), int(found[2])
+    if (month, day) == (2, 29):
+        raise cli.UsageError("--year-start 02-29 is not a day of every year: choose 03-01")
+    try:
+        start = datetime.date(year, month, day)
+    except ValueError:
+        raise cli.UsageError(f"--year-start: {year_start} is not a day of the year") from None
+    return Period(year, year_start, start, datetime.date(year + 1, month, day))
+
+
+@dataclass
+class Cell:
+    """Results, kg CO2e (exact sums), gases and data-quality levels of one group, and the
+    activities of the group refused as dead letters (no result)."""
+
+    results: int = 0
+    dead_letters: int = 0
+    kg: Decimal = Decimal(0)
+    gases: dict[str, Decimal] = field(default_factory=lambda: dict.fromkeys(GASES, Decimal(0)))
+    levels: dict[str, tuple[int, Decimal]] = field(
+        default_factory=lambda: {lv: (0, Decimal(0)) for lv in LEVELS}
+    )
+
+    def add(self, other: Cell) -> None:
+        self.results += other.results
+        self.dead_letters += other.dead_letters
+        self.kg += other.kg
+        for gas in GASES:
+            self.gases[gas] += other.gases[gas]
+        for lv in LEVELS:
+            n, kg = self.levels[lv]
+            self.levels[lv] = (n + other.levels[lv][0], kg + other.levels[lv][1])
+
+    def figure(self) -> dict[str, Any]:
+        """As exported: kg as doubles, shares of records (results + dead letters) and of kg."""
+        records = self.results + self.dead_letters
+        return {
+            "kg_co2e": float(self.kg),
+            "t_co2e": float(self.kg) / 1000.0,
+            "results": self.results,
+            "dead_letters": self.dead_letters,
+            "kg_by_gas": {g: float(v) for g, v in self.gases.items()},
+            "quality": {
+                lv: {
+                    "results": n,
+                    "share_of_records": n / records if records else 0.0,
+                    "share_of_kg": float(kg / self.kg) if self.kg else 0.0,
+                }
+                for lv, (n, kg) in self.levels.items()
+            },
+            "dead_letter_share_of_records": self.dead_letters / records if records else 0.0,
+        }
+
+
+#: A group of the inventory: activity type and country/region (None: not applicable).
+Key = tuple[str, str | None]
+
+
+def _results_query(activity_type: str, source: Any, schema: str) -> sql.Composed:
+    """The year's results of one type, per country/region: counts, exact kg, gases, levels."""
+    levels = sql.SQL(", ").join(
+        sql.SQL(
+            "count(*) FILTER (WHERE {c}), coalesce(sum(kg_co2e::numeric) FILTER (WHERE {c}), 0)"
+        ).format(c=sql.SQL(cond))
+        for cond in LEVEL_SQL.values()
+    )
+    return sql.SQL(
+        "SELECT region, count(*), sum(kg_co2e::numeric), sum(coalesce(kg_co2, 0)::numeric), "
+        "sum(coalesce(kg_ch4_co2e, 0)::numeric), sum(coalesce(kg_n2o_co2e, 0)::numeric), "
+        "{levels} FROM (SELECT r.*, {region} AS region FROM {results} r JOIN ({activities}) a "
+        "ON a.id = r.activity_id WHERE r.activity_type = %(type)s "
+        "AND a.activity_date >= %(start)s AND a.activity_date < %(end)s) x GROUP BY region"
+    ).format(
+        levels=levels,
+        region=sql.SQL(_REGION.get(activity_type, "NULL::text")),
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(source),
+    )
+
+
+def _dead_letters_query(activity_type: str, source: Any, schema: str) -> sql.Composed:
+    """The year's activities of one type refused as dead letters (open, with no result)."""
+    return sql.SQL(
+        "SELECT {region}, count(DISTINCT e.activity_id) FROM {errors} e JOIN ({activities}) a "
+        "ON a.id = e.activity_id WHERE e.activity_type = %(type)s AND e.retired_at IS NULL "
+        "AND a.activity_date >= %(start)s AND a.activity_date < %(end)s AND NOT EXISTS "
+        "(SELECT 1 FROM {results} r WHERE r.activity_type = e.activity_type "
+        "AND r.activity_id = e.activity_id) GROUP BY 1"
+    ).format(
+        region=sql.SQL(_REGION.get(activity_type, "NULL::text")),
+        errors=tables.qualified(tables.ERRORS_TABLE, schema),
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(source),
+    )
+
+
+def _undated_query(activity_type: str, source: Any, schema: str) -> sql.Composed:
+    """Open dead letters whose activity has no date: in no year (refused ``missing_date``)."""
+    return sql.SQL(
+        "SELECT count(DISTINCT e.activity_id) FROM {errors} e JOIN ({activities}) a "
+        "ON a.id = e.activity_id WHERE e.activity_type = %(type)s AND e.retired_at IS NULL "
+        "AND a.activity_date IS NULL"
+    ).format(errors=tables.qualified(tables.ERRORS_TABLE, schema), activities=relation(source))
+
+
+def read_cells(
+    engine: Any, chosen: Period, schema: str, sources: Sources
+) -> tuple[dict[Key, Cell], int]:
+    """Per (activity type, country/region), the year's cell; and the undated dead letters."""
+    cells: dict[Key, Cell] = {}
+    undated = 0
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ")
+            for activity_type, source in sources.items():
+                params = {"type": activity_type, "start": chosen.start, "end": chosen.end}
+                cur.execute(_results_query(activity_type, source, schema), params)
+                for row in cur.fetchall():
+                    cell = cells.setdefault((activity_type, row[0]), Cell())
+                    cell.results, cell.kg = int(row[1]), Decimal(row[2])
+                    co2, ch4, n2o = (Decimal(v) for v in row[3:6])
+                    cell.gases = {
+                        "co2": co2,
+                        "ch4": ch4,
+                        "n2o": n2o,
+                        "not_split": cell.kg - co2 - ch4 - n2o,
+                    }
+                    for i, lv in enumerate(LEVELS):
+                        cell.levels[lv] = (int(row[6 + 2 * i]), Decimal(row[7 + 2 * i]))
+                cur.execute(_dead_letters_query(activity_type, source, schema), params)
+                for region, count in cur.fetchall():
+                    cells.setdefault((activity_type, region), Cell()).dead_letters = int(count)
+                cur.execute(_undated_query(activity_type, source, schema), params)
+                undated += int(cur.fetchone()[0])
+        conn.commit()
+    return cells, undated
+
+
+def rollup(cells: dict[Key, Cell], by: Callable[[Key], Any]) -> dict[Any, Cell]:
+    """The cells added up per ``by(key)``, in key order."""
+    out: dict[Any, Cell] = {}
+    for key in sorted(cells, key=lambda k: (k[0], k[1] or "")):
+        out.setdefault(by(key), Cell()).add(cells[key])
+    return out
+
+
+def _sort_key(value: Any) -> tuple[Any, ...]:
+    return tuple((v is not None, v if v is not None else 0) for v in value)
+
+
+def inventory(
+    engine: Any,
+    chosen: Period,
+    schema: str = tables.DEFAULT_SCHEMA,
+    sources: Sources | None = None,
+) -> dict[str, Any]:
+    """The figures of the reporting year ``chosen``, read from the database now."""
+    cells, undated = read_cells(engine, chosen, schema, sources or default_sources(schema))
+    total = Cell()
+    for cell in cells.values():
+        total.add(cell)
+    scopes = rollup(cells, lambda k: TYPE_SCOPES[k[0]][0])
+    categories = rollup(cells, lambda k: TYPE_SCOPES[k[0]])
+    types = rollup(cells, lambda k: k[0])
+    regions = rollup(cells, lambda k: k)
+    return {
+        "period": chosen.as_dict(),
+        "total": total.figure(),
+        "by_scope": [{"scope": s, **scopes[s].figure()} for s in sorted(scopes)],
+        "by_category": [
+            {"scope": s, "category": c, **categories[(s, c)].figure()}
+            for s, c in sorted(categories, key=_sort_key)
+        ],
+        "by_gas": {g: float(total.gases[g]) for g in GASES},
+        "by_activity_type": [
+            {"activity_type": t, **types[t].figure()}
+            for t in sorted(types, key=ACTIVITY_TYPES.index)
+        ],
+        "by_region": [
+            {"activity_type": t, "region": r, **regions[(t, r)].figure()}
+            for t, r in sorted(regions, key=lambda k: (ACTIVITY_TYPES.index(k[0]), k[1] or ""))
+        ],
+        "dead_letters_without_date": undated,
+    }
+
+
+def years_with_results(
+    engine: Any, schema: str, sources: Sources, year_start: str = "01-01"
+) -> list[int]:
+    """The reporting years in which some stored result's activity falls, oldest first."""
+    month, day = (int(p) for p in year_start.split("-"))
+    found: set[int] = set()
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+            for activity_type, source in sources.items():
+                # The year a date's reporting year begins in: its calendar year, less one
+                # before the year's start day.
+                cur.execute(
+                    sql.SQL(
+                        "SELECT DISTINCT extract(year FROM a.activity_date)::int - "
+                        "CASE WHEN (extract(month FROM a.activity_date), "
+                        "extract(day FROM a.activity_date)) < (%(m)s, %(d)s) THEN 1 ELSE 0 END "
+                        "FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
+                        "WHERE r.activity_type = %(type)s AND a.activity_date IS NOT NULL"
+                    ).format(
+                        results=tables.qualified(tables.RESULTS_TABLE, schema),
+                        activities=relation(source),
+                    ),
+                    {"m": month, "d": day, "type": activity_type},
+                )
+                found.update(int(r[0]) for r in cur.fetchall())
+        conn.commit()
+    return sorted(found)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
+    parser = cli.parser("audit.inventory", __doc__)
+    cli.add_database_option(parser)
+    parser.add_argument("--year", type=int, required=True, help="the reporting year")
+    parser.add_argument(
+        "--year-start",
+        default="01-01",
+        help="first day (MM-DD) of each reporting year: 01-01 for calendar years, 04-01 for "
+        "fiscal years from 1 April (named by the year they begin in)",
+    )
+    parser.add_argument("--base-year", type=int, default=None, help="the base year to compare with")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="significance threshold of a change to the base year's total (0.05: 5%%)",
+    )
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="write the ESRS E1-6, CDP and traceable rows tables there, as CSV and JSON",
+    )
+    cli.add_log_level_option(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.log_level)
+    if not 0 < args.threshold < 1:
+        parser.error(f"--threshold: expected a share between 0 and 1, got {args.threshold}")
+
+    def body(target: cli.Target) -> int:
+        from audit import base_year, inventory_export
+
+        sources = cli.checked_sources(target)
+        chosen = period(args.year, args.year_start)
+        figures = inventory(target.engine, chosen, target.schema, sources)
+        if args.base_year is not None:
+            figures["base_year"] = base_year.compare(
+                target.engine,
+                period(args.base_year, args.year_start),
+                args.threshold,
+                target.schema,
+                sources,
+            )
+        figures["database"] = connections.redact_url(target.url)
+        if args.export is not None:
+            written = inventory_export.export(
+                target.engine, figures, chosen, Path(args.export), target.schema, sources
+            )
+            figures["exported"] = [str(p) for p in written]
+        cli.print_json(figures)
+        return cli.OK
+
+    return cli.run(args, "inventory", body, pool_size=1, max_overflow=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
