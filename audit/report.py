@@ -1,8 +1,12 @@
 """A self-contained HTML report of the inventory: charts as inline SVG, no script, no network.
 
     python -m audit.report [--database-url URL] [--out report.html] [--restatement ID]
+        [--year-start 04-01] [--verify-sample 200]
 
-Sections: totals; emissions by scope and category; by activity type and month; data-quality
+Sections: a year selector and one section per reporting year with that year's headline (never
+a total summed across years), by scope and category, activity type and gas
+(``audit.report_years``, ``audit.inventory``); the GWP set of each factor set as recorded,
+and whether ``audit.verify`` reproduces a sample now; by activity type and month; data-quality
 coverage (``audit.coverage``); the top sources (factor set and key); the latest restatement's
 diff (``audit.restate``), when there is one; and the audit trail (the code version, the
 factor editions the stored results use, recent runs and restatements, each figure named by
@@ -29,7 +33,7 @@ import psycopg2
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from audit import coverage
+from audit import coverage, report_years
 from audit.charts import (
     TYPE_COLOURS,
     TYPE_LABELS,
@@ -94,9 +98,13 @@ def figures(
     restatement_id: str | None = None,
     schema: str = tables.DEFAULT_SCHEMA,
     sources: Sources | None = None,
+    year_start: str = "01-01",
+    verify_sample: int = 0,
 ) -> dict[str, Any]:
     """Everything the report shows, as read from the database now (each activity's date from
-    its source: ``sources``, checked; default: the pipeline's own tables)."""
+    its source: ``sources``, checked; default: the pipeline's own tables); the reporting
+    years begin on ``year_start``; ``audit.verify`` runs on ``verify_sample`` results per
+    type (0: not at all)."""
     install.ensure_initialised(engine, schema)  # an older database gains the audit tables
     restatements = tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)
     sources = sources or default_sources(schema)
@@ -153,7 +161,7 @@ def figures(
         "scopes": [(int(s), c, int(n), float(kg)) for s, c, n, kg in scopes],
         "by_type": [(t, int(n), float(kg)) for t, n, kg in by_type],
         "months": [(t, m, float(kg)) for t, m, kg in months],
-        "top_sources": [(t, s, k, int(n), float(kg)) for t, s, k, n, kg in top_sources],
+        "top_sources": [(t, s, k, y, int(n), float(kg)) for t, s, k, y, n, kg in top_sources],
         "quality": quality,
         "editions": used,
         # Loaded, and used by no stored result (perhaps by results kept in history).
@@ -162,6 +170,9 @@ def figures(
         "runs": runs,
         "restatements": recent_restatements,
         "restatement": chosen[0] if chosen else None,
+        "years": report_years.years(engine, schema, sources, year_start),
+        "gwp": report_years.gwp_sets(engine, schema),
+        "verify": report_years.verify_sample(engine, schema, sources, verify_sample),
     }
 
 
@@ -225,11 +236,11 @@ def _sums(
     months = _months(engine, schema, sources, exact)
     top_sources = _rows(
         engine,
-        f"SELECT r.activity_type, f.factor_set, f.key, count(*), {kg_r} "
+        f"SELECT r.activity_type, f.factor_set, f.key, f.year, count(*), {kg_r} "
         f"FROM {results} r JOIN {tables.qualified_text(tables.FACTORS_TABLE, schema)} f "
         "ON f.id = r.factor_id "
-        f"GROUP BY r.activity_type, f.factor_set, f.key ORDER BY {kg_r} DESC, "
-        "f.factor_set, f.key LIMIT 10",
+        f"GROUP BY r.activity_type, f.factor_set, f.key, f.year ORDER BY {kg_r} DESC, "
+        "f.factor_set, f.key, f.year LIMIT 10",
     )
     return total, scopes, by_type, months, top_sources
 
@@ -249,26 +260,12 @@ border-bottom:1px solid #eee;text-align:left}td.num,th.num{text-align:right;
 font-variant-numeric:tabular-nums}.chart text{font-size:12px;fill:#333}.chart .tick{
 font-size:11px;fill:#555}.up{color:#b03a2e}.down{color:#1e8449}code{font-size:12px}
 .why{color:#b03a2e;font-size:12px;max-width:24em}
+nav.years{margin:12px 0;font-size:14px;line-height:1.8}section.year{margin-top:8px}
 """
 
 
 def _kg_cell(kg: float) -> str:
     return f'<td class="num" data-kg="{kg!r}">{tonnes(kg)}</td>'
-
-
-def _scope_section(f: dict[str, Any]) -> str:
-    bars = [Bar(scope_label(s, c), kg, f"{tonnes(kg)} t") for s, c, _, kg in f["scopes"]]
-    rows = "".join(
-        f'<tr data-row="scope" data-scope="{s}" data-category="{"" if c is None else c}">'
-        f"<td>{_e(scope_label(s, c))}</td><td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
-        for s, c, n, kg in f["scopes"]
-    )
-    return (
-        "<h2>Emissions by scope and category</h2>"
-        + hbar_chart("by-scope", bars)
-        + "<table><tr><th>scope</th><th class='num'>results</th>"
-        "<th class='num'>t CO2e</th></tr>" + rows + "</table>"
-    )
 
 
 def _month_section(f: dict[str, Any]) -> str:
@@ -277,16 +274,10 @@ def _month_section(f: dict[str, Any]) -> str:
     series: dict[str, dict[str, float]] = {}
     for t, m, kg in f["months"]:
         series.setdefault(t, {})[m] = kg
-    type_rows = "".join(
-        f'<tr data-row="type" data-type="{_e(t)}"><td>{_e(TYPE_LABELS.get(t, t))}</td>'
-        f"<td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
-        for t, n, kg in f["by_type"]
-    )
     return (
-        "<h2>Emissions by activity type and month</h2>"
-        + stacked_month_chart("by-month", months, series)
-        + "<table><tr><th>activity type</th><th class='num'>results</th>"
-        "<th class='num'>t CO2e</th></tr>" + type_rows + "</table>"
+        "<h2>Emissions by activity type and month</h2><p class='meta'>Each month's results, "
+        "by the date of their activity: the reporting years' figures are in their sections "
+        "above.</p>" + stacked_month_chart("by-month", months, series)
     )
 
 
@@ -335,21 +326,22 @@ def _quality_section(f: dict[str, Any]) -> str:
 
 
 def _sources_section(f: dict[str, Any]) -> str:
+    name = report_years.factor_name
     bars = [
-        Bar(f"{s} {k}", kg, f"{tonnes(kg)} t", TYPE_COLOURS.get(t, "#777"))
-        for t, s, k, _, kg in f["top_sources"]
+        Bar(name(s, k, y), kg, f"{tonnes(kg)} t", TYPE_COLOURS.get(t, "#777"))
+        for t, s, k, y, _, kg in f["top_sources"]
     ]
     rows = "".join(
-        f'<tr data-row="source" data-set="{_e(s)}" data-key="{_e(k)}">'
-        f"<td>{_e(TYPE_LABELS.get(t, t))}</td><td><code>{_e(s)}</code></td><td><code>{_e(k)}"
-        f"</code></td><td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
-        for t, s, k, n, kg in f["top_sources"]
+        f'<tr data-row="source" data-set="{_e(s)}" data-key="{_e(k)}" data-factor-year="{y}">'
+        f"<td>{_e(TYPE_LABELS.get(t, t))}</td><td>{_e(name(s, k, y))}</td><td><code>{_e(s)}"
+        f"</code> <code>{_e(k)}</code></td><td class='num'>{n:,}</td>{_kg_cell(kg)}</tr>"
+        for t, s, k, y, n, kg in f["top_sources"]
     )
     return (
-        "<h2>Top sources</h2><p class='meta'>The ten factors (set and key) behind the most "
-        "emissions.</p>"
+        "<h2>Top sources</h2><p class='meta'>The ten factors behind the most emissions, over "
+        "every year with results (not a figure of any one reporting year).</p>"
         + hbar_chart("top-sources", bars)
-        + "<table><tr><th>activity type</th><th>factor set</th><th>key</th>"
+        + "<table><tr><th>activity type</th><th>factor</th><th>set and key</th>"
         "<th class='num'>results</th><th class='num'>t CO2e</th></tr>" + rows + "</table>"
     )
 
@@ -554,17 +546,12 @@ def _audit_section(f: dict[str, Any]) -> str:
 def render(f: dict[str, Any], database: str, now: datetime.datetime | None = None) -> str:
     """The report page for the figures ``f``."""
     when = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
-    cards = (
-        f'<div class="cards"><div class="card"><div>Total emissions</div><div class="big" '
-        f'data-figure="total" data-kg="{f["kg_co2e"]!r}">{tonnes(f["kg_co2e"])} t CO2e</div>'
-        f'</div><div class="card"><div>Results</div><div class="big" data-figure="results" '
-        f'data-value="{f["results"]}">{f["results"]:,}</div></div><div class="card"><div>'
-        f'Activities in error</div><div class="big" data-figure="errors" '
-        f'data-value="{f["errors"]}">{f["errors"]:,}</div></div></div>'
+    # One headline per reporting year, never one summed across years.
+    years = report_years.selector(f["years"]) + "".join(
+        report_years.year_section(y) for y in reversed(f["years"])
     )
     body = "".join(
         [
-            _scope_section(f),
             _month_section(f),
             _quality_section(f),
             _sources_section(f),
@@ -576,8 +563,14 @@ def render(f: dict[str, Any], database: str, now: datetime.datetime | None = Non
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>Emissions report</title>"
         f"<style>{_CSS}</style></head><body><h1>Emissions report</h1>"
-        f"<p class='meta'>Generated {_e(when)} from <code>{_e(database)}</code>. Tonnes of "
-        "CO2e (AR5 GWP-100), location-based Scope 2.</p>" + cards + body + "</body></html>\n"
+        f"<p class='meta' data-database>Generated {_e(when)} from {_e(database)}. Tonnes of "
+        "CO2e over 100 years, each factor set on the GWP set its source states (below); "
+        "location-based Scope 2 (market-based: not computed yet).</p>"
+        + report_years.verify_part(f["verify"])
+        + years
+        + "<h2>GWP sets</h2><p class='meta'>The global warming potentials behind the results, "
+        "per factor set and edition, as the methodology records them (docs/methodology.md "
+        "§5.4).</p>" + report_years.gwp_part(f["gwp"]) + body + "</body></html>\n"
     )
 
 
@@ -588,9 +581,14 @@ def write_report(
     restatement_id: str | None = None,
     schema: str = tables.DEFAULT_SCHEMA,
     sources: Sources | None = None,
+    year_start: str = "01-01",
+    verify_sample: int = 0,
 ) -> Path:
-    """Write the report for the database behind ``engine`` to ``out``."""
-    page = render(figures(engine, restatement_id, schema, sources), database)
+    """Write the report for the database behind ``engine`` to ``out`` (``database``: how the
+    page names it, ``report_years.database_label``)."""
+    page = render(
+        figures(engine, restatement_id, schema, sources, year_start, verify_sample), database
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
@@ -603,6 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="report.html", help="where to write the page")
     parser.add_argument(
         "--restatement", default=None, help="the restatement to show (default: the latest)"
+    )
+    parser.add_argument(
+        "--year-start",
+        default="01-01",
+        help="first day (MM-DD) of each reporting year: 01-01 for calendar years",
+    )
+    parser.add_argument(
+        "--verify-sample",
+        type=int,
+        default=200,
+        help="results per activity type that audit.verify recomputes for the report (0: none)",
     )
     cli.add_log_level_option(parser)
     return parser
@@ -617,10 +626,12 @@ def main(argv: list[str] | None = None) -> int:
         out = write_report(
             target.engine,
             Path(args.out),
-            connections.redact_url(target.url),
+            report_years.database_label(target.url),
             args.restatement,
             target.schema,
             cli.checked_sources(target),
+            args.year_start,
+            args.verify_sample,
         )
         cli.print_json({"database": connections.redact_url(target.url), "report": str(out)})
         return cli.OK

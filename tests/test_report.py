@@ -135,39 +135,10 @@ def test_report_renders_in_chromium_and_matches_the_database(
     dom = parse(dump_dom(browser, page))
     assert dom.having(data_measured="yes"), "Chromium did not lay the page out"
 
-    # Headline figures.
-    (total,) = sql_rows(engine, "SELECT sum(kg_co2e), count(*) FROM emissions.emission_results")
-    (card,) = dom.having(data_figure="total")
-    assert float(card[1]["data-kg"]) == total[0]
-    assert "".join(card[2]).strip() == f"{total[0] / 1000:,.2f} t CO2e"
-    assert int(dom.having(data_figure="results")[0][1]["data-value"]) == total[1]
-    (outstanding,) = sql_rows(
-        engine,
-        "SELECT count(DISTINCT (activity_type, activity_id)) FROM emissions.emission_errors e "
-        "WHERE NOT "
-        "EXISTS (SELECT 1 FROM emissions.emission_results r WHERE r.activity_type = "
-        "e.activity_type "
-        "AND r.activity_id = e.activity_id)",
-    )
-    assert int(dom.having(data_figure="errors")[0][1]["data-value"]) == outstanding[0] > 0
-
-    # By scope and category: every row of the table, and every bar of the chart.
-    scopes = sql_rows(
-        engine,
-        "SELECT scope, coalesce(category::text, ''), sum(kg_co2e) FROM emissions.emission_results "
-        "GROUP BY 1, 2",
-    )
-    assert {(2, ""), (3, "1"), (3, "6")} == {(s, c) for s, c, _ in scopes}
-    for s, c, kg in scopes:
-        (row,) = dom.having(data_row="scope", data_scope=str(s), data_category=c)
-        cells = [e for e in dom.found if e[0] == "td" and "data-kg" in e[1]]
-        assert any(float(e[1]["data-kg"]) == kg for e in cells)
-        (bar,) = [
-            e
-            for e in dom.having(data_label=report.scope_label(s, int(c) if c else None))
-            if e[0] == "rect"
-        ]
-        assert float(bar[1]["data-value"]) == kg
+    years_and_headlines(dom, engine, database_url)
+    verified = dom.having(data_verify="*")
+    assert [e[1]["data-verify"] for e in verified] == ["reproduced"]
+    assert int(verified[0][1]["data-examined"]) == int(verified[0][1]["data-reproduced"]) > 0
 
     # By activity type and month: one stacked bar segment per (type, month), summing to the
     # type's total.
@@ -188,7 +159,6 @@ def test_report_renders_in_chromium_and_matches_the_database(
         engine,
         "SELECT activity_type, count(*), sum(kg_co2e) FROM emissions.emission_results GROUP BY 1",
     ):
-        (row,) = dom.having(data_row="type", data_type=t)
         assert sum(k for tt, _, k in months if tt == t) == pytest.approx(kg, rel=1e-12)
 
     # Data quality: the shares are the coverage computed from the database.
@@ -217,15 +187,24 @@ def test_report_renders_in_chromium_and_matches_the_database(
     # Top sources: the ten largest factor keys, largest first.
     top = sql_rows(
         engine,
-        "SELECT f.factor_set, f.key, sum(r.kg_co2e) FROM emissions.emission_results r JOIN "
-        "emissions.emission_factors f ON f.id = r.factor_id GROUP BY 1, 2 ORDER BY 3 DESC "
-        "LIMIT 10",
+        "SELECT f.factor_set, f.key, f.year, sum(r.kg_co2e) FROM emissions.emission_results r "
+        "JOIN emissions.emission_factors f ON f.id = r.factor_id GROUP BY 1, 2, 3 "
+        "ORDER BY 4 DESC LIMIT 10",
     )
     sources = dom.having(data_row="source")
-    assert [(e[1]["data-set"], e[1]["data-key"]) for e in sources] == [(s, k) for s, k, _ in top]
+    assert [(e[1]["data-set"], e[1]["data-key"], e[1]["data-factor-year"]) for e in sources] == [
+        (s, k, str(y)) for s, k, y, _ in top
+    ]
+    # Named as a person names them, not by their raw keys.
+    for e in sources:
+        named = text_of(inside(dom, e)[1])
+        assert "|" not in named and named.split(" ")[0] in ("DESNZ", "eGRID", "Ember", "EPA")
+    assert report.report_years.factor_name("desnz_air", "long-haul|first|rf", 2024) == (
+        "DESNZ 2024, long-haul, first class, with radiative forcing"
+    )
 
     # Every chart was laid out, with every bar of a positive value drawn.
-    for name in ("by-scope", "by-month", "quality", "top-sources"):
+    for name in ("by-scope-2024", "by-month", "quality", "top-sources"):
         (svg,) = dom.having(data_chart=name)
         positive = [
             e
@@ -247,6 +226,69 @@ def test_report_renders_in_chromium_and_matches_the_database(
 
     month_axis(dom, engine, months)
     audit_trail(dom, engine, summary, restated)
+
+
+def years_and_headlines(dom: Elements, engine: sa.Engine, url: str) -> None:
+    """A selector of the reporting years and one section per year, each with that year's
+    headline and scopes equal to SQL sums over the year; no headline sums years; the GWP set
+    of each factor set as recorded; the database named by host and name only."""
+    assert not dom.having(data_figure="total") and not dom.having(data_figure="results")
+    activities = (
+        "(SELECT 'electricity' t, id, activity_date d FROM emissions.electricity_activities "
+        "UNION ALL SELECT 'spend', id, activity_date FROM emissions.spend_activities "
+        "UNION ALL SELECT 'air_travel', id, activity_date FROM emissions.air_travel_activities)"
+    )
+    per_year = sql_rows(
+        engine,
+        "SELECT extract(year FROM a.d)::int, count(*), sum(r.kg_co2e::numeric)::float8 "
+        f"FROM emissions.emission_results r JOIN {activities} a ON a.t = r.activity_type "
+        "AND a.id = r.activity_id GROUP BY 1 ORDER BY 1 DESC",
+    )
+    assert [y for y, _, _ in per_year] == list(range(2025, 2018, -1))
+    # The selector: one link per year, newest first, each to its section.
+    links = dom.having(data_year_link="*")
+    assert [int(e[1]["data-year-link"]) for e in links] == [y for y, _, _ in per_year]
+    sections = [e for e in dom.having(data_year="*") if e[0] == "section"]
+    assert [e[1]["id"] for e in sections] == [e[1]["href"][1:] for e in links]
+    # Each year's headline is that year's, and nothing else is a headline.
+    cards = dom.having(data_figure="year-total")
+    assert [(int(e[1]["data-year"]), float(e[1]["data-kg"])) for e in cards] == [
+        (y, kg) for y, _, kg in per_year
+    ]
+    assert all(text_of(e) == f"{float(e[1]['data-kg']) / 1000:,.2f} t CO2e" for e in cards)
+    headlines = {e[1].get("data-figure") for e in dom.having(data_figure="*")}
+    assert headlines == {"year-total", "year-results", "year-errors"}
+    assert [int(e[1]["data-value"]) for e in dom.having(data_figure="year-results")] == [
+        n for _, n, _ in per_year
+    ]
+    # 2024 by scope and category, and its bars.
+    scopes = sql_rows(
+        engine,
+        "SELECT r.scope, coalesce(r.category::text, ''), sum(r.kg_co2e::numeric)::float8 "
+        f"FROM emissions.emission_results r JOIN {activities} a ON a.t = r.activity_type "
+        "AND a.id = r.activity_id WHERE a.d >= '2024-01-01' AND a.d < '2025-01-01' "
+        "GROUP BY 1, 2",
+    )
+    assert {(2, ""), (3, "1"), (3, "6")} == {(s, c) for s, c, _ in scopes}
+    for s, c, kg in scopes:
+        (row,) = dom.having(data_row="scope", data_year="2024", data_scope=str(s), data_category=c)
+        assert float([e for e in inside(dom, row) if "data-kg" in e[1]][0][1]["data-kg"]) == kg
+    (svg,) = dom.having(data_chart="by-scope-2024")
+    assert sorted(float(e[1]["data-value"]) for e in inside(dom, svg) if e[0] == "rect") == (
+        sorted(kg for _, _, kg in scopes)
+    )
+    # GWP sets as recorded: Ember's is not stated; DESNZ's 2025 edition is assumed AR5.
+    gwp = {(e[1]["data-set"], e[1]["data-edition"]): e for e in dom.having(data_row="gwp")}
+    (ember,) = [e for (s, _), e in gwp.items() if s == "country_grid"]
+    assert "not stated" in text_of(inside(dom, ember)[3])
+    assert "assumed AR5" in text_of(inside(dom, gwp[("desnz_air", AIR_2025)])[3])
+    assert "AR5 GWP-100" not in "".join(t for e in dom.found for t in e[2])
+    # The database: host and name, no user, port or socket path.
+    (meta,) = dom.having(data_database="")
+    parsed = sa.make_url(url)
+    shown = text_of(meta)
+    assert f"database {parsed.database}" in shown
+    assert "postgresql" not in shown and "/" not in shown.split(" from ")[1].split(".")[0]
 
 
 def month_axis(dom: Elements, engine: sa.Engine, months: list[sa.Row]) -> None:
@@ -403,8 +445,10 @@ def test_report_of_an_empty_inventory(database_url: str, engine: sa.Engine, tmp_
     out = tmp_path / "empty.html"
     assert report.main(["--database-url", database_url, "--out", str(out)]) == 0
     dom = parse(out.read_text())
-    assert dom.having(data_figure="total")[0][1]["data-kg"] == "0.0"
-    assert dom.having(data_figure="results")[0][1]["data-value"] == "0"
+    # No year has results: no headline at all, and the selector says so.
+    assert not dom.having(data_figure="*")
+    (selector,) = dom.having(data_selector="years")
+    assert "no results yet" in "".join(selector[2])
     assert dom.having(data_restatement="none")
     assert report.main(["--database-url", database_url, "--restatement", str(uuid4())]) == 1
 
