@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
+import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
 
@@ -47,15 +48,22 @@ from pipeline.model import (
     Limits,
     activity_fields,
 )
-from pipeline.store import connections, install, runs, stored_sources, tables, writes
-from pipeline.store.sources import Source, Sources, default_sources, read_only, relation
+from pipeline.store import bulk, connections, install, runs, stored_sources, tables
+from pipeline.store.sources import (
+    VERSION_COLUMN,
+    Source,
+    Sources,
+    default_sources,
+    read_only,
+    relation,
+)
 from pipeline.summary import failure_message
 
 _FACTOR_ID_FIELDS = fingerprint.FACTOR_ID_FIELDS
-#: What a restatement writes of a result: its values, its fingerprints, the restatement id.
-_WRITTEN = tables.RESULT_COLUMNS + tables.FINGERPRINT_COLUMNS + ("run_id",)
 LARGEST = 10
-_LOCK = 7355609  # advisory lock key of restatements (schema creation uses 7355608)
+#: Advisory lock of restatements, with the schema's hash: one restatement per schema at a time
+#: (schema creation uses the single key 7355608).
+_LOCK = 7355609
 
 
 class RestatementRunning(RuntimeError):
@@ -71,6 +79,9 @@ class Outcome:
     examined: int = 0
     changed: int = 0
     refused: int = 0
+    #: Activities whose input changed after the restatement read them: not restated, their
+    #: new input is computed by the next run (or follow).
+    left_to_next_run: int = 0
     diff: dict[str, Any] = field(default_factory=dict)
     #: The plausibility bounds applied: each result's run's, as it recorded them.
     limits: set[Limits] = field(default_factory=set)
@@ -82,30 +93,32 @@ class Outcome:
             "examined": self.examined,
             "changed": self.changed,
             "refused": self.refused,
+            "left_to_next_run": self.left_to_next_run,
             "diff": self.diff,
         }
 
 
 def _recompute(
     activity_type: ActivityType,
-    pairs: Sequence[tuple[Any, dict[str, Any]]],
+    pairs: Sequence[tuple[Any, dict[str, Any], int]],
     book: FactorBook,
     factor_fps: fingerprint.FactorFingerprints,
     limits_of: Callable[[str], Limits] = lambda _: DEFAULT_LIMITS,
-) -> tuple[list[dict[str, Any]], int]:
-    """New results (with fingerprints) for (activity, stored result) pairs whose factor rows
-    now differ."""
-    changed: list[dict[str, Any]] = []
+) -> tuple[list[pa.Table], int]:
+    """New results (with fingerprints, and the version of the activity row they are computed
+    from) for (activity, stored result, activity version) triples whose factor rows now
+    differ; and how many inputs the editions refuse."""
+    changed: list[pa.Table] = []
     refused = 0
     # The result keeps its own radiative-forcing choice (air travel; None for the others),
     # and the plausibility bounds its run recorded.
-    by_choice: dict[tuple[bool, Limits], list[tuple[Any, dict[str, Any]]]] = {}
-    for activity, stored in pairs:
+    by_choice: dict[tuple[bool, Limits], list[tuple[Any, dict[str, Any], int]]] = {}
+    for activity, stored, version in pairs:
         rf = stored["radiative_forcing"]
         choice = (True if rf is None else bool(rf), limits_of(str(stored["run_id"])))
-        by_choice.setdefault(choice, []).append((activity, stored))
+        by_choice.setdefault(choice, []).append((activity, stored, version))
     for (rf, limits), group in by_choice.items():
-        table = activities_table(activity_type, [a for a, _ in group])
+        table = activities_table(activity_type, [a for a, _, _ in group])
         outcome = calculate_batch(
             activity_type,
             table,
@@ -118,69 +131,46 @@ def _recompute(
         results = fingerprint.with_fingerprints(
             outcome.results, table, activity_fields(activity_type), factor_fps
         )
-        stored_by_id = {str(s["activity_id"]): s for _, s in group}
-        for new in results.to_pylist():
-            old = stored_by_id[str(new["activity_id"])]
-            if any(old[c] != new[c] for c in _FACTOR_ID_FIELDS):
-                changed.append(new)
+        stored_by_id = {str(s["activity_id"]): (s, v) for _, s, v in group}
+        keep: list[bool] = []
+        versions: list[int] = []
+        for new in results.select(["activity_id", *_FACTOR_ID_FIELDS]).to_pylist():
+            old, version = stored_by_id[str(new["activity_id"])]
+            keep.append(any(old[c] != new[c] for c in _FACTOR_ID_FIELDS))
+            versions.append(version)
+        results = results.append_column(
+            tables.VERSION_COLUMN, pa.array(versions, pa.int64())
+        ).filter(pa.array(keep, pa.bool_()))
+        if results.num_rows:
+            changed.append(results)
     return changed, refused
 
 
 def _supersede(
     conn: psycopg2.extensions.connection,
-    results: Sequence[dict[str, Any]],
+    results: list[pa.Table],
     restatement_id: str,
+    source: Source,
     schema: str,
-) -> int:
-    """Move the current rows of ``results`` to history and store ``results``; one transaction."""
+    outcome: Outcome,
+) -> None:
+    """Store the restated ``results`` through the one supersede path: each current row moves
+    to history and the new one takes its place, in one transaction, unless the activity's
+    input changed since the restatement read it (then it is left to the next run)."""
     if not results:
-        return 0
-    columns = _WRITTEN
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    stored_cols = tables.STORED_RESULT_COLUMNS
-    staging = sql.Identifier("staging_restatement")
-    rows = [tuple(r[c] for c in _WRITTEN[:-1]) + (restatement_id,) for r in results]
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} WITH NO DATA"
-            ).format(s=staging, c=cols, t=tables.qualified(tables.RESULTS_TABLE, schema))
-        )
-        cur.copy_expert(
-            sql.SQL("COPY {s} ({c}) FROM STDIN WITH (FORMAT csv)").format(s=staging, c=cols),
-            writes.copy_buffer(rows),
-        )
-        cur.execute(
-            sql.SQL(
-                "INSERT INTO {h} ({hc}, restatement_id) SELECT {rc}, {rid} FROM {t} r "
-                "JOIN {s} s ON s.activity_type = r.activity_type AND s.activity_id = "
-                "r.activity_id ON CONFLICT DO NOTHING"
-            ).format(
-                h=tables.qualified(tables.HISTORY_TABLE, schema),
-                hc=sql.SQL(", ").join(map(sql.Identifier, stored_cols)),
-                rc=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in stored_cols),
-                rid=sql.Literal(restatement_id),
-                t=tables.qualified(tables.RESULTS_TABLE, schema),
-                s=staging,
-            )
-        )
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} r SET {sets}, created_at = now() FROM {s} s "
-                "WHERE s.activity_type = r.activity_type AND s.activity_id = r.activity_id"
-            ).format(
-                t=tables.qualified(tables.RESULTS_TABLE, schema),
-                s=staging,
-                sets=sql.SQL(", ").join(
-                    sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
-                    for c in columns
-                    if c not in ("activity_type", "activity_id")
-                ),
-            )
-        )
-        updated = cur.rowcount
-    conn.commit()
-    return updated
+        return
+    done = bulk.supersede_results_table(
+        conn,
+        pa.concat_tables(results),
+        restatement_id,
+        "restatement",
+        schema,
+        tables.results_id_type(conn, schema) == "text",
+        {source.activity_type: source},
+        log=False,
+    )
+    outcome.changed += done.written
+    outcome.left_to_next_run += done.stale
 
 
 def _restate_type(
@@ -196,10 +186,11 @@ def _restate_type(
     a_cols = list(activity_fields(activity_type))
     r_cols = [*tables.RESULT_COLUMNS, "run_id"]
     query = sql.SQL(
-        "SELECT {a}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
+        "SELECT {a}, a.{v}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
         "WHERE r.activity_type = {t} ORDER BY r.activity_id"
     ).format(
         a=sql.SQL(", ").join(sql.SQL("a.") + sql.Identifier(c) for c in a_cols),
+        v=sql.Identifier(VERSION_COLUMN),
         r=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in r_cols),
         results=tables.qualified(tables.RESULTS_TABLE, schema),
         activities=relation(source),
@@ -207,34 +198,38 @@ def _restate_type(
     )
     cls = ACTIVITY_CLASSES[activity_type]
     factor_fps = fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(book.rows()))
-    pending: list[dict[str, Any]] = []
-    # One connection streams the results (one snapshot) while another writes the changes.
+    pending: list[pa.Table] = []
+    # One connection streams the results (one snapshot) while another writes the changes;
+    # each value carries the version of the activity row it is computed from, and is stored
+    # only if the row is still at that version when it is written.
     with connections.raw_connection(engine) as reader, connections.raw_connection(engine) as conn:
         read_only(reader)  # the sources' SQL never runs where it could write
         with reader.cursor(name=f"restate_{activity_type}") as cur:
             cur.itersize = chunk
             cur.execute(query)
+            at = len(a_cols)
             while True:
                 fetched = cur.fetchmany(chunk)
                 if not fetched:
                     break
-                pairs = [
+                triples = [
                     (
-                        cls(**dict(zip(a_cols, row[: len(a_cols)], strict=True))),
-                        dict(zip(r_cols, row[len(a_cols) :], strict=True)),
+                        cls(**dict(zip(a_cols, row[:at], strict=True))),
+                        dict(zip(r_cols, row[at + 1 :], strict=True)),
+                        int(row[at]),
                     )
                     for row in fetched
                 ]
-                outcome.examined += len(pairs)
-                outcome.limits.update(limits_of(str(s["run_id"])) for _, s in pairs)
-                changed, refused = _recompute(activity_type, pairs, book, factor_fps, limits_of)
+                outcome.examined += len(triples)
+                outcome.limits.update(limits_of(str(s["run_id"])) for _, s, _ in triples)
+                changed, refused = _recompute(activity_type, triples, book, factor_fps, limits_of)
                 outcome.refused += refused
                 pending.extend(changed)
-                if len(pending) >= chunk:
-                    outcome.changed += _supersede(conn, pending, outcome.restatement_id, schema)
+                if sum(t.num_rows for t in pending) >= chunk:
+                    _supersede(conn, pending, outcome.restatement_id, source, schema, outcome)
                     pending = []
         reader.commit()
-        outcome.changed += _supersede(conn, pending, outcome.restatement_id, schema)
+        _supersede(conn, pending, outcome.restatement_id, source, schema, outcome)
 
 
 def _diff_from(schema: str) -> str:
@@ -325,23 +320,27 @@ def restate(
     own tables; ``chosen``: where they came from, recorded with the restatement). Each result
     is recomputed with the plausibility bounds its run recorded.
 
-    One restatement at a time: it reads results in one snapshot and replaces them afterwards,
-    so a second one must not interleave (a session advisory lock; refused if held).
+    One restatement per schema at a time: it reads results in one snapshot and replaces them
+    afterwards, so a second one in the same schema must not interleave (a session advisory
+    lock keyed by the schema; refused if held). Restatements of other schemas run beside it.
     """
     install.ensure_initialised(engine, schema)  # an older database gains the audit tables
     sources = sources or default_sources(schema)
+    key = (_LOCK, schema)
     with connections.raw_connection(engine) as lock:
         with lock.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK,))
+            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key)
             (locked,) = cur.fetchone()
         lock.commit()
         if not locked:
-            raise RestatementRunning("another restatement is running on this database")
+            raise RestatementRunning(
+                f"another restatement is running in schema {schema}: wait for it to finish"
+            )
         try:
             return _restate(engine, pins, activity_types, chunk, schema, sources, chosen)
         finally:
             with lock.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+                cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
             lock.commit()
 
 
@@ -415,6 +414,7 @@ def _restate(
                 examined=outcome.examined,
                 changed=outcome.changed,
                 refused=outcome.refused,
+                left_to_next_run=outcome.left_to_next_run,
                 diff=outcome.diff,
             )
         )
@@ -431,7 +431,12 @@ def _restate(
         calculation_options=stored_sources.calculation_options(
             None, stored_sources.loosest(sorted(outcome.limits, key=repr)), chosen_pins, chosen
         ),
-        message=f"restatement: {outcome.changed} of {outcome.examined} results restated",
+        message=f"restatement: {outcome.changed} of {outcome.examined} results restated"
+        + (
+            f"; {outcome.left_to_next_run} left to the next run (their input changed meanwhile)"
+            if outcome.left_to_next_run
+            else ""
+        ),
     )
     return outcome
 

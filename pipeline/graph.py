@@ -90,6 +90,7 @@ def _calculate_and_write(
         config.retry_policy,
         config.schema,
         config.text_ids,
+        config.sources,
     )
     calculated[ERRORS] | "WriteErrors" >> WriteErrors(
         config.database_url,

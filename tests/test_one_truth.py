@@ -74,7 +74,9 @@ def kg_of(tables_: list[pa.Table], activity_id: int) -> float:
     (kg,) = [
         kg
         for t in tables_
-        for i, kg in zip(t.column("activity_id").to_pylist(), t.column("kg_co2e").to_pylist())
+        for i, kg in zip(
+            t.column("activity_id").to_pylist(), t.column("kg_co2e").to_pylist(), strict=True
+        )
         if i == activity_id
     ]
     return float(kg)

@@ -253,14 +253,15 @@ def test_a_run_pinned_to_an_edition_uses_and_records_it(
 
 
 def test_one_restatement_at_a_time(engine: sa.Engine) -> None:
+    # The lock is per schema (tests/test_one_truth.py runs two schemas' at once).
     with connections.raw_connection(engine) as other:
         with other.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(7355609)")
+            cur.execute("SELECT pg_advisory_lock(7355609, hashtext('emissions'))")
         other.commit()
         with pytest.raises(restate.RestatementRunning):
             restate.restate(engine)
         with other.cursor() as cur:
-            cur.execute("SELECT pg_advisory_unlock(7355609)")
+            cur.execute("SELECT pg_advisory_unlock(7355609, hashtext('emissions'))")
         other.commit()
     assert restate.restate(engine).changed == 0
 

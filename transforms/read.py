@@ -105,12 +105,13 @@ class ReadRangeFn(beam.DoFn):
             kept = table.filter(same)
             ids = kept.column("id").to_pylist()
             versions = kept.column(queries.VERSION_COLUMN).to_pylist()
+            compared = kept.column(queries.STORED_FINGERPRINT_COLUMN).to_pylist()
             assert self._conn is not None, "setup() opens the connection"
             key_type = self._key_types[activity_type]
             self._conn.run(
                 "recording the versions of unchanged activities",
                 lambda conn: writes.refresh_versions(
-                    conn, activity_type, ids, versions, key_type, self._db_schema
+                    conn, activity_type, ids, versions, key_type, self._db_schema, compared
                 ),
             )
             self._versions_refreshed.inc(len(ids))

@@ -2,9 +2,10 @@
 
 Each DoFn buffers per bundle and flushes once ``batch_size`` rows are waiting and in
 ``finish_bundle``: one transaction per flush, one ``COPY`` straight into the table, or, when a
-row of it is already stored, a staging table and ``INSERT … ON CONFLICT DO NOTHING``
-(``writes.staged_copy``). A runner that retries a bundle therefore never doubles a row, and a
-crash loses only what was not committed, which the next run finds still pending.
+row of it is already stored, the one supersede path (``bulk.supersede_results_table``), which
+keeps the value of the activity's input as it is now and moves what it replaces to history. A
+runner that retries a bundle therefore never doubles a row, and a crash loses only what was
+not committed, which the next run finds still pending.
 
 A flush commits only while its run is still ``running`` (``pipeline.store.claims``): a run
 declared stopped (frozen, cut off) has its flushes refused by the database at their commit;
@@ -31,6 +32,7 @@ from pipeline.model import ErrorRecord
 from pipeline.options import DEFAULT_WRITE_BATCH_SIZE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store import bulk, claims, connections, tables, writes
+from pipeline.store.sources import Sources
 
 Connection: TypeAlias = psycopg2.extensions.connection
 _LOG = logging.getLogger(__name__)
@@ -128,23 +130,27 @@ def _write_tables(
     run_id: str,
     schema: str,
     text_ids: bool = False,
+    sources: Sources | None = None,
 ) -> int:
     """New results in one bulk write; those of changed activities supersede their old rows
-    (which move to history) in another. Each is one idempotent transaction."""
+    (which move to history) in another, through the one supersede path
+    (``bulk.supersede_results_table``: a value of an input changed since is dropped). Each is
+    one idempotent transaction. ``sources``: where each type is read (default: the pipeline's
+    own tables)."""
     table = pa.concat_tables(results)
     if bulk.REPLACES_COLUMN not in table.column_names:
-        return bulk.write_results_table(conn, table, run_id, schema, text_ids)
+        return bulk.write_results_table(conn, table, run_id, schema, text_ids, sources)
     replaces = table.column(bulk.REPLACES_COLUMN)
     table = table.drop([bulk.REPLACES_COLUMN])
     written = 0
     new = table.filter(pc.invert(replaces))
     if new.num_rows:
-        written += bulk.write_results_table(conn, new, run_id, schema, text_ids)
+        written += bulk.write_results_table(conn, new, run_id, schema, text_ids, sources)
     changed = table.filter(replaces)
     if changed.num_rows:
         written += bulk.supersede_results_table(
-            conn, changed, run_id, "activity_changed", schema, text_ids
-        )
+            conn, changed, run_id, "activity_changed", schema, text_ids, sources
+        ).written
     return written
 
 
@@ -163,6 +169,7 @@ class WriteResults(beam.PTransform):
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         schema: str = tables.DEFAULT_SCHEMA,
         text_ids: bool = False,
+        sources: Sources | None = None,
     ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
@@ -170,7 +177,9 @@ class WriteResults(beam.PTransform):
             run_id,
             batch_size,
             "results",
-            functools.partial(_write_tables, text_ids=text_ids),
+            functools.partial(
+                _write_tables, text_ids=text_ids, sources=dict(sources) if sources else None
+            ),
             lambda t: t.num_rows,
             retry_policy,
             schema,

@@ -7,10 +7,12 @@ does not load Arrow and numpy (a quarter of a second) before it knows there is a
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -21,7 +23,15 @@ from sqlalchemy.dialects import postgresql
 from pipeline import levels, pgbinary
 from pipeline.model import ActivityType
 from pipeline.store.queries import STORED_COLUMN, STORED_FINGERPRINT_COLUMN, pending_query
-from pipeline.store.sources import Source
+from pipeline.store.sources import (
+    Source,
+    Sources,
+    default_sources,
+    from_clause,
+    key_column,
+    read_only_within,
+    version_expression,
+)
 from pipeline.store.tables import (
     DEFAULT_SCHEMA,
     FINGERPRINT_COLUMNS,
@@ -34,7 +44,7 @@ from pipeline.store.tables import (
     qualified,
     table,
 )
-from pipeline.store.writes import stage, staged_copy
+from pipeline.store.writes import copy_rows, stage
 
 
 def read_pending_table(
@@ -105,20 +115,34 @@ def write_results_table(
     run_id: str,
     schema: str = DEFAULT_SCHEMA,
     text_ids: bool = False,
+    sources: Sources | None = None,
 ) -> int:
-    """Insert a results table (``result_schema``, with the fingerprint columns when computed)
-    not already stored, in binary ``COPY`` (``pipeline.pgbinary``). Returns rows written.
+    """Store a results table (``result_schema``, with the fingerprint and version columns when
+    computed) of activities read as new, in one binary ``COPY`` (``pipeline.pgbinary``).
+    Returns rows written.
+
+    The hot path: every row is new (they were read as pending just before), and one ``COPY``
+    straight into the table is all. When a row is already stored (a retried flush, or another
+    run or follow stored a result of the activity meanwhile), the unique key refuses the whole
+    COPY, and the table goes through ``supersede_results_table`` instead, which keeps whichever
+    value was computed from the activity's input as it is now.
 
     Columns that are empty in the whole batch (the flight fields of electricity, say) are left
     out of the COPY: they are NULL by default, and PostgreSQL reads fewer fields.
     """
     data, order = _encode(results, run_id, text_ids)
-    conflict = sql.SQL("(activity_type, activity_id) DO NOTHING")
-
-    def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
-        log_writes(cur, run_id, results if written is None else _only(results, written), schema)
-
-    return staged_copy(conn, RESULTS_TABLE, order, data, conflict, "binary", log, schema)
+    try:
+        with conn.cursor() as cur:
+            written = copy_rows(cur, RESULTS_TABLE, order, data, "binary", schema)
+            log_writes(cur, run_id, results, schema)
+        conn.commit()
+        return written
+    except psycopg2.errors.UniqueViolation:
+        conn.rollback()
+    superseded = supersede_results_table(
+        conn, results, run_id, "activity_changed", schema, text_ids, sources
+    )
+    return superseded.written
 
 
 def _encode(results: pa.Table, run_id: str, text_ids: bool) -> tuple[pgbinary.CopyData, list[str]]:
@@ -138,6 +162,19 @@ def _encode(results: pa.Table, run_id: str, text_ids: bool) -> tuple[pgbinary.Co
     return pgbinary.encode(copied, types)
 
 
+@dataclasses.dataclass(frozen=True)
+class Superseded:
+    """What ``supersede_results_table`` did with a results table."""
+
+    #: Results stored: ``replaced`` plus those of activities that had none.
+    written: int = 0
+    #: Stored results replaced (each moved to history first).
+    replaced: int = 0
+    #: Results computed from an input that has changed since (or is gone): dropped, their
+    #: activities left pending for the next run (or follow) to compute from the input as it is.
+    stale: int = 0
+
+
 def supersede_results_table(
     conn: psycopg2.extensions.connection,
     results: pa.Table,
@@ -145,79 +182,136 @@ def supersede_results_table(
     reason: str,
     schema: str = DEFAULT_SCHEMA,
     text_ids: bool = False,
-) -> int:
-    """Replaces the stored results of the activities in ``results`` (new versions of them), in
-    one transaction: each current row moves to history first, whole, with ``reason`` and this
-    run's id; then the new values take its place. Returns how many results were written.
+    sources: Sources | None = None,
+    log: bool = True,
+) -> Superseded:
+    """The one path by which every writer (batch runs, follow, restatements) replaces stored
+    results, in one transaction; ``results`` carries the version of the activity row each
+    value was computed from (``activity_version``) and its fingerprints.
 
-    Idempotent and safe beside other runs: only a stored row of another activity version (or
-    of the same version with another input fingerprint) is replaced, so a retried flush, or a
-    second run that computed the same version, changes nothing; a result that is gone
-    meanwhile is inserted."""
+    1. The stored rows of these activities are locked, in key order (two writers do not
+       deadlock, and none changes them until this one commits).
+    2. Compare-and-swap on the input: a value whose activity row is no longer at the version it
+       was computed from (``sources``: where each type is read; default: the pipeline's own
+       tables) is dropped: a newer result is never replaced by an older one, and the activity
+       stays pending until a writer brings the value of its input as it is now.
+    3. A stored row computed from anything else (another version, input or factor fingerprint:
+       the same version with other content is an application that changed a row without its
+       version column, ``--recheck``) moves, whole, to history (with ``reason`` and ``run_id``), and the new value takes its
+       place, in one statement: what is kept is exactly what is replaced.
+    4. The values of activities with no stored result are inserted.
+
+    Idempotent: a retried flush, or a second writer with the same value, finds it stored and
+    changes nothing; nothing moves to history twice. ``log``: record the writes in the run's
+    write log (``log_writes``)."""
     data, order = _encode(results, run_id, text_ids)
-    cols = sql.SQL(", ").join(map(sql.Identifier, order))
+    sources = sources if sources is not None else default_sources(schema)
     current = qualified(RESULTS_TABLE, schema)
-    stored = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in STORED_RESULT_COLUMNS)
-    # Another version, or the same version with other content (an application that changed
-    # a row without its version column: ``--recheck``).
-    differs = sql.SQL(
-        "s.activity_type = r.activity_type AND s.activity_id = r.activity_id "
-        "AND (r.activity_version IS DISTINCT FROM s.activity_version "
-        "OR r.input_fingerprint IS DISTINCT FROM s.input_fingerprint)"
-    )
     with conn.cursor() as cur:
         staging = stage(cur, RESULTS_TABLE, order, data, "binary", schema)
-        # Lock the rows to replace first (in key order, so that two runs do not deadlock):
-        # the statements after it see what a concurrent run committed meanwhile, and leave
-        # a row that run already replaced with this version alone.
         cur.execute(
             sql.SQL(
-                "SELECT 1 FROM {t} r JOIN {s} s ON s.activity_type = r.activity_type "
-                "AND s.activity_id = r.activity_id ORDER BY r.activity_type, r.activity_id "
+                "SELECT 1 FROM {t} r JOIN {n} n ON n.activity_type = r.activity_type "
+                "AND n.activity_id = r.activity_id ORDER BY r.activity_type, r.activity_id "
                 "FOR UPDATE OF r"
-            ).format(t=current, s=staging)
+            ).format(t=current, n=staging)
         )
+        stale = sum(
+            _drop_stale(cur, staging, sources[t])
+            for t in sorted(set(results.column("activity_type").to_pylist()))
+        )
+        replaced = _replace(cur, staging, order, run_id, reason, schema)
         cur.execute(
             sql.SQL(
-                "INSERT INTO {h} ({all}, restatement_id, reason) SELECT {stored}, %s, %s "
-                "FROM {t} r JOIN {s} s ON {differs} ON CONFLICT DO NOTHING"
-            ).format(
-                h=qualified(HISTORY_TABLE, schema),
-                all=sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS)),
-                stored=stored,
-                t=current,
-                s=staging,
-                differs=differs,
-            ),
-            (run_id, reason),
-        )
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} r SET {sets}, created_at = now() FROM {s} s WHERE {differs} "
-                "RETURNING r.activity_type, r.activity_id::text"
-            ).format(
-                t=current,
-                s=staging,
-                differs=differs,
-                sets=sql.SQL(", ").join(
-                    sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
-                    for c in STORED_RESULT_COLUMNS
-                    if c not in ("activity_type", "activity_id", "created_at")
-                ),
-            )
-        )
-        written = [(t, k) for t, k in cur.fetchall()]
-        cur.execute(
-            sql.SQL(
-                "INSERT INTO {t} ({c}) SELECT {c} FROM {s} ON CONFLICT DO NOTHING "
+                "INSERT INTO {t} ({c}) SELECT {c} FROM {n} ON CONFLICT DO NOTHING "
                 "RETURNING activity_type, activity_id::text"
-            ).format(t=current, c=cols, s=staging)
+            ).format(t=current, c=sql.SQL(", ").join(map(sql.Identifier, order)), n=staging)
         )
-        written += [(t, k) for t, k in cur.fetchall()]
-        if written:
-            log_writes(cur, run_id, _only(results, written), schema, replaced=True)
+        inserted = [(t, k) for t, k in cur.fetchall()]
+        if log and replaced:
+            log_writes(cur, run_id, _only(results, replaced), schema, replaced=True)
+        if log and inserted:
+            log_writes(cur, run_id, _only(results, inserted), schema)
     conn.commit()
-    return len(written)
+    return Superseded(len(replaced) + len(inserted), len(replaced), stale)
+
+
+def _drop_stale(cur: psycopg2.extensions.cursor, staging: sql.Identifier, source: Source) -> int:
+    """Drops from the staged results of ``source``'s type those whose activity row is no longer
+    at the version they were computed from (or is gone); returns how many.
+
+    The source is read (its key and version only, by its key's index) in a read-only part of
+    the writing transaction (``read_only_within``): a team's SQL never runs where it could
+    write, and it is read under the locks of the writes it decides."""
+    with read_only_within(cur):
+        cur.execute(
+            sql.SQL(
+                "SELECT n.activity_id::text FROM {n} n WHERE n.activity_type = %s "
+                "AND NOT EXISTS (SELECT 1 FROM {source} WHERE {key} = n.activity_id "
+                "AND {version} = n.activity_version)"
+            ).format(
+                n=staging,
+                source=from_clause(source),
+                key=key_column(source),
+                version=version_expression(source),
+            ),
+            (source.activity_type,),
+        )
+        stale = [k for (k,) in cur.fetchall()]
+    if stale:
+        cur.execute(
+            sql.SQL(
+                "DELETE FROM {n} n WHERE n.activity_type = %s AND n.activity_id::text = ANY(%s)"
+            ).format(n=staging),
+            (source.activity_type, stale),
+        )
+    return len(stale)
+
+
+def _replace(
+    cur: psycopg2.extensions.cursor,
+    staging: sql.Identifier,
+    order: list[str],
+    run_id: str,
+    reason: str,
+    schema: str,
+) -> list[tuple[str, str]]:
+    """Moves each stored row computed from something else than its staged value to history and
+    puts the staged value in its place, in one statement (one decision for both); returns the
+    keys replaced."""
+    current = qualified(RESULTS_TABLE, schema)
+    computed_from = ("activity_version", *FINGERPRINT_COLUMNS)
+    cur.execute(
+        sql.SQL(
+            "WITH moved AS (INSERT INTO {h} ({all}, restatement_id, reason) "
+            "SELECT {stored}, %s, %s FROM {t} r JOIN {n} n ON n.activity_type = r.activity_type "
+            "AND n.activity_id = r.activity_id WHERE ({old}) IS DISTINCT FROM ({new}) "
+            "RETURNING activity_type, activity_id) "
+            "UPDATE {t} r SET {sets}, created_at = now() FROM {n} n JOIN moved m "
+            "ON m.activity_type = n.activity_type AND m.activity_id = n.activity_id "
+            "WHERE r.activity_type = n.activity_type AND r.activity_id = n.activity_id "
+            "RETURNING r.activity_type, r.activity_id::text"
+        ).format(
+            h=qualified(HISTORY_TABLE, schema),
+            all=sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS)),
+            stored=sql.SQL(", ").join(
+                sql.SQL("r.") + sql.Identifier(c) for c in STORED_RESULT_COLUMNS
+            ),
+            t=current,
+            n=staging,
+            old=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in computed_from),
+            new=sql.SQL(", ").join(sql.SQL("n.") + sql.Identifier(c) for c in computed_from),
+            # Every stored column but the key: a column the staged table leaves out (empty
+            # in the whole batch) is NULL there, as it is in a new row.
+            sets=sql.SQL(", ").join(
+                sql.SQL("{c} = n.{c}").format(c=sql.Identifier(c))
+                for c in STORED_RESULT_COLUMNS
+                if c not in ("activity_type", "activity_id", "created_at")
+            ),
+        ),
+        (run_id, reason),
+    )
+    return [(t, k) for t, k in cur.fetchall()]
 
 
 def _only(results: pa.Table, keys: list[tuple[str, str]]) -> pa.Table:

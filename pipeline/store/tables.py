@@ -237,15 +237,22 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
             postgresql_include=["activity_version"],
         ),
     )
-    # A result is never lost: a superseded or retired row moves here, whole, first.
-    # ``restatement_id`` is the restatement or run that moved it; ``reason`` says why.
+    # A result is never lost: a superseded or retired row moves here, whole, in the statement
+    # that replaces or deletes it. ``restatement_id`` is the restatement or run that moved it;
+    # ``reason`` says why; ``history_id`` (migration 0007) numbers the rows in the order they
+    # were kept: one run may move several values of one activity.
+    history_cols = [c._copy() for c in result_cols]
+    for c in history_cols:
+        c.primary_key = False
     sa.Table(
         HISTORY_TABLE,
         md,
-        *[c._copy() for c in result_cols],
-        sa.Column("restatement_id", postgresql.UUID(as_uuid=False), primary_key=True),
+        *history_cols,
+        sa.Column("restatement_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("superseded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.Column("reason", sa.Text, nullable=False, server_default="restatement"),
+        sa.Column("history_id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Index("ix_emission_results_history_activity", "activity_type", "activity_id"),
     )
     sa.Table(
         RESTATEMENTS_TABLE,
@@ -262,6 +269,8 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("refused", sa.BigInteger),
         sa.Column("diff", postgresql.JSONB),
         sa.Column("message", sa.Text),
+        # Activities whose input changed after the restatement read them (migration 0007).
+        sa.Column("left_to_next_run", sa.BigInteger),
     )
     sa.Table(
         ERRORS_TABLE,

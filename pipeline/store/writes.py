@@ -112,6 +112,28 @@ def stage(
     return staging
 
 
+def copy_rows(
+    cur: psycopg2.extensions.cursor,
+    table: str,
+    columns: Sequence[str],
+    data: io.StringIO | io.BytesIO | CopyData,
+    fmt: Literal["csv", "binary"] = "csv",
+    schema: str = DEFAULT_SCHEMA,
+) -> int:
+    """One ``COPY`` straight into ``table``; returns the rows copied. A row that breaks a unique
+    key refuses the whole COPY (``UniqueViolation``; the transaction is then to be rolled back)."""
+    cur.copy_expert(
+        sql.SQL("COPY {t} ({c}) FROM STDIN WITH (FORMAT {f})").format(
+            t=qualified(table, schema),
+            c=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            f=sql.SQL(fmt),
+        ),
+        data,
+        size=_COPY_CHUNK,
+    )
+    return int(cur.rowcount)
+
+
 def staged_copy(
     conn: psycopg2.extensions.connection,
     table: str,
@@ -138,14 +160,7 @@ def staged_copy(
     target = qualified(table, schema)
     try:
         with conn.cursor() as cur:
-            cur.copy_expert(
-                sql.SQL("COPY {t} ({c}) FROM STDIN WITH (FORMAT {f})").format(
-                    t=target, c=cols, f=sql.SQL(fmt)
-                ),
-                csv_data,
-                size=_COPY_CHUNK,
-            )
-            written = cur.rowcount
+            written = copy_rows(cur, table, columns, csv_data, fmt, schema)
             if after is not None:
                 after(cur, None)
         conn.commit()
@@ -245,20 +260,34 @@ def refresh_versions(
     versions: Sequence[int],
     key_type: str,
     schema: str = DEFAULT_SCHEMA,
+    fingerprints: Sequence[int | None] | None = None,
 ) -> int:
     """Records a new version of activities whose content did not change (a no-op ``UPDATE``, a
     restore): their results stand, and they are not read again. One statement; returns how
-    many results it touched."""
+    many results it touched.
+
+    ``fingerprints``: the input fingerprints of the results as the reader compared them; a
+    result replaced since (by another writer, from other content) is left alone, so that no
+    result claims a version it was not computed from."""
     if not ids:
         return 0
+    same = list(fingerprints) if fingerprints is not None else [None] * len(ids)
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
                 "UPDATE {r} r SET activity_version = v.version FROM unnest(%s::{k}[], "
-                "%s::bigint[]) AS v(id, version) WHERE r.activity_type = %s "
-                "AND r.activity_id = v.id AND r.activity_version IS DISTINCT FROM v.version"
+                "%s::bigint[], %s::bigint[]) AS v(id, version, fingerprint) "
+                "WHERE r.activity_type = %s AND r.activity_id = v.id "
+                "AND r.activity_version IS DISTINCT FROM v.version "
+                "AND (%s OR r.input_fingerprint IS NOT DISTINCT FROM v.fingerprint)"
             ).format(r=qualified(RESULTS_TABLE, schema), k=sql.SQL(key_type)),
-            ([str(i) for i in ids], list(versions), activity_type),
+            (
+                [str(i) for i in ids],
+                list(versions),
+                same,
+                activity_type,
+                fingerprints is None,
+            ),
         )
         touched = cur.rowcount
     conn.commit()
@@ -274,9 +303,10 @@ def retire_deleted(
     schema: str = DEFAULT_SCHEMA,
 ) -> tuple[int, int]:
     """Retires, within one key range, the results and dead letters of activities that no longer
-    exist: each result moves to history (reason ``activity_deleted``, this run's id) and leaves
-    the totals; each dead letter stays as a record, marked retired. Set-based; returns
-    (results retired, dead letters retired). Safe to repeat.
+    exist: each result moves to history (reason ``activity_deleted``, this run's id) in the
+    statement that deletes it, and leaves the totals; each dead letter stays as a record, marked
+    retired. Set-based; returns (results retired, dead letters retired). Safe to repeat: a
+    result retired is no longer there to move.
 
     Which activities are gone is asked first, in a read-only transaction (the source is a
     team's SQL: it never runs where it could write, ``gone_in_range``); the rows found are then
@@ -305,11 +335,9 @@ def retire_deleted(
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "WITH gone AS (DELETE FROM {r} r WHERE {where} RETURNING {stored}), "
-                "kept AS (INSERT INTO {h} ({stored}, restatement_id, reason) "
-                "SELECT {stored}, %(run_id)s, 'activity_deleted' FROM gone "
-                "ON CONFLICT DO NOTHING RETURNING 1) "
-                "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM kept)"
+                "WITH gone AS (DELETE FROM {r} r WHERE {where} RETURNING {stored}) "
+                "INSERT INTO {h} ({stored}, restatement_id, reason) "
+                "SELECT {stored}, %(run_id)s, 'activity_deleted' FROM gone"
             ).format(
                 r=qualified(RESULTS_TABLE, schema),
                 h=qualified(HISTORY_TABLE, schema),
@@ -318,13 +346,7 @@ def retire_deleted(
             ),
             params,
         )
-        gone, kept = cur.fetchone()
-        if gone != kept:
-            conn.rollback()
-            raise RuntimeError(
-                f"retiring deleted {source.activity_type} activities: {gone} results to move, "
-                f"but {kept} history rows written; nothing was retired"
-            )
+        gone = cur.rowcount
         cur.execute(
             sql.SQL(
                 "UPDATE {e} e SET retired_at = now() WHERE e.retired_at IS NULL "
