@@ -154,7 +154,7 @@ def test_results_tables_are_written_once_whatever_columns_a_batch_has(
                 "SELECT i, 10, 'kWh' FROM generate_series(1, 15) i"
             )
         )
-        versions = dict(
+        versions: dict[int, int] = dict(
             c.execute(
                 sa.text("SELECT id, xmin::text::bigint FROM emissions.electricity_activities")
             ).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import apache_beam as beam
@@ -213,6 +214,27 @@ def test_write_composites_store_each_row_once(
     activities = [ElectricityActivity(i, 10.0 * i, "MWh", "NEWE", None, D) for i in range(1, 101)]
     results = [calculate(a, book) for a in activities]
     table = calculate_batch("electricity", activities_table("electricity", activities), book)
+    # The activity rows, and the versions the results were computed from: a flush that finds
+    # rows stored goes through the one supersede path, which checks them.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO emissions.electricity_activities (id, quantity, unit, region) "
+                "SELECT i, 10.0 * i, 'MWh', 'NEWE' FROM generate_series(1, 100) i"
+            )
+        )
+        versions: dict[int, int] = dict(
+            conn.execute(
+                sa.text("SELECT id, xmin::text::bigint FROM emissions.electricity_activities")
+            ).all()
+        )
+    ids = table.results.column("activity_id").to_pylist()
+    table = dataclasses.replace(
+        table,
+        results=table.results.append_column(
+            tables.VERSION_COLUMN, pa.array([versions[i] for i in ids], pa.int64())
+        ),
+    )
     error = ErrorRecord("electricity", 500, "unknown_unit", "bad unit", "{}")
 
     def run_once() -> None:
