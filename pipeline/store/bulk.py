@@ -197,8 +197,9 @@ def supersede_results_table(
        stays pending until a writer brings the value of its input as it is now.
     3. A stored row computed from anything else (another version, input or factor fingerprint:
        the same version with other content is an application that changed a row without its
-       version column, ``--recheck``) moves, whole, to history (with ``reason`` and ``run_id``), and the new value takes its
-       place, in one statement: what is kept is exactly what is replaced.
+       version column, ``--recheck``) moves, whole, to history (with ``reason`` and
+       ``run_id``), and the new value takes its place, in one statement: what is kept is
+       exactly what is replaced.
     4. The values of activities with no stored result are inserted.
 
     Idempotent: a retried flush, or a second writer with the same value, finds it stored and
