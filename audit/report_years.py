@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from audit import inventory
 from audit.charts import TYPE_LABELS, Bar, _e, hbar_chart, percent, scope_label, tonnes
+from audit.inventory import database_label as database_label
 from pipeline.store import tables
 from pipeline.store.sources import Sources
 
@@ -49,17 +50,6 @@ def factor_name(factor_set: str, key: str, year: int | None) -> str:
         "epa_sef": f"EPA Supply Chain factors, NAICS {key} (2022 USD)",
     }
     return names.get(factor_set, f"{factor_set} {key} {year}")
-
-
-def database_label(url: str) -> str:
-    """The database as the report names it: host and database name, nothing else (no user,
-    port, options or socket path)."""
-    parsed = sa.make_url(url)
-    host = parsed.host or ""
-    socket = parsed.query.get("host")
-    if not host or host.startswith("/") or socket:
-        host = "local server"
-    return f"{host}, database {parsed.database or '(default)'}"
 
 
 def gwp_sets(engine: sa.Engine, schema: str) -> list[tuple[str, str, str, int]]:

@@ -203,7 +203,11 @@ def test_the_command_prints_the_year_and_refuses_a_bad_year_start(
     assert inventory.main(["--database-url", database_url, "--year", "2024"]) == 0
     printed = json.loads(capsys.readouterr().out)
     check(printed, sql_figures(engine, "2024-01-01", "2025-01-01"))
-    assert "@" not in printed["database"] or "***" in printed["database"]
+    # Host and database name only: no user, password, port or socket path.
+    assert printed["database"].endswith(f", database {sa.make_url(database_url).database}")
+    assert "@" not in printed["database"] and "/" not in printed["database"]
+    assert printed["scope_2"]["market_based_kg"] is None
+    assert printed["scope_2"]["location_based_kg"] == printed["by_scope"][0]["kg_co2e"]
     assert (
         inventory.main(["--database-url", database_url, "--year", "2024", "--year-start", "02-29"])
         == 2
