@@ -604,11 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--year-start",
+        "--year_start",
+        dest="year_start",
         default="01-01",
         help="first day (MM-DD) of each reporting year: 01-01 for calendar years",
     )
     parser.add_argument(
         "--verify-sample",
+        "--verify_sample",
+        dest="verify_sample",
         type=int,
         default=200,
         help="results per activity type that audit.verify recomputes for the report (0: none)",
