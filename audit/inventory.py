@@ -143,8 +143,19 @@ class Cell:
 Key = tuple[str, str | None]
 
 
-def _results_query(activity_type: str, source: Any, schema: str) -> sql.Composed:
-    """The year's results of one type, per country/region: counts, exact kg, gases, levels."""
+#: The reporting year of an activity (the calendar year its reporting year begins in): its
+#: date's year, less one before the year's first day (``%(ys)s``, ``MM-DD``).
+_YEAR = (
+    "(extract(year FROM a.activity_date)::int - (to_char(a.activity_date, 'MM-DD') < %(ys)s)::int)"
+)
+#: Which activities are read: those of one reporting year, or of every year.
+_ONE_YEAR = "a.activity_date >= %(start)s AND a.activity_date < %(end)s"
+_EVERY_YEAR = "a.activity_date IS NOT NULL"
+
+
+def _results_query(activity_type: str, source: Any, schema: str, dated: str) -> sql.Composed:
+    """Results of one type per reporting year and country/region: counts, exact kg, gases,
+    levels."""
     levels = sql.SQL(", ").join(
         sql.SQL(
             "count(*) FILTER (WHERE {c}), coalesce(sum(kg_co2e::numeric) FILTER (WHERE {c}), 0)"
@@ -152,32 +163,37 @@ def _results_query(activity_type: str, source: Any, schema: str) -> sql.Composed
         for cond in LEVEL_SQL.values()
     )
     return sql.SQL(
-        "SELECT region, count(*), sum(kg_co2e::numeric), sum(coalesce(kg_co2, 0)::numeric), "
-        "sum(coalesce(kg_ch4_co2e, 0)::numeric), sum(coalesce(kg_n2o_co2e, 0)::numeric), "
-        "{levels} FROM (SELECT r.*, {region} AS region FROM {results} r JOIN ({activities}) a "
-        "ON a.id = r.activity_id WHERE r.activity_type = %(type)s "
-        "AND a.activity_date >= %(start)s AND a.activity_date < %(end)s) x GROUP BY region"
+        "SELECT ryear, region, count(*), sum(kg_co2e::numeric), "
+        "sum(coalesce(kg_co2, 0)::numeric), sum(coalesce(kg_ch4_co2e, 0)::numeric), "
+        "sum(coalesce(kg_n2o_co2e, 0)::numeric), {levels} FROM (SELECT r.*, {year} AS ryear, "
+        "{region} AS region FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
+        "WHERE r.activity_type = %(type)s AND {dated}) x GROUP BY ryear, region"
     ).format(
         levels=levels,
+        year=sql.SQL(_YEAR),
         region=sql.SQL(_REGION.get(activity_type, "NULL::text")),
         results=tables.qualified(tables.RESULTS_TABLE, schema),
         activities=relation(source),
+        dated=sql.SQL(dated),
     )
 
 
-def _dead_letters_query(activity_type: str, source: Any, schema: str) -> sql.Composed:
-    """The year's activities of one type refused as dead letters (open, with no result)."""
+def _dead_letters_query(activity_type: str, source: Any, schema: str, dated: str) -> sql.Composed:
+    """Activities of one type refused as dead letters (open, with no result), per reporting
+    year and country/region."""
     return sql.SQL(
-        "SELECT {region}, count(DISTINCT e.activity_id) FROM {errors} e JOIN ({activities}) a "
-        "ON a.id = e.activity_id WHERE e.activity_type = %(type)s AND e.retired_at IS NULL "
-        "AND a.activity_date >= %(start)s AND a.activity_date < %(end)s AND NOT EXISTS "
+        "SELECT {year}, {region}, count(DISTINCT e.activity_id) FROM {errors} e "
+        "JOIN ({activities}) a ON a.id = e.activity_id WHERE e.activity_type = %(type)s "
+        "AND e.retired_at IS NULL AND {dated} AND NOT EXISTS "
         "(SELECT 1 FROM {results} r WHERE r.activity_type = e.activity_type "
-        "AND r.activity_id = e.activity_id) GROUP BY 1"
+        "AND r.activity_id = e.activity_id) GROUP BY 1, 2"
     ).format(
+        year=sql.SQL(_YEAR),
         region=sql.SQL(_REGION.get(activity_type, "NULL::text")),
         errors=tables.qualified(tables.ERRORS_TABLE, schema),
         results=tables.qualified(tables.RESULTS_TABLE, schema),
         activities=relation(source),
+        dated=sql.SQL(dated),
     )
 
 
@@ -190,37 +206,43 @@ def _undated_query(activity_type: str, source: Any, schema: str) -> sql.Composed
     ).format(errors=tables.qualified(tables.ERRORS_TABLE, schema), activities=relation(source))
 
 
+def _cell(row: Any) -> Cell:
+    """A cell from a row of ``_results_query`` (after its year and region)."""
+    cell = Cell(results=int(row[0]), kg=Decimal(row[1]))
+    co2, ch4, n2o = (Decimal(v) for v in row[2:5])
+    cell.gases = {"co2": co2, "ch4": ch4, "n2o": n2o, "not_split": cell.kg - co2 - ch4 - n2o}
+    for i, lv in enumerate(LEVELS):
+        cell.levels[lv] = (int(row[5 + 2 * i]), Decimal(row[6 + 2 * i]))
+    return cell
+
+
 def read_cells(
-    engine: Any, chosen: Period, schema: str, sources: Sources
-) -> tuple[dict[Key, Cell], int]:
-    """Per (activity type, country/region), the year's cell; and the undated dead letters."""
-    cells: dict[Key, Cell] = {}
+    engine: Any, year_start: str, schema: str, sources: Sources, only: Period | None = None
+) -> tuple[dict[int, dict[Key, Cell]], int]:
+    """Per reporting year (``only`` that one, else every year) and (activity type,
+    country/region), its cell; and the undated dead letters. One pass over each type's
+    results and dead letters, in one snapshot."""
+    years: dict[int, dict[Key, Cell]] = {}
     undated = 0
+    dated = _EVERY_YEAR if only is None else _ONE_YEAR
     with connections.raw_connection(engine) as conn:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ")
             for activity_type, source in sources.items():
-                params = {"type": activity_type, "start": chosen.start, "end": chosen.end}
-                cur.execute(_results_query(activity_type, source, schema), params)
+                params: dict[str, Any] = {"type": activity_type, "ys": year_start}
+                if only is not None:
+                    params.update(start=only.start, end=only.end)
+                cur.execute(_results_query(activity_type, source, schema, dated), params)
                 for row in cur.fetchall():
-                    cell = cells.setdefault((activity_type, row[0]), Cell())
-                    cell.results, cell.kg = int(row[1]), Decimal(row[2])
-                    co2, ch4, n2o = (Decimal(v) for v in row[3:6])
-                    cell.gases = {
-                        "co2": co2,
-                        "ch4": ch4,
-                        "n2o": n2o,
-                        "not_split": cell.kg - co2 - ch4 - n2o,
-                    }
-                    for i, lv in enumerate(LEVELS):
-                        cell.levels[lv] = (int(row[6 + 2 * i]), Decimal(row[7 + 2 * i]))
-                cur.execute(_dead_letters_query(activity_type, source, schema), params)
-                for region, count in cur.fetchall():
+                    years.setdefault(int(row[0]), {})[(activity_type, row[1])] = _cell(row[2:])
+                cur.execute(_dead_letters_query(activity_type, source, schema, dated), params)
+                for year, region, count in cur.fetchall():
+                    cells = years.setdefault(int(year), {})
                     cells.setdefault((activity_type, region), Cell()).dead_letters = int(count)
                 cur.execute(_undated_query(activity_type, source, schema), params)
                 undated += int(cur.fetchone()[0])
         conn.commit()
-    return cells, undated
+    return years, undated
 
 
 def database_label(url: str) -> str:
@@ -253,7 +275,27 @@ def inventory(
     sources: Sources | None = None,
 ) -> dict[str, Any]:
     """The figures of the reporting year ``chosen``, read from the database now."""
-    cells, undated = read_cells(engine, chosen, schema, sources or default_sources(schema))
+    sources = sources or default_sources(schema)
+    years, undated = read_cells(engine, chosen.year_start, schema, sources, chosen)
+    return _figures(chosen, years.get(chosen.year, {}), undated)
+
+
+def inventories(
+    engine: Any,
+    year_start: str = "01-01",
+    schema: str = tables.DEFAULT_SCHEMA,
+    sources: Sources | None = None,
+) -> list[dict[str, Any]]:
+    """The figures of every reporting year with a result or a dead letter, oldest first, read
+    in one pass (the report's sections)."""
+    period(2000, year_start)  # refuses a bad first day before reading anything
+    sources = sources or default_sources(schema)
+    years, undated = read_cells(engine, year_start, schema, sources)
+    return [_figures(period(y, year_start), years[y], undated) for y in sorted(years)]
+
+
+def _figures(chosen: Period, cells: dict[Key, Cell], undated: int) -> dict[str, Any]:
+    """The figures of one year from its cells."""
     total = Cell()
     for cell in cells.values():
         total.add(cell)
@@ -287,36 +329,6 @@ def inventory(
         ],
         "dead_letters_without_date": undated,
     }
-
-
-def years_with_results(
-    engine: Any, schema: str, sources: Sources, year_start: str = "01-01"
-) -> list[int]:
-    """The reporting years in which some stored result's activity falls, oldest first."""
-    month, day = (int(p) for p in year_start.split("-"))
-    found: set[int] = set()
-    with connections.raw_connection(engine) as conn:
-        with conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
-            for activity_type, source in sources.items():
-                # The year a date's reporting year begins in: its calendar year, less one
-                # before the year's start day.
-                cur.execute(
-                    sql.SQL(
-                        "SELECT DISTINCT extract(year FROM a.activity_date)::int - "
-                        "CASE WHEN (extract(month FROM a.activity_date), "
-                        "extract(day FROM a.activity_date)) < (%(m)s, %(d)s) THEN 1 ELSE 0 END "
-                        "FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
-                        "WHERE r.activity_type = %(type)s AND a.activity_date IS NOT NULL"
-                    ).format(
-                        results=tables.qualified(tables.RESULTS_TABLE, schema),
-                        activities=relation(source),
-                    ),
-                    {"m": month, "d": day, "type": activity_type},
-                )
-                found.update(int(r[0]) for r in cur.fetchall())
-        conn.commit()
-    return sorted(found)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,11 +76,8 @@ def gwp_label(gwp_set: str, edition: str) -> str:
 def years(
     engine: sa.Engine, schema: str, sources: Sources, year_start: str = "01-01"
 ) -> list[dict[str, Any]]:
-    """The inventory of every reporting year with results, oldest first."""
-    return [
-        inventory.inventory(engine, inventory.period(y, year_start), schema, sources)
-        for y in inventory.years_with_results(engine, schema, sources, year_start)
-    ]
+    """The inventory of every reporting year with results or dead letters, oldest first."""
+    return inventory.inventories(engine, year_start, schema, sources)
 
 
 def verify_sample(

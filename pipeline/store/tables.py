@@ -51,7 +51,7 @@ WRITES_TABLE = "calculation_run_writes"
 SOURCES_TABLE = "sources_config"
 #: Which run holds which key range (``pipeline.store.claims``); a claim lives with its run.
 CLAIMS_TABLE = "range_claims"
-#: The base year as first reported, one row per result (revision 0007, ``audit.base_year``).
+#: The base year as first reported, one row per result (revision 0008, ``audit.base_year``).
 BASE_YEAR_TABLE = "base_year_results"
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 
@@ -323,7 +323,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("claimed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("activity_type", "range_key", name="range_claims_pkey"),
     )
-    # Revision 0007: a base year's results as first reported (``audit.base_year``); the
+    # Revision 0008: a base year's results as first reported (``audit.base_year``); the
     # activity's key as text, whatever its type.
     sa.Table(
         BASE_YEAR_TABLE,
