@@ -28,36 +28,47 @@ from psycopg2 import sql
 
 from audit.inventory import Period, inventory
 from pipeline.store import connections, tables
-from pipeline.store.sources import Sources, default_sources, relation
+from pipeline.store.sources import Sources, default_sources, read_only_within, relation
 
 REASONS = (*tables.HISTORY_REASONS, "activity_added", "other")
 
 
 def _record(cur: Any, chosen: Period, schema: str, sources: Sources) -> None:
     """Record the base year's results now, unless it is recorded already (one statement per
-    type, in one transaction: a base year is recorded whole or not at all)."""
+    type, in one transaction: a base year is recorded whole or not at all). Which results are
+    in the year is read from the sources in a read-only part of it (``read_only_within``: the
+    sources' SQL never runs where it could write)."""
     base = tables.qualified(tables.BASE_YEAR_TABLE, schema)
     for activity_type, source in sources.items():
+        params = {
+            "ys": chosen.year_start,
+            "year": chosen.year,
+            "type": activity_type,
+            "start": chosen.start,
+            "end": chosen.end,
+        }
+        with read_only_within(cur):
+            cur.execute(
+                sql.SQL(
+                    "SELECT r.activity_id::text FROM {results} r JOIN ({activities}) a "
+                    "ON a.id = r.activity_id WHERE r.activity_type = %(type)s "
+                    "AND a.activity_date >= %(start)s AND a.activity_date < %(end)s"
+                ).format(
+                    results=tables.qualified(tables.RESULTS_TABLE, schema),
+                    activities=relation(source),
+                ),
+                params,
+            )
+            params["ids"] = [i for (i,) in cur.fetchall()]
         cur.execute(
             sql.SQL(
                 "INSERT INTO {base} (year_start, base_year, activity_type, activity_id, scope, "
                 "category, kg_co2e) SELECT %(ys)s, %(year)s, r.activity_type, "
                 "r.activity_id::text, r.scope, r.category, r.kg_co2e FROM {results} r "
-                "JOIN ({activities}) a ON a.id = r.activity_id WHERE r.activity_type = %(type)s "
-                "AND a.activity_date >= %(start)s AND a.activity_date < %(end)s "
+                "WHERE r.activity_type = %(type)s AND r.activity_id::text = ANY(%(ids)s) "
                 "ON CONFLICT DO NOTHING"
-            ).format(
-                base=base,
-                results=tables.qualified(tables.RESULTS_TABLE, schema),
-                activities=relation(source),
-            ),
-            {
-                "ys": chosen.year_start,
-                "year": chosen.year,
-                "type": activity_type,
-                "start": chosen.start,
-                "end": chosen.end,
-            },
+            ).format(base=base, results=tables.qualified(tables.RESULTS_TABLE, schema)),
+            params,
         )
 
 
@@ -127,8 +138,9 @@ def _read(
             added, added_kg = 0, Decimal(0)
             for activity_type, source in sources.items():
                 params = {**key, "type": activity_type, "start": chosen.start, "end": chosen.end}
-                cur.execute(_added_query(schema, source), params)
-                n, kg = cur.fetchone()
+                with read_only_within(cur):  # the sources' SQL, read-only
+                    cur.execute(_added_query(schema, source), params)
+                    n, kg = cur.fetchone()
                 added, added_kg = added + int(n), added_kg + Decimal(kg)
             if added:
                 causes["activity_added"] = (added, added_kg)

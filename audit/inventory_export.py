@@ -21,7 +21,7 @@ from psycopg2 import sql
 
 from audit.inventory import _REGION, Period
 from pipeline.store import connections, tables
-from pipeline.store.sources import Sources, relation
+from pipeline.store.sources import Sources, read_only, relation
 
 ESRS_COLUMNS = (
     "reporting_year",
@@ -302,6 +302,7 @@ def result_rows(
 ) -> Iterator[dict[str, Any]]:
     """Every result of the year, with its activity's date and region and its factor row."""
     with connections.raw_connection(engine) as conn:
+        read_only(conn)  # the sources' SQL never runs where it could write
         for activity_type, source in sources.items():
             # A server-side cursor: the rows of a large year never sit in memory twice.
             with conn.cursor(name=f"inventory_rows_{activity_type}") as cur:

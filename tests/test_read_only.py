@@ -19,6 +19,9 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from audit.base_year import compare
+from audit.inventory import inventory, period
+from audit.inventory_export import result_rows
 from audit.restate import restate
 from audit.verify import verify
 from ops import admin
@@ -149,6 +152,10 @@ def _on_connection(engine: sa.Engine, work: Callable[[Any], object]) -> Callable
     return call
 
 
+def _innocent(source: Source) -> Source:
+    return dataclasses.replace(source, query=INNOCENT_QUERY)
+
+
 STATEMENTS: dict[str, Callable[[sa.Engine, Source], Callable[[], object]]] = {
     "count": lambda e, s: (
         lambda: queries.count_activities(e, ["electricity"], sources={"electricity": s})
@@ -167,6 +174,17 @@ STATEMENTS: dict[str, Callable[[sa.Engine, Source], Callable[[], object]]] = {
     "follow poll": lambda e, s: _on_connection(e, lambda c: marks.poll_windows(c, s, 100, 2)),
     "verify": lambda e, s: lambda: verify(e, ["electricity"], None, sources={"electricity": s}),
     "restate": lambda e, s: lambda: restate(e, {}, ["electricity"], sources={"electricity": s}),
+    "inventory": lambda e, s: lambda: inventory(e, period(2024), sources={"electricity": s}),
+    "inventory rows": lambda e, s: (
+        lambda: list(result_rows(e, period(2024), "emissions", {"electricity": s}))
+    ),
+    "base year recorded": lambda e, s: lambda: compare(e, period(2024), sources={"electricity": s}),
+    "base year compared": lambda e, s: (
+        lambda: (
+            compare(e, period(2024), sources={"electricity": _innocent(s)}),  # recorded, then
+            compare(e, period(2024), sources={"electricity": s}),
+        )
+    ),
 }
 
 
