@@ -261,6 +261,7 @@ font-variant-numeric:tabular-nums}.chart text{font-size:12px;fill:#333}.chart .t
 font-size:11px;fill:#555}.up{color:#b03a2e}.down{color:#1e8449}code{font-size:12px}
 .why{color:#b03a2e;font-size:12px;max-width:24em}
 nav.years{margin:12px 0;font-size:14px;line-height:1.8}section.year{margin-top:8px}
+summary{cursor:pointer;color:#1b6ca8;margin:4px 0}
 """
 
 
@@ -547,8 +548,9 @@ def render(f: dict[str, Any], database: str, now: datetime.datetime | None = Non
     """The report page for the figures ``f``."""
     when = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     # One headline per reporting year, never one summed across years.
+    newest_first = list(reversed(f["years"]))
     years = report_years.selector(f["years"]) + "".join(
-        report_years.year_section(y) for y in reversed(f["years"])
+        report_years.year_section(y, newest=i == 0) for i, y in enumerate(newest_first)
     )
     body = "".join(
         [

@@ -123,8 +123,9 @@ def selector(found: list[dict[str, Any]]) -> str:
     )
 
 
-def year_section(year: dict[str, Any]) -> str:
-    """One reporting year: its headline, by scope and category, by activity type, by gas."""
+def year_section(year: dict[str, Any], newest: bool = False) -> str:
+    """One reporting year: its headline, and (folded but for the newest year) by scope and
+    category, by activity type and by gas."""
     p, t = year["period"], year["total"]
     y = p["year"]
     cards = (
@@ -172,6 +173,8 @@ def year_section(year: dict[str, Any]) -> str:
         f"{_e(p['end_exclusive'])} (excluded). <code>python -m audit.inventory --year {y}"
         "</code> gives every figure and the exports.</p>"
         + cards
+        + f"<details data-year-details='{y}'{' open' if newest else ''}><summary>By scope and "
+        f"category, activity type and gas, {_e(p['label'])}</summary>"
         + hbar_chart(f"by-scope-{y}", bars)
         + "<table><tr><th>scope</th><th class='num'>results</th><th class='num'>in error</th>"
         "<th class='num'>t CO2e</th><th class='num'>exact factor (share of kg)</th></tr>"
@@ -181,7 +184,7 @@ def year_section(year: dict[str, Any]) -> str:
         + type_rows
         + "</table><table><tr><th>gas</th><th class='num'>t CO2e</th></tr>"
         + gases
-        + "</table></section>"
+        + "</table></details></section>"
     )
 
 

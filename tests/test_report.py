@@ -204,7 +204,7 @@ def test_report_renders_in_chromium_and_matches_the_database(
     )
 
     # Every chart was laid out, with every bar of a positive value drawn.
-    for name in ("by-scope-2024", "by-month", "quality", "top-sources"):
+    for name in ("by-scope-2025", "by-month", "quality", "top-sources"):
         (svg,) = dom.having(data_chart=name)
         positive = [
             e
@@ -273,6 +273,13 @@ def years_and_headlines(dom: Elements, engine: sa.Engine, url: str) -> None:
     for s, c, kg in scopes:
         (row,) = dom.having(data_row="scope", data_year="2024", data_scope=str(s), data_category=c)
         assert float([e for e in inside(dom, row) if "data-kg" in e[1]][0][1]["data-kg"]) == kg
+    # The newest year's details are open, the others folded under their headlines.
+    assert [e[1]["data-year-details"] for e in dom.having(data_year_details="*")] == [
+        str(y) for y, _, _ in per_year
+    ]
+    assert ["open" in e[1] for e in dom.having(data_year_details="*")] == [True] + [False] * (
+        len(per_year) - 1
+    )
     (svg,) = dom.having(data_chart="by-scope-2024")
     assert sorted(float(e[1]["data-value"]) for e in inside(dom, svg) if e[0] == "rect") == (
         sorted(kg for _, _, kg in scopes)
