@@ -291,10 +291,11 @@ def record_engine(url: str, run_id: str) -> sa.Engine:
 @dataclasses.dataclass
 class Record:
     """The run's row in ``calculation_runs``, started by the run's first statement once the
-    database is reachable (or, on a schema not yet set up or behind, as soon as
-    ``ensure_initialised`` has brought it up to date), so that whatever fails after it (the
-    sources check, the counts, the planning, a timeout) is recorded ``failed`` with its line.
-    Only the process that started the row finishes it (``runs.finish_run``)."""
+    database is reachable (on a schema an older release made, as soon as ``ensure_initialised``
+    has migrated it; a schema with no pipeline yet is refused: ``cli.init_first``), so that
+    whatever fails after it (the sources check, the counts, the planning, a timeout, a
+    refusal) is recorded ``failed`` with its line. Only the process that started the row
+    finishes it (``runs.finish_run``)."""
 
     engine: sa.Engine
     config: RunConfig
@@ -302,7 +303,7 @@ class Record:
     options: dict[str, Any]
     fields: dict[str, Any]
     started: bool = False
-    #: Why the run could not be recorded yet (its schema is not set up), when known.
+    #: Why the run could not be recorded yet (its schema is missing or behind), when known.
     unready: str | None = None
     _heartbeat: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
     #: When the run started (Unix time), for its figures.
