@@ -338,11 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--year", type=int, required=True, help="the reporting year")
     parser.add_argument(
         "--year-start",
+        "--year_start",
+        dest="year_start",
         default="01-01",
         help="first day (MM-DD) of each reporting year: 01-01 for calendar years, 04-01 for "
         "fiscal years from 1 April (named by the year they begin in)",
     )
-    parser.add_argument("--base-year", type=int, default=None, help="the base year to compare with")
+    parser.add_argument(
+        "--base-year",
+        "--base_year",
+        dest="base_year",
+        type=int,
+        default=None,
+        help="the base year to compare with (recorded as first reported when first named)",
+    )
     parser.add_argument(
         "--threshold",
         type=float,

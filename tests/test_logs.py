@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from audit import report, restate, verify
+from audit import inventory, report, restate, verify
 from ops import admin, seed, status
 from pipeline import cli, options, run, summary
 from tests.support import ROOT
@@ -213,6 +213,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "audit.verify": verify.build_parser,
     "audit.restate": restate.build_parser,
     "audit.report": report.build_parser,
+    "audit.inventory": inventory.build_parser,
     **{
         f"ops.admin {name}": (lambda name=name: admin_command(name))  # type: ignore[misc]
         for name in ("init", "set-sources", "revision", "check-sources", "load-factors")
@@ -278,6 +279,7 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
         ("audit.verify", [], "verify"),
         ("audit.restate", [], "restatement"),
         ("audit.report", ["--out", "/tmp/never.html"], "report"),
+        ("audit.inventory", ["--year", "2024"], "inventory"),
     ],
 )
 def test_a_failure_is_one_line_on_stderr_and_nothing_on_stdout(

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from audit import report, restate, verify
+from audit import inventory, report, restate, verify
 from benchmarks import chaos
 from benchmarks import follow as follow_benchmark
 from benchmarks import run as benchmark
@@ -237,6 +237,12 @@ NO_URL = (
         (verify.main, ["--sampel", "3"], "unknown option --sampel (did you mean --sample?)"),
         (restate.main, ["--pins", "air=x"], "unknown option --pins (did you mean --pin?)"),
         (report.main, ["--outt", "r.html"], "unknown option --outt (did you mean --out?)"),
+        (
+            inventory.main,
+            ["--year", "2024", "--base-yaer", "2019"],
+            "unknown option --base-yaer (did you mean --base-year?)",
+        ),
+        (inventory.main, [], "missing --year (see --help)"),
         (benchmark.main, ["--scal"], "unknown option --scal (did you mean --scale?)"),
         (chaos.main, ["--schedule", "2"], "unknown option --schedule (did you mean --schedules?)"),
         (follow_benchmark.main, ["--rat", "3"], "unknown option --rat (did you mean --rate?)"),
@@ -278,8 +284,8 @@ def test_an_unknown_subcommand_is_named_with_the_closest(
 @pytest.mark.parametrize(
     "main",
     [run.main, follow.main, admin.main, status.main, seed.main, local.main, verify.main,
-     restate.main, report.main, benchmark.main, follow_benchmark.main, flink_cluster.main,
-     chaos.main],
+     restate.main, report.main, inventory.main, benchmark.main, follow_benchmark.main,
+     flink_cluster.main, chaos.main],
 )  # fmt: skip
 def test_help_still_works(
     main: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str]
