@@ -220,3 +220,19 @@ def _message(
             f"threshold: {figures}. Recalculate the base year."
         )
     return f"Base year {chosen.label}: {figures}, within the {100.0 * threshold:g}% threshold."
+
+
+def recorded(engine: Any, year_start: str, schema: str = tables.DEFAULT_SCHEMA) -> list[int]:
+    """The base years recorded for reporting years beginning on ``year_start``, oldest first
+    (read only: the report shows them, it never records one)."""
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "SELECT DISTINCT base_year FROM {base} WHERE year_start = %s ORDER BY 1"
+                ).format(base=tables.qualified(tables.BASE_YEAR_TABLE, schema)),
+                (year_start,),
+            )
+            found = [int(r[0]) for r in cur.fetchall()]
+        conn.commit()
+    return found

@@ -100,6 +100,7 @@ def figures(
     sources: Sources | None = None,
     year_start: str = "01-01",
     verify_sample: int = 0,
+    threshold: float = 0.05,
 ) -> dict[str, Any]:
     """Everything the report shows, as read from the database now (each activity's date from
     its source: ``sources``, checked; default: the pipeline's own tables); the reporting
@@ -171,6 +172,7 @@ def figures(
         "restatements": recent_restatements,
         "restatement": chosen[0] if chosen else None,
         "years": report_years.years(engine, schema, sources, year_start),
+        "base_years": report_years.base_years(engine, schema, sources, year_start, threshold),
         "gwp": report_years.gwp_sets(engine, schema),
         "verify": report_years.verify_sample(engine, schema, sources, verify_sample),
     }
@@ -570,6 +572,7 @@ def render(f: dict[str, Any], database: str, now: datetime.datetime | None = Non
         "location-based Scope 2 (market-based: not computed yet).</p>"
         + report_years.verify_part(f["verify"])
         + years
+        + report_years.base_year_part(f.get("base_years", []))
         + "<h2>GWP sets</h2><p class='meta'>The global warming potentials behind the results, "
         "per factor set and edition, as the methodology records them (docs/methodology.md "
         "§5.4).</p>" + report_years.gwp_part(f["gwp"]) + body + "</body></html>\n"
@@ -585,11 +588,13 @@ def write_report(
     sources: Sources | None = None,
     year_start: str = "01-01",
     verify_sample: int = 0,
+    threshold: float = 0.05,
 ) -> Path:
     """Write the report for the database behind ``engine`` to ``out`` (``database``: how the
     page names it, ``report_years.database_label``)."""
     page = render(
-        figures(engine, restatement_id, schema, sources, year_start, verify_sample), database
+        figures(engine, restatement_id, schema, sources, year_start, verify_sample, threshold),
+        database,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
@@ -619,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="results per activity type that audit.verify recomputes for the report (0: none)",
     )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="significance threshold of a change to a recorded base year's total (0.05: 5%%)",
+    )
     cli.add_log_level_option(parser)
     return parser
 
@@ -627,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.log_level)
+    if not 0 < args.threshold < 1:
+        parser.error(f"--threshold: expected a share between 0 and 1, got {args.threshold}")
 
     def report(target: cli.Target) -> int:
         out = write_report(
@@ -638,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             cli.checked_sources(target),
             args.year_start,
             args.verify_sample,
+            args.threshold,
         )
         cli.print_json({"database": connections.redact_url(target.url), "report": str(out)})
         return cli.OK

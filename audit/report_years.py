@@ -221,3 +221,51 @@ def verify_part(found: dict[str, Any] | None) -> str:
         f"<code>audit.verify</code> on a sample of up to {found['sample']:,} results per "
         f"activity type, {_e(when)}: {found['examined']:,} recomputed, {_e(outcome)}.</p>"
     )
+
+
+def base_years(
+    engine: sa.Engine, schema: str, sources: Sources, year_start: str, threshold: float
+) -> list[dict[str, Any]]:
+    """Every recorded base year, as first reported and as recalculated (none is recorded
+    here: ``audit.inventory --base-year`` records one)."""
+    from audit import base_year
+
+    return [
+        base_year.compare(engine, inventory.period(y, year_start), threshold, schema, sources)
+        for y in base_year.recorded(engine, year_start, schema)
+    ]
+
+
+def base_year_part(found: list[dict[str, Any]]) -> str:
+    if not found:
+        return (
+            "<h2>Base year</h2><p class='meta' data-base-year='none'>No base year recorded: "
+            "<code>python -m audit.inventory --year Y --base-year B</code> records B as first "
+            "reported.</p>"
+        )
+    parts = ["<h2>Base year</h2>"]
+    for b in found:
+        y = b["period"]["year"]
+        causes = "".join(
+            f'<tr data-row="base-cause" data-year="{y}" data-reason="{_e(c["reason"])}">'
+            f"<td>{_e(c['reason'].replace('_', ' '))}</td><td class='num'>{c['results']:,}</td>"
+            f"{_kg(c['change_kg'])}</tr>"
+            for c in b["causes"]
+        )
+        flag = "significant" if b["significant"] else "within"
+        parts.append(
+            f'<p class="meta {"up" if b["significant"] else ""}" data-base-year="{y}" '
+            f'data-significant="{str(b["significant"]).lower()}">{_e(b["message"])}</p>'
+            f"<table data-table='base-year' data-year='{y}'><tr><th></th>"
+            "<th class='num'>results</th><th class='num'>t CO2e</th></tr>"
+            f"<tr data-row='first-reported'><td>as first reported, "
+            f"{_e(b.get('recorded_at', '')[:10])}</td>"
+            f"<td class='num'>{b['results_first_reported']:,}</td>"
+            f"{_kg(b['first_reported_kg'])}</tr><tr data-row='recalculated'><td>as recalculated"
+            f" now</td><td></td>{_kg(b['recalculated_kg'])}</tr><tr data-row='change' "
+            f"data-flag='{flag}'><td>change ({100.0 * b['change_share']:+.1f}%, threshold "
+            f"{100.0 * b['threshold']:g}%)</td><td></td>{_kg(b['change_kg'])}</tr>"
+            + causes
+            + "</table>"
+        )
+    return "".join(parts)

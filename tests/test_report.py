@@ -13,7 +13,7 @@ from uuid import uuid4
 import pytest
 import sqlalchemy as sa
 
-from audit import charts, coverage, report, restate
+from audit import base_year, charts, coverage, inventory, report, restate
 from ops.seed import seed
 from pipeline import editions, run
 from pipeline.levels import LEVELS
@@ -123,6 +123,9 @@ def test_report_renders_in_chromium_and_matches_the_database(
 ) -> None:
     seed(engine, 800, seed_value=21)
     summary = run_pipeline(database_url, capsys)
+    # 2024 named the base year before the restatement: the report shows it both ways.
+    first_2024 = year_kg(engine, 2024)
+    assert base_year.compare(engine, inventory.period(2024))["recorded_now"]
     # Every flight restated onto the 2025 edition: the audit trail must say so, per result.
     restated = restate.restate(engine, editions.parse_pins([f"desnz_air={AIR_2025}"]))
     assert restated.changed > 0
@@ -136,6 +139,7 @@ def test_report_renders_in_chromium_and_matches_the_database(
     assert dom.having(data_measured="yes"), "Chromium did not lay the page out"
 
     years_and_headlines(dom, engine, database_url)
+    base_year_shown(dom, first_2024, year_kg(engine, 2024))
     verified = dom.having(data_verify="*")
     assert [e[1]["data-verify"] for e in verified] == ["reproduced"]
     assert int(verified[0][1]["data-examined"]) == int(verified[0][1]["data-reproduced"]) > 0
@@ -226,6 +230,41 @@ def test_report_renders_in_chromium_and_matches_the_database(
 
     month_axis(dom, engine, months)
     audit_trail(dom, engine, summary, restated)
+
+
+def year_kg(engine: sa.Engine, year: int) -> float:
+    """The year's kg CO2e, summed here in SQL."""
+    (found,) = sql_rows(
+        engine,
+        "SELECT sum(r.kg_co2e::numeric)::float8 FROM emissions.emission_results r JOIN "
+        "(SELECT 'electricity' t, id, activity_date d FROM emissions.electricity_activities "
+        "UNION ALL SELECT 'spend', id, activity_date FROM emissions.spend_activities "
+        "UNION ALL SELECT 'air_travel', id, activity_date FROM emissions.air_travel_activities) a "
+        "ON a.t = r.activity_type AND a.id = r.activity_id "
+        "WHERE a.d >= make_date(:y, 1, 1) AND a.d < make_date(:y + 1, 1, 1)",
+        y=year,
+    )
+    return float(found[0])
+
+
+def base_year_shown(dom: Elements, first: float, now: float) -> None:
+    """The recorded base year, as first reported and as recalculated after the restatement
+    of its flights, with the restatement as the cause, flagged as the threshold says."""
+    (table,) = dom.having(data_table="base-year", data_year="2024")
+    kg = {
+        e[1]["data-row"]: float(next(c for c in inside(dom, e) if "data-kg" in c[1])[1]["data-kg"])
+        for e in dom.having(data_row="*")
+        if e[1]["data-row"] in ("first-reported", "recalculated", "change")
+    }
+    assert (kg["first-reported"], kg["recalculated"]) == (first, now)
+    assert kg["change"] == pytest.approx(now - first, rel=1e-9) and now < first
+    (cause,) = dom.having(data_row="base-cause")
+    assert cause[1]["data-reason"] == "restatement"
+    change = float(next(c for c in inside(dom, cause) if "data-kg" in c[1])[1]["data-kg"])
+    assert change == pytest.approx(now - first, rel=1e-9)
+    (flag,) = dom.having(data_base_year="2024")
+    assert flag[1]["data-significant"] == str(abs(now - first) / first > 0.05).lower()
+    assert table
 
 
 def years_and_headlines(dom: Elements, engine: sa.Engine, url: str) -> None:
@@ -457,6 +496,7 @@ def test_report_of_an_empty_inventory(database_url: str, engine: sa.Engine, tmp_
     (selector,) = dom.having(data_selector="years")
     assert "no results yet" in "".join(selector[2])
     assert dom.having(data_restatement="none")
+    assert dom.having(data_base_year="none")
     assert report.main(["--database-url", database_url, "--restatement", str(uuid4())]) == 1
 
 
