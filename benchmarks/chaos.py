@@ -98,6 +98,9 @@ RUN_ARGS = (
 SCENARIO_TAIL = 2.0
 #: Updates and deletes choose among the activities of each type with the first ids only.
 HOT_ROWS = 400
+#: The last run: larger ranges and flushes (it only has to finish), and a bounded wait for a
+#: lock a frozen run's open transaction may hold.
+FINAL_RUN_ARGS = ("--rows-per-range", "1000", "--write-batch-size", "1000", "--lock-timeout", "15")
 #: Event kinds and their weights in a schedule.
 WEIGHTS = {
     "run": 3.0,
@@ -161,7 +164,7 @@ def make_schedule(seed: int, duration: float) -> Schedule:
     times = sorted(round(rng.uniform(0.2, duration), 2) for _ in range(count - 1))
     # A backlog first, so that the first runs are busy while the faults land.
     events = [
-        Event(0.0, "insert", rng.randrange(1 << 30), rng.randint(200, 1200)),
+        Event(0.0, "insert", rng.randrange(1 << 30), rng.randint(100, 600)),
         Event(0.0, rng.choice(("run", "follow"))),
     ]
     restarted = False
@@ -890,7 +893,7 @@ def _finish(ex: Execution) -> Outcome:
     time.sleep(STALE_AFTER + 0.3)  # every heartbeat of an ended (or frozen) run is stale now
     # As an operator would before a run: the status marks the runs that stopped abandoned.
     _status(ex, "ops.status before the last run")
-    final = ex.start("run", label="final", extra=("--lock-timeout", "15", *_final_run_args()))
+    final = ex.start("run", label="final", extra=(*FINAL_RUN_ARGS, *_final_run_args()))
     ex.run_to_end(final)
     with _connection(ex.url) as conn:
         pending_rows = checks.pending_truth(conn, SCHEMA)
