@@ -106,6 +106,14 @@ def test_check_sources_and_a_run_refuse_a_field_that_writes(
     assert code == 2, err
     assert "country = expression" in err and "writes to the database" in err
     assert touched(app_url) == 0
+
+    code = admin.main(
+        ["init", "--database-url", app_url, "--schema", "fresh", "--sources", str(sources)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "country = expression" in err and "writes to the database" in err
+    assert touched(app_url) == 0
     assert scalar(app_url, "SELECT count(*) FROM emissions.emission_results") == 0
 
 
