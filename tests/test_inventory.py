@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from audit import inventory, inventory_export, restate
 from pipeline import editions, run
+from pipeline.store import connections
 
 #: Hand-made activities around the year boundaries of both conventions (1 January, 1 April).
 ELECTRICITY = (
@@ -365,3 +366,48 @@ def test_exports_open_as_csv_with_the_documented_columns(
     assert document["esrs_e1_6"][2]["kg_co2e"] is None
     assert len(document["rows"]) == 6
     assert document["figures"]["total"]["kg_co2e"] == want["total"][1]
+
+
+def test_uuid_keys_a_year_its_base_year_and_its_rows(
+    make_database: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = make_database("uuid")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        keys = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 4)]
+        execute(
+            engine,
+            "INSERT INTO emissions.electricity_activities VALUES "
+            f"('{keys[0]}', 1000, 'kWh', 'CAMX', 'USA', '2024-02-01'), "
+            f"('{keys[1]}', 2000, 'kWh', 'NYUP', 'USA', '2024-03-01'), "
+            f"('{keys[2]}', 3000, 'kWh', 'CAMX', 'USA', '2025-03-01')",
+        )
+        argv = ["--database-url", url, "--partitions", "1", "--progress-interval", "0"]
+        assert run.main([*argv, "--allow-retire"]) == 0
+        year = ["--database-url", url, "--year", "2024", "--base-year", "2024"]
+        capsys.readouterr()
+        assert inventory.main(year) == 0
+        assert json.loads(capsys.readouterr().out)["base_year"]["recorded_now"]
+        execute(engine, f"DELETE FROM emissions.electricity_activities WHERE id = '{keys[1]}'")
+        assert run.main([*argv, "--allow-retire"]) == 0
+        capsys.readouterr()
+        assert inventory.main([*year, "--export", str(tmp_path)]) == 0
+        now = json.loads(capsys.readouterr().out)
+        (deleted,) = rows(
+            engine,
+            "SELECT kg_co2e FROM emissions.emission_results_history "
+            "WHERE activity_id = CAST(:k AS uuid)",
+            k=keys[1],
+        )
+        base = now["base_year"]
+        assert base["results_first_reported"] == 2 and now["total"]["results"] == 1
+        # (numeric sums take each double to 15 significant digits)
+        assert [(c["reason"], c["results"]) for c in base["causes"]] == [("activity_deleted", 1)]
+        assert base["causes"][0]["change_kg"] == pytest.approx(-deleted[0], rel=1e-14)
+        assert base["first_reported_kg"] == pytest.approx(
+            base["recalculated_kg"] + deleted[0], rel=1e-12
+        )
+        with (tmp_path / "rows_2024.csv").open(newline="") as f:
+            assert [r["activity_id"] for r in csv.DictReader(f)] == [keys[0]]
+    finally:
+        engine.dispose()
