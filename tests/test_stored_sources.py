@@ -27,7 +27,7 @@ from pipeline import editions, follow, run
 from pipeline.factors import load_shipped_factors
 from pipeline.methodology import FactorBook, calculate
 from pipeline.model import AirTravelActivity, ElectricityActivity, Limits
-from pipeline.store import connections
+from pipeline.store import connections, sources, tables
 
 SOURCES = """
 [electricity]
@@ -342,9 +342,14 @@ def test_follow_without_a_file_follows_the_stored_sources(
 
 
 def test_run_local_with_a_file_stores_it_as_init_does(
-    app: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+    app: tuple[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, path = app
+    # ops.local hands the database, schema and sources to the run through the environment:
+    # put back what was there after the test, so that later tests do not inherit them.
+    for name in (connections.DATABASE_URL_ENV, tables.SCHEMA_ENV, sources.SOURCES_ENV):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     assert (
         local.main(["--database-url", url, "--sources", str(path), "--progress-interval", "0"]) == 0
     )
