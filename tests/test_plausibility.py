@@ -469,8 +469,12 @@ def test_absurd_rows_become_dead_letters_and_the_run_and_report_succeed(
     page = report.write_report(engine, tmp_path / "r.html", "test")
     text = page.read_text()
     total = math.fsum(results.values())
-    shown = float(text.split('data-figure="total" data-kg="')[1].split('"')[0])
-    assert shown == pytest.approx(total, rel=1e-12)
+    # One headline per reporting year (never one summed across years); the years add up.
+    shown = [
+        float(part.split('data-kg="')[1].split('"')[0])
+        for part in text.split('data-figure="year-total" ')[1:]
+    ]
+    assert len(shown) > 1 and math.fsum(shown) == pytest.approx(total, rel=1e-12)
 
     checked = verify.verify(engine, list(ACTIVITY_TYPES), sample=None)
     assert checked.examined == len(results) and checked.reproduced == checked.examined
@@ -500,8 +504,13 @@ def test_the_report_and_coverage_survive_results_whose_sum_overflows(
     assert quality["by_activity_type"]["electricity"]["kg_co2e"] == math.inf
     assert math.isfinite(quality["by_activity_type"]["spend"]["kg_co2e"])
     text = report.write_report(engine, tmp_path / "r.html", "test").read_text()
-    assert 'data-figure="total" data-kg="inf">inf t CO2e</div>' in text
-    assert '<tr data-row="type" data-type="spend">' in text
+    # The years of the huge results show them (inf where two share a year), none is NaN.
+    years = [
+        float(part.split('data-kg="')[1].split('"')[0])
+        for part in text.split('data-figure="year-total" ')[1:]
+    ]
+    assert max(years) >= 1.5e308 and not any(math.isnan(y) for y in years)
+    assert '<tr data-row="type" data-year="' in text and 'data-type="spend"' in text
     assert '"nan' not in text  # every bar has a length: the overflowed one the whole chart
 
 
