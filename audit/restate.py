@@ -37,7 +37,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from pipeline import cli, editions, fingerprint
+from pipeline import cli, editions, fingerprint, retry
 from pipeline.methodology import FactorBook
 from pipeline.methodology.batch import activities_table, calculate_batch
 from pipeline.model import (
@@ -232,6 +232,39 @@ def _restate_type(
         _supersede(conn, pending, outcome.restatement_id, source, schema, outcome)
 
 
+def _restate_type_retried(
+    engine: sa.Engine,
+    source: Source,
+    book: FactorBook,
+    outcome: Outcome,
+    chunk: int,
+    schema: str,
+    limits_of: Callable[[str], Limits],
+) -> None:
+    """``_restate_type``, read again from the start after a transient database failure (a
+    PostgreSQL restart): what a failed attempt stored stands (it is found restated, unchanged,
+    by the next), so its restated results count; what it examined, refused or left is counted
+    by the attempt that completes."""
+
+    def attempt() -> Outcome:
+        part = Outcome(outcome.restatement_id, outcome.pins)
+        try:
+            _restate_type(engine, source, book, part, chunk, schema, limits_of)
+        finally:
+            outcome.changed += part.changed
+        return part
+
+    done = retry.call(
+        attempt,
+        what=f"restating {source.activity_type} results",
+        on_retry=lambda _: engine.dispose(),  # the pool's connections died with the server
+    )
+    outcome.examined += done.examined
+    outcome.refused += done.refused
+    outcome.left_to_next_run += done.left_to_next_run
+    outcome.limits.update(done.limits)
+
+
 def _diff_from(schema: str) -> str:
     """A restatement's old rows (its history rows) beside the rows it wrote (still current, or
     superseded since by a later restatement)."""
@@ -392,7 +425,9 @@ def _restate(
         with runs.heartbeat_apart(engine, outcome.restatement_id, schema):
             for t in activity_types:
                 if t in sources:
-                    _restate_type(engine, sources[t], book, outcome, chunk, schema, limits_of)
+                    _restate_type_retried(
+                        engine, sources[t], book, outcome, chunk, schema, limits_of
+                    )
             outcome.diff = diff(engine, outcome.restatement_id, schema=schema)
     except Exception as e:
         message = connections.scrub(failure_message(e), engine.url.render_as_string(False))

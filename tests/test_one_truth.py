@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg2
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from audit import restate, verify
 from ops.seed import seed
 from pipeline.methodology import FactorBook
 from pipeline.ranges import KeyRange
-from pipeline.store import connections, install, queries, writes
+from pipeline.store import bulk, connections, install, queries, writes
 from pipeline.store.sources import default_sources
 from tests.test_end_to_end import run_pipeline
 from transforms.calculate import CalculateFn, pack_book
@@ -322,3 +323,44 @@ def test_restatements_lock_per_schema(
         "UNION ALL SELECT status, count(*) FROM second.restatements GROUP BY 1",
     )
     assert statuses == [("succeeded", 1), ("succeeded", 1)]
+
+
+def test_a_restatement_cut_off_part_way_is_read_again_and_counts_each_result_once(
+    db: tuple[str, sa.Engine], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault harness's F3: a PostgreSQL restart failed a restatement. Its connection lost
+    after its first chunk is stored, the restatement reads the type again and completes; each
+    flight restated once, examined once."""
+    url, engine = db
+    seed(engine, 400, seed_value=27)
+    run_pipeline(url, capsys)
+    ((flights, on_2024),) = rows(
+        engine,
+        "SELECT count(*), count(*) FILTER (WHERE f.edition = :e) "
+        "FROM emissions.emission_results r JOIN emissions.emission_factors f "
+        "ON f.id = r.factor_id WHERE r.activity_type = 'air_travel'",
+        e=AIR_2024,
+    )
+    assert on_2024 > 20
+    original = bulk.supersede_results_table
+    calls: list[int] = []
+
+    def cut_off_on_the_second_chunk(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bulk, "supersede_results_table", cut_off_on_the_second_chunk)
+    outcome = restate.restate(engine, {"desnz_air": AIR_2025}, ["air_travel"], chunk=10)
+    assert len(calls) > 3
+    assert (outcome.examined, outcome.changed, outcome.left_to_next_run) == (flights, on_2024, 0)
+    assert outcome.diff["changed"] == on_2024
+    ((kept, distinct),) = rows(
+        engine,
+        "SELECT count(*), count(DISTINCT activity_id) FROM emissions.emission_results_history "
+        "WHERE restatement_id = :r",
+        r=outcome.restatement_id,
+    )
+    assert kept == distinct == on_2024
+    assert rows(engine, "SELECT status FROM emissions.restatements") == [("succeeded",)]
