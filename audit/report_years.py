@@ -248,7 +248,8 @@ def base_year_part(found: list[dict[str, Any]]) -> str:
         y = b["period"]["year"]
         causes = "".join(
             f'<tr data-row="base-cause" data-year="{y}" data-reason="{_e(c["reason"])}">'
-            f"<td>{_e(c['reason'].replace('_', ' '))}</td><td class='num'>{c['results']:,}</td>"
+            f"<td>of which {_e(c['reason'].replace('_', ' '))}</td>"
+            f"<td class='num'>{c['results']:,}</td>"
             f"{_kg(c['change_kg'])}</tr>"
             for c in b["causes"]
         )
@@ -262,7 +263,8 @@ def base_year_part(found: list[dict[str, Any]]) -> str:
             f"{_e(b.get('recorded_at', '')[:10])}</td>"
             f"<td class='num'>{b['results_first_reported']:,}</td>"
             f"{_kg(b['first_reported_kg'])}</tr><tr data-row='recalculated'><td>as recalculated"
-            f" now</td><td></td>{_kg(b['recalculated_kg'])}</tr><tr data-row='change' "
+            f" now</td><td class='num'>{b['results_recalculated']:,}</td>"
+            f"{_kg(b['recalculated_kg'])}</tr><tr data-row='change' "
             f"data-flag='{flag}'><td>change ({100.0 * b['change_share']:+.1f}%, threshold "
             f"{100.0 * b['threshold']:g}%)</td><td></td>{_kg(b['change_kg'])}</tr>"
             + causes
