@@ -30,12 +30,13 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import psycopg2.extensions
 import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
+from sqlalchemy.dialects import postgresql
 
 from pipeline import cli, editions, fingerprint, retry
 from pipeline.methodology import FactorBook
@@ -45,6 +46,7 @@ from pipeline.model import (
     ACTIVITY_TYPES,
     DEFAULT_LIMITS,
     ActivityType,
+    FactorRow,
     Limits,
     activity_fields,
 )
@@ -173,6 +175,76 @@ def _supersede(
     outcome.left_to_next_run += done.stale
 
 
+class _SchemaLock:
+    """The session advisory lock of restatements in one schema, on a connection of its own.
+    A server restart ends the session and so the lock: ``hold`` takes it again (or raises
+    ``RestatementRunning`` if another restatement took it meanwhile) before each write."""
+
+    def __init__(self, engine: sa.Engine, schema: str) -> None:
+        self._engine, self._schema = engine, schema
+        self._pooled: Any = None
+
+    def _conn(self) -> psycopg2.extensions.connection:
+        return cast(psycopg2.extensions.connection, self._pooled.driver_connection)
+
+    def take(self) -> None:
+        self._drop()
+        self._pooled = self._engine.raw_connection()
+        conn = self._conn()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LOCK, self._schema))
+            (locked,) = cur.fetchone()
+        conn.commit()
+        if not locked:
+            self._drop()
+            raise RestatementRunning(
+                f"another restatement is running in schema {self._schema}: wait for it to finish"
+            )
+
+    def hold(self) -> None:
+        """Still held (its session alive), or taken again."""
+        try:
+            conn = self._conn()
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            conn.commit()
+        except psycopg2.Error as e:
+            if not retry.is_transient(e):
+                raise
+            self.take()
+
+    def release(self) -> None:
+        if self._pooled is None:
+            return
+        try:
+            conn = self._conn()
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK, self._schema))
+            conn.commit()
+        except psycopg2.Error as e:  # a lost session holds no lock any more
+            if not retry.is_transient(e):
+                raise
+        finally:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._pooled is not None:
+            if self._conn().closed:
+                self._pooled.invalidate()
+            self._pooled.close()
+            self._pooled = None
+
+
+@dataclass
+class _Resume:
+    """Where a type's restatement starts again after a transient failure: after the last
+    activity whose changes are committed, with the counts as they were there."""
+
+    after: Any = None
+    examined: int = 0
+    refused: int = 0
+
+
 def _restate_type(
     engine: sa.Engine,
     source: Source,
@@ -181,13 +253,39 @@ def _restate_type(
     chunk: int,
     schema: str,
     limits_of: Callable[[str], Limits] = lambda _: DEFAULT_LIMITS,
+    lock: _SchemaLock | None = None,
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
+) -> None:
+    """Restates one type's results; a transient failure (the server restarting) is ridden
+    out as a run rides it out: the connections are opened again and the restatement goes on
+    after the last activity whose changes were committed (each flush is one transaction, and
+    a repeated one changes nothing: a restated result is computed on the factors in force)."""
+    resume = _Resume(None, outcome.examined, outcome.refused)
+
+    def attempt() -> None:
+        outcome.examined, outcome.refused = resume.examined, resume.refused
+        _restate_from(engine, source, book, outcome, chunk, schema, limits_of, lock, resume)
+
+    retry.call(attempt, what=f"restating {source.activity_type} results", policy=policy)
+
+
+def _restate_from(
+    engine: sa.Engine,
+    source: Source,
+    book: FactorBook,
+    outcome: Outcome,
+    chunk: int,
+    schema: str,
+    limits_of: Callable[[str], Limits],
+    lock: _SchemaLock | None,
+    resume: _Resume,
 ) -> None:
     activity_type = source.activity_type
     a_cols = list(activity_fields(activity_type))
     r_cols = [*tables.RESULT_COLUMNS, "run_id"]
     query = sql.SQL(
         "SELECT {a}, a.{v}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
-        "WHERE r.activity_type = {t} ORDER BY r.activity_id"
+        "WHERE r.activity_type = {t}{after} ORDER BY r.activity_id"
     ).format(
         a=sql.SQL(", ").join(sql.SQL("a.") + sql.Identifier(c) for c in a_cols),
         v=sql.Identifier(VERSION_COLUMN),
@@ -195,10 +293,22 @@ def _restate_type(
         results=tables.qualified(tables.RESULTS_TABLE, schema),
         activities=relation(source),
         t=sql.Literal(activity_type),
+        after=sql.SQL("")
+        if resume.after is None
+        else sql.SQL(" AND r.activity_id > {}").format(sql.Literal(resume.after)),
     )
     cls = ACTIVITY_CLASSES[activity_type]
     factor_fps = fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(book.rows()))
     pending: list[pa.Table] = []
+
+    def flush(conn: psycopg2.extensions.connection, upto: Any) -> None:
+        if pending:
+            if lock is not None:
+                lock.hold()
+            _supersede(conn, pending, outcome.restatement_id, source, schema, outcome)
+            pending.clear()
+        resume.after, resume.examined, resume.refused = upto, outcome.examined, outcome.refused
+
     # One connection streams the results (one snapshot) while another writes the changes;
     # each value carries the version of the activity row it is computed from, and is stored
     # only if the row is still at that version when it is written.
@@ -225,44 +335,10 @@ def _restate_type(
                 changed, refused = _recompute(activity_type, triples, book, factor_fps, limits_of)
                 outcome.refused += refused
                 pending.extend(changed)
-                if sum(t.num_rows for t in pending) >= chunk:
-                    _supersede(conn, pending, outcome.restatement_id, source, schema, outcome)
-                    pending = []
+                if not pending or sum(t.num_rows for t in pending) >= chunk:
+                    flush(conn, triples[-1][1]["activity_id"])
         reader.commit()
-        _supersede(conn, pending, outcome.restatement_id, source, schema, outcome)
-
-
-def _restate_type_retried(
-    engine: sa.Engine,
-    source: Source,
-    book: FactorBook,
-    outcome: Outcome,
-    chunk: int,
-    schema: str,
-    limits_of: Callable[[str], Limits],
-) -> None:
-    """``_restate_type``, read again from the start after a transient database failure (a
-    PostgreSQL restart): what a failed attempt stored stands (it is found restated, unchanged,
-    by the next), so its restated results count; what it examined, refused or left is counted
-    by the attempt that completes."""
-
-    def attempt() -> Outcome:
-        part = Outcome(outcome.restatement_id, outcome.pins)
-        try:
-            _restate_type(engine, source, book, part, chunk, schema, limits_of)
-        finally:
-            outcome.changed += part.changed
-        return part
-
-    done = retry.call(
-        attempt,
-        what=f"restating {source.activity_type} results",
-        on_retry=lambda _: engine.dispose(),  # the pool's connections died with the server
-    )
-    outcome.examined += done.examined
-    outcome.refused += done.refused
-    outcome.left_to_next_run += done.left_to_next_run
-    outcome.limits.update(done.limits)
+        flush(conn, resume.after)
 
 
 def _diff_from(schema: str) -> str:
@@ -347,6 +423,7 @@ def restate(
     schema: str = tables.DEFAULT_SCHEMA,
     sources: Sources | None = None,
     chosen: stored_sources.Chosen | None = None,
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
 ) -> Outcome:
     """Restate the stored results of ``activity_types`` on the editions chosen by ``pins``,
     with each activity as its source holds it (``sources``: checked; default: the pipeline's
@@ -356,25 +433,23 @@ def restate(
     One restatement per schema at a time: it reads results in one snapshot and replaces them
     afterwards, so a second one in the same schema must not interleave (a session advisory
     lock keyed by the schema; refused if held). Restatements of other schemas run beside it.
+
+    Transient failures (the server restarting) are retried as a run retries them (``policy``):
+    each step again, the lock taken again, the results restated from where their committed
+    changes end.
     """
-    install.ensure_initialised(engine, schema)  # an older database gains the audit tables
+    retry.call(  # an older database gains the audit tables
+        lambda: install.ensure_initialised(engine, schema),
+        what="checking the schema",
+        policy=policy,
+    )
     sources = sources or default_sources(schema)
-    key = (_LOCK, schema)
-    with connections.raw_connection(engine) as lock:
-        with lock.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key)
-            (locked,) = cur.fetchone()
-        lock.commit()
-        if not locked:
-            raise RestatementRunning(
-                f"another restatement is running in schema {schema}: wait for it to finish"
-            )
-        try:
-            return _restate(engine, pins, activity_types, chunk, schema, sources, chosen)
-        finally:
-            with lock.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
-            lock.commit()
+    lock = _SchemaLock(engine, schema)
+    retry.call(lock.take, what="taking the restatement lock", policy=policy)
+    try:
+        return _restate(engine, pins, activity_types, chunk, schema, sources, chosen, lock, policy)
+    finally:
+        lock.release()
 
 
 def _restate(
@@ -385,78 +460,76 @@ def _restate(
     schema: str,
     sources: Sources,
     chosen: stored_sources.Chosen | None = None,
+    lock: _SchemaLock | None = None,
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
 ) -> Outcome:
     chosen_pins = dict(pins or {})
     chosen = chosen or stored_sources.Chosen(dict(sources), None, stored_sources.OWN_TABLES)
-    with engine.connect() as c:
-        recorded = stored_sources.recorded_options(c, schema)
+
+    def read_options() -> dict[str, dict[str, Any]]:
+        with engine.connect() as c:
+            return stored_sources.recorded_options(c, schema)
+
+    recorded = retry.call(read_options, what="reading the runs' options", policy=policy)
 
     def limits_of(run_id: str) -> Limits:
         return stored_sources.recorded_limits(recorded.get(run_id)) or DEFAULT_LIMITS
 
-    outcome = Outcome(str(uuid.uuid4()), chosen_pins)
-    with connections.raw_connection(engine) as conn:
-        rows = editions.choose_factor_rows(editions.read_all_factor_rows(conn, schema), chosen_pins)
+    def read_factors() -> list[FactorRow]:
+        with connections.raw_connection(engine) as conn:
+            return editions.choose_factor_rows(
+                editions.read_all_factor_rows(conn, schema), chosen_pins
+            )
+
+    rows = retry.call(read_factors, what="reading the factors", policy=policy)
     book = FactorBook.from_rows(rows)
     in_force = editions.editions_in_force(rows)
+    outcome = Outcome(str(uuid.uuid4()), chosen_pins)
+    _record_start(engine, outcome, in_force, chosen, schema, policy)
     table = tables.table(tables.RESTATEMENTS_TABLE, schema)
-    with engine.begin() as c:
-        c.execute(
-            table.insert().values(
-                restatement_id=outcome.restatement_id,
-                status="running",
-                pins=chosen_pins,
-                factor_editions=in_force,
-                code_version=editions.code_version(),
-            )
-        )
-    runs.start_run(
-        engine,
-        outcome.restatement_id,
-        "restatement",
-        {"pins": chosen_pins, "sources": chosen.path},
-        schema,
-        code_version=editions.code_version(),
-        sources_sha256=chosen.sha256,
-        calculation_options=stored_sources.calculation_options(None, None, chosen_pins, chosen),
-    )
     try:
         # Alive while it works, as a run is: a long restatement is never marked abandoned.
         with runs.heartbeat_apart(engine, outcome.restatement_id, schema):
             for t in activity_types:
                 if t in sources:
-                    _restate_type_retried(
-                        engine, sources[t], book, outcome, chunk, schema, limits_of
+                    _restate_type(
+                        engine, sources[t], book, outcome, chunk, schema, limits_of, lock, policy
                     )
-            outcome.diff = diff(engine, outcome.restatement_id, schema=schema)
+            outcome.diff = retry.call(
+                lambda: diff(engine, outcome.restatement_id, schema=schema),
+                what="reading the restatement's diff",
+                policy=policy,
+            )
     except Exception as e:
         message = connections.scrub(failure_message(e), engine.url.render_as_string(False))
-        with engine.begin() as c:
-            c.execute(
-                table.update()
-                .where(table.c.restatement_id == outcome.restatement_id)
-                .values(status="failed", finished_at=sa.func.now(), message=message)
-            )
-        runs.finish_run(engine, outcome.restatement_id, schema, status="failed", message=message)
-        raise
-    with engine.begin() as c:
-        c.execute(
+        _record_end(
+            engine,
             table.update()
             .where(table.c.restatement_id == outcome.restatement_id)
-            .values(
-                status="succeeded",
-                finished_at=sa.func.now(),
-                examined=outcome.examined,
-                changed=outcome.changed,
-                refused=outcome.refused,
-                left_to_next_run=outcome.left_to_next_run,
-                diff=outcome.diff,
-            )
+            .values(status="failed", finished_at=sa.func.now(), message=message),
+            outcome.restatement_id,
+            schema,
+            retry.RetryPolicy(attempts=2, base_delay=0.5),
+            status="failed",
+            message=message,
         )
-    runs.finish_run(
+        raise
+    _record_end(
         engine,
+        table.update()
+        .where(table.c.restatement_id == outcome.restatement_id)
+        .values(
+            status="succeeded",
+            finished_at=sa.func.now(),
+            examined=outcome.examined,
+            changed=outcome.changed,
+            refused=outcome.refused,
+            left_to_next_run=outcome.left_to_next_run,
+            diff=outcome.diff,
+        ),
         outcome.restatement_id,
         schema,
+        policy,
         status="succeeded",
         total_processed=outcome.changed,
         total_co2e_tonnes=outcome.diff["new_kg"] / 1000.0,
@@ -474,6 +547,79 @@ def _restate(
         ),
     )
     return outcome
+
+
+def _record_start(
+    engine: sa.Engine,
+    outcome: Outcome,
+    in_force: Any,
+    chosen: stored_sources.Chosen,
+    schema: str,
+    policy: retry.RetryPolicy,
+) -> None:
+    """The restatement's row and its run's row, each written once however often tried (a
+    retry may follow a commit whose reply was lost)."""
+    table = tables.table(tables.RESTATEMENTS_TABLE, schema)
+
+    def insert() -> None:
+        with engine.begin() as c:
+            c.execute(
+                postgresql.insert(table)
+                .values(
+                    restatement_id=outcome.restatement_id,
+                    status="running",
+                    pins=outcome.pins,
+                    factor_editions=in_force,
+                    code_version=editions.code_version(),
+                )
+                .on_conflict_do_nothing(index_elements=[table.c.restatement_id])
+            )
+
+    retry.call(insert, what="recording the restatement", policy=policy)
+    attempts: list[int] = []
+
+    def start() -> None:
+        attempts.append(1)
+        try:
+            runs.start_run(
+                engine,
+                outcome.restatement_id,
+                "restatement",
+                {"pins": outcome.pins, "sources": chosen.path},
+                schema,
+                code_version=editions.code_version(),
+                sources_sha256=chosen.sha256,
+                calculation_options=stored_sources.calculation_options(
+                    None, None, outcome.pins, chosen
+                ),
+            )
+        except runs.RunIdTaken:
+            if len(attempts) == 1:
+                raise  # a retry finds the row its first attempt committed
+
+    retry.call(start, what="recording the restatement", policy=policy)
+
+
+def _record_end(
+    engine: sa.Engine,
+    update: Any,
+    restatement_id: str,
+    schema: str,
+    policy: retry.RetryPolicy,
+    **fields: Any,
+) -> None:
+    """The restatement's outcome (``update`` of its row) and its run's (``fields``)."""
+
+    def store() -> None:
+        with engine.begin() as c:
+            c.execute(update)
+
+    retry.call(store, what="recording the restatement's outcome", policy=policy)
+    retry.call(
+        lambda: runs.finish_run(engine, restatement_id, schema, **fields),
+        what="recording the restatement's outcome",
+        policy=policy,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
                 pins,
                 [t for t in ACTIVITY_TYPES if t in types],
                 schema=target.schema,
-                sources=cli.checked_sources(target),
+                sources=retry.call(
+                    lambda: cli.checked_sources(target), what="checking the sources"
+                ),
                 chosen=target.chosen,
             )
         except editions.EditionError as e:

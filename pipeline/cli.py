@@ -223,7 +223,10 @@ def schema_sources(
     other than the stored one, or one that cannot be used)."""
     try:
         path = sources.resolve_path(args.sources)
-        chosen = stored_sources.resolve(engine, args.schema, path)
+        chosen = retry.call(
+            lambda: stored_sources.resolve(engine, args.schema, path),
+            what="reading the schema's sources",
+        )
     except (stored_sources.SourcesChanged, sources.SourcesError) as e:
         raise UsageError(str(e)) from None
     return chosen.sources, chosen

@@ -91,11 +91,15 @@ def redact_url(url: str) -> str:
 
 @contextlib.contextmanager
 def raw_connection(engine: sa.Engine) -> Iterator[psycopg2.extensions.connection]:
-    """The engine's psycopg2 connection (for COPY and cursors), returned to the pool after."""
+    """The engine's psycopg2 connection (for COPY and cursors), returned to the pool after;
+    one the server closed (a restart) is discarded, so that the next one is new."""
     pooled = engine.raw_connection()
+    conn = cast(psycopg2.extensions.connection, pooled.driver_connection)
     try:
-        yield cast(psycopg2.extensions.connection, pooled.driver_connection)
+        yield conn
     finally:
+        if conn.closed:
+            pooled.invalidate()
         pooled.close()
 
 

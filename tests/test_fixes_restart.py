@@ -1,0 +1,144 @@
+"""A PostgreSQL restart in the middle of a restatement or a follow run is ridden out, as a batch
+run rides it out (guarantee 4): every connection of the pipeline is ended by the server while
+it works (``pg_terminate_backend``, what a restart does to them), and the work goes on on new
+ones, with nothing lost, doubled or counted twice (chaos findings F3, F5)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+
+from audit import restate, verify
+from ops.seed import seed
+from pipeline import editions, retry
+from pipeline.store import bulk, connections
+from tests.test_verify import run_pipeline
+
+AIR_2024 = "2024 full set v1.1"
+AIR_2025 = "2025 flat file"
+FAST = retry.RetryPolicy(attempts=5, base_delay=0.05, max_delay=0.2)
+
+
+def rows(engine: sa.Engine, query: str, **params: object) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(query), params)]
+
+
+def end_pipeline_sessions(url: str) -> int:
+    """Ends every session of the pipeline in the database, as a restart does, and waits for
+    them to be gone; how many there were."""
+    with connections.connect(url) as admin:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name LIKE 'emissions-pipeline%%'"
+            )
+            (ended,) = cur.fetchone()
+    admin.close()
+    return int(ended)
+
+
+def fail_once_at(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, call: int, url: str
+) -> list[BaseException]:
+    """``module.name`` (a writer taking a connection first) ends every pipeline session before
+    its ``call``-th call: that call fails as it would after a restart. The errors it raised."""
+    real: Callable[..., Any] = getattr(module, name)
+    calls: list[int] = []
+    raised: list[BaseException] = []
+
+    def once(conn: psycopg2.extensions.connection, *args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == call:
+            assert end_pipeline_sessions(url) >= 2
+        try:
+            return real(conn, *args, **kw)
+        except Exception as e:
+            raised.append(e)
+            raise
+
+    monkeypatch.setattr(module, name, once)
+    return raised
+
+
+def test_a_restatement_rides_out_a_restart_between_its_writes(
+    database_url: str,
+    engine: sa.Engine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed(engine, 400, seed_value=31)
+    run_pipeline(database_url, capsys)
+    results = rows(engine, "SELECT count(*) FROM emissions.emission_results")[0][0]
+    on_2024 = rows(
+        engine,
+        "SELECT count(*) FROM emissions.emission_results r JOIN emissions.emission_factors f "
+        "ON f.id = r.factor_id WHERE f.factor_set = 'desnz_air' AND f.edition = :e",
+        e=AIR_2024,
+    )[0][0]
+    assert on_2024 > 30
+
+    # Ten results per write: the server ends every session before the third one.
+    raised = fail_once_at(monkeypatch, bulk, "supersede_results_table", 3, database_url)
+    pins = editions.parse_pins([f"desnz_air={AIR_2025}"])
+    out = restate.restate(engine, pins, chunk=10, policy=FAST)
+
+    assert len(raised) == 1 and retry.is_transient(raised[0]), raised
+    # Counted once each, though read again after the restart.
+    assert (out.examined, out.changed, out.refused, out.left_to_next_run) == (
+        results,
+        on_2024,
+        0,
+        0,
+    )
+    assert out.diff["changed"] == on_2024
+    # Each restated result moved to history once; none is left on a 2024 factor.
+    assert rows(
+        engine,
+        "SELECT count(*), count(DISTINCT activity_id) FROM emissions.emission_results_history "
+        "WHERE restatement_id = :r",
+        r=out.restatement_id,
+    ) == [(on_2024, on_2024)]
+    assert rows(
+        engine,
+        "SELECT DISTINCT f.edition FROM emissions.emission_results r JOIN "
+        "emissions.emission_factors f ON f.id = r.factor_id WHERE r.activity_type = 'air_travel'",
+    ) == [(AIR_2025,)]
+    assert rows(
+        engine,
+        "SELECT r.status, r.changed, c.status FROM emissions.restatements r "
+        "JOIN emissions.calculation_runs c ON c.run_id = r.restatement_id",
+    ) == [("succeeded", on_2024, "succeeded")]
+    # The lock was taken again after the restart, and released at the end.
+    assert rows(engine, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    checked = verify.verify(engine, sample=None)
+    assert checked.reproduced == checked.examined == results, checked.mismatches[:3]
+
+
+def test_the_restatement_command_says_nothing_of_a_restart_it_rode_out(
+    database_url: str,
+    engine: sa.Engine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed(engine, 200, seed_value=32)
+    run_pipeline(database_url, capsys)
+    raised = fail_once_at(monkeypatch, bulk, "supersede_results_table", 1, database_url)
+    code = restate.main(["--database-url", database_url, "--pin", f"desnz_air={AIR_2025}"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert len(raised) == 1
+    out = json.loads(captured.out)
+    assert out["changed"] > 0 and out["left_to_next_run"] == 0
+    assert rows(
+        engine,
+        "SELECT count(*) FROM emissions.emission_results_history WHERE restatement_id = :r",
+        r=out["restatement_id"],
+    ) == [(out["changed"],)]
