@@ -68,6 +68,21 @@ PERMANENT_CONNECT_FAILURES = (
     "could not translate host name",
 )
 
+# The connection lost, as libpq says it. After an immediate shutdown or a crash of the server,
+# an idle connection's next statement fails before libpq has marked the connection bad, and
+# psycopg2 then raises its base ``DatabaseError`` (no SQLSTATE) rather than OperationalError.
+CONNECTION_LOST = (
+    "server closed the connection unexpectedly",
+    "terminating connection",
+    "connection already closed",
+    "no connection to the server",
+    "could not receive data from server",
+    "could not send data to server",
+    "SSL SYSCALL error",
+    "SSL connection has been closed unexpectedly",
+    "lost synchronization with server",
+)
+
 #: What to check, for a connection refused for good or a statement cancelled (first match).
 _HINTS = (
     (
@@ -169,9 +184,12 @@ def is_transient(exc: BaseException) -> bool:
             # No SQLSTATE: the failure happened on the client side of the connection (refused,
             # reset, server closed it, connection already closed), unless the server refused
             # the login itself (wrong password, unknown database or role).
-            if any(marker in str(current) for marker in PERMANENT_CONNECT_FAILURES):
+            text = str(current)
+            if any(marker in text for marker in PERMANENT_CONNECT_FAILURES):
                 return False
-            return isinstance(current, psycopg2.OperationalError | psycopg2.InterfaceError)
+            if isinstance(current, psycopg2.OperationalError | psycopg2.InterfaceError):
+                return True
+            return any(marker in text for marker in CONNECTION_LOST)
         # SQLAlchemy wraps the driver's error in ``.orig``.
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__

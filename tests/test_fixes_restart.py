@@ -6,7 +6,11 @@ ones, with nothing lost, doubled or counted twice (chaos findings F3, F5)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -17,6 +21,11 @@ from audit import restate, verify
 from ops.seed import seed
 from pipeline import editions, retry
 from pipeline.store import bulk, connections
+from pipeline.store.embedded import ensure_database
+from pipeline.store.install import initialise
+from tests.support import ROOT, results_count, scalar, sql_reference, wait_for
+from tests.test_follow import WITHIN, execute, following, matches_reference, start_follow
+from tests.test_outage import ThrowawayServer
 from tests.test_verify import run_pipeline
 
 AIR_2024 = "2024 full set v1.1"
@@ -142,3 +151,64 @@ def test_the_restatement_command_says_nothing_of_a_restart_it_rode_out(
         "SELECT count(*) FROM emissions.emission_results_history WHERE restatement_id = :r",
         r=out["restatement_id"],
     ) == [(out["changed"],)]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThrowawayServer]:
+    pgdata = ROOT / f".pgdata-fixes-{uuid.uuid4().hex[:8]}"
+    srv = ThrowawayServer(pgdata)
+    try:
+        yield srv
+    finally:
+        try:
+            srv.stop()
+        finally:
+            shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.mark.db
+def test_follow_rides_out_an_immediate_restart(server: ThrowawayServer, tmp_path: Path) -> None:
+    url = ensure_database(server.url, f"fixes_{uuid.uuid4().hex[:8]}")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    initialise(engine)
+    seed(engine, 300, seed_value=8)
+    engine.dispose()
+    computable = len(sql_reference(url))
+    proc = start_follow(url, tmp_path, "--retry-attempts", "10", "--retry-base-delay", "0.2")
+    try:
+        following(url, proc)
+        wait_for(lambda: results_count(url) == computable, timeout=WITHIN, what="the backlog")
+        electricity = int(
+            scalar(
+                url,
+                "SELECT count(*) FROM emissions.emission_results "
+                "WHERE activity_type = 'electricity'",
+            )
+        )
+        # A crash of the server: every connection of the follow run is idle and now dead, and
+        # its next statement fails with psycopg2's bare DatabaseError.
+        server._pg_ctl("-m", "immediate", "stop")
+        server.start()
+        execute(
+            url,
+            "INSERT INTO emissions.electricity_activities (id, quantity, unit, region, country, "
+            "activity_date) VALUES (900001, 1234.5, 'kWh', 'CAMX', 'USA', '2024-05-01')",
+        )
+        execute(url, "UPDATE emissions.electricity_activities SET quantity = quantity * 10")
+        changed = "SELECT count(*) FROM emissions.emission_results_history"
+        wait_for(
+            lambda: (
+                proc.proc.poll() is not None
+                or (results_count(url) == computable + 1 and scalar(url, changed) == electricity)
+            ),
+            timeout=2 * WITHIN,
+            what="the corrections computed after the restart",
+        )
+        assert proc.proc.poll() is None, proc.stderr[-3000:]
+        matches_reference(url)
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert "retrying in" in proc.stderr  # it did meet the restart
+    assert scalar(url, "SELECT status FROM emissions.calculation_runs") == "cancelled"

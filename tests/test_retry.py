@@ -29,6 +29,19 @@ def pg_error(cls: type[psycopg2.Error], code: str | None) -> psycopg2.Error:
     [
         (psycopg2.OperationalError("server closed the connection unexpectedly"), True),
         (psycopg2.InterfaceError("connection already closed"), True),
+        # An idle connection's next statement after an immediate shutdown (or a crash): libpq
+        # has not marked the connection bad yet, so psycopg2 raises its base DatabaseError,
+        # without a SQLSTATE (chaos finding F5).
+        (
+            psycopg2.DatabaseError(
+                "server closed the connection unexpectedly\n\tThis probably means the server "
+                "terminated abnormally\n\tbefore or while processing the request.\n"
+            ),
+            True,
+        ),
+        (psycopg2.DatabaseError("SSL SYSCALL error: EOF detected"), True),
+        (psycopg2.DatabaseError("could not receive data from server: Connection reset"), True),
+        (psycopg2.DatabaseError("invalid byte sequence for encoding"), False),
         (pg_error(psycopg2.errors.SerializationFailure, "40001"), True),
         (pg_error(psycopg2.errors.DeadlockDetected, "40P01"), True),
         (pg_error(psycopg2.errors.AdminShutdown, "57P01"), True),
