@@ -95,10 +95,14 @@ def raw_connection(engine: sa.Engine) -> Iterator[psycopg2.extensions.connection
     one the server closed (a restart) is discarded, so that the next one is new."""
     pooled = engine.raw_connection()
     conn = cast(psycopg2.extensions.connection, pooled.driver_connection)
+    lost = False
     try:
         yield conn
+    except BaseException as e:
+        lost = retry.is_transient(e)
+        raise
     finally:
-        if conn.closed:
+        if lost or conn.closed:
             pooled.invalidate()
         pooled.close()
 
