@@ -5,6 +5,7 @@
     python -m ops.admin revision [--schema S]
     python -m ops.admin check-sources --sources FILE
     python -m ops.admin load-factors --kind egrid --file PATH [--edition NAME]
+    python -m ops.admin load-factors --kind residual_mix --file PATH [--edition NAME]
 
 ``init`` checks the sources (when a file is given) against the database, creates the
 pipeline's schema if it is missing, migrates it to the newest revision and loads the shipped
@@ -50,6 +51,7 @@ FACTOR_PARSERS = {
     "sef": factors.parse_sef,
     "air": factors.parse_air,
     "cpi": factors.parse_cpi,
+    "residual_mix": factors.parse_residual_mix,
 }
 
 
@@ -104,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--kind", choices=sorted(FACTOR_PARSERS), required=True, help="which published file it is"
     )
-    load.add_argument("--file", required=True, help="the CSV, in the shipped file's layout")
+    load.add_argument(
+        "--file",
+        required=True,
+        help="the CSV, in the shipped file's layout (residual_mix: the one of docs/scope2.md)",
+    )
     load.add_argument(
         "--edition",
         default=None,

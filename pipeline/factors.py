@@ -527,6 +527,54 @@ def parse_fx(path: Path | None = None) -> list[FactorRow]:
 #: The factor sets each kind of published file holds (``ops.admin load-factors --kind``); a
 #: pin may name a kind for all of its sets (``egrid=NAME`` pins ``egrid_subregion`` and
 #: ``egrid_us``).
+RESIDUAL_MIX_SET = "residual_mix"
+#: The residual-mix file's columns, in order (docs/scope2.md "What to load").
+RESIDUAL_MIX_COLUMNS = ("market", "year", "kg_co2e_per_kwh", "source", "edition")
+#: A market: a country code (ISO 3166, DE or DEU) or a grid region's acronym (eGRID RFCE).
+_MARKET_LENGTH = range(2, 17)
+
+
+def _market(path: Path, line: int, row: dict[str, str]) -> str:
+    market = _text(path, line, row, "market").upper()
+    plain = market.replace("-", "").replace("_", "")
+    if len(market) not in _MARKET_LENGTH or not plain.isascii() or not plain.isalnum():
+        raise FactorFileError(
+            path,
+            line,
+            f"market is not a country code or grid region acronym: {market!r} "
+            "(2 to 16 letters, digits, - or _)",
+        )
+    return market
+
+
+def parse_residual_mix(path: Path) -> list[FactorRow]:
+    """A residual-mix file the team obtained (``residual_mix``; none is shipped: the publishers'
+    licences forbid redistribution): one row per market and year, in kg CO2e/kWh, with the
+    source and edition each row names (docs/scope2.md, docs/methodology.md §10)."""
+    unique = _Unique(path)
+    rows: list[FactorRow] = []
+    for line, row in _rows(path, RESIDUAL_MIX_COLUMNS):
+        market = _market(path, line, row)
+        year = _year(path, line, row)
+        value = _number(path, line, row, "kg_co2e_per_kwh")
+        source = _text(path, line, row, "source")
+        edition = _text(path, line, row, "edition")
+        unique.add((market, year), line)
+        rows.append(
+            FactorRow(
+                factor_set=RESIDUAL_MIX_SET,
+                key=market,
+                year=year,
+                value=value,
+                unit=KG_PER_KWH,
+                source=source,
+                edition=edition,
+                source_ref=f"{path.name} line {line} ({market} {year})",
+            )
+        )
+    return rows
+
+
 KIND_SETS: dict[str, tuple[str, ...]] = {
     "egrid": ("egrid_subregion", "egrid_us"),
     "uk_electricity": ("desnz_uk_electricity", "desnz_uk_td"),
@@ -534,6 +582,7 @@ KIND_SETS: dict[str, tuple[str, ...]] = {
     "sef": ("epa_sef",),
     "air": ("desnz_air",),
     "cpi": ("cpi_u",),
+    "residual_mix": (RESIDUAL_MIX_SET,),
 }
 
 #: The longest edition name ``with_edition`` accepts.

@@ -207,8 +207,8 @@ NO_URL = (
         (
             admin.main,
             ["load-factors", "--kind", "egrd", "--file", "f.csv"],
-            "--kind: expected one of air, country_grid, cpi, egrid, sef, uk_electricity, got "
-            "'egrd' (did you mean egrid?)",
+            "--kind: expected one of air, country_grid, cpi, egrid, residual_mix, sef, "
+            "uk_electricity, got 'egrd' (did you mean egrid?)",
         ),
         (
             admin.main,
