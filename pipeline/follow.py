@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import cli, editions, retry, tuning
+from pipeline import summary as summaries
 from pipeline.options import (
     OptionsError,
     RunConfig,
@@ -261,7 +262,8 @@ def follow(args: list[str], stop: Stop) -> int:
             "database": connections.redact_url(config.database_url),
             "schema": config.schema,
             "total_processed": int(coverage["overall"]["results"]),
-            "errors": int(coverage["overall"]["errors"]["records"]),
+            # The dead letters it stored (its write log), whatever became of them since.
+            "errors": sum(summaries.errors_stored(engine, config.run_id, config.schema).values()),
             "total_co2e_tonnes": float(coverage["overall"]["kg_co2e"]) / 1000.0,
             "polls": (metrics or {}).get("polls"),
             "timings": {"total_s": round(time.monotonic() - started, 3)},

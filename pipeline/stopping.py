@@ -431,7 +431,9 @@ def end_cancelled(
         held = runs.hold_commits(engine, config.schema, wait_s=10.0)
         coverage = runs.run_coverage(engine, run_id, config.schema)
         stored = int(coverage["overall"]["results"])
-        errors = int(coverage["overall"]["errors"]["records"])
+        # The dead letters it stored, from its write log (committed with them), whatever
+        # became of them since (a result of a later version retires one).
+        errors = sum(summaries.errors_stored(engine, run_id, config.schema).values())
         results = f"{stored:,} results were" if stored != 1 else "1 result was"
         at_least = "" if held is not None and exact else "at least "  # else a lower bound
         message = f"{stopped} after {at_least}{results} stored"
