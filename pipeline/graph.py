@@ -98,5 +98,6 @@ def _calculate_and_write(
         batch_size,
         config.retry_policy,
         config.schema,
+        config.sources,
     )
     return calculated

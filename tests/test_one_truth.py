@@ -364,3 +364,41 @@ def test_a_restatement_cut_off_part_way_is_read_again_and_counts_each_result_onc
     )
     assert kept == distinct == on_2024
     assert rows(engine, "SELECT status FROM emissions.restatements") == [("succeeded",)]
+
+
+def test_an_activity_corrected_into_refused_input_keeps_its_dead_letter_only(
+    db: tuple[str, sa.Engine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fault harness's F1: a correction the methodology refuses left the old result in the
+    totals beside the new dead letter, and every run read the activity again."""
+    url, engine = db
+    seed(engine, 300, seed_value=28)
+    run_pipeline(url, capsys)
+    refused = electricity_id(engine)
+    kg_before, _ = current(engine, "electricity", refused)
+    rows(
+        engine,
+        "UPDATE emissions.electricity_activities SET unit = 'furlongs' WHERE id = :i",
+        i=refused,
+    )
+    summary = run_pipeline(url, capsys)
+    assert summary["by_activity_type"]["electricity"]["errors"] == 1
+    assert rows(
+        engine,
+        "SELECT count(*) FROM emissions.emission_results WHERE activity_type = 'electricity' "
+        "AND activity_id = :i",
+        i=refused,
+    ) == [(0,)]
+    assert history(engine, "electricity", refused) == [(kg_before, "activity_changed")]
+    assert rows(
+        engine,
+        "SELECT e.reason_code, e.activity_version = a.xmin::text::bigint "
+        "FROM emissions.emission_errors e JOIN emissions.electricity_activities a "
+        "ON a.id = e.activity_id WHERE e.activity_type = 'electricity' AND e.activity_id = :i "
+        "AND e.retired_at IS NULL",
+        i=refused,
+    ) == [("unknown_unit", True)]
+    again = run_pipeline(url, capsys)
+    assert (again["pending"], again["total_processed"]) == (0, 0)
+    report = verify.verify(engine, sample=None)
+    assert report.examined - report.reproduced == 0, report.as_dict()

@@ -154,8 +154,14 @@ def _write_tables(
     return written
 
 
-def _write_errors(conn: Connection, errors: Sequence[ErrorRecord], run_id: str, schema: str) -> int:
-    return writes.write_errors(conn, errors, run_id, schema)
+def _write_errors(
+    conn: Connection,
+    errors: Sequence[ErrorRecord],
+    run_id: str,
+    schema: str,
+    sources: Sources | None = None,
+) -> int:
+    return writes.write_errors(conn, errors, run_id, schema, sources)
 
 
 class WriteResults(beam.PTransform):
@@ -204,6 +210,7 @@ class WriteErrors(beam.PTransform):
         batch_size: int = DEFAULT_WRITE_BATCH_SIZE,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         schema: str = tables.DEFAULT_SCHEMA,
+        sources: Sources | None = None,
     ) -> None:
         super().__init__()
         self._fn = _BufferedWriteFn(
@@ -211,7 +218,7 @@ class WriteErrors(beam.PTransform):
             run_id,
             min(batch_size, ERRORS_BATCH),
             "errors",
-            _write_errors,
+            functools.partial(_write_errors, sources=dict(sources) if sources else None),
             lambda _: 1,
             retry_policy,
             schema,

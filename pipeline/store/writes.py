@@ -23,7 +23,17 @@ from pipeline.model import (
     ErrorRecord,
 )
 from pipeline.store.queries import key_cast
-from pipeline.store.sources import Source, read_only, relation
+from pipeline.store.sources import (
+    Source,
+    Sources,
+    default_sources,
+    from_clause,
+    key_column,
+    read_only,
+    read_only_within,
+    relation,
+    version_expression,
+)
 from pipeline.store.tables import (
     DEFAULT_SCHEMA,
     ERROR_COLUMNS,
@@ -208,8 +218,14 @@ def write_errors(
     errors: Sequence[ErrorRecord],
     run_id: str,
     schema: str = DEFAULT_SCHEMA,
+    sources: Sources | None = None,
 ) -> int:
-    """Insert dead letters not already recorded for the same input. Returns rows written."""
+    """Insert dead letters not already recorded for the same input. Returns rows written.
+
+    In the same transaction, the result of an activity corrected into input the methodology
+    refuses leaves ``emission_results`` for its history (``retire_refused``): the dead letter of
+    its input as it is now is its one truth. ``sources``: where each type is read (default: the
+    pipeline's own tables)."""
     columns = ERROR_COLUMNS + ("input_hash", "run_id")
     unique = {(e.activity_type, str(e.activity_id), error_hash(e)): e for e in errors}
     rows = [dataclasses.astuple(e) + (key[2], run_id) for key, e in unique.items()]
@@ -225,10 +241,87 @@ def write_errors(
     def log(cur: psycopg2.extensions.cursor, written: list[tuple[str, str]] | None) -> None:
         stored = [t for t, _, _ in unique] if written is None else [t for t, _ in written]
         log_errors(cur, run_id, collections.Counter(stored), schema)
+        retire_refused(cur, list(unique.values()), run_id, sources, schema)
 
     return staged_copy(
         conn, ERRORS_TABLE, columns, copy_buffer(rows), conflict, after=log, schema=schema
     )
+
+
+def retire_refused(
+    cur: psycopg2.extensions.cursor,
+    errors: Sequence[ErrorRecord],
+    run_id: str,
+    sources: Sources | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> int:
+    """Moves to history (reason ``activity_changed``, ``run_id``) the stored results of the
+    activities these dead letters refuse, when the result is of another version and the
+    activity's row is still at the dead letter's version (a compare-and-swap, as
+    ``bulk.supersede_results_table`` does: the source read in a read-only part, under the
+    results' row locks). Otherwise the old result would stay in the totals beside the dead
+    letter, and every run would read the activity again. Returns how many were retired."""
+    sources = sources if sources is not None else default_sources(schema)
+    retired = 0
+    for activity_type in sorted({e.activity_type for e in errors}):
+        versioned = [
+            e for e in errors if e.activity_type == activity_type and e.activity_version is not None
+        ]
+        if not versioned:
+            continue
+        source = sources[activity_type]
+        key_type = source.key_type or (
+            "uuid" if isinstance(versioned[0].activity_id, str) else "bigint"
+        )
+        refused = sql.SQL("unnest(%s::{k}[], %s::bigint[]) AS e(id, version)").format(
+            k=sql.SQL(key_type)
+        )
+        params = ([str(e.activity_id) for e in versioned], [e.activity_version for e in versioned])
+        cur.execute(
+            sql.SQL(
+                "SELECT e.id::text, e.version FROM {r} r JOIN {e} ON r.activity_id = e.id "
+                "WHERE r.activity_type = %s AND r.activity_version IS DISTINCT FROM e.version "
+                "ORDER BY r.activity_id FOR UPDATE OF r"
+            ).format(r=qualified(RESULTS_TABLE, schema), e=refused),
+            (*params, activity_type),
+        )
+        candidates = cur.fetchall()
+        if not candidates:
+            continue
+        with read_only_within(cur):
+            cur.execute(
+                sql.SQL(
+                    "SELECT c.id FROM unnest(%s::text[], %s::bigint[]) AS c(id, version) "
+                    "WHERE EXISTS (SELECT 1 FROM {source} WHERE {key} = c.id::{k} "
+                    "AND {version} = c.version)"
+                ).format(
+                    source=from_clause(source),
+                    key=key_column(source),
+                    k=sql.SQL(key_type),
+                    version=version_expression(source),
+                ),
+                ([i for i, _ in candidates], [v for _, v in candidates]),
+            )
+            current = [i for (i,) in cur.fetchall()]
+        if not current:
+            continue
+        stored = sql.SQL(", ").join(map(sql.Identifier, STORED_RESULT_COLUMNS))
+        cur.execute(
+            sql.SQL(
+                "WITH gone AS (DELETE FROM {r} r WHERE r.activity_type = %s "
+                "AND r.activity_id = ANY(%s::{k}[]) RETURNING {stored}) "
+                "INSERT INTO {h} ({stored}, restatement_id, reason) "
+                "SELECT {stored}, %s, 'activity_changed' FROM gone"
+            ).format(
+                r=qualified(RESULTS_TABLE, schema),
+                h=qualified(HISTORY_TABLE, schema),
+                k=sql.SQL(key_type),
+                stored=stored,
+            ),
+            (activity_type, current, run_id),
+        )
+        retired += cur.rowcount
+    return retired
 
 
 def log_errors(
