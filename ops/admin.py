@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from pipeline import cli, editions, factors
 from pipeline.factors import FactorFileError
-from pipeline.model import FactorRow
+from pipeline.model import ActivityType, FactorRow, InstrumentKind
 from pipeline.store import checks, connections, sources, stored_sources, tables
 from pipeline.store.install import initialise, revision
 
@@ -195,11 +195,25 @@ def main(argv: list[str] | None = None) -> int:
         return cli.OK if found.up_to_date else cli.FAILED
 
     def check(target: cli.Target) -> int:
-        checked = cli.checked_sources(target)
+        instruments = cli.target_instruments(args, target)
+        problems: list[str] = []
+        checked: dict[ActivityType, sources.Source] = {}
+        checked_instruments: dict[InstrumentKind, sources.Source] = {}
+        try:
+            checked = cli.checked_sources(target)
+        except sources.SourcesError as e:
+            problems += e.problems
+        try:
+            checked_instruments = cli.checked_instruments(target, instruments)
+        except sources.SourcesError as e:
+            problems += e.problems
+        if problems:
+            raise sources.SourcesError("the sources", problems)
+        both = [*checked.items(), *checked_instruments.items()]
         cli.print_json(
             {
                 t: {"source": s.name, "key": s.key, "key_type": s.key_type, "version": s.version}
-                for t, s in checked.items()
+                for t, s in both
             }
         )
         return cli.OK

@@ -20,14 +20,14 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
 import sqlalchemy as sa
 
 from pipeline import retry
-from pipeline.model import ACTIVITY_TYPES, ActivityType
+from pipeline.model import ACTIVITY_TYPES, ActivityType, InstrumentKind
 from pipeline.store import checks, connections, install, sources, stored_sources, tables
 
 #: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
@@ -203,6 +203,33 @@ def checked_sources(target: Target) -> dict[ActivityType, sources.Source]:
     problem; nothing is written)."""
     with connections.raw_connection(target.engine) as conn:
         return checks.check_sources(conn, target.sources)
+
+
+def target_instruments(
+    args: argparse.Namespace, target: Target
+) -> dict[InstrumentKind, sources.Source]:
+    """The instruments' sources of the file given, else of the schema's stored sources (none
+    mapped, or no sources stored: empty); not yet checked against the database."""
+    path = sources.resolve_path(args.sources)
+    if path is not None:
+        return sources.load_instruments(path)
+    with target.engine.connect() as conn:
+        found = stored_sources.current(conn, target.schema)
+    if found is None:
+        return {}
+    where = f"the sources stored in {target.schema}.{tables.SOURCES_TABLE}"
+    return stored_sources.parse_instruments_text(found.text, where)
+
+
+def checked_instruments(
+    target: Target, instruments: Mapping[InstrumentKind, sources.Source]
+) -> dict[InstrumentKind, sources.Source]:
+    """The instruments' sources, checked against the target's database (``SourcesError``
+    lists every problem; nothing is written)."""
+    if not instruments:
+        return {}
+    with connections.raw_connection(target.engine) as conn:
+        return checks.check_instruments(conn, instruments)
 
 
 def target_sources(args: argparse.Namespace) -> dict[ActivityType, sources.Source]:

@@ -68,6 +68,70 @@ def activity_fields(activity_type: ActivityType) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ACTIVITY_CLASSES[activity_type]))
 
 
+# --- Scope 2 market-based: the team's contractual instruments (docs/methodology.md §10) ---
+
+#: What the market-based method allocates, each a table or query of the sources file.
+InstrumentKind = Literal["certificates", "contracts", "supplier_rates"]
+INSTRUMENT_KINDS: tuple[InstrumentKind, ...] = ("certificates", "contracts", "supplier_rates")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """An energy attribute certificate (REC, Guarantee of Origin, I-REC, REGO) the team holds."""
+
+    id: ActivityId
+    mwh: float | None
+    energy_source: str | None  # wind, solar, hydro, nuclear, gas, ...
+    vintage_start: datetime.date | None  # the generation period it certifies
+    vintage_end: datetime.date | None
+    market: str | None  # a country code, or a US eGRID subregion or interconnect
+    retirement_id: str | None  # the registry's retirement or cancellation id
+    facility: str | None  # the facility it was retired for (optional)
+    emission_rate: float | None  # kg CO2e/kWh (optional: 0 for a renewable source)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A power purchase agreement or other direct contract: MWh delivered in a period."""
+
+    id: ActivityId
+    mwh: float | None
+    period_start: datetime.date | None
+    period_end: datetime.date | None
+    emission_rate: float | None  # kg CO2e/kWh of the contracted generation
+    market: str | None
+    facility: str | None  # the facility it supplies (optional)
+
+
+@dataclass(frozen=True)
+class SupplierRate:
+    """A supplier's (or tariff's) emission rate for a year."""
+
+    id: ActivityId
+    supplier: str | None  # the supplier or tariff, as electricity activities name it
+    year: int | None
+    kg_co2e_per_kwh: float | None
+    # Whether the rate already accounts for the instruments the supplier sold to others
+    # (Scope 2 Quality Criteria): a rate that does not is refused.
+    accounts_for_sold_instruments: bool | None
+
+
+INSTRUMENT_CLASSES: dict[InstrumentKind, type] = {
+    "certificates": Certificate,
+    "contracts": Contract,
+    "supplier_rates": SupplierRate,
+}
+#: Fields an instrument mapping may leave out (NULL), by kind.
+OPTIONAL_INSTRUMENT_FIELDS: dict[InstrumentKind, frozenset[str]] = {
+    "certificates": frozenset({"facility", "emission_rate"}),
+    "contracts": frozenset({"facility"}),
+    "supplier_rates": frozenset(),
+}
+#: Fields an electricity mapping may add for the market-based method (not the location-based
+#: calculation's input: they do not change its results or their fingerprints).
+MARKET_FIELDS: tuple[str, ...] = ("facility", "supplier")
+
+
 @dataclass(frozen=True)
 class FactorRow:
     """One row of ``emission_factors``: a published value with where it came from.

@@ -9,13 +9,15 @@ The checked sources carry their key and version types, which the reads use.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pipeline.model import ActivityType
+from pipeline.model import ActivityType, InstrumentKind
 from pipeline.store.sources import (
     Field,
     KeyType,
@@ -37,6 +39,8 @@ _ACCEPTED: dict[str, frozenset[str]] = {
     "boolean": frozenset({"bool"}),
     "date": frozenset({"date", "timestamp", "timestamptz"}),
 }
+
+K = TypeVar("K", bound=str)
 
 _KEY_TYPES: dict[str, KeyType] = {
     "int2": "bigint",
@@ -70,18 +74,7 @@ def check_sources(
     naming every missing table, column, privilege or unusable type, every expression
     PostgreSQL refuses, and keys of different types. Read-only: it writes nothing."""
     problems: list[str] = []
-    resolved: dict[ActivityType, Source] = {}
-    conn.rollback()
-    previous = conn.readonly
-    conn.readonly = True
-    try:
-        for activity_type, source in sources.items():
-            found = _check_source(conn, source, problems)
-            if found is not None:
-                resolved[activity_type] = found
-    finally:
-        conn.rollback()
-        conn.readonly = previous
+    resolved = _check_each(conn, sources, problems)
     key_types = {s.key_type for s in resolved.values()}
     if len(key_types) > 1:
         listed = ", ".join(f"{t} {s.key_type}" for t, s in resolved.items())
@@ -94,11 +87,48 @@ def check_sources(
     return resolved
 
 
+def check_instruments(
+    conn: psycopg2.extensions.connection, instruments: Mapping[InstrumentKind, Source]
+) -> dict[InstrumentKind, Source]:
+    """The instruments' sources with their key and version types (``SourcesError`` naming
+    every problem, as ``check_sources``); their keys are their own, of any key type.
+    Read-only: it writes nothing."""
+    problems: list[str] = []
+    resolved = _check_each(conn, instruments, problems)
+    if problems:
+        raise SourcesError("the instruments' sources", problems)
+    return resolved
+
+
+def _check_each(
+    conn: psycopg2.extensions.connection, sources: Mapping[K, Source], problems: list[str]
+) -> dict[K, Source]:
+    """Each source checked in one read-only transaction, rolled back."""
+    resolved: dict[K, Source] = {}
+    conn.rollback()
+    previous = conn.readonly
+    conn.readonly = True
+    try:
+        for name, source in sources.items():
+            found = _check_source(conn, source, problems)
+            if found is not None:
+                resolved[name] = found
+    finally:
+        conn.rollback()
+        conn.readonly = previous
+    return resolved
+
+
+def _wanted(source: Source) -> dict[str, str]:
+    """The type each field of ``source`` is read as (its market fields as text)."""
+    return {**field_types(source.kind), **{n: "text" for n, _ in source.market_fields}}
+
+
 def _columns(
     conn: psycopg2.extensions.connection, source: Source, problems: list[str]
 ) -> tuple[dict[str, str], str] | None:
     """(column → type name, relation kind) of a source, or None after noting why not."""
-    at = f"{source.activity_type}: {source.name}"
+    at = f"{source.kind}: {source.name}"
     with conn.cursor() as cur:
         if source.table is not None:
             cur.execute(
@@ -173,7 +203,7 @@ def _check_source(
     conn: psycopg2.extensions.connection, source: Source, problems: list[str]
 ) -> Source | None:
     before = len(problems)
-    at = f"{source.activity_type}: {source.name}"
+    at = f"{source.kind}: {source.name}"
     described = _columns(conn, source, problems)
     if described is None:
         return None
@@ -211,8 +241,8 @@ def _check_source(
                 f"{at}: follow_by {source.follow_by} is {follow_type}; it must be an integer "
                 "(a number from a sequence) or a timestamp"
             )
-    wanted = field_types(source.activity_type)
-    for name, field in source.fields:
+    wanted = _wanted(source)
+    for name, field in (*source.fields, *source.market_fields):
         if field.column is None:
             continue
         typ = columns.get(field.column)
@@ -230,8 +260,9 @@ def _check_source(
     _check_time_zone(conn, source, problems)
     if len(problems) > before:
         return None
-    fields = _evaluated_fields(conn, source, columns, problems)
-    if fields is None:
+    fields = _evaluated_fields(conn, source, columns, problems, source.fields)
+    market_fields = _evaluated_fields(conn, source, columns, problems, source.market_fields)
+    if fields is None or market_fields is None:
         return None
     resolved = dataclasses.replace(
         source,
@@ -239,6 +270,7 @@ def _check_source(
         version_type=version_type or "xid",
         follow_type=follow_type,
         fields=fields,
+        market_fields=market_fields,
     )
     # The whole relation over real rows: a query's own side effects, a cast of a version.
     try:
@@ -265,15 +297,17 @@ def _evaluated_fields(
     source: Source,
     columns: dict[str, str],
     problems: list[str],
+    given: tuple[tuple[str, Field], ...],
 ) -> tuple[tuple[str, Field], ...] | None:
-    """The fields with their types, each expression, mapped column and constant evaluated
-    over real rows (read-only: one that writes is refused); None after noting a problem."""
-    at = f"{source.activity_type}: {source.name}"
-    wanted = field_types(source.activity_type)
+    """The ``given`` fields with their types, each expression, mapped column and constant
+    evaluated over real rows (read-only: one that writes is refused); None after noting a
+    problem."""
+    at = f"{source.kind}: {source.name}"
+    wanted = _wanted(source)
     out: list[tuple[str, Field]] = []
     failed = False
     with conn.cursor() as cur:
-        for name, field in source.fields:
+        for name, field in given:
             if field.column is not None:
                 field = dataclasses.replace(field, sql_type=columns.get(field.column))
             if field.expression is not None:
@@ -342,7 +376,7 @@ def _check_time_zone(
     except psycopg2.Error:
         conn.rollback()
         problems.append(
-            f"{source.activity_type}: time_zone = {source.time_zone!r} is not a time zone "
+            f"{source.kind}: time_zone = {source.time_zone!r} is not a time zone "
             "PostgreSQL knows (see pg_timezone_names: UTC, Europe/Berlin, …)"
         )
 

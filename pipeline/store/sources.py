@@ -31,7 +31,16 @@ from typing import Any, Literal
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pipeline.model import ACTIVITY_TYPES, ActivityType, activity_fields
+from pipeline.model import (
+    ACTIVITY_CLASSES,
+    ACTIVITY_TYPES,
+    INSTRUMENT_CLASSES,
+    INSTRUMENT_KINDS,
+    MARKET_FIELDS,
+    OPTIONAL_INSTRUMENT_FIELDS,
+    ActivityType,
+    InstrumentKind,
+)
 from pipeline.store.tables import ACTIVITY_TABLES, CHANGE_COLUMN, DEFAULT_SCHEMA
 
 if sys.version_info >= (3, 11):
@@ -43,6 +52,8 @@ else:  # pragma: no cover - Python 3.10
 SOURCES_ENV = "EMISSIONS_SOURCES"
 
 KeyType = Literal["bigint", "uuid", "text"]
+#: What a source holds: activities, or the market-based method's instruments.
+SourceKind = ActivityType | InstrumentKind
 
 #: The type each field is read as (the methodology's record types).
 _WANTED = {
@@ -74,17 +85,23 @@ class SourcesError(ValueError):
         super().__init__(f"{where}: {count}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def field_types(activity_type: ActivityType) -> dict[str, str]:
-    """The methodology's fields of an activity type (not ``id``), with the SQL type each is
-    read as."""
-    from pipeline.model import ACTIVITY_CLASSES
-
-    hints = {f.name: str(f.type) for f in dataclasses.fields(ACTIVITY_CLASSES[activity_type])}
+def field_types(kind: SourceKind) -> dict[str, str]:
+    """The methodology's fields of an activity type or instrument kind (not ``id``), with the
+    SQL type each is read as."""
+    record = next((ACTIVITY_CLASSES[t] for t in ACTIVITY_TYPES if t == kind), None)
+    if record is None:
+        record = next(INSTRUMENT_CLASSES[k] for k in INSTRUMENT_KINDS if k == kind)
     out: dict[str, str] = {}
-    for name in activity_fields(activity_type)[1:]:
-        base = hints[name].replace(" | None", "").replace("datetime.", "").strip()
-        out[name] = _WANTED[base]
+    for f in dataclasses.fields(record)[1:]:
+        base = str(f.type).replace(" | None", "").replace("datetime.", "").strip()
+        out[f.name] = _WANTED[base]
     return out
+
+
+def optional_fields(kind: SourceKind) -> frozenset[str]:
+    """The fields a mapping of ``kind`` may leave out (they are then NULL)."""
+    found = next((k for k in INSTRUMENT_KINDS if k == kind), None)
+    return OPTIONAL_FIELDS if found is None else OPTIONAL_INSTRUMENT_FIELDS[found]
 
 
 @dataclass(frozen=True)
@@ -110,8 +127,10 @@ class Field:
 
 @dataclass(frozen=True)
 class Source:
-    """Where one activity type is read from. ``key_type`` and ``version_type`` are filled in
-    by ``check`` from the catalogue."""
+    """Where one activity type (or one kind of instrument) is read from. ``key_type`` and
+    ``version_type`` are filled in by ``check`` from the catalogue. An instrument's source
+    (``instrument`` set) belongs to electricity, the activity its instruments are allocated to.
+    """
 
     activity_type: ActivityType
     table: tuple[str, str] | None = None
@@ -128,13 +147,23 @@ class Source:
     follow_type: str | None = None
     #: Where a ``timestamptz`` becomes a date: the same day whatever the session's TimeZone.
     time_zone: str = DEFAULT_TIME_ZONE
+    #: The kind of instrument it holds, for a source of the market-based method's instruments.
+    instrument: InstrumentKind | None = None
+    #: Electricity's optional fields for the market-based method (``facility``, ``supplier``),
+    #: read beside the methodology's fields, never as its input (docs/scope2.md).
+    market_fields: tuple[tuple[str, Field], ...] = ()
+
+    @property
+    def kind(self) -> SourceKind:
+        """What it holds: its instrument kind, else its activity type."""
+        return self.instrument or self.activity_type
 
     @property
     def name(self) -> str:
         """How messages name it: ``schema.table`` (quoted where SQL needs it), or ``query``
         for a SELECT."""
         if self.table is None:
-            return f"the {self.activity_type} query"
+            return f"the {self.kind} query"
         return ".".join(quote_name(p) for p in self.table)
 
     def field(self, name: str) -> Field | None:
@@ -215,35 +244,71 @@ def load_sources(path: Path | None, schema: str = DEFAULT_SCHEMA) -> dict[Activi
 
 
 def parse_sources(document: Mapping[str, Any], where: str) -> dict[ActivityType, Source]:
-    """Sources from a parsed sources document; ``SourcesError`` lists every problem."""
+    """Sources from a parsed sources document; ``SourcesError`` lists every problem (of its
+    instruments' sections too)."""
+    return _parse_document(document, where)[0]
+
+
+def parse_instruments(document: Mapping[str, Any], where: str) -> dict[InstrumentKind, Source]:
+    """The instruments' sources of a parsed sources document (``[certificates]``,
+    ``[contracts]``, ``[supplier_rates]``; none mapped: empty); ``SourcesError`` lists every
+    problem of the document."""
+    return _parse_document(document, where)[1]
+
+
+def load_instruments(path: Path | None) -> dict[InstrumentKind, Source]:
+    """The instruments' sources of a sources file (none without one)."""
+    if path is None:
+        return {}
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SourcesError(str(path), [f"cannot read it: {e.strerror or e}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise SourcesError(str(path), [f"not valid TOML: {e}"]) from None
+    return parse_instruments(document, str(path))
+
+
+def _parse_document(
+    document: Mapping[str, Any], where: str
+) -> tuple[dict[ActivityType, Source], dict[InstrumentKind, Source]]:
     problems: list[str] = []
     sources: dict[ActivityType, Source] = {}
+    instruments: dict[InstrumentKind, Source] = {}
     for name in document:
-        if name not in ACTIVITY_TYPES and name not in _TOP_SETTINGS:
-            problems.append(f"[{name}]: not an activity type ({', '.join(ACTIVITY_TYPES)})")
+        if name not in (*ACTIVITY_TYPES, *INSTRUMENT_KINDS) and name not in _TOP_SETTINGS:
+            problems.append(
+                f"[{name}]: not an activity type ({', '.join(ACTIVITY_TYPES)}) or a kind of "
+                f"instrument ({', '.join(INSTRUMENT_KINDS)})"
+            )
     default_zone = _time_zone("", document.get("time_zone", DEFAULT_TIME_ZONE), problems)
-    for activity_type in ACTIVITY_TYPES:
-        section = document.get(activity_type)
+    for kind in (*ACTIVITY_TYPES, *INSTRUMENT_KINDS):
+        section = document.get(kind)
         if section is None:
             continue
         if not isinstance(section, Mapping):
-            problems.append(f"[{activity_type}] must be a table of settings")
+            problems.append(f"[{kind}] must be a table of settings")
             continue
-        found = _parse_source(activity_type, section, problems)
-        if found is not None:
-            zone = _time_zone(f"[{activity_type}] ", section.get("time_zone"), problems)
-            sources[activity_type] = dataclasses.replace(found, time_zone=zone or default_zone)
+        found = _parse_source(kind, section, problems)
+        if found is None:
+            continue
+        zone = _time_zone(f"[{kind}] ", section.get("time_zone"), problems)
+        found = dataclasses.replace(found, time_zone=zone or default_zone)
+        if found.instrument is not None:
+            instruments[found.instrument] = found
+        else:
+            sources[found.activity_type] = found
     if not sources and not problems:
         problems.append(f"no activity type is mapped: add [{'], ['.join(ACTIVITY_TYPES)}]")
     if problems:
         raise SourcesError(where, problems)
-    return sources
+    return sources, instruments
 
 
 def _parse_source(
-    activity_type: ActivityType, section: Mapping[str, Any], problems: list[str]
+    kind: SourceKind, section: Mapping[str, Any], problems: list[str]
 ) -> Source | None:
-    at = f"[{activity_type}]"
+    at = f"[{kind}]"
     before = len(problems)
     known = {"table", "query", "key", "version", "fields", "follow_by", "time_zone"}
     for key in section:
@@ -280,17 +345,18 @@ def _parse_source(
     if not isinstance(raw_fields, Mapping):
         problems.append(f'{at} fields must be a table: field = "column" or {{ … }}')
         raw_fields = {}
-    wanted = field_types(activity_type)
+    wanted = field_types(kind)
+    extra = MARKET_FIELDS if kind == "electricity" else ()
     for name in raw_fields:
-        if name not in wanted:
+        if name not in wanted and name not in extra:
             problems.append(
-                f"{at}.fields.{name}: not a field of {activity_type} ({', '.join(wanted)})"
+                f"{at}.fields.{name}: not a field of {kind} ({', '.join((*wanted, *extra))})"
             )
     fields: list[tuple[str, Field]] = []
     for name in wanted:
         spec = raw_fields.get(name)
         if spec is None:
-            if name in OPTIONAL_FIELDS:
+            if name in optional_fields(kind):
                 fields.append((name, Field(value=None)))
             else:
                 problems.append(f"{at}.fields.{name}: missing (the methodology needs it)")
@@ -298,10 +364,19 @@ def _parse_source(
         parsed = _parse_field(f"{at}.fields.{name}", spec, problems)
         if parsed is not None:
             fields.append((name, parsed))
+    market_fields: list[tuple[str, Field]] = []
+    for name in extra:
+        if name in raw_fields:
+            parsed = _parse_field(f"{at}.fields.{name}", raw_fields[name], problems)
+            if parsed is not None:
+                market_fields.append((name, parsed))
     if len(problems) > before:
         return None
+    instrument = next((k for k in INSTRUMENT_KINDS if k == kind), None)
     return Source(
-        activity_type=activity_type,
+        activity_type=next((t for t in ACTIVITY_TYPES if t == kind), "electricity"),
+        instrument=instrument,
+        market_fields=tuple(market_fields),
         table=parsed_table,
         query=str(query) if query is not None else None,
         key=str(key),
@@ -467,7 +542,7 @@ def relation(source: Source) -> sql.Composed:
     """``SELECT id, fields…, activity_version FROM source``: the activities as the methodology
     names them. PostgreSQL flattens it into the queries around it, so a range on ``id`` uses
     the source's own index on its key."""
-    wanted = field_types(source.activity_type)
+    wanted = field_types(source.kind)
     columns: list[sql.Composable] = [sql.SQL("{} AS id").format(key_column(source))]
     for name, field in source.fields:
         columns.append(

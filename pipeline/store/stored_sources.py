@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline.model import ActivityType, Limits
+from pipeline.model import ActivityType, InstrumentKind, Limits
 from pipeline.store import sources, tables
 
 if sys.version_info >= (3, 11):
@@ -100,6 +100,15 @@ def parse_text(text: str, where: str) -> dict[ActivityType, sources.Source]:
     except tomllib.TOMLDecodeError as e:
         raise sources.SourcesError(where, [f"not valid TOML: {e}"]) from None
     return sources.parse_sources(document, where)
+
+
+def parse_instruments_text(text: str, where: str) -> dict[InstrumentKind, sources.Source]:
+    """The instruments' sources of a file's text (``SourcesError`` lists every problem)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise sources.SourcesError(where, [f"not valid TOML: {e}"]) from None
+    return sources.parse_instruments(document, where)
 
 
 def _table_exists(conn: sa.Connection, schema: str) -> bool:
