@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
@@ -50,16 +50,19 @@ from pipeline.run import (
 )
 from pipeline.stopping import (
     Cancelled,
+    Overtaken,
     Stop,
     TracebacksAtDebug,
     WorkerStderr,
+    cancel_job,
     end_cancelled,
+    exit_now,
     real_stderr,
 )
 from pipeline.store import checks, connections, marks, runs, stored_sources
 from pipeline.store.install import ensure_initialised
 from pipeline.store.sources import Sources, SourcesError
-from pipeline.summary import failure_message
+from pipeline.summary import failure_message, one_line
 
 _LOG = logging.getLogger("pipeline.follow")
 
@@ -251,23 +254,12 @@ def follow(args: list[str], stop: Stop) -> int:
             f", for {options.stop_after:g} s" if options.stop_after else ", until stopped",
         )
         record.beat(engine)  # within the run's pool from here, as the pipeline's connections
+        # Marked abandoned while it was frozen: it stops at once (its writes are refused).
+        stop.watch_record(record.no_longer_running)
         with Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)):
             metrics = _execute(beam_args, config, options, stop_at, stop)
         coverage = runs.run_coverage(engine, config.run_id, config.schema)
-        summary: dict[str, Any] = {
-            "run_id": config.run_id,
-            "status": "succeeded",
-            "mode": "follow",
-            "runner": runner,
-            "database": connections.redact_url(config.database_url),
-            "schema": config.schema,
-            "total_processed": int(coverage["overall"]["results"]),
-            # The dead letters it stored (its write log), whatever became of them since.
-            "errors": sum(summaries.errors_stored(engine, config.run_id, config.schema).values()),
-            "total_co2e_tonnes": float(coverage["overall"]["kg_co2e"]) / 1000.0,
-            "polls": (metrics or {}).get("polls"),
-            "timings": {"total_s": round(time.monotonic() - started, 3)},
-        }
+        summary = _summary(engine, config, runner, coverage, metrics, started)
         record.stop_beating()  # the outcome is recorded next: no heartbeat after it
         finished = record.finish(
             status="succeeded",
@@ -290,6 +282,8 @@ def follow(args: list[str], stop: Stop) -> int:
         record.stop_beating()
         exact = workers_in_process(beam_args)
         end_cancelled(engine, config, stopped, record.started, {}, started, exact)
+    except Overtaken as overtaken:
+        end_overtaken(engine, config, record, runner, overtaken, started)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
         message = connections.scrub(failure_message(e), config.database_url)
         _LOG.error("run %s failed: %s", config.run_id, message)
@@ -302,6 +296,62 @@ def follow(args: list[str], stop: Stop) -> int:
         record.stop_beating()
         engine.dispose()
         record.engine.dispose()
+
+
+def _summary(
+    engine: sa.Engine,
+    config: RunConfig,
+    runner: str,
+    coverage: dict[str, Any],
+    metrics: dict[str, int] | None,
+    started: float,
+) -> dict[str, Any]:
+    """What the follow run stored, from its write log: results, and the dead letters it stored
+    whatever became of them since (``errors_stored``)."""
+    return {
+        "run_id": config.run_id,
+        "status": "succeeded",
+        "mode": "follow",
+        "runner": runner,
+        "database": connections.redact_url(config.database_url),
+        "schema": config.schema,
+        "total_processed": int(coverage["overall"]["results"]),
+        "errors": sum(summaries.errors_stored(engine, config.run_id, config.schema).values()),
+        "total_co2e_tonnes": float(coverage["overall"]["kg_co2e"]) / 1000.0,
+        "polls": (metrics or {}).get("polls"),
+        "timings": {"total_s": round(time.monotonic() - started, 3)},
+    }
+
+
+def end_overtaken(
+    engine: sa.Engine,
+    config: RunConfig,
+    record: Record,
+    runner: str,
+    overtaken: Overtaken,
+    started: float,
+) -> NoReturn:
+    """Ends a follow run whose record another process finished while it worked (marked
+    abandoned while the process was frozen): what it stored before stays, its record as that
+    process left it; one line on stderr, its figures exported with that outcome, exit 1. The
+    process ends at once (``exit_now``): the pipeline's threads, still polling, have nothing
+    to store (a flush of a run no longer running is refused, and its polls move no mark)."""
+    record.stop_beating()
+    cancel_job(overtaken.job)
+    logging.disable(logging.CRITICAL)  # from here, its one line only
+    threading.excepthook = lambda _: None
+    try:
+        coverage = runs.run_coverage(engine, config.run_id, config.schema)
+        summary = _summary(engine, config, runner, coverage, None, started)
+        code = record.overtaken(summary, record.started_at)
+    except Exception as e:  # noqa: BLE001 - it must still end, and say why
+        why = connections.scrub(retry.describe(e), config.database_url)
+        cli.error(
+            f"run {config.run_id} was recorded as no longer running by another process while "
+            f"it worked; its figures could not be read ({one_line(why)})"
+        )
+        code = 1
+    exit_now(code)
 
 
 def _with_sources(config: RunConfig, checked: Sources) -> RunConfig:

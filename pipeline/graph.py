@@ -60,6 +60,7 @@ def build_follow(
         config.retry_policy,
         config.schema,
         config.activity_types,
+        config.run_id,
     )
     return _calculate_and_write(p, activities, config, batch_size=1)
 

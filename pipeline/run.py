@@ -306,6 +306,7 @@ class Record:
     #: Why the run could not be recorded yet (its schema is missing or behind), when known.
     unready: str | None = None
     _heartbeat: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    _beating: runs.Heartbeat | None = None
     #: When the run started (Unix time), for its figures.
     started_at: float = dataclasses.field(default_factory=time.time)
 
@@ -355,9 +356,14 @@ class Record:
         pool of the run's engine (and may wait for a lock); the pipeline's connections leave
         room in that pool, and the run's connections stay within their bound."""
         self.stop_beating()
-        self._heartbeat.enter_context(
+        self._beating = self._heartbeat.enter_context(
             runs.Heartbeat(engine, self.config.run_id, self.config.schema)
         )
+
+    def no_longer_running(self) -> bool:
+        """Whether its heartbeat found the row no longer ``running`` (another process marked
+        it abandoned while this one was frozen or cut off)."""
+        return self._beating is not None and not self._beating.running
 
     def stop_beating(self) -> None:
         """No more heartbeats: the outcome is recorded next."""

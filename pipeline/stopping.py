@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -108,6 +109,17 @@ class Cancelled(Exception):
         super().__init__(f"cancelled by {self.signal_name}")
 
 
+class Overtaken(Exception):
+    """The run's record was finished by another process while the run worked (marked
+    ``abandoned``: its heartbeat had stopped, the process frozen), noticed by the main thread:
+    nothing the run writes from now on is stored, so it stops at once."""
+
+    def __init__(self) -> None:
+        #: The runner's result, when the pipeline runs elsewhere and its job can be cancelled.
+        self.job: Any = None
+        super().__init__("its record is no longer 'running'")
+
+
 class Stop:
     """Which stop signal has arrived, if any.
 
@@ -120,6 +132,16 @@ class Stop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        self._overtaken: Callable[[], bool] = lambda: False
+
+    def watch_record(self, overtaken: Callable[[], bool]) -> None:
+        """Stops the pipeline (``Overtaken``) once ``overtaken()`` is true: the run's record
+        was finished by another process (a follow run resumed after it was declared
+        abandoned would otherwise poll on for ever, all its writes refused)."""
+        self._overtaken = overtaken
+
+    def overtaken(self) -> bool:
+        return self._overtaken()
 
     def install(self) -> None:
         """Handle the stop signals (only the main thread may, and only ``main`` does: Beam's
@@ -174,6 +196,10 @@ def run_until_done(p: beam.Pipeline, stop: Stop, in_process: bool = True) -> dic
                 stopped = Cancelled(stop.signum)
                 stopped.job = result
                 raise stopped
+            if stop.overtaken():
+                overtaken = Overtaken()
+                overtaken.job = result
+                raise overtaken
             time.sleep(0.2)
         result.wait_until_finish()  # raises what the job failed with
         return summaries.counters(result)
@@ -196,6 +222,10 @@ def run_until_done(p: beam.Pipeline, stop: Stop, in_process: bool = True) -> dic
             stopped = Cancelled(stop.signum)
             stopped.job = outcome.get("result")
             raise stopped
+        if thread.is_alive() and stop.overtaken():
+            overtaken = Overtaken()
+            overtaken.job = outcome.get("result")
+            raise overtaken
     if "error" in outcome:
         raise outcome["error"]
     counted: dict[str, int] | None = outcome["counters"]

@@ -8,18 +8,25 @@ connections stay open) and marked abandoned by ``ops.status --stale-after 1``.
 
 from __future__ import annotations
 
+import os
 import signal
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from ops.seed import seed
-from pipeline.store import connections
-from tests.support import scalar, wait_for
-from tests.test_claims import rows_of
+from pipeline.store import checks, connections, runs
+from pipeline.store import marks as marks_store
+from pipeline.store.sources import default_sources
+from tests.support import duplicate_counts, scalar, wait_for
+from tests.test_claims import rows_of, sessions_of, status_report
 from tests.test_end_to_end import run_pipeline
-from tests.test_follow import execute, result_of, start_follow
+from tests.test_follow import execute, matches_reference, result_of, start_follow
+from tests.test_status import heartbeat_older_than
 
 #: Inserted while the follow run is frozen (ids above the seed's); the last is refused.
 INSERTED = (
@@ -55,6 +62,112 @@ def insert_electricity(url: str, activity_id: int, quantity: float, unit: str) -
         "activity_date) VALUES (%s, %s, %s, 'CAMX', 'USA', '2024-05-01')",
         (activity_id, quantity, unit),
     )
+
+
+def test_a_resumed_abandoned_follow_run_stops_at_once_and_the_next_computes_its_changes_once(
+    make_database: Callable[..., str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    seed(engine, 300, seed_value=12)
+    run_pipeline(url, capsys)
+    frozen_id = str(uuid.uuid4())
+    frozen = start_follow(url, tmp_path, "--run-id", frozen_id, name="frozen")
+    try:
+        insert_electricity(url, 900000, 10.0, "kWh")  # it works: a result within seconds
+        wait_for(lambda: result_of(url, "electricity", 900000) is not None, 60, what="a result")
+        os.killpg(frozen.proc.pid, signal.SIGSTOP)
+    except BaseException:
+        frozen.kill()
+        raise
+    try:
+        wait_for(lambda: heartbeat_older_than(url, frozen_id, 1.5), 30, what="an old heartbeat")
+        code, report = status_report(url, "--stale-after", "1")
+        assert report["abandoned_now"] == [frozen_id], report
+        wait_for(lambda: sessions_of(url, frozen_id) == 0, 10, what="its sessions ended")
+        for activity_id, quantity, unit in INSERTED:
+            insert_electricity(url, activity_id, quantity, unit)
+        corrected = [
+            int(i)
+            for (i,) in engine.connect().execute(
+                sa.text(
+                    "SELECT activity_id FROM emissions.emission_results WHERE activity_type = "
+                    "'electricity' AND activity_id < 900000 ORDER BY activity_id LIMIT 3"
+                )
+            )
+        ]
+        execute(
+            url,
+            "UPDATE emissions.electricity_activities SET quantity = quantity * 2 "
+            "WHERE id = ANY(%s)",
+            (corrected,),
+        )
+        before = marks(url)
+        stored = {t: rows_of(url, t, frozen_id) for t in ("emission_results", "emission_errors")}
+        resumed = time.monotonic()
+    finally:
+        os.killpg(frozen.proc.pid, signal.SIGCONT)
+    try:
+        assert frozen.wait(timeout=30) == 1, frozen.stderr[-2000:]
+    finally:
+        frozen.kill()
+    assert time.monotonic() - resumed < 15
+    said = [line for line in frozen.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and said[0].startswith(
+        f"error: run {frozen_id} was recorded abandoned by another process"
+    ), said
+    # It wrote nothing, and its marks stayed below what changed while it was frozen.
+    assert {t: rows_of(url, t, frozen_id) for t in stored} == stored
+    assert marks(url) == before
+    assert (
+        scalar(url, "SELECT status FROM emissions.calculation_runs WHERE run_id = %s", (frozen_id,))
+        == "abandoned"
+    )
+
+    # The next follow run computes each change once.
+    after_id = str(uuid.uuid4())
+    after = start_follow(url, tmp_path, "--run-id", after_id, name="after")
+    try:
+        wait_for(
+            lambda: (
+                rows_of(url, "emission_results", after_id) == 5
+                and rows_of(url, "emission_errors", after_id) == 1
+            ),
+            60,
+            what="the changes computed by the next follow run",
+        )
+        time.sleep(2)  # a few more polls: nothing computed twice
+        after.proc.send_signal(signal.SIGTERM)
+        assert after.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        after.kill()
+    assert recorded_counts(url, after_id) == (5, 1)
+    assert "cancelled by SIGTERM after 5 results were stored" in after.stderr
+    assert (
+        scalar(
+            url,
+            "SELECT coalesce(sum(results), 0) FROM emissions.calculation_run_writes "
+            "WHERE run_id = %s",
+            (after_id,),
+        )
+        == 5
+    )
+    assert (
+        scalar(
+            url,
+            "SELECT count(*) FROM emissions.emission_results_history WHERE activity_id = ANY(%s) "
+            "AND restatement_id = %s",
+            (corrected, after_id),
+        )
+        == 3
+    )
+    assert result_of(url, "electricity", 900002) == (
+        pytest.approx(2.5 * result_of(url, "electricity", 900001)[0], rel=1e-12),  # type: ignore[index]
+        2500.0,
+    )
+    matches_reference(url)
+    assert duplicate_counts(url) == (0, 0)
+    engine.dispose()
 
 
 def _follow_id(url: str, other_than: str) -> str:
@@ -119,3 +232,36 @@ def test_a_follow_runs_counts_are_the_rows_it_stored(
         summary = proc.summary()
         assert (summary["total_processed"], summary["errors"]) == stored
     assert recorded_counts(database_url, run_id) == stored
+
+
+def test_a_poll_of_a_run_no_longer_running_hands_out_nothing_and_moves_no_mark(
+    database_url: str, engine: sa.Engine
+) -> None:
+    """The poll checks its run in the transaction that stores the marks: a follow run marked
+    abandoned (while frozen) that polls before it notices reads nothing and moves nothing."""
+    seed(engine, 100, seed_value=14)
+    with connections.raw_connection(engine) as conn:
+        source = checks.check_sources(conn, {"electricity": default_sources()["electricity"]})[
+            "electricity"
+        ]
+    live, stopped = str(uuid.uuid4()), str(uuid.uuid4())
+    for run_id in (live, stopped):
+        runs.start_run(engine, run_id, "DirectRunner", {"follow": True})
+    execute(
+        database_url,
+        "UPDATE emissions.calculation_runs SET status = 'abandoned' WHERE run_id = %s",
+        (stopped,),
+    )
+
+    def poll(run_id: str) -> list[marks_store.Window]:
+        with connections.raw_connection(engine) as conn:
+            return marks_store.poll_windows(conn, source, 1_000, 2, run_id=run_id)
+
+    assert poll(stopped) == []
+    assert marks(database_url) == {"electricity": (None, None)}  # its row made, not moved
+    top = str(scalar(database_url, "SELECT max(change_seq) FROM emissions.electricity_activities"))
+    assert poll(live) == [(None, top)]
+    assert marks(database_url) == {"electricity": (None, top)}
+    insert_electricity(database_url, 900001, 1.0, "kWh")
+    assert poll(stopped) == []
+    assert marks(database_url) == {"electricity": (None, top)}

@@ -120,8 +120,10 @@ class PollChangesFn(beam.DoFn):
         max_windows: int,
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         schema: str = tables.DEFAULT_SCHEMA,
+        run_id: str | None = None,
     ) -> None:
         self._database_url = database_url
+        self._run_id = run_id
         self._sources = dict(sources)
         self._rows_per_window = rows_per_window
         self._max_windows = max_windows
@@ -148,7 +150,12 @@ class PollChangesFn(beam.DoFn):
     def _poller(self, source: Source) -> Callable[[Connection], list[marks.Window]]:
         def poll(conn: Connection) -> list[marks.Window]:
             return marks.poll_windows(
-                conn, source, self._rows_per_window, self._max_windows, self._db_schema
+                conn,
+                source,
+                self._rows_per_window,
+                self._max_windows,
+                self._db_schema,
+                self._run_id,
             )
 
         return poll
@@ -188,7 +195,8 @@ class ReadWindowFn(ReadRangeFn):
 
 
 class ReadChanges(beam.PTransform):
-    """Ticks → windows of changes → pending activities (``ActivityTable``), until ``stop_at``."""
+    """Ticks → windows of changes → pending activities (``ActivityTable``), until ``stop_at``;
+    the windows of ``run_id``'s polls only while it is ``running`` (``marks.poll_windows``)."""
 
     def __init__(
         self,
@@ -201,6 +209,7 @@ class ReadChanges(beam.PTransform):
         retry_policy: RetryPolicy = DEFAULT_POLICY,
         schema: str = tables.DEFAULT_SCHEMA,
         activity_types: Sequence[ActivityType] | None = None,
+        run_id: str | None = None,
     ) -> None:
         super().__init__()
         followed = {
@@ -208,7 +217,7 @@ class ReadChanges(beam.PTransform):
         }
         self._ticks = Ticks(poll_interval, stop_at)
         self._poll = PollChangesFn(
-            database_url, followed, rows_per_window, max_windows, retry_policy, schema
+            database_url, followed, rows_per_window, max_windows, retry_policy, schema, run_id
         )
         self._read = ReadWindowFn(
             database_url, retry_policy=retry_policy, sources=sources, schema=schema

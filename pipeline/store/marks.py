@@ -42,7 +42,7 @@ from psycopg2 import sql
 from pipeline.model import ActivityType
 from pipeline.store.queries import follow_window, pending_query
 from pipeline.store.sources import FOLLOW_COLUMN, Source, quote_name, read_only, relation
-from pipeline.store.tables import DEFAULT_SCHEMA, MARKS_TABLE, qualified
+from pipeline.store.tables import DEFAULT_SCHEMA, MARKS_TABLE, RUNS_TABLE, qualified
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,13 +84,25 @@ def poll_windows(
     rows_per_window: int,
     max_windows: int,
     schema: str = DEFAULT_SCHEMA,
+    run_id: str | None = None,
 ) -> list[Window]:
     """The windows of ``source``'s changes to read now (see the module's docstring), the marks
     moved on. The source is read in a read-only transaction of its own (its SQL is a team's:
     it never runs where it could write), between reading the marks and storing them; an
-    advisory lock held by the session over the three makes two pollers take turns."""
+    advisory lock held by the session over the three makes two pollers take turns.
+
+    With ``run_id``, the marks move, and windows are handed out, only while that run is
+    ``running`` (checked in the transaction that stores the marks): a run marked abandoned
+    while it was frozen polls nothing and leaves the marks as they were, for the next run."""
     t = source.activity_type
     marks_table = qualified(MARKS_TABLE, schema)
+    still_running = (
+        sql.SQL("TRUE")
+        if run_id is None
+        else sql.SQL("EXISTS (SELECT 1 FROM {} WHERE run_id = {} AND status = 'running')").format(
+            qualified(RUNS_TABLE, schema), sql.Literal(run_id)
+        )
+    )
     lock = _lock_key(schema, t)
     try:
         with conn.cursor() as cur:
@@ -103,8 +115,8 @@ def poll_windows(
             cur.execute(
                 sql.SQL(
                     "UPDATE {} SET source = %s, mark = %s, scanned = %s, pending_xmax = %s, "
-                    "pending_mark = %s, updated_at = now() WHERE activity_type = %s"
-                ).format(marks_table),
+                    "pending_mark = %s, updated_at = now() WHERE activity_type = %s AND {}"
+                ).format(marks_table, still_running),
                 (
                     source.name,
                     stored.mark,
@@ -114,6 +126,8 @@ def poll_windows(
                     t,
                 ),
             )
+            if not cur.rowcount:
+                windows = []  # its run is no longer running: whatever it read is not its own
             conn.commit()
     except BaseException:
         if not conn.closed:
