@@ -352,12 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the base year to compare with (recorded as first reported when first named)",
     )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.05,
-        help="significance threshold of a change to the base year's total (0.05: 5%%)",
-    )
+    cli.add_threshold_option(parser, "the base year's total")
     parser.add_argument(
         "--export",
         default=None,
@@ -372,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.log_level)
-    if not 0 < args.threshold < 1:
-        parser.error(f"--threshold: expected a share between 0 and 1, got {args.threshold}")
+    cli.checked_threshold(parser, args.threshold)
 
     def body(target: cli.Target) -> int:
         from audit import base_year, inventory_export

@@ -624,12 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="results per activity type that audit.verify recomputes for the report (0: none)",
     )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.05,
-        help="significance threshold of a change to a recorded base year's total (0.05: 5%%)",
-    )
+    cli.add_threshold_option(parser, "a recorded base year's total")
     cli.add_log_level_option(parser)
     return parser
 
@@ -638,8 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.log_level)
-    if not 0 < args.threshold < 1:
-        parser.error(f"--threshold: expected a share between 0 and 1, got {args.threshold}")
+    cli.checked_threshold(parser, args.threshold)
 
     def report(target: cli.Target) -> int:
         out = write_report(

@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.log_level)
-    types = [t.strip() for t in args.activity_types.split(",") if t.strip()]
+    types = cli.split_activity_types(args.activity_types)
     try:
         pins = editions.parse_pins(args.pin)
         unknown = [t for t in types if t not in ACTIVITY_TYPES]

@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.log_level)
-    types = [t.strip() for t in args.activity_types.split(",") if t.strip()]
+    types = cli.split_activity_types(args.activity_types)
     unknown = [t for t in types if t not in ACTIVITY_TYPES]
     if unknown or (not args.all and args.sample < 1):
         cli.error(f"activity types are {', '.join(ACTIVITY_TYPES)}; --sample must be ≥ 1")

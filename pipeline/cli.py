@@ -298,6 +298,27 @@ def add_activity_types_option(parser: argparse.ArgumentParser, verb: str) -> Non
     )
 
 
+def split_activity_types(text: str) -> list[str]:
+    """The names ``--activity-types`` lists, in its order, blanks dropped (not yet checked)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_threshold_option(parser: argparse.ArgumentParser, of_what: str) -> None:
+    """``--threshold``: the share of a change to ``of_what`` that is significant (5%)."""
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help=f"significance threshold of a change to {of_what} (0.05: 5%%)",
+    )
+
+
+def checked_threshold(parser: argparse.ArgumentParser, threshold: float) -> None:
+    """Exits with usage when ``--threshold`` is not a share strictly between 0 and 1."""
+    if not 0 < threshold < 1:
+        parser.error(f"--threshold: expected a share between 0 and 1, got {threshold}")
+
+
 def add_log_level_option(parser: argparse.ArgumentParser) -> None:
     """``--log-level`` (also ``--log_level``): how much the command logs on stderr."""
     parser.add_argument(
