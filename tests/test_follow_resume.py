@@ -235,7 +235,7 @@ def test_a_follow_runs_counts_are_the_rows_it_stored(
 
 
 def test_a_poll_of_a_run_no_longer_running_hands_out_nothing_and_moves_no_mark(
-    database_url: str, engine: sa.Engine
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The poll checks its run in the transaction that stores the marks: a follow run marked
     abandoned (while frozen) that polls before it notices reads nothing and moves nothing."""
@@ -265,3 +265,13 @@ def test_a_poll_of_a_run_no_longer_running_hands_out_nothing_and_moves_no_mark(
     insert_electricity(database_url, 900001, 1.0, "kWh")
     assert poll(stopped) == []
     assert marks(database_url) == {"electricity": (None, top)}
+    # What was handed out and not stored (a flush refused or dropped) keeps the mark back: it
+    # is handed out again; once stored, the mark passes it.
+    newest = str(
+        scalar(database_url, "SELECT max(change_seq) FROM emissions.electricity_activities")
+    )
+    assert poll(live) == [(None, top), (top, newest)]
+    assert marks(database_url) == {"electricity": (None, newest)}
+    run_pipeline(database_url, capsys)
+    assert poll(live) == []
+    assert marks(database_url) == {"electricity": (top, newest)}
