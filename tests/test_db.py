@@ -253,6 +253,22 @@ def test_redact_and_scrub_hide_the_password() -> None:
     assert connections.scrub(f"failed on {url} with s3cr@t", url).count("s3cr") == 0
 
 
+def test_a_password_of_a_few_characters_is_hidden_without_garbling_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql://alice:O@db.example:5432/emissions"
+    said = f"OperationalError: connecting to {url} failed (password O rejected)"
+    assert connections.scrub(said, url) == (
+        "OperationalError: connecting to postgresql://alice:***@db.example:5432/emissions "
+        "failed (password *** rejected)"
+    )
+    monkeypatch.setenv("PGPASSWORD", "e")
+    assert connections.scrub("DatabaseError: e, then e.", None) == "DatabaseError: ***, then ***."
+    # From four characters on, a password is hidden wherever it appears, inside a word too.
+    url = "postgresql://alice:Oper@db.example:5432/emissions"
+    assert connections.scrub("OperationalError: Oper", url) == "***ationalError: ***"
+
+
 def test_the_embedded_server_settings_are_read_back_in_their_units() -> None:
     assert _same_setting(("shared_buffers", "131072", "8kB", False), "1GB")
     assert _same_setting(("max_wal_size", "4096", "MB", False), "4GB")

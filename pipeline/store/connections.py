@@ -12,6 +12,7 @@ import configparser
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -199,9 +200,16 @@ def with_connection(
         resilient.close()
 
 
+#: A password shorter than this is hidden only where it stands alone (not inside a word): a
+#: one-letter password hidden in every word would garble every message ("O***erationalError"),
+#: and a letter inside a word says nothing of it.
+SHORT_PASSWORD = 4
+
+
 def scrub(text: str, url: str | None) -> str:
     """``text`` with the URL's password (and the raw URL), and ``$PGPASSWORD``, replaced, for
-    errors and logs."""
+    errors and logs: wherever it appears, or, when shorter than ``SHORT_PASSWORD``, wherever
+    it stands alone."""
     secrets = [os.environ.get("PGPASSWORD") or ""]
     if url and not is_libpq_url(url):
         text = text.replace(url, redact_url(url))
@@ -210,8 +218,10 @@ def scrub(text: str, url: str | None) -> str:
         except Exception:  # noqa: BLE001 - an unparsable URL was replaced whole above
             pass
     for secret in secrets:
-        if secret:
+        if len(secret) >= SHORT_PASSWORD:
             text = text.replace(secret, "***")
+        elif secret:
+            text = re.sub(rf"(?<![^\W_]){re.escape(secret)}(?![^\W_])", "***", text)
     return text
 
 
