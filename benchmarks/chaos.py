@@ -369,8 +369,6 @@ def _command(kind: str, url: str, run_id: str | None, option: str) -> list[str]:
         ]
     if kind == "restate_unpin":
         return [*base, "audit.restate", "--database-url", url]
-    if kind == "status":
-        return [*base, "ops.status", "--database-url", url]
     return [*base, "audit.verify", "--database-url", url, "--sample", "200"]
 
 
@@ -424,7 +422,6 @@ class Execution:
         self.procs: list[Proc] = []
         self.outcome = Outcome(schedule.seed)
         self.t0 = time.monotonic()
-        self.rng = random.Random(schedule.seed ^ 0x5EED)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -439,7 +436,7 @@ class Execution:
             p.poll(now)
             if was and not p.alive:
                 why = ""
-                if p.code not in (0, -9, 143) and p.kind != "status":
+                if p.code not in (0, -9, 143):
                     lines = p.stderr_tail(2000).strip().splitlines()
                     why = f": {lines[-1][:300]}" if lines else ""
                 self.note(f"{p.label} exited {p.code}{why}{self._left(p)}")
