@@ -969,6 +969,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=1, help="seed of the first schedule (then +1 each)"
     )
     parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,…",
+        help="run exactly these schedules (as a run's failing_seeds lists them) instead",
+    )
+    parser.add_argument(
         "--activities", type=int, default=2000, help="seeded activities each schedule starts from"
     )
     parser.add_argument(
@@ -999,8 +1005,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedules < 1 or args.activities < 10 or not 0.5 <= args.duration <= 600:
         print("error: --schedules ≥ 1, --activities ≥ 10, --duration 0.5 to 600 s", file=sys.stderr)
         return 2
+    try:
+        seeds = (
+            [int(x) for x in args.seeds.split(",") if x.strip()]
+            if args.seeds
+            else list(range(args.seed, args.seed + args.schedules))
+        )
+    except ValueError:
+        print("error: --seeds takes whole numbers separated by commas", file=sys.stderr)
+        return 2
     cfg = Config(
-        args.schedules,
+        len(seeds),
         args.seed,
         args.activities,
         args.duration,
@@ -1013,8 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     try:
         template = make_template(server, cfg.activities)
-        for i in range(cfg.schedules):
-            outcome = run_schedule(cfg, server, template, cfg.seed + i)
+        for i, seed in enumerate(seeds):
+            outcome = run_schedule(cfg, server, template, seed)
             outcomes.append(outcome)
             if cfg.json:
                 print(json.dumps(outcome.as_dict(), default=str), flush=True)
