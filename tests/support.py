@@ -96,6 +96,18 @@ def scalar(url: str, query: str, params: tuple[Any, ...] = ()) -> Any:
         conn.close()
 
 
+def execute(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
+    """One statement on a fresh connection, committed (the connection closed at once); without
+    params it runs as written (a % in it is no placeholder)."""
+    conn = connections.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params or None)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def try_scalar(url: str, query: str) -> Any:
     """Like ``scalar`` but None while the server is unreachable."""
     try:

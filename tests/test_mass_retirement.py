@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import run
-from pipeline.store import connections
-from tests.support import scalar
+from tests.support import execute, scalar
 
 ROWS, REFUSED = 200, 10
 MAPPING = """[electricity]
@@ -29,16 +28,6 @@ unit = {{ value = "kWh" }}
 region = "region"
 activity_date = "used_on"
 """
-
-
-def execute(url: str, statement: str) -> None:
-    conn = connections.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def application(url: str, tmp_path: Path) -> tuple[Path, Path]:

@@ -13,8 +13,7 @@ import pytest
 
 from audit import verify
 from pipeline import follow, run
-from pipeline.store import connections
-from tests.support import scalar
+from tests.support import execute, scalar
 
 ROWS = 60
 MAPPING = """[electricity]
@@ -26,16 +25,6 @@ unit = { value = "kWh" }
 region = "region"
 activity_date = "used_on"
 """
-
-
-def execute(url: str, statement: str) -> None:
-    conn = connections.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def run_on(url: str, mapping: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
