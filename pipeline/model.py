@@ -116,6 +116,22 @@ class SupplierRate:
     accounts_for_sold_instruments: bool | None
 
 
+@dataclass(frozen=True)
+class Consumption:
+    """One electricity activity as the allocation sees it: its location-based result's kWh,
+    market (its region), reporting year, and grid factor (the fallback), with the optional
+    facility and supplier of the sources mapping."""
+
+    activity_id: ActivityId
+    kwh: float
+    market: str
+    year: int
+    grid_factor: float  # kg CO2e/kWh of the location-based result
+    grid_factor_id: int | None = None
+    facility: str | None = None
+    supplier: str | None = None
+
+
 INSTRUMENT_CLASSES: dict[InstrumentKind, type] = {
     "certificates": Certificate,
     "contracts": Contract,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.methodology.book import FactorBook
-from pipeline.model import ActivityId, Certificate, Contract, SupplierRate
+from pipeline.model import ActivityId, Certificate, Consumption, Contract, SupplierRate
 
 KWH_PER_MWH = 1000.0
 RESIDUAL_MIX_SET = "residual_mix"
@@ -49,22 +49,6 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Consumption:
-    """One electricity activity as the allocation sees it: its location-based result's kWh,
-    market (its region), reporting year, and grid factor (the fallback), with the optional
-    facility and supplier of the sources mapping."""
-
-    activity_id: ActivityId
-    kwh: float
-    market: str
-    year: int
-    grid_factor: float  # kg CO2e/kWh of the location-based result
-    grid_factor_id: int | None = None
-    facility: str | None = None
-    supplier: str | None = None
-
-
-@dataclass(frozen=True)
 class Part:
     """kWh of one activity taken at one instrument or factor."""
 
@@ -88,6 +72,8 @@ class MarketResult:
     year: int
     market: str
     parts: list[Part] = field(default_factory=list)
+    #: The same kWh at the location-based grid factor, for the two totals side by side.
+    location_kg_co2e: float = 0.0
 
     @property
     def kg_co2e(self) -> float:
@@ -361,7 +347,10 @@ def allocate(
     for i, c in enumerate(items):
         if need[i] > 0:
             parts[i].append(_rest(c, need[i], rates, book))
-    results = [MarketResult(c.activity_id, c.year, c.market, parts[i]) for i, c in enumerate(items)]
+    results = [
+        MarketResult(c.activity_id, c.year, c.market, parts[i], c.kwh * c.grid_factor)
+        for i, c in enumerate(items)
+    ]
     unused: dict[tuple[str, ActivityId], float] = {
         (s.kind, s.instrument_id): s.left / KWH_PER_MWH for s in supplies if s.left > 0
     }

@@ -560,3 +560,18 @@ def relation(source: Source) -> sql.Composed:
             )
         )
     return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), from_clause(source))
+
+
+def market_relation(source: Source) -> sql.Composed:
+    """``SELECT id, facility, supplier FROM source``: electricity's fields for the market-based
+    method (NULL where the mapping leaves them out), beside ``relation``, never in it."""
+    given = dict(source.market_fields)
+    columns: list[sql.Composable] = [sql.SQL("{} AS id").format(key_column(source))]
+    for name in MARKET_FIELDS:
+        field = given.get(name, Field(value=None))
+        columns.append(
+            sql.SQL("{} AS {}").format(
+                field_expression(field, "text", source.time_zone), sql.Identifier(name)
+            )
+        )
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), from_clause(source))

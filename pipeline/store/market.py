@@ -1,0 +1,87 @@
+"""Reads what the Scope 2 market-based allocation needs (docs/methodology.md §10.3): the
+electricity consumption as computed location-based, with its facility and supplier, and the
+team's instruments. Read-only: the sources' SQL is the team's own (``sources.read_only``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pipeline.model import Certificate, Consumption, Contract, InstrumentKind, SupplierRate
+from pipeline.store import tables
+from pipeline.store.sources import Source, market_relation, read_only, relation
+
+#: The location-based method of an electricity result.
+LOCATION_BASED = "scope2_location_based"
+
+
+@dataclass
+class Instruments:
+    """The team's instruments, as mapped (none of a kind not mapped)."""
+
+    certificates: list[Certificate] = field(default_factory=list)
+    contracts: list[Contract] = field(default_factory=list)
+    supplier_rates: list[SupplierRate] = field(default_factory=list)
+
+
+def read_consumption(
+    conn: psycopg2.extensions.connection,
+    electricity: Source,
+    schema: str = tables.DEFAULT_SCHEMA,
+) -> list[Consumption]:
+    """Every dated electricity activity with a location-based result: its kWh, market (its
+    region, upper-cased), calendar year, grid factor and factor id, facility and supplier."""
+    query = sql.SQL(
+        "SELECT r.activity_id, r.activity_amount, upper(trim(a.region)), "
+        "extract(year FROM a.activity_date)::int, r.factor_value, r.factor_id, "
+        "nullif(trim(m.facility), ''), nullif(trim(m.supplier), '') "
+        "FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
+        "JOIN ({market}) m ON m.id = r.activity_id "
+        "WHERE r.activity_type = 'electricity' AND r.method = {method} "
+        "AND a.activity_date IS NOT NULL AND a.region IS NOT NULL ORDER BY r.activity_id"
+    ).format(
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(electricity),
+        market=market_relation(electricity),
+        method=sql.Literal(LOCATION_BASED),
+    )
+    read_only(conn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return [Consumption(*row) for row in cur.fetchall()]
+    finally:
+        conn.rollback()
+
+
+def read_instruments(
+    conn: psycopg2.extensions.connection, checked: Mapping[InstrumentKind, Source]
+) -> Instruments:
+    """The instruments of each mapped kind, read as the model's records (``checked``: the
+    instruments' sources as ``checks.check_instruments`` returns them)."""
+    found = Instruments()
+    read_only(conn)
+    try:
+        for kind, source in checked.items():
+            rows = _rows(conn, source)
+            if kind == "certificates":
+                found.certificates = [Certificate(*r) for r in rows]
+            elif kind == "contracts":
+                found.contracts = [Contract(*r) for r in rows]
+            else:
+                found.supplier_rates = [SupplierRate(*r) for r in rows]
+    finally:
+        conn.rollback()
+    return found
+
+
+def _rows(conn: psycopg2.extensions.connection, source: Source) -> list[tuple[Any, ...]]:
+    """The source's rows as the methodology names them, without the row version."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM ({}) i ORDER BY 1").format(relation(source)))
+        return [tuple(row[:-1]) for row in cur.fetchall()]
