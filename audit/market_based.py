@@ -5,10 +5,11 @@ the stored location-based results, the team's instruments and the residual mixes
 
 It reads the electricity results, the instruments of the sources file (docs/scope2.md) and
 the residual mixes in force, allocates them (docs/methodology.md §10.3) and prints, per
-calendar year, both totals, the kWh and kg at each level of the hierarchy, the kWh taken at
-the grid factor for want of a residual mix (flagged), the refused instruments with their
-reasons and the MWh left unused. It writes nothing: the results are not stored yet, and the
-inventory's market-based column stays empty (issue 25).
+reporting year (calendar, or fiscal with --year-start), both totals, the kWh and kg at each
+level of the hierarchy, the kWh taken at the grid factor for want of a residual mix
+(flagged), the refused instruments with their reasons and the MWh left unused. It writes
+nothing: the results are not stored yet, and the inventory's market-based column stays empty
+(issue 25).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, get_args
 
+from audit.inventory import period
 from pipeline import cli
 from pipeline.methodology.book import FactorBook
 from pipeline.methodology.market import (
@@ -37,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's options."""
     parser = cli.parser("audit.market_based", __doc__)
     cli.add_database_option(parser)
-    parser.add_argument("--year", type=int, default=None, help="one calendar year (default: all)")
+    parser.add_argument("--year", type=int, default=None, help="one reporting year (default: all)")
+    parser.add_argument(
+        "--year-start",
+        "--year_start",
+        dest="year_start",
+        default="01-01",
+        help="first day (MM-DD) of each reporting year, as audit.inventory takes it: 01-01 for "
+        "calendar years, 04-01 for fiscal years from 1 April (named by the year they begin in)",
+    )
     parser.add_argument(
         "--vintage-window-years",
         "--vintage_window_years",
@@ -101,15 +111,22 @@ def _year(results: Iterable[MarketResult]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.log_level)
-    options = Options(vintage_window_years=args.vintage_window_years, sharing=args.sharing)
 
     def body(target: cli.Target) -> int:
+        first = period(args.year or 2000, args.year_start).start  # refuses a bad --year-start
+        options = Options(
+            vintage_window_years=args.vintage_window_years,
+            sharing=args.sharing,
+            year_start=(first.month, first.day),
+        )
         checked = cli.checked_sources(target)
         if "electricity" not in checked:
             raise cli.UsageError("the sources map no electricity: there is no Scope 2 to allocate")
         instruments = cli.checked_instruments(target, cli.target_instruments(args, target))
         with connections.raw_connection(target.engine) as conn:
-            consumption = market.read_consumption(conn, checked["electricity"], target.schema)
+            consumption = market.read_consumption(
+                conn, checked["electricity"], target.schema, args.year_start
+            )
             found = market.read_instruments(conn, instruments)
             rows = queries.read_factor_rows(conn, target.schema)
         book = FactorBook.from_rows(r for r in rows if r.factor_set == RESIDUAL_MIX_SET)

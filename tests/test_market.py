@@ -198,3 +198,14 @@ def test_a_supplier_rate_not_net_of_sold_instruments_is_refused() -> None:
         ("supplier_rates", "not_net_of_sold_instruments")
     ]
     assert done.results[0].parts == [Part("residual_mix", 1000.0, RESIDUAL, factor_id=900)]
+
+
+def test_fiscal_years_decide_which_vintage_serves_which_year() -> None:
+    # FY 2024 runs from 1 April 2024 to 31 March 2025: a Q1 2025 vintage serves it.
+    q1 = certificate("X", 10, vintage=("2025-01-01", "2025-03-31"))
+    fiscal = Options(year_start=(4, 1))
+    done = allocate([site(1, 1000)], [q1], [], [], residual_book("RFCE"), fiscal)
+    assert done.refused == []
+    assert done.results[0].parts[0] == Part("certificate", 10_000, 0.0, instrument_id="X")
+    calendar = allocate([site(1, 1000)], [q1], [], [], residual_book("RFCE"))
+    assert [r.code for r in calendar.refused] == ["vintage_outside_window"]

@@ -75,6 +75,12 @@ def test_the_market_based_figure_beside_the_location_based_one(
     assert year["by_level"]["residual_mix"] == {"kwh": 400_000, "kg_co2e": 200_000}
     assert year["market_based_kg_co2e"] == 200_000
     assert year["grid_fallback_activities"] == 0
+    # Fiscal years from 1 April: the activity of 1 March 2024 is in FY 2023.
+    code = market_based.main(
+        ["--database-url", app_url, "--sources", str(sources), "--year-start", "04-01"]
+    )
+    assert code == 0
+    assert list(json.loads(capsys.readouterr().out)["years"]) == ["2023"]
     # It wrote nothing: one result, and the sources' tables as they were.
     assert scalar(app_url, "SELECT count(*) FROM emissions.emission_results") == 1
     assert scalar(app_url, "SELECT count(*) FROM app.touched") == 0

@@ -46,6 +46,9 @@ class Options:
     renewable_sources: frozenset[str] = frozenset(
         {"wind", "solar", "hydro", "geothermal", "tidal", "wave", "marine"}
     )
+    #: (month, day) of the first day of each reporting year, named by the calendar year it
+    #: begins in (docs/methodology.md §4.1): (1, 1) for calendar years.
+    year_start: tuple[int, int] = (1, 1)
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,17 @@ class _Supply:
     left: float
 
 
-def _years(start: datetime.date | None, end: datetime.date | None, window: int) -> frozenset[int]:
+def _years(
+    start: datetime.date | None, end: datetime.date | None, options: Options
+) -> frozenset[int]:
     """The reporting years a vintage or delivery period may serve: those it overlaps, and the
-    ``window`` years after it ends."""
+    ``vintage_window_years`` after it ends."""
     assert start is not None and end is not None
-    return frozenset(range(start.year, end.year + window + 1))
+
+    def year(day: datetime.date) -> int:
+        return day.year - ((day.month, day.day) < options.year_start)
+
+    return frozenset(range(year(start), year(end) + options.vintage_window_years + 1))
 
 
 def _certificate(
@@ -164,7 +173,7 @@ def _certificate(
     found = _market_check("certificates", c.id, market, facility, markets, facilities)
     if found is not None:
         return found
-    years = _years(c.vintage_start, c.vintage_end, options.vintage_window_years)
+    years = _years(c.vintage_start, c.vintage_end, options)
     if not years & markets[market]:
         return refused(
             "vintage_outside_window",
@@ -196,7 +205,7 @@ def _contract(
     found = _market_check("contracts", c.id, market, facility, markets, facilities)
     if found is not None:
         return found
-    years = _years(c.period_start, c.period_end, options.vintage_window_years)
+    years = _years(c.period_start, c.period_end, options)
     if not years & markets[market]:
         return refused(
             "vintage_outside_window",

@@ -33,12 +33,16 @@ def read_consumption(
     conn: psycopg2.extensions.connection,
     electricity: Source,
     schema: str = tables.DEFAULT_SCHEMA,
+    year_start: str = "01-01",
 ) -> list[Consumption]:
     """Every dated electricity activity with a location-based result: its kWh, market (its
-    region, upper-cased), calendar year, grid factor and factor id, facility and supplier."""
+    region, upper-cased), reporting year (whose first day is ``year_start``, ``MM-DD``; named
+    by the calendar year it begins in, as the inventory names it), grid factor and factor id,
+    facility and supplier."""
     query = sql.SQL(
         "SELECT r.activity_id, r.activity_amount, upper(trim(a.region)), "
-        "extract(year FROM a.activity_date)::int, r.factor_value, r.factor_id, "
+        "extract(year FROM a.activity_date)::int "
+        "- (to_char(a.activity_date, 'MM-DD') < {year_start})::int, r.factor_value, r.factor_id, "
         "nullif(trim(m.facility), ''), nullif(trim(m.supplier), '') "
         "FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
         "JOIN ({market}) m ON m.id = r.activity_id "
@@ -49,6 +53,7 @@ def read_consumption(
         activities=relation(electricity),
         market=market_relation(electricity),
         method=sql.Literal(LOCATION_BASED),
+        year_start=sql.Literal(year_start),
     )
     read_only(conn)
     try:
