@@ -463,6 +463,8 @@ def _restate(
     lock: _SchemaLock | None = None,
     policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
 ) -> Outcome:
+    """``restate`` under its lock: reads the factors and the runs' options, records the
+    restatement's start, restates each type, and records its end (failed or succeeded)."""
     chosen_pins = dict(pins or {})
     chosen = chosen or stored_sources.Chosen(dict(sources), None, stored_sources.OWN_TABLES)
 
@@ -486,7 +488,6 @@ def _restate(
     in_force = editions.editions_in_force(rows)
     outcome = Outcome(str(uuid.uuid4()), chosen_pins)
     _record_start(engine, outcome, in_force, chosen, schema, policy)
-    table = tables.table(tables.RESTATEMENTS_TABLE, schema)
     try:
         # Alive while it works, as a run is: a long restatement is never marked abandoned.
         with runs.heartbeat_apart(engine, outcome.restatement_id, schema):
@@ -501,19 +502,39 @@ def _restate(
                 policy=policy,
             )
     except Exception as e:
-        message = connections.scrub(failure_message(e), engine.url.render_as_string(False))
-        _record_end(
-            engine,
-            table.update()
-            .where(table.c.restatement_id == outcome.restatement_id)
-            .values(status="failed", finished_at=sa.func.now(), message=message),
-            outcome.restatement_id,
-            schema,
-            retry.RetryPolicy(attempts=2, base_delay=0.5),
-            status="failed",
-            message=message,
-        )
+        _record_failed(engine, outcome, schema, e)
         raise
+    _record_succeeded(engine, outcome, in_force, chosen, schema, policy)
+    return outcome
+
+
+def _record_failed(engine: sa.Engine, outcome: Outcome, schema: str, e: Exception) -> None:
+    """Records the restatement failed with ``e``'s one-line message (the password scrubbed)."""
+    table = tables.table(tables.RESTATEMENTS_TABLE, schema)
+    message = connections.scrub(failure_message(e), engine.url.render_as_string(False))
+    _record_end(
+        engine,
+        table.update()
+        .where(table.c.restatement_id == outcome.restatement_id)
+        .values(status="failed", finished_at=sa.func.now(), message=message),
+        outcome.restatement_id,
+        schema,
+        retry.RetryPolicy(attempts=2, base_delay=0.5),
+        status="failed",
+        message=message,
+    )
+
+
+def _record_succeeded(
+    engine: sa.Engine,
+    outcome: Outcome,
+    in_force: Any,
+    chosen: stored_sources.Chosen,
+    schema: str,
+    policy: retry.RetryPolicy,
+) -> None:
+    """Records the restatement succeeded, with its counts, diff and the options it applied."""
+    table = tables.table(tables.RESTATEMENTS_TABLE, schema)
     _record_end(
         engine,
         table.update()
@@ -537,7 +558,7 @@ def _restate(
         code_version=editions.code_version(),
         # The loosest bounds applied: every result it wrote passes them (audit.verify).
         calculation_options=stored_sources.calculation_options(
-            None, stored_sources.loosest(sorted(outcome.limits, key=repr)), chosen_pins, chosen
+            None, stored_sources.loosest(sorted(outcome.limits, key=repr)), outcome.pins, chosen
         ),
         message=f"restatement: {outcome.changed} of {outcome.examined} results restated"
         + (
@@ -546,7 +567,6 @@ def _restate(
             else ""
         ),
     )
-    return outcome
 
 
 def _record_start(
