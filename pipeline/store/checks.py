@@ -202,35 +202,15 @@ def _spelled_otherwise(cur: psycopg2.extensions.cursor, table: tuple[str, str]) 
 def _check_source(
     conn: psycopg2.extensions.connection, source: Source, problems: list[str]
 ) -> Source | None:
+    """The source resolved (its key, version and follow kinds, its fields' expressions), or
+    None with each reason appended to ``problems``."""
     before = len(problems)
     at = f"{source.kind}: {source.name}"
     described = _columns(conn, source, problems)
     if described is None:
         return None
     columns, kind = described
-    key_type = _KEY_TYPES.get(columns.get(source.key, ""))
-    if source.key not in columns:
-        problems.append(f"{at}: no key column {source.key}")
-    elif key_type is None:
-        problems.append(
-            f"{at}: key {source.key} is {columns[source.key]}; a key must be bigint, integer, "
-            "uuid or text"
-        )
-    version_type: str | None = None
-    if source.version == "xmin" and kind not in ("r", "p", "m"):
-        problems.append(
-            f"{at}: a view or query has no xmin: set version to a column that changes with "
-            "the row (an updated_at timestamp or a version number)"
-        )
-    elif source.version not in columns:
-        problems.append(f"{at}: no version column {source.version}")
-    else:
-        version_type = _VERSION_TYPES.get(columns[source.version])
-        if version_type is None:
-            problems.append(
-                f"{at}: version {source.version} is {columns[source.version]}; a version must "
-                "be xmin, an integer or a timestamp"
-            )
+    key_type, version_type = _key_and_version_types(at, source, columns, kind, problems)
     follow_type = source.follow_type
     if source.follow_by is not None:
         # A missing column matters to the follow mode only, which says so when it starts
@@ -272,7 +252,45 @@ def _check_source(
         fields=fields,
         market_fields=market_fields,
     )
-    # The whole relation over real rows: a query's own side effects, a cast of a version.
+    return resolved if _reads_sample(conn, resolved, at, problems) else None
+
+
+def _key_and_version_types(
+    at: str, source: Source, columns: dict[str, str], kind: str, problems: list[str]
+) -> tuple[KeyType | None, str | None]:
+    """The kinds of the source's key and version; None where one is missing or of a type the
+    pipeline cannot use, with the problem appended to ``problems``."""
+    key_type = _KEY_TYPES.get(columns.get(source.key, ""))
+    if source.key not in columns:
+        problems.append(f"{at}: no key column {source.key}")
+    elif key_type is None:
+        problems.append(
+            f"{at}: key {source.key} is {columns[source.key]}; a key must be bigint, integer, "
+            "uuid or text"
+        )
+    version_type: str | None = None
+    if source.version == "xmin" and kind not in ("r", "p", "m"):
+        problems.append(
+            f"{at}: a view or query has no xmin: set version to a column that changes with "
+            "the row (an updated_at timestamp or a version number)"
+        )
+    elif source.version not in columns:
+        problems.append(f"{at}: no version column {source.version}")
+    else:
+        version_type = _VERSION_TYPES.get(columns[source.version])
+        if version_type is None:
+            problems.append(
+                f"{at}: version {source.version} is {columns[source.version]}; a version must "
+                "be xmin, an integer or a timestamp"
+            )
+    return key_type, version_type
+
+
+def _reads_sample(
+    conn: psycopg2.extensions.connection, resolved: Source, at: str, problems: list[str]
+) -> bool:
+    """Whether the whole relation reads over real rows (a query's own side effects, a cast
+    of a version fail here, appended to ``problems``)."""
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -283,8 +301,8 @@ def _check_source(
     except psycopg2.Error as e:
         conn.rollback()
         problems.append(f"{at}: {_refusal('when read', e)}")
-        return None
-    return resolved
+        return False
+    return True
 
 
 #: Rows each expression (and each source as a whole) is evaluated over by the check: enough to
