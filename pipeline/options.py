@@ -92,6 +92,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="UUID identifying this run (default: a new random one).",
     )
     cli.add_activity_types_option(parser, "calculate")
+    _add_range_arguments(parser)
+    _add_selection_arguments(parser)
+    _add_retry_arguments(parser)
+    _add_calculation_arguments(parser)
+    _add_timeout_arguments(parser)
+    _add_change_arguments(parser)
+    _add_reporting_arguments(parser)
+
+
+def _add_range_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the activities are split into read ranges, and the results into writes."""
     parser.add_argument(
         "--partitions",
         type=int,
@@ -124,6 +135,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_WRITE_BATCH_SIZE,
         help="Rows per bulk write transaction (default: 20000, one range's results).",
     )
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which factors apply and which activities are calculated, by date."""
     parser.add_argument(
         "--no-radiative-forcing",
         "--no_radiative_forcing",
@@ -146,6 +161,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Only activities dated before this day (YYYY-MM-DD).",
     )
+
+
+def _add_retry_arguments(parser: argparse.ArgumentParser) -> None:
+    """How transient database failures are retried, and the connections a run may hold."""
     parser.add_argument(
         "--retry-attempts",
         "--retry_attempts",
@@ -181,6 +200,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "for any run. Default: no limit."
         ),
     )
+
+
+def _add_calculation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Pinned factor editions, progress lines, and the plausibility bounds."""
     parser.add_argument(
         "--factor-edition",
         "--factor_edition",
@@ -211,6 +234,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"Refuse an activity with more than this {what} "
             f"(default: {getattr(DEFAULT_LIMITS, dest):g}).",
         )
+
+
+def _add_timeout_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long a statement may run, or wait for a lock, before the run fails."""
     parser.add_argument(
         "--statement-timeout",
         "--statement_timeout",
@@ -230,6 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Seconds a statement may wait for a lock another session holds before the run "
         "fails saying so (0: no limit).",
     )
+
+
+def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
+    """Changed and deleted activities: the recheck, and the guard on mass retirement."""
     parser.add_argument(
         "--recheck",
         action="store_true",
@@ -259,6 +290,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Retire the results of deleted activities whatever their share (as "
         "--max-retire-share 1): for activities that really were deleted in bulk.",
     )
+
+
+def _add_reporting_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the run's figures go, the scheduler's data interval, and the log level."""
     parser.add_argument(
         "--metrics-file",
         "--metrics_file",
@@ -463,28 +498,26 @@ def _check_retire_share(options: Any) -> float:
     return share
 
 
-def validate(options: Any, database_url: str | None) -> RunConfig:
-    """Check every option and return the plain configuration, or raise ``OptionsError``.
-
-    ``options`` holds the parsed values: an argparse namespace, or Beam's options viewed as
-    ``EmissionsOptions``."""
-    url = database_url or options.database_url or os.environ.get(DATABASE_URL_ENV)
+def _check_url(url: str | None) -> str:
+    """The database URL given (option or environment), refused when absent or not PostgreSQL's."""
     if not url:
         raise OptionsError("no database URL: pass --database-url or set " + DATABASE_URL_ENV)
     if not url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
         raise OptionsError("--database-url must be a postgresql:// URL")
-    run_id = options.run_id or str(uuid.uuid4())
+    return url
+
+
+def _check_run_id(given: str | None) -> str:
+    """``--run-id`` in canonical form, or a new random UUID."""
+    run_id = given or str(uuid.uuid4())
     try:
-        run_id = str(uuid.UUID(run_id))
+        return str(uuid.UUID(run_id))
     except ValueError:
         raise OptionsError(f"--run-id must be a UUID, not {run_id!r}") from None
-    types = tuple(t.strip() for t in options.activity_types.split(",") if t.strip())
-    unknown = [t for t in types if t not in ACTIVITY_TYPES]
-    if unknown or not types:
-        raise OptionsError(
-            f"--activity-types must be a comma-separated subset of {', '.join(ACTIVITY_TYPES)}; "
-            f"got {options.activity_types!r}"
-        )
+
+
+def _check_sizes(options: Any) -> None:
+    """``--partitions``, ``--rows-per-range`` and ``--write-batch-size`` within their bounds."""
     if options.partitions < 1:
         raise OptionsError(f"--partitions must be at least 1, not {options.partitions}")
     if options.rows_per_range < MIN_ROWS_PER_RANGE:
@@ -493,18 +526,23 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         )
     if options.write_batch_size < 1:
         raise OptionsError(f"--write-batch-size must be at least 1, not {options.write_batch_size}")
-    date_from = _check_date("date-from", options.date_from)
-    date_to = _check_date("date-to", options.date_to)
-    if date_from and date_to and date_from >= date_to:
-        raise OptionsError(f"--date-from ({date_from}) must be before --date-to ({date_to})")
+
+
+def _check_pins(values: Sequence[str]) -> dict[str, str]:
+    """``--factor-edition SET=EDITION`` (repeatable) as {set: edition}."""
     pins: dict[str, str] = {}
-    for pin in getattr(options, "factor_edition", None) or []:
+    for pin in values:
         factor_set, sep, edition = pin.partition("=")
         if not sep or not factor_set.strip() or not edition.strip():
             raise OptionsError(
                 f"--factor-edition is SET=EDITION (e.g. 'desnz_air=2025 flat file'), not {pin!r}"
             )
         pins[factor_set.strip()] = edition.strip()
+    return pins
+
+
+def _check_seconds_and_retries(options: Any) -> None:
+    """The options in seconds finite and ≥ 0; the connection budget and tries at least 1."""
     for name, value in (
         ("progress-interval", options.progress_interval),
         ("retry-base-delay", options.retry_base_delay),
@@ -517,16 +555,45 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         raise OptionsError(f"--max-connections must be at least 1, not {options.max_connections}")
     if options.retry_attempts < 1:
         raise OptionsError(f"--retry-attempts must be at least 1, not {options.retry_attempts}")
-    limits = _check_limits(options)
-    max_retire_share = _check_retire_share(options)
+
+
+def _check_schema_and_sources(options: Any) -> tuple[str, dict[ActivityType, Source]]:
+    """``--schema`` validated, and the sources file read and parsed (not yet checked against
+    the database)."""
     schema = getattr(options, "schema", None) or DEFAULT_SCHEMA
     try:
         validate_schema(schema)
-        found = load_sources(resolve_path(getattr(options, "sources", None)), schema)
+        return schema, load_sources(resolve_path(getattr(options, "sources", None)), schema)
     except SourcesError as e:
         raise OptionsError(str(e)) from None
     except ValueError as e:
         raise OptionsError(f"--schema: {e}") from None
+
+
+def validate(options: Any, database_url: str | None) -> RunConfig:
+    """Check every option and return the plain configuration, or raise ``OptionsError``.
+
+    ``options`` holds the parsed values: an argparse namespace, or Beam's options viewed as
+    ``EmissionsOptions``."""
+    url = _check_url(database_url or options.database_url or os.environ.get(DATABASE_URL_ENV))
+    run_id = _check_run_id(options.run_id)
+    types = tuple(t.strip() for t in options.activity_types.split(",") if t.strip())
+    unknown = [t for t in types if t not in ACTIVITY_TYPES]
+    if unknown or not types:
+        raise OptionsError(
+            f"--activity-types must be a comma-separated subset of {', '.join(ACTIVITY_TYPES)}; "
+            f"got {options.activity_types!r}"
+        )
+    _check_sizes(options)
+    date_from = _check_date("date-from", options.date_from)
+    date_to = _check_date("date-to", options.date_to)
+    if date_from and date_to and date_from >= date_to:
+        raise OptionsError(f"--date-from ({date_from}) must be before --date-to ({date_to})")
+    pins = _check_pins(getattr(options, "factor_edition", None) or [])
+    _check_seconds_and_retries(options)
+    limits = _check_limits(options)
+    max_retire_share = _check_retire_share(options)
+    schema, found = _check_schema_and_sources(options)
     missing = [t for t in types if t not in found]
     if missing and options.activity_types != ",".join(ACTIVITY_TYPES):
         raise OptionsError(
