@@ -30,6 +30,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -122,77 +123,119 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _init_database(args: argparse.Namespace, target: cli.Target) -> int:
+    """``init``: the schema, its migrations and shipped factors, and the sources file when
+    given, in one transaction."""
+    id_type = args.id_type
+    path = sources.resolve_path(args.sources)
+    text = None if path is None else stored_sources.read_text(path)
+    if text is not None:
+        id_type = id_type or checks.common_key_type(cli.checked_sources(target))
+        with target.engine.connect() as conn:
+            found = stored_sources.current(conn, target.schema)
+        if found is not None and found.sha256 != stored_sources.digest(text):
+            raise stored_sources.mismatch(stored_sources.digest(text), found.sha256)
+    # The sources are stored in the set-up's own transaction: all of it, or nothing.
+    outcome = initialise(
+        target.engine,
+        id_type,
+        target.schema,
+        also=None if text is None else lambda c: stored_sources.remember(c, text, target.schema),
+    )
+    if text is not None:
+        outcome["sources_sha256"] = stored_sources.digest(text)
+    cli.print_json({"database": connections.redact_url(target.url), **outcome})
+    return cli.OK
+
+
+def _set_sources(args: argparse.Namespace, target: cli.Target) -> int:
+    """``set-sources``: stores a new sources file on purpose, with who changed it and the
+    sha256 it replaced."""
+    path = sources.resolve_path(args.sources)
+    if path is None:
+        raise cli.UsageError("set-sources needs the new file: --sources FILE")
+    text = stored_sources.read_text(path)
+    cli.checked_sources(target)
+    with target.engine.begin() as conn:
+        before, now = stored_sources.replace(conn, text, target.schema)
+    changed = before is None or before.sha256 != now.sha256
+    if changed:
+        _LOG.info(
+            "the sources of %s are now %s (were %s), set by %s",
+            target.schema,
+            now.sha256,
+            before.sha256 if before else "none stored",
+            now.changed_by,
+        )
+    cli.print_json(
+        {
+            "database": connections.redact_url(target.url),
+            "schema": target.schema,
+            "changed": changed,
+            "previous_sha256": before.sha256 if before else None,
+            "sha256": now.sha256,
+            "changed_by": now.changed_by,
+            "changed_at": now.changed_at,
+        }
+    )
+    return cli.OK
+
+
+def _show_revision(args: argparse.Namespace, target: cli.Target) -> int:
+    """``revision``: the schema's migration revision and the newest; fails (1) when behind."""
+    found = revision(target.engine, target.schema)
+    cli.print_json(
+        {
+            "database": connections.redact_url(target.url),
+            "schema": target.schema,
+            "revision": found.current,
+            "newest": found.head,
+            "up_to_date": found.up_to_date,
+        }
+    )
+    return cli.OK if found.up_to_date else cli.FAILED
+
+
+def _load_factors(args: argparse.Namespace, target: cli.Target) -> int:
+    """``load-factors``: one factor file, checked whole, as a new edition (or none when
+    loaded already)."""
+    try:
+        loaded = load_factor_file(target.engine, args.kind, args.file, target.schema, args.edition)
+    except FactorFileError as e:
+        cli.error(f"refused: {e}; nothing was loaded")
+        return cli.FAILED
+    except editions.EditionConflict as e:
+        fix = (
+            "choose another --edition NAME"
+            if args.edition
+            else "give --edition NAME to load it as a new edition"
+        )
+        cli.error(f"refused: {e}; {fix}; nothing was loaded")
+        return cli.USAGE
+    except factors.EditionNameError as e:
+        raise cli.UsageError(f"--edition: {e}") from None
+    if not loaded.added:
+        _LOG.info(
+            "%s is loaded already as %s: 0 rows added",
+            args.file,
+            ", ".join(repr(e) for e in loaded.editions),
+        )
+    cli.print_json(
+        {
+            "database": connections.redact_url(target.url),
+            "file": args.file,
+            "editions": loaded.editions,
+            "factor_rows_added": loaded.added,
+            "already_loaded": not loaded.added,
+        }
+    )
+    return cli.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.log_level)
-
-    def init_database(target: cli.Target) -> int:
-        id_type = args.id_type
-        path = sources.resolve_path(args.sources)
-        text = None if path is None else stored_sources.read_text(path)
-        if text is not None:
-            id_type = id_type or checks.common_key_type(cli.checked_sources(target))
-            with target.engine.connect() as conn:
-                found = stored_sources.current(conn, target.schema)
-            if found is not None and found.sha256 != stored_sources.digest(text):
-                raise stored_sources.mismatch(stored_sources.digest(text), found.sha256)
-        # The sources are stored in the set-up's own transaction: all of it, or nothing.
-        outcome = initialise(
-            target.engine,
-            id_type,
-            target.schema,
-            also=None
-            if text is None
-            else lambda c: stored_sources.remember(c, text, target.schema),
-        )
-        if text is not None:
-            outcome["sources_sha256"] = stored_sources.digest(text)
-        cli.print_json({"database": connections.redact_url(target.url), **outcome})
-        return cli.OK
-
-    def set_sources(target: cli.Target) -> int:
-        path = sources.resolve_path(args.sources)
-        if path is None:
-            raise cli.UsageError("set-sources needs the new file: --sources FILE")
-        text = stored_sources.read_text(path)
-        cli.checked_sources(target)
-        with target.engine.begin() as conn:
-            before, now = stored_sources.replace(conn, text, target.schema)
-        changed = before is None or before.sha256 != now.sha256
-        if changed:
-            _LOG.info(
-                "the sources of %s are now %s (were %s), set by %s",
-                target.schema,
-                now.sha256,
-                before.sha256 if before else "none stored",
-                now.changed_by,
-            )
-        cli.print_json(
-            {
-                "database": connections.redact_url(target.url),
-                "schema": target.schema,
-                "changed": changed,
-                "previous_sha256": before.sha256 if before else None,
-                "sha256": now.sha256,
-                "changed_by": now.changed_by,
-                "changed_at": now.changed_at,
-            }
-        )
-        return cli.OK
-
-    def show_revision(target: cli.Target) -> int:
-        found = revision(target.engine, target.schema)
-        cli.print_json(
-            {
-                "database": connections.redact_url(target.url),
-                "schema": target.schema,
-                "revision": found.current,
-                "newest": found.head,
-                "up_to_date": found.up_to_date,
-            }
-        )
-        return cli.OK if found.up_to_date else cli.FAILED
 
     def check(target: cli.Target) -> int:
         instruments = cli.target_instruments(args, target)
@@ -218,47 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         return cli.OK
 
-    def load_factors(target: cli.Target) -> int:
-        try:
-            loaded = load_factor_file(
-                target.engine, args.kind, args.file, target.schema, args.edition
-            )
-        except FactorFileError as e:
-            cli.error(f"refused: {e}; nothing was loaded")
-            return cli.FAILED
-        except editions.EditionConflict as e:
-            fix = (
-                "choose another --edition NAME"
-                if args.edition
-                else "give --edition NAME to load it as a new edition"
-            )
-            cli.error(f"refused: {e}; {fix}; nothing was loaded")
-            return cli.USAGE
-        except factors.EditionNameError as e:
-            raise cli.UsageError(f"--edition: {e}") from None
-        if not loaded.added:
-            _LOG.info(
-                "%s is loaded already as %s: 0 rows added",
-                args.file,
-                ", ".join(repr(e) for e in loaded.editions),
-            )
-        cli.print_json(
-            {
-                "database": connections.redact_url(target.url),
-                "file": args.file,
-                "editions": loaded.editions,
-                "factor_rows_added": loaded.added,
-                "already_loaded": not loaded.added,
-            }
-        )
-        return cli.OK
-
-    bodies = {
-        "init": (init_database, "init"),
-        "set-sources": (set_sources, "setting the sources (nothing was changed)"),
-        "revision": (show_revision, "reading the revision"),
+    bodies: dict[str, tuple[Callable[[cli.Target], int], str]] = {
+        "init": (partial(_init_database, args), "init"),
+        "set-sources": (
+            partial(_set_sources, args),
+            "setting the sources (nothing was changed)",
+        ),
+        "revision": (partial(_show_revision, args), "reading the revision"),
         "check-sources": (check, "checking the sources"),
-        "load-factors": (load_factors, "loading the factor file (nothing was loaded)"),
+        "load-factors": (
+            partial(_load_factors, args),
+            "loading the factor file (nothing was loaded)",
+        ),
     }
     body, what = bodies[args.command]
     # init and set-sources take the file given as it is (they are what stores it), and so
