@@ -6,7 +6,6 @@ ones, with nothing lost, doubled or counted twice (chaos findings F3, F5)."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,9 +22,9 @@ from pipeline import editions, retry
 from pipeline.store import bulk, connections
 from pipeline.store.embedded import ensure_database
 from pipeline.store.install import initialise
-from tests.support import ROOT, results_count, scalar, sql_reference, wait_for
+from tests.support import results_count, scalar, sql_reference, wait_for
 from tests.test_follow import WITHIN, execute, following, matches_reference, start_follow
-from tests.test_outage import ThrowawayServer
+from tests.test_outage import ThrowawayServer, throwaway_server
 from tests.test_verify import run_pipeline
 
 AIR_2024 = "2024 full set v1.1"
@@ -155,15 +154,8 @@ def test_the_restatement_command_says_nothing_of_a_restart_it_rode_out(
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ThrowawayServer]:
-    pgdata = ROOT / f".pgdata-fixes-{uuid.uuid4().hex[:8]}"
-    srv = ThrowawayServer(pgdata)
-    try:
+    with throwaway_server("fixes") as srv:
         yield srv
-    finally:
-        try:
-            srv.stop()
-        finally:
-            shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.mark.db

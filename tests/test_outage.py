@@ -15,6 +15,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,10 @@ class ThrowawayServer:
 pytestmark = pytest.mark.db
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ThrowawayServer]:
-    pgdata = ROOT / f".pgdata-outage-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def throwaway_server(name: str) -> Iterator[ThrowawayServer]:
+    """A ThrowawayServer in a new ``.pgdata-<name>-…`` directory, stopped and removed after."""
+    pgdata = ROOT / f".pgdata-{name}-{uuid.uuid4().hex[:8]}"
     srv = ThrowawayServer(pgdata)
     try:
         yield srv
@@ -81,6 +83,12 @@ def server() -> Iterator[ThrowawayServer]:
             srv.stop()
         finally:
             shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThrowawayServer]:
+    with throwaway_server("outage") as srv:
+        yield srv
 
 
 @pytest.fixture
