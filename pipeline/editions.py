@@ -60,14 +60,15 @@ class EditionError(ValueError):
     """A pin names a factor set or edition that is not loaded."""
 
 
-def parse_pins(values: Iterable[str]) -> dict[str, str]:
-    """``["desnz_air=2025 flat file"]`` → ``{"desnz_air": "2025 flat file"}``."""
+def parse_pins(values: Iterable[str], what: str = "a pin") -> dict[str, str]:
+    """``["desnz_air=2025 flat file"]`` → ``{"desnz_air": "2025 flat file"}``; ``what`` names
+    the option in the ``EditionError`` for a value of another form."""
     pins: dict[str, str] = {}
     for value in values:
         factor_set, sep, edition = value.partition("=")
         if not sep or not factor_set.strip() or not edition.strip():
             raise EditionError(
-                f"a pin is SET=EDITION (e.g. 'desnz_air=2025 flat file'), not {value!r}"
+                f"{what} is SET=EDITION (e.g. 'desnz_air=2025 flat file'), not {value!r}"
             )
         pins[factor_set.strip()] = edition.strip()
     return pins

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline import cli
+from pipeline import cli, editions
 from pipeline.model import ACTIVITY_TYPES, DEFAULT_LIMITS, ActivityType, Limits
 from pipeline.ranges import MIN_ROWS_PER_RANGE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
@@ -530,15 +530,10 @@ def _check_sizes(options: Any) -> None:
 
 def _check_pins(values: Sequence[str]) -> dict[str, str]:
     """``--factor-edition SET=EDITION`` (repeatable) as {set: edition}."""
-    pins: dict[str, str] = {}
-    for pin in values:
-        factor_set, sep, edition = pin.partition("=")
-        if not sep or not factor_set.strip() or not edition.strip():
-            raise OptionsError(
-                f"--factor-edition is SET=EDITION (e.g. 'desnz_air=2025 flat file'), not {pin!r}"
-            )
-        pins[factor_set.strip()] = edition.strip()
-    return pins
+    try:
+        return editions.parse_pins(values, "--factor-edition")
+    except editions.EditionError as e:
+        raise OptionsError(str(e)) from None
 
 
 def _check_seconds_and_retries(options: Any) -> None:
