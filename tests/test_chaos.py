@@ -3,8 +3,11 @@ invariant checkers find each kind of violation, planted by hand in a real databa
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
+
+import pytest
 
 from benchmarks import chaos, chaos_checks
 from ops.seed import seed
@@ -119,3 +122,21 @@ def test_the_checkers_find_each_planted_violation(database_url: str, tmp_path: P
         assert [(r["run_id"], r["summary_processed"] - r["stored"]) for r in counts.rows] == [
             (run_id, 1)
         ]
+
+
+@pytest.mark.db
+def test_a_short_harness_keeps_every_invariant(capsys: pytest.CaptureFixture[str]) -> None:
+    """CI's short version of the fault harness: 3 schedules with fixed seeds, on a
+    throwaway PostgreSQL of its own, with runs, follow, restatements, corrections, kills,
+    freezes and a restart among them; every invariant holds."""
+    code = chaos.main(["--schedules", "3", "--seed", "95", "--keep-going", "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    outcomes, totals = lines[:-1], lines[-1]["totals"]
+    violated = {
+        o["seed"]: [v for v in o["verdicts"] if not v["ok"]] for o in outcomes if not o["ok"]
+    }
+    assert violated == {}
+    assert code == 0
+    assert [o["seed"] for o in outcomes] == list(range(95, 95 + 3))
+    assert all(len(o["verdicts"]) == 5 for o in outcomes)
+    assert totals["faults_total"] >= 5
