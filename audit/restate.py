@@ -280,23 +280,13 @@ def _restate_from(
     lock: _SchemaLock | None,
     resume: _Resume,
 ) -> None:
+    """One type's results from ``resume.after`` on, computed again ``chunk`` at a time; the
+    changed ones are written once ``chunk`` of them are pending (and at the end), each flush
+    one transaction, after which ``resume`` says where to start again."""
     activity_type = source.activity_type
     a_cols = list(activity_fields(activity_type))
     r_cols = [*tables.RESULT_COLUMNS, "run_id"]
-    query = sql.SQL(
-        "SELECT {a}, a.{v}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
-        "WHERE r.activity_type = {t}{after} ORDER BY r.activity_id"
-    ).format(
-        a=sql.SQL(", ").join(sql.SQL("a.") + sql.Identifier(c) for c in a_cols),
-        v=sql.Identifier(VERSION_COLUMN),
-        r=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in r_cols),
-        results=tables.qualified(tables.RESULTS_TABLE, schema),
-        activities=relation(source),
-        t=sql.Literal(activity_type),
-        after=sql.SQL("")
-        if resume.after is None
-        else sql.SQL(" AND r.activity_id > {}").format(sql.Literal(resume.after)),
-    )
+    query = _results_query(source, schema, a_cols, r_cols, resume.after)
     cls = ACTIVITY_CLASSES[activity_type]
     factor_fps = fingerprint.FactorFingerprints(fingerprint.factor_fingerprints(book.rows()))
     pending: list[pa.Table] = []
@@ -339,6 +329,27 @@ def _restate_from(
                     flush(conn, triples[-1][1]["activity_id"])
         reader.commit()
         flush(conn, resume.after)
+
+
+def _results_query(
+    source: Source, schema: str, a_cols: list[str], r_cols: list[str], after: Any
+) -> sql.Composed:
+    """A type's results after the activity ``after`` (None: all), in activity order, each
+    with its activity's fields and version: the activity's columns, the version, the result's."""
+    return sql.SQL(
+        "SELECT {a}, a.{v}, {r} FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
+        "WHERE r.activity_type = {t}{after} ORDER BY r.activity_id"
+    ).format(
+        a=sql.SQL(", ").join(sql.SQL("a.") + sql.Identifier(c) for c in a_cols),
+        v=sql.Identifier(VERSION_COLUMN),
+        r=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in r_cols),
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(source),
+        t=sql.Literal(source.activity_type),
+        after=sql.SQL("")
+        if after is None
+        else sql.SQL(" AND r.activity_id > {}").format(sql.Literal(after)),
+    )
 
 
 def _diff_from(schema: str) -> str:
