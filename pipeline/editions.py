@@ -109,11 +109,6 @@ def resolve_pins(loaded: Mapping[str, Iterable[str]], pins: Mapping[str, str]) -
     return resolved
 
 
-def check_pins(loaded: Mapping[str, Iterable[str]], pins: Mapping[str, str]) -> None:
-    """``EditionError`` unless every pin names a loaded set and one of its loaded editions."""
-    resolve_pins(loaded, pins)
-
-
 def choose_factor_rows(rows: Sequence[FactorRow], pins: Mapping[str, str]) -> list[FactorRow]:
     """The rows in force: a pinned set's edition only; otherwise the newest per set, key, year."""
     loaded: dict[str, set[str]] = {}
