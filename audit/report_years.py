@@ -123,12 +123,11 @@ def selector(found: list[dict[str, Any]]) -> str:
     )
 
 
-def year_section(year: dict[str, Any], newest: bool = False) -> str:
-    """One reporting year: its headline, and (folded but for the newest year) by scope and
-    category, by activity type and by gas."""
+def _year_cards(year: dict[str, Any]) -> str:
+    """A year's headline cards: its total, its results and its activities in error."""
     p, t = year["period"], year["total"]
     y = p["year"]
-    cards = (
+    return (
         f'<div class="cards"><div class="card"><div>Emissions {_e(p["label"])}</div>'
         f'<div class="big" data-figure="year-total" data-year="{y}" data-kg="{t["kg_co2e"]!r}">'
         f"{tonnes(t['kg_co2e'])} t CO2e</div></div><div class='card'><div>Results</div>"
@@ -137,6 +136,14 @@ def year_section(year: dict[str, Any], newest: bool = False) -> str:
         f'Activities in error</div><div class="big" data-figure="year-errors" data-year="{y}" '
         f'data-value="{t["dead_letters"]}">{t["dead_letters"]:,}</div></div></div>'
     )
+
+
+def year_section(year: dict[str, Any], newest: bool = False) -> str:
+    """One reporting year: its headline, and (folded but for the newest year) by scope and
+    category, by activity type and by gas."""
+    p = year["period"]
+    y = p["year"]
+    cards = _year_cards(year)
     scopes = [c for c in year["by_category"] if c["results"]]
     bars = [
         Bar(scope_label(c["scope"], c["category"]), c["kg_co2e"], f"{tonnes(c['kg_co2e'])} t")
