@@ -93,22 +93,22 @@ def read_text(path: Path) -> str:
         raise sources.SourcesError(str(path), [f"cannot read it: {e.strerror or e}"]) from None
 
 
-def parse_text(text: str, where: str) -> dict[ActivityType, sources.Source]:
-    """The sources of a file's text (``SourcesError`` lists every problem)."""
+def _toml(text: str, where: str) -> dict[str, Any]:
+    """A sources file's text as TOML (``SourcesError`` when it is not)."""
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise sources.SourcesError(where, [f"not valid TOML: {e}"]) from None
-    return sources.parse_sources(document, where)
+
+
+def parse_text(text: str, where: str) -> dict[ActivityType, sources.Source]:
+    """The sources of a file's text (``SourcesError`` lists every problem)."""
+    return sources.parse_sources(_toml(text, where), where)
 
 
 def parse_instruments_text(text: str, where: str) -> dict[InstrumentKind, sources.Source]:
     """The instruments' sources of a file's text (``SourcesError`` lists every problem)."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise sources.SourcesError(where, [f"not valid TOML: {e}"]) from None
-    return sources.parse_instruments(document, where)
+    return sources.parse_instruments(_toml(text, where), where)
 
 
 def _table_exists(conn: sa.Connection, schema: str) -> bool:
