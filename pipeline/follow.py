@@ -215,10 +215,15 @@ def follow(args: list[str], stop: Stop) -> int:
     shown = safe_options(options, beam_args)
     shown["follow"] = True
     record = Record(record_engine(url, config.run_id), config, runner, shown, {})
+    policy = config.retry_policy
     try:
         # The run's row first: whatever fails from here on is recorded.
         if not record.start_if_ready():
-            missing = cli.not_initialised(record.engine, config.schema)
+            missing = retry.call(
+                lambda: cli.not_initialised(record.engine, config.schema),
+                what="checking the schema",
+                policy=policy,
+            )
             if missing:  # never creates the schema: a mistyped --schema would follow nothing
                 cli.error(missing)
                 return 2
@@ -229,18 +234,27 @@ def follow(args: list[str], stop: Stop) -> int:
             return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
         record.note(chosen.path, **recorded_options(config, chosen))
         try:
-            checked = check_sources(engine, config)
+            checked = _checked_sources(engine, config)
             sources = {t: checked[t] for t in config.activity_types if t in checked}
-            ensure_initialised(engine, config.schema, checks.common_key_type(checked))
+            id_type = checks.common_key_type(checked)
+            retry.call(
+                lambda: ensure_initialised(engine, config.schema, id_type),
+                what="checking the schema",
+                policy=policy,
+            )
             if not any(s.follow_type for s in sources.values()):
                 # The pipeline's own tables get their follow_by column from revision 0004,
                 # which ensure_initialised may have just applied: look again.
-                checked = check_sources(engine, config)
+                checked = _checked_sources(engine, config)
                 sources = {t: checked[t] for t in config.activity_types if t in checked}
             if not record.started:  # the schema has just been set up or brought up to date
                 record.start()
                 record.note(chosen.path, **recorded_options(config, chosen))
-            followable(engine, sources)
+            retry.call(
+                lambda: followable(engine, sources),
+                what="checking the sources' indexes",
+                policy=policy,
+            )
         except (SourcesError, NotFollowable) as e:
             return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
         config = _with_sources(config, checked)
@@ -352,6 +366,15 @@ def end_overtaken(
         )
         code = 1
     exit_now(code)
+
+
+def _checked_sources(engine: sa.Engine, config: RunConfig) -> Sources:
+    """``check_sources``, tried again after a transient failure (a restart at start-up)."""
+    return retry.call(
+        lambda: check_sources(engine, config),
+        what="checking the sources",
+        policy=config.retry_policy,
+    )
 
 
 def _with_sources(config: RunConfig, checked: Sources) -> RunConfig:

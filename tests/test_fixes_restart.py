@@ -29,6 +29,10 @@ from tests.test_verify import run_pipeline
 
 AIR_2024 = "2024 full set v1.1"
 AIR_2025 = "2025 flat file"
+ELECTRICITY_ROW = (
+    "INSERT INTO emissions.electricity_activities (id, quantity, unit, region, country, "
+    "activity_date) VALUES (900001, 1234.5, 'kWh', 'CAMX', 'USA', '2024-05-01')"
+)
 FAST = retry.RetryPolicy(attempts=5, base_delay=0.05, max_delay=0.2)
 
 
@@ -54,7 +58,7 @@ def end_pipeline_sessions(url: str) -> int:
 
 
 def fail_once_at(
-    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, call: int, url: str
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, call: int, url: str, least: int = 2
 ) -> list[BaseException]:
     """``module.name`` (a writer taking a connection first) ends every pipeline session before
     its ``call``-th call: that call fails as it would after a restart. The errors it raised."""
@@ -65,7 +69,7 @@ def fail_once_at(
     def once(conn: psycopg2.extensions.connection, *args: Any, **kw: Any) -> Any:
         calls.append(1)
         if len(calls) == call:
-            assert end_pipeline_sessions(url) >= 2
+            assert end_pipeline_sessions(url) >= least
         try:
             return real(conn, *args, **kw)
         except Exception as e:
@@ -181,11 +185,7 @@ def test_follow_rides_out_an_immediate_restart(server: ThrowawayServer, tmp_path
         # its next statement fails with psycopg2's bare DatabaseError.
         server._pg_ctl("-m", "immediate", "stop")
         server.start()
-        execute(
-            url,
-            "INSERT INTO emissions.electricity_activities (id, quantity, unit, region, country, "
-            "activity_date) VALUES (900001, 1234.5, 'kWh', 'CAMX', 'USA', '2024-05-01')",
-        )
+        execute(url, ELECTRICITY_ROW)
         execute(url, "UPDATE emissions.electricity_activities SET quantity = quantity * 10")
         changed = "SELECT count(*) FROM emissions.emission_results_history"
         wait_for(
@@ -204,3 +204,45 @@ def test_follow_rides_out_an_immediate_restart(server: ThrowawayServer, tmp_path
         proc.kill()
     assert "retrying in" in proc.stderr  # it did meet the restart
     assert scalar(url, "SELECT status FROM emissions.calculation_runs") == "cancelled"
+
+
+def test_follow_rides_out_a_restart_while_it_starts(
+    database_url: str,
+    engine: sa.Engine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chaos finding F8: the server ends every session while follow checks its sources'
+    indexes, at start-up; it checks again on a new connection, then computes a row inserted
+    after the restart, once."""
+    from pipeline import follow
+
+    seed(engine, 300, seed_value=9)
+    raised = fail_once_at(monkeypatch, follow.marks, "unindexed", 1, database_url, least=1)
+    failing = follow.marks.unindexed
+
+    def then_insert(conn: psycopg2.extensions.connection, *args: Any) -> Any:
+        try:
+            return failing(conn, *args)
+        except Exception:  # the restart: a row arrives while follow is cut off
+            execute(database_url, ELECTRICITY_ROW)
+            raise
+
+    monkeypatch.setattr(follow.marks, "unindexed", then_insert)
+    code = follow.main(
+        [
+            *("--database-url", database_url, "--poll-interval", "0.2", "--stop-after", "4"),
+            *("--retry-attempts", "5", "--retry-base-delay", "0.05"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    assert len(raised) == 1 and retry.is_transient(raised[0]), raised
+    assert "retrying in" in err
+    assert results_count(database_url) == len(sql_reference(database_url))
+    assert rows(
+        engine,
+        "SELECT count(*) FROM emissions.emission_results "
+        "WHERE activity_type = 'electricity' AND activity_id = '900001'",
+    ) == [(1,)]
+    assert rows(engine, "SELECT status FROM emissions.calculation_runs") == [("succeeded",)]
