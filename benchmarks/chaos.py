@@ -701,8 +701,10 @@ def _records_verdict(
             continue
         rec = records.get(run_id)
         want = _EXPECTED_STATUS[p.code]
-        if p is held and rec is not None and rec["status"] == "abandoned":
-            continue  # declared dead while frozen: its record stays (they are append-only)
+        if rec is not None and rec["status"] == "abandoned" and (p is held or p.code == 1):
+            # Declared dead while frozen (records are append-only), or failed because the
+            # database did: it could not record its outcome, and was found by its heartbeat.
+            continue
         if rec is None or rec["status"] != want:
             verdict.add(
                 {
