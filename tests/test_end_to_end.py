@@ -20,8 +20,8 @@ def run_pipeline(url: str, capsys: pytest.CaptureFixture[str], *extra: str) -> d
     code = run.main(
         ["--database-url", url, "--partitions", "3", "--progress-interval", "0", *extra]
     )
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, err = capsys.readouterr()
+    assert code == 0, f"exit {code}: {err[-2000:]}"
     return json.loads(out[out.index("{") :])
 
 
