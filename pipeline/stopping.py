@@ -366,6 +366,8 @@ class Leftovers:
     def __init__(self) -> None:
         self.job_servers: list[Any] = []
         self._before = set(child_processes().items())
+        if tempfile.tempdir is not None and not os.path.isdir(tempfile.tempdir):
+            tempfile.tempdir = None  # a folder another run of this process has removed
         self._previous_temp = tempfile.tempdir
         remove_killed_runs_temp(tempfile.gettempdir())
         self.temp = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-")
@@ -417,7 +419,10 @@ class Leftovers:
         if left:
             _LOG.debug("stopped %d process(es) the run had started: %s", len(left), left)
         if tempfile.tempdir == self.temp:
-            tempfile.tempdir = self._previous_temp
+            # Two runs of one process overlapping (threads): the folder this run found in force
+            # may be the other run's, removed since; then Python's own is in force again.
+            previous = self._previous_temp
+            tempfile.tempdir = previous if previous is None or os.path.isdir(previous) else None
         shutil.rmtree(self.temp, ignore_errors=True)
         return left
 

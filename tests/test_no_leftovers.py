@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 
 from ops.flink_cluster import LocalFlinkCluster
 from ops.seed import seed
+from pipeline.stopping import Leftovers
 from pipeline.store import connections
 
 pytest_plugins = ["tests.flink_fixtures"]
@@ -258,3 +260,23 @@ def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(
     assert run.code == 0, run.stderr[-3000:]
     assert f"removed the temp folders of runs that were killed: {left_by_kill}" in run.stderr
     assert run.temp_left == sorted([alive.name, unnamed.name])
+
+
+def test_two_overlapping_runs_of_one_process_leave_a_temp_folder_that_exists() -> None:
+    """Two runs in one process (threads), the first ending first: Python's temp folder must not
+    be left on the first run's folder, removed with it (every later run then failed with
+    FileNotFoundError in mkdtemp)."""
+    before = tempfile.tempdir
+    first = Leftovers()
+    second = Leftovers()  # finds the first's folder in force
+    first.stop()
+    second.stop()
+    try:
+        assert tempfile.tempdir == before or tempfile.tempdir is None
+        assert os.path.isdir(tempfile.gettempdir())
+        third = Leftovers()
+        assert os.path.isdir(third.temp)
+        third.stop()
+        assert not os.path.exists(first.temp) and not os.path.exists(second.temp)
+    finally:
+        tempfile.tempdir = before
