@@ -250,10 +250,9 @@ def schema_sources(
     other than the stored one, or one that cannot be used)."""
     try:
         path = sources.resolve_path(args.sources)
-        chosen = retry.call(
-            lambda: stored_sources.resolve(engine, args.schema, path),
-            what="reading the schema's sources",
-        )
+        # Not retried: a command whose database cannot be reached says so in one line at once
+        # (a run and a restatement retry the steps after it with their own policy).
+        chosen = stored_sources.resolve(engine, args.schema, path)
     except (stored_sources.SourcesChanged, sources.SourcesError) as e:
         raise UsageError(str(e)) from None
     return chosen.sources, chosen
