@@ -42,6 +42,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
 
+from benchmarks.floor import breakdown, breakdown_line, write_floor
 from benchmarks.in_database import load_reference_tables, reference_query
 from benchmarks.legacy import run_legacy
 from ops.seed import seed
@@ -503,6 +504,18 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{p:.2f}" for p in pairs)
         + f" (median {statistics.median(pairs):.2f})"
     )
+    floor = write_floor(url, run_id)
+    figures["write_floor"] = floor
+    figures["ratio_pipeline_over_write_floor"] = one["wall_s"] / floor["s"]
+    figures["breakdown"] = breakdown(one["wall_s"], one["summary"]["timings"])
+    say(
+        f"write floor: the {floor['rows']:,} result rows of a run ({floor['bytes'] / 2**20:,.0f} "
+        f"MB, binary COPY) load into an empty copy of the results table in {floor['s']:.2f} s "
+        f"(median of {len(floor['s_all'])}); pipeline / write floor = "
+        f"{one['wall_s'] / floor['s']:.2f} (target ≤ 2.0; stretch ≤ 1.5)"
+    )
+    steps = breakdown_line(figures["breakdown"])
+    say(f"where the median run's {one['wall_s']:.2f} s went: {steps}")
     say(
         f"same rows as the SQL: {check['same']} ({check['only_in_baseline']} only in SQL, "
         f"{check['only_in_pipeline']} only in the pipeline, total relative difference "

@@ -596,6 +596,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             )
         except editions.EditionError as e:
             return record.refuse(e, f"error: --factor-edition: {e}")
+        counting = time.monotonic()
         counts = retry.call(
             lambda: queries.count_activities(
                 engine,
@@ -612,6 +613,7 @@ def calculate(args: list[str], stop: Stop) -> int:
             policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
+        counts_s = time.monotonic() - counting
         record.beat(engine)  # the counts are done: room in the pool
         try:
             retry.call(
@@ -640,17 +642,20 @@ def calculate(args: list[str], stop: Stop) -> int:
         )
         stop.check()
         metrics: dict[str, int] | None
+        plan_s = 0.0
         reading = any(to_read(config, c) for c in counts.values())
         if not reading:
             metrics = {}  # nothing to do: no pipeline, nothing written
         else:
             # Planned here while Beam is still being imported (warm_up_beam): only the types
             # with something pending are read at all.
+            planning = time.monotonic()
             ranges = retry.call(
                 lambda: plan(engine, config, counts),
                 what="planning the key ranges",
                 policy=policy,
             )
+            plan_s = time.monotonic() - planning
             with summaries.Progress(
                 engine, config.run_id, pending, config.progress_interval, config.schema
             ):
@@ -661,7 +666,10 @@ def calculate(args: list[str], stop: Stop) -> int:
         summary["sources_sha256"] = chosen.sha256
         summary["timings"] = {
             "setup_s": round(setup_s, 3),
+            "counts_s": round(counts_s, 3),
+            "plan_s": round(plan_s, 3),
             "pipeline_s": round(pipeline_s, 3),
+            **summaries.busy_seconds(metrics),
             "total_s": round(time.monotonic() - started, 3),
         }
         record.stop_beating()  # the outcome is recorded next: no heartbeat after it
@@ -675,12 +683,15 @@ def calculate(args: list[str], stop: Stop) -> int:
         # results leaves them vacuumed, so the next run may start straight away, before
         # autovacuum has come round. A stop signal meanwhile cancels the vacuum only.
         changed = pending + sum(results for results, _ in retired.values())
+        settling = time.monotonic()
         settle_after_writes(
             engine,
             changed,
             config.schema,
             stopped=lambda: None if stop.signum is None else Cancelled(stop.signum).signal_name,
         )
+        # Printed, not stored: the run's row was recorded before.
+        summary["timings"]["settle_s"] = round(time.monotonic() - settling, 3)
         summaries.export_metrics(record.engine, config, summary, started_at)
         print(json.dumps(summary, indent=2))
         return 0

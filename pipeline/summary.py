@@ -309,3 +309,18 @@ def one_line(text: str) -> str:
     """``text`` on one line, cut to ``MESSAGE_LIMIT`` characters."""
     flat = " ".join(text.split())
     return flat if len(flat) <= MESSAGE_LIMIT else f"{flat[: MESSAGE_LIMIT - 1]}…"
+
+
+#: The stages whose working time the run's breakdown gives (``transforms.timing.Busy``).
+BUSY_STAGES = ("read", "calculate", "write")
+
+
+def busy_seconds(counters: dict[str, int] | None) -> dict[str, float]:
+    """``<stage>_busy_s`` for each stage the counters saw (``<stage>_ms``): the seconds its
+    workers spent on it, summed over them (with 2 workers, up to twice the wall time)."""
+    found = counters or {}
+    return {
+        f"{stage}_busy_s": round(found[f"{stage}_ms"] / 1000, 3)
+        for stage in BUSY_STAGES
+        if f"{stage}_ms" in found
+    }

@@ -231,3 +231,32 @@ def test_a_pushgateway_password_is_never_shown() -> None:
         "https://ops:***@push.example:9091/x"
     )
     assert metrics.redact("http://push.example:9091") == "http://push.example:9091"
+
+
+def test_a_runs_timings_break_its_wall_time_down_by_step_and_stage(
+    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the benchmark's breakdown reads: the steps before the pipeline (counts, planning)
+    inside the set-up, and each stage's working seconds (summed over its workers) from the
+    run's own counters; stored with the run as printed."""
+    seed(engine, 900, seed_value=5)
+    summary = run_json(database_url, capsys)
+    timings = summary["timings"]
+    assert 0 < timings["counts_s"] <= timings["setup_s"]
+    assert 0 < timings["plan_s"] <= timings["pipeline_s"]
+    assert timings["setup_s"] + timings["pipeline_s"] <= timings["total_s"]
+    # The stages worked, and no longer than the pipeline's wall time on each of 2 workers.
+    for stage in ("read", "calculate", "write"):
+        assert 0 < timings[f"{stage}_busy_s"] <= 2 * timings["pipeline_s"], stage
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT timings FROM emissions.calculation_runs WHERE run_id = :r"),
+            {"r": summary["run_id"]},
+        ).scalar_one()
+    assert timings["settle_s"] >= 0  # after the run's row is stored: printed only
+    assert stored == {k: v for k, v in timings.items() if k != "settle_s"}
+
+    # Nothing pending: no pipeline, no stage at work, nothing planned.
+    again = run_json(database_url, capsys)["timings"]
+    assert again["plan_s"] == 0
+    assert not {"read_busy_s", "calculate_busy_s", "write_busy_s"} & set(again)

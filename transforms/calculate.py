@@ -40,6 +40,7 @@ from pipeline.model import (
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store import bulk, connections, queries, tables
 from transforms.read import ActivityTable
+from transforms.timing import Busy
 
 ERRORS = "errors"
 
@@ -136,6 +137,7 @@ class CalculateFn(beam.DoFn):
         tuning.tune_process()
         self._computed = {t: Metrics.counter("calculate", f"{t}_computed") for t in ACTIVITY_TYPES}
         self._errors = {t: Metrics.counter("calculate", f"{t}_errors") for t in ACTIVITY_TYPES}
+        self._busy = Busy("calculate")
         self._packed: bytes | None = None
         self._unpacked: _Unpacked
 
@@ -152,6 +154,17 @@ class CalculateFn(beam.DoFn):
     def process(self, element: ActivityTable, packed: bytes) -> Iterator[Any]:
         """``element``: a table as read (the activity columns and ``activity_version``);
         ``packed``: the side input's factor book (``pack_book``)."""
+        with self._busy():
+            results, refused = self._calculate(element, packed)
+        if results is not None:
+            yield results
+        for error in refused:
+            yield pvalue.TaggedOutput(ERRORS, error)
+
+    def _calculate(
+        self, element: ActivityTable, packed: bytes
+    ) -> tuple[pa.Table | None, list[Any]]:
+        """The results table (None when every row was refused) and the dead letters."""
         activity_type, activities = element
         book, probes, factor_fps = self._unpack(packed, activity_type)
         # The row versions (and whether a result is to be replaced) travel beside the
@@ -171,6 +184,7 @@ class CalculateFn(beam.DoFn):
         )
         self._computed[activity_type].inc(outcome.results.num_rows)
         self._errors[activity_type].inc(len(outcome.errors))
+        results = None
         if outcome.results.num_rows:
             # Each result carries the fingerprints of its input row and factor rows, the
             # version of that row, and whether it replaces the result of an older version.
@@ -181,18 +195,20 @@ class CalculateFn(beam.DoFn):
                 factor_fps,
             )
             at = pc.index_in(results.column("activity_id"), value_set=ids.combine_chunks())
-            yield results.append_column(
+            results = results.append_column(
                 tables.VERSION_COLUMN, versions.combine_chunks().take(at)
             ).append_column(bulk.REPLACES_COLUMN, stored.combine_chunks().take(at))
-        if outcome.errors:
-            # The versions of the refused rows only (not the whole batch as Python objects).
-            refused = pa.array([e.activity_id for e in outcome.errors], ids.type)
-            at = pc.index_in(refused, value_set=ids.combine_chunks())
+        if not outcome.errors:
+            return results, []
+        # The versions of the refused rows only (not the whole batch as Python objects).
+        refused = pa.array([e.activity_id for e in outcome.errors], ids.type)
+        at = pc.index_in(refused, value_set=ids.combine_chunks())
+        return results, [
+            dataclasses.replace(error, activity_version=version)
             for error, version in zip(
                 outcome.errors, versions.combine_chunks().take(at).to_pylist(), strict=True
-            ):
-                versioned = dataclasses.replace(error, activity_version=version)
-                yield pvalue.TaggedOutput(ERRORS, versioned)
+            )
+        ]
 
 
 class CalculateEmissions(beam.PTransform):

@@ -24,6 +24,7 @@ from pipeline.ranges import KeyRange
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store import bulk, claims, connections, queries, tables, writes
 from pipeline.store.sources import Sources, default_sources
+from transforms.timing import Busy
 
 
 class ActivityTable(NamedTuple):
@@ -71,6 +72,7 @@ class ReadRangeFn(beam.DoFn):
         self._versions_refreshed = Metrics.counter("read", "versions_refreshed")
         self._ranges_skipped = Metrics.counter("read", "ranges_skipped")
         self._ranges_read = Metrics.counter("read", "ranges_read")
+        self._busy = Busy("read")
 
     def _schema(self, activity_type: ActivityType) -> pa.Schema:
         """The source's Arrow schema: its key type is the source's (from the catalogue check),
@@ -139,10 +141,18 @@ class ReadRangeFn(beam.DoFn):
         return found.held
 
     def process(self, key_range: KeyRange) -> Iterator[ActivityTable]:
+        with self._busy():
+            table = self._read(key_range)
+        if table is not None and table.num_rows:
+            self._rows_read.inc(table.num_rows)
+            yield ActivityTable(key_range.activity_type, table)
+
+    def _read(self, key_range: KeyRange) -> pa.Table | None:
+        """The range's pending activities, or None when another run holds it."""
         assert self._conn is not None, "setup() opens the connection"
         schema = self._schema(key_range.activity_type)
         if self._run_id is not None and not self._claim(key_range, self._run_id):
-            return
+            return None
         # A range is read whole (one COPY) before anything is emitted, so after a lost
         # connection it is simply read again: nothing is emitted twice.
         table = self._conn.run(
@@ -160,10 +170,7 @@ class ReadRangeFn(beam.DoFn):
             ),
         )
         self._ranges_read.inc()
-        table = self._unchanged(key_range.activity_type, table)
-        if table.num_rows:
-            self._rows_read.inc(table.num_rows)
-            yield ActivityTable(key_range.activity_type, table)
+        return self._unchanged(key_range.activity_type, table)
 
     def teardown(self) -> None:
         if self._conn is not None:

@@ -33,6 +33,7 @@ from pipeline.options import DEFAULT_WRITE_BATCH_SIZE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.store import bulk, claims, connections, tables, writes
 from pipeline.store.sources import Sources
+from transforms.timing import Busy
 
 Connection: TypeAlias = psycopg2.extensions.connection
 _LOG = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class _BufferedWriteFn(beam.DoFn):
         self._conn.open()
         self._written = Metrics.counter("write", f"{self._name}_written")
         self._flushes = Metrics.counter("write", f"{self._name}_flushes")
+        self._busy = Busy("write")
         self._dropped = False
 
     def start_bundle(self) -> None:
@@ -92,6 +94,10 @@ class _BufferedWriteFn(beam.DoFn):
     def _flush(self) -> None:
         if not self._buffer:
             return
+        with self._busy():
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
         assert self._conn is not None, "setup() opens the connection"
         rows, run_id, write, schema = self._buffer, self._run_id, self._write, self._schema
         # One idempotent transaction: after a lost connection it is simply written again.
