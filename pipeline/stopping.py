@@ -461,7 +461,28 @@ def end_cancelled(
         engine.dispose()
         _stop_leftovers(stopped)
         exit_now(stopped.exit_code)
-    held = None  # referenced until the process ends: closing it would let held flushes commit
+    # The held connection stays referenced (open) until the process ends: closing it would
+    # let held flushes commit.
+    line, _held = record_cancelled(engine, config, stopped, counts, started, exact)
+    engine.dispose()  # the held connection stays open (checked out) until the process ends
+    _stop_leftovers(stopped)
+    print(line, file=sys.stderr)
+    exit_now(stopped.exit_code)
+
+
+def record_cancelled(
+    engine: sa.Engine,
+    config: RunConfig,
+    stopped: Cancelled,
+    counts: dict[str, dict[str, int]],
+    started: float,
+    exact: bool = True,
+) -> tuple[str, sa.Connection | None]:
+    """Records a stopped run ``cancelled`` with what it committed, counted while every flush
+    is held at its commit (``runs.hold_commits``); returns the line to say and the held
+    connection, which the caller keeps open until the process ends (None: the count is a
+    lower bound, and the message says so)."""
+    run_id, held = config.run_id, None
     try:
         held = runs.hold_commits(engine, config.schema, wait_s=10.0)
         coverage = runs.run_coverage(engine, run_id, config.schema)
@@ -500,10 +521,7 @@ def end_cancelled(
             f"run {run_id} {stopped}, but could not be recorded ({one_line(why)}): it stays "
             f"'running' in {tables.RUNS_TABLE}"
         )
-    engine.dispose()  # the held connection stays open (checked out) until the process ends
-    _stop_leftovers(stopped)
-    print(line, file=sys.stderr)
-    exit_now(stopped.exit_code)
+    return line, held
 
 
 def _stop_leftovers(stopped: Cancelled) -> None:

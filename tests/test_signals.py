@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg2.errors
 import pytest
@@ -23,7 +24,9 @@ import sqlalchemy as sa
 
 from ops.seed import seed
 from pipeline import run, stopping
-from pipeline.store import connections, runs
+from pipeline.model import ErrorRecord
+from pipeline.options import parse_run_args, validate
+from pipeline.store import connections, runs, writes
 from tests.support import duplicate_counts, results_count, scalar, start_run, wait_for
 from tests.test_end_to_end import check_every_activity_once
 
@@ -147,6 +150,68 @@ def test_holding_commits_waits_for_a_flush_at_its_commit_and_keeps_later_ones_ou
     finally:
         at_commit.close()
         later.close()
+
+
+def test_a_dead_letter_flush_in_flight_when_a_run_is_stopped_is_counted_exactly(
+    database_url: str, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F9 of the fault harness (issue 22): a run stopped while one of its dead-letter flushes
+    has copied its dead letters in but not yet written its row of the write log. The stopped
+    run's hold on commits waits for that flush, which commits, and counts it: the record says
+    3 dead letters, as many as carry the run's id, and the count is exact (no "at least").
+
+    Before, the hold locked the write log first, then waited for the dead letters' table,
+    which the flush held; the flush then waited for the write log: a deadlock, in which the
+    hold gave way, so the run counted without it while the flush committed beside the count
+    (82 recorded, 83 stored, seed 1102)."""
+    run_id = str(uuid.uuid4())
+    runs.start_run(engine, run_id, "DirectRunner", {})
+    config = validate(parse_run_args(["--run-id", run_id])[0], database_url)
+    copied, release = threading.Event(), threading.Event()
+    log_errors = writes.log_errors
+
+    def paused(*args: Any, **kwargs: Any) -> None:
+        copied.set()  # its dead letters are in (uncommitted), its log row not yet
+        release.wait(30)
+        log_errors(*args, **kwargs)
+
+    monkeypatch.setattr(writes, "log_errors", paused)
+    refused = [
+        ErrorRecord("electricity", i, "unknown_unit", "unit 'parsec' is unknown", f"row {i}")
+        for i in (1, 2, 3)
+    ]
+    flushing = connections.connect(database_url)
+    outcome: dict[str, Any] = {}
+
+    def flush() -> None:
+        try:
+            outcome["written"] = writes.write_errors(flushing, refused, run_id, "emissions")
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome["error"] = e
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    held = None
+    try:
+        assert copied.wait(30), "the flush did not start"
+        threading.Timer(0.5, release.set).start()  # once the hold waits for it
+        line, held = stopping.record_cancelled(
+            engine, config, stopping.Cancelled(signal.SIGTERM), {}, time.monotonic()
+        )
+        flusher.join(30)
+        assert outcome == {"written": 3}
+        assert held is not None  # counted under the hold: exact
+        message = "cancelled by SIGTERM after 0 results were stored"
+        assert run_row(database_url, run_id) == ("cancelled", message, 0, 3)
+        carried = "SELECT count(*) FROM emissions.emission_errors WHERE run_id = %s"
+        assert scalar(database_url, carried, (run_id,)) == 3
+        assert line == f"run {run_id} {message}; the next run computes the rest"
+    finally:
+        release.set()
+        flusher.join(30)
+        if held is not None:
+            held.close()
+        flushing.close()
 
 
 def test_holding_commits_gives_up_after_its_wait(database_url: str, engine: sa.Engine) -> None:
