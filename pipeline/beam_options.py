@@ -18,6 +18,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import cli
 from pipeline.options import add_arguments
 
+#: Set to ``core`` by a run before Beam stages anything: the sdist that ``--setup_file``
+#: builds for the workers (``setup.py``) then holds the core alone, not the tools.
+PACKAGE_ENV = "EMISSIONS_PACKAGE"
+
 
 class EmissionsOptions(PipelineOptions):
     """Options of the emissions calculation (Beam's own options are accepted alongside)."""

@@ -145,9 +145,16 @@ class Parser(argparse.ArgumentParser):
         refuse(readable(message))
 
 
+#: What a module's command is called on its usage line when not ``python -m MODULE``: the
+#: ``emissions`` command names its subcommands here (``emissions run``) before calling them.
+COMMAND_NAMES: dict[str, str] = {}
+
+
 def parser(prog: str, doc: str | None, **kw: Any) -> Parser:
-    """An argument parser for ``python -m PROG``, described by the module's docstring."""
-    return Parser(prog=f"python -m {prog}", description=plain(doc), formatter_class=Formatter, **kw)
+    """An argument parser for ``python -m PROG`` (or what ``COMMAND_NAMES`` calls it),
+    described by the module's docstring."""
+    shown = COMMAND_NAMES.get(prog, f"python -m {prog}")
+    return Parser(prog=shown, description=plain(doc), formatter_class=Formatter, **kw)
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:

@@ -169,6 +169,7 @@ def execute(
 
     options = PipelineOptions(with_local_defaults(argv))
     options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
+    os.environ[beam_options.PACKAGE_ENV] = "core"  # --setup_file's sdist: the core (setup.py)
     elsewhere = runner_name(argv) in REMOTE_RUNNERS
     if build is not None and elsewhere:
         from apache_beam.options.pipeline_options import StandardOptions
