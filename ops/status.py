@@ -8,12 +8,13 @@ seconds while it works: a run still 'running' whose heartbeat is older than --st
 reported and marked 'abandoned', by a conditional update that a live run always escapes); and
 the activities pending, per type.
 
-Exit codes, for a monitor: 0 healthy; 1 the last run failed or was abandoned, or a run that
-stopped still holds key ranges the runs after it left to it while activities are pending (or
-the status could not be read); 2 work has been pending too long: activities are pending and
-no run has succeeded for --pending-after seconds (pending activities arrived after the start
-of the last run that succeeded, so that is the longest they can have waited). A usage error
-also exits 2, with one line on stderr and nothing on stdout.
+Exit codes, for a monitor (docs/operations.md has them in a table): 0 healthy; 1 failing
+(the last finished run failed or was abandoned, or a run that stopped still holds key ranges
+the runs after it left to it while activities are pending); 2 asked the wrong way (one line on
+stderr, nothing on stdout); 3 behind (activities are pending and no run has succeeded for
+--pending-after seconds: pending activities arrived after the start of the last run that
+succeeded, so that is the longest they can have waited); 4 unknown (the status could not be
+read: the database unreachable, its schema missing or older than this release).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from typing import Any
 from pipeline import cli
 from pipeline.store import claims, connections, install, queries, runs
 
-#: Pending work older than this (seconds) makes the status unhealthy (exit 2): a nightly
+#: Pending work older than this (seconds) makes the status unhealthy (exit 3): a nightly
 #: schedule, plus two hours.
 DEFAULT_PENDING_AFTER = 26 * 3600.0
-#: Exit codes (``cli.OK`` and ``cli.FAILED`` are 0 and 1).
-BEHIND = 2
+#: Exit codes: ``cli.OK`` (0) healthy, ``cli.FAILED`` (1) failing, ``cli.USAGE`` (2) asked the
+#: wrong way, and these two; each means one thing, so a monitor can tell them apart.
+BEHIND = 3
+UNKNOWN = 4
 #: The outcomes of a run that make the status exit 1 when it is the last.
 UNHEALTHY_OUTCOMES = ("failed", runs.ABANDONED)
 
@@ -251,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_PENDING_AFTER,
         metavar="SECONDS",
-        help="exit 2 when activities are pending and no run has succeeded for this long",
+        help="exit 3 (behind) when activities are pending and no run has succeeded for this long",
     )
     cli.add_log_level_option(parser)
     return parser
@@ -267,25 +270,30 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be a number of seconds above 0")
     cli.setup_logging(args.log_level)
 
+    read: list[Status] = []
+
     def status(target: cli.Target) -> int:
         found = install.revision(target.engine, target.schema)
         if found.current is None:
             cli.error(cli.init_first(target.schema))
-            return cli.FAILED
+            return UNKNOWN
         if not found.up_to_date:
             cli.error(
                 f"the schema {target.schema} is at revision {found.current}, not {found.head}: "
                 "run python -m ops.admin init (or a run) to bring it up to date"
             )
-            return cli.FAILED
+            return UNKNOWN
         result = check(target, args.last, args.stale_after, args.pending_after)
+        read.append(result)
         if args.json:
             cli.print_json(result.report)
         else:
             print(render(result.report))
         return result.code
 
-    return cli.run(args, "reading the status", status, pool_size=2, max_overflow=0)
+    code = cli.run(args, "reading the status", status, pool_size=2, max_overflow=0)
+    # A failure before the status was read (the database unreachable) is not a failing run.
+    return UNKNOWN if code == cli.FAILED and not read else code
 
 
 if __name__ == "__main__":

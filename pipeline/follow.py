@@ -300,7 +300,6 @@ def follow(args: list[str], stop: Stop) -> int:
         end_overtaken(engine, config, record, runner, overtaken, started)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
         message = connections.scrub(failure_message(e), config.database_url)
-        _LOG.error("run %s failed: %s", config.run_id, message)
         record.stop_beating()
         record.fail(message)
         unrecorded = f" ({record.unready})" if record.unready else ""

@@ -705,7 +705,7 @@ def calculate(args: list[str], stop: Stop) -> int:
         end_cancelled(engine, config, stopped, record.started, counts, started, exact)
     except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
         message = connections.scrub(failure_message(e), config.database_url)
-        _LOG.error("run %s failed: %s", config.run_id, message)
+        # Said once, by the error line below (a log line too would print it twice).
         _LOG.debug(
             "run %s failed:\n%s",
             config.run_id,

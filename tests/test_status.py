@@ -174,7 +174,7 @@ def test_a_sigkilled_run_is_reported_and_marked_abandoned_then_the_next_run_says
 
     # Within --stale-after a run that has stopped beating may be alive still: left running.
     waiting = status_process(url, "--json")
-    assert waiting.returncode == 2, waiting.stderr  # pending, and no run has succeeded yet
+    assert waiting.returncode == 3, waiting.stderr  # pending, and no run has succeeded yet
     assert json.loads(waiting.stdout)["abandoned_now"] == []
     assert run_row(url, run_id)["status"] == "running"
 
@@ -317,8 +317,8 @@ def test_work_pending_longer_than_the_threshold_exits_2(
         )
     row = run_row(database_url, summary["run_id"])
     code, report = status_json(database_url, capsys)
-    assert code == 2
-    assert (report["status"], report["exit_code"]) == ("behind", 2)
+    assert code == status.BEHIND == 3
+    assert (report["status"], report["exit_code"]) == ("behind", 3)
     assert report["problems"] == [
         "300 activities are pending and no run has succeeded in the last 93600 s: the last run "
         f"that succeeded started at {iso(row['started_at'])}"
@@ -480,7 +480,7 @@ def test_status_options_are_checked_and_an_old_schema_is_named(
         .err.splitlines()[-1]
         .endswith("error: --stale-after must be a number of seconds above 0")
     )
-    assert status.main(["--database-url", empty_database]) == 1
+    assert status.main(["--database-url", empty_database]) == status.UNKNOWN == 4
     captured = capsys.readouterr()
     assert captured.out == ""
     # A run does not create a schema (issue 23): only init is named.
