@@ -18,6 +18,7 @@ or scheduler starts it again): see docs/follow.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -27,7 +28,7 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
-from pipeline import cli, editions, retry, tuning
+from pipeline import cli, editions, retry, service, tuning
 from pipeline import summary as summaries
 from pipeline.options import (
     OptionsError,
@@ -100,6 +101,31 @@ def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=ROWS_PER_WINDOW,
         help="the most rows read at once (a backlog is read in windows of this size)",
+    )
+    parser.add_argument(
+        "--http-port",
+        "--http_port",
+        dest="http_port",
+        type=int,
+        default=None,
+        help="serve /healthz, /readyz, /metrics and /status on this port (default: no "
+        "server; docs/follow.md)",
+    )
+    parser.add_argument(
+        "--http-host",
+        "--http_host",
+        dest="http_host",
+        default=service.DEFAULT_HOST,
+        help="the address the --http-port server listens on",
+    )
+    parser.add_argument(
+        "--ready-max-lag",
+        "--ready_max_lag",
+        dest="ready_max_lag",
+        type=float,
+        default=None,
+        help="/readyz answers 503 when a followed type was last polled longer ago than this "
+        "many seconds (default: 10 poll intervals, at least 30)",
     )
 
 
@@ -270,7 +296,10 @@ def follow(args: list[str], stop: Stop) -> int:
         record.beat(engine)  # within the run's pool from here, as the pipeline's connections
         # Marked abandoned while it was frozen: it stops at once (its writes are refused).
         stop.watch_record(record.no_longer_running)
-        with Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)):
+        with (
+            Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)),
+            _service(options, config, record, stop, runner, started),
+        ):
             metrics = _execute(beam_args, config, options, stop_at, stop)
         coverage = runs.run_coverage(engine, config.run_id, config.schema)
         summary = _summary(engine, config, runner, coverage, metrics, started)
@@ -334,6 +363,42 @@ def _summary(
         "polls": (metrics or {}).get("polls"),
         "timings": {"total_s": round(time.monotonic() - started, 3)},
     }
+
+
+def _service(
+    options: argparse.Namespace,
+    config: RunConfig,
+    record: Record,
+    stop: Stop,
+    runner: str,
+    started: float,
+) -> contextlib.AbstractContextManager[Any]:
+    """The HTTP face of ``--http-port`` (``pipeline.service``; nothing without it)."""
+    lag = options.ready_max_lag or max(30.0, 10 * options.poll_interval)
+
+    def so_far(engine: sa.Engine) -> dict[str, Any]:
+        coverage = runs.run_coverage(engine, config.run_id, config.schema)
+        errors = summaries.errors_stored(engine, config.run_id, config.schema)
+        found = {**_summary(engine, config, runner, coverage, None, started), "status": "running"}
+        found["by_activity_type"] = {
+            t: {
+                "processed": int(c.get("results", 0)),
+                "errors": errors.get(t, 0),
+                "co2e_tonnes": float(c.get("kg_co2e", 0.0)) / 1000.0,
+            }
+            for t, c in coverage["by_activity_type"].items()
+        }
+        return found
+
+    return service.follow_service(
+        options.http_port,
+        options.http_host,
+        config,
+        lag,
+        lambda: stop.signum is None and not record.no_longer_running(),
+        so_far,
+        time.time() - (time.monotonic() - started),
+    )
 
 
 def end_overtaken(
