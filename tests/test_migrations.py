@@ -109,6 +109,9 @@ def test_a_release_0_1_0_database_is_upgraded_with_everything_kept(
         tables.SOURCES_TABLE,  # revision 0005's, new
         tables.CLAIMS_TABLE,  # revision 0006's, new
         tables.BASE_YEAR_TABLE,  # revision 0008's, new
+        tables.MARKET_TABLE,  # revision 0009's, new
+        tables.MARKET_HISTORY_TABLE,
+        tables.MARKET_REFUSED_TABLE,
     }
     assert fingerprints(legacy, "emissions") == before
     assert admin.main(["init", "--database-url", legacy]) == 0  # twice is once
@@ -212,4 +215,4 @@ def test_a_role_that_may_not_create_the_schema_is_told_what_to_ask_for(
 
 
 def test_the_newest_revision_is_read_as_alembic_reads_it() -> None:
-    assert install.head_revision() == install.alembic_head() == "0008"
+    assert install.head_revision() == install.alembic_head() == "0009"

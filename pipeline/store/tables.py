@@ -53,6 +53,13 @@ SOURCES_TABLE = "sources_config"
 CLAIMS_TABLE = "range_claims"
 #: The base year as first reported, one row per result (revision 0008, ``audit.base_year``).
 BASE_YEAR_TABLE = "base_year_results"
+#: Scope 2 market-based: the allocation's lines, those superseded, and the instruments
+#: refused (revision 0009, ``pipeline.market_stage``).
+MARKET_TABLE = "market_based_results"
+MARKET_HISTORY_TABLE = "market_based_results_history"
+MARKET_REFUSED_TABLE = "market_based_refused"
+#: Why a market-based line left ``market_based_results`` for its history.
+MARKET_HISTORY_REASONS = ("instruments_changed", "consumption_changed", "reallocated")
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
 
 
@@ -344,6 +351,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
             name="base_year_results_pkey",
         ),
     )
+    _market_tables(md)
     # The follow mode's marks (docs/follow.md): ``mark``, every change up to it is computed;
     # ``scanned``, read up to there; ``pending_mark``, the next mark, once every transaction
     # older than ``pending_xmax`` has ended. Keys of the source's ``follow_by``, as text.
@@ -406,6 +414,72 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("previous_sha256", sa.Text),
     )
     return md
+
+
+def _market_line_columns() -> list[sa.Column[Any]]:
+    """A market-based line (revision 0009): what it was taken at, and with which choices."""
+    return [
+        sa.Column("boundary", sa.Text, nullable=False),
+        sa.Column("reporting_year", sa.Integer, nullable=False),
+        sa.Column("activity_id", sa.Text, nullable=False),
+        sa.Column("line", sa.SmallInteger, nullable=False),
+        sa.Column("market", sa.Text, nullable=False),
+        sa.Column("facility", sa.Text),
+        sa.Column("supplier", sa.Text),
+        sa.Column("basis", sa.Text, nullable=False),
+        sa.Column("instrument_kind", sa.Text),
+        sa.Column("instrument_id", sa.Text),
+        sa.Column("factor_id", sa.BigInteger),
+        sa.Column("kwh", sa.Float(53), nullable=False),
+        sa.Column("kg_per_kwh", sa.Float(53), nullable=False),
+        sa.Column("kg_co2e", sa.Float(53), nullable=False),
+        sa.Column("grid_fallback", sa.Boolean, nullable=False),
+        sa.Column("year_mismatch", sa.Boolean, nullable=False),
+        sa.Column("year_start", sa.Text, nullable=False),
+        sa.Column("vintage_window_years", sa.Integer, nullable=False),
+        sa.Column("sharing", sa.Text, nullable=False),
+        sa.Column("instruments_digest", sa.Text, nullable=False),
+        sa.Column("consumption_digest", sa.Text, nullable=False),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    ]
+
+
+def _market_tables(md: sa.MetaData) -> None:
+    """Revision 0009: the market-based lines (keyed by boundary, year, activity as text and
+    line), those a reallocation superseded, and the instruments refused."""
+    sa.Table(
+        MARKET_TABLE,
+        md,
+        *_market_line_columns(),
+        sa.PrimaryKeyConstraint(
+            "boundary", "reporting_year", "activity_id", "line", name="market_based_results_pkey"
+        ),
+    )
+    sa.Table(
+        MARKET_HISTORY_TABLE,
+        md,
+        *_market_line_columns(),
+        sa.Column("superseded_by", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("superseded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("history_id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Index("ix_market_based_results_history_group", "boundary", "reporting_year"),
+    )
+    sa.Table(
+        MARKET_REFUSED_TABLE,
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("instrument_kind", sa.Text, nullable=False),
+        sa.Column("instrument_id", sa.Text, nullable=False),
+        sa.Column("boundary", sa.Text),
+        sa.Column("reason_code", sa.Text, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+        sa.Column("retired_at", sa.DateTime(timezone=True)),
+        sa.Index("ix_market_based_refused_boundary", "boundary"),
+    )
 
 
 @functools.lru_cache(maxsize=64)
