@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pipeline import cli, editions
+from pipeline.methodology.market import Sharing
 from pipeline.model import ACTIVITY_TYPES, DEFAULT_LIMITS, ActivityType, Limits
 from pipeline.ranges import MIN_ROWS_PER_RANGE
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
@@ -99,6 +100,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_timeout_arguments(parser)
     _add_change_arguments(parser)
     _add_reporting_arguments(parser)
+    _add_market_arguments(parser)
+
+
+def _add_market_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Scope 2 market-based stage (docs/scope2.md) and the reporter's choices."""
+    parser.add_argument(
+        "--market-based",
+        "--market_based",
+        dest="market_based",
+        choices=MARKET_MODES,
+        default="auto",
+        help="Allocate the sources' instruments to electricity after the location-based "
+        "results (auto: when the sources map instruments or market-based results are "
+        "stored; off: never). Default: auto.",
+    )
+    parser.add_argument(
+        "--vintage-window-years",
+        "--vintage_window_years",
+        dest="vintage_window_years",
+        type=int,
+        default=0,
+        help="Years after a certificate's vintage (or a contract's delivery) ends that it may "
+        "still serve (0: it must overlap the reporting year; default: 0).",
+    )
+    parser.add_argument(
+        "--sharing",
+        choices=get_args(Sharing),
+        default="facility_first",
+        help="How instruments not retired for a facility are shared among a market's "
+        "consumption: in activity order (facility_first) or pro_rata. Default: facility_first.",
+    )
+    parser.add_argument(
+        "--year-start",
+        "--year_start",
+        dest="year_start",
+        default="01-01",
+        metavar="MM-DD",
+        help="First day of each reporting year the market-based allocation is made for "
+        "(04-01: fiscal years from 1 April, named by the year they begin in). Default: 01-01.",
+    )
 
 
 def _add_range_arguments(parser: argparse.ArgumentParser) -> None:
@@ -331,6 +372,23 @@ def _add_reporting_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_log_level_option(parser)
 
 
+#: ``--market-based``: when the market-based stage runs.
+MARKET_MODES = ("auto", "off")
+#: The most years a vintage window may span (the Guidance speaks of the reporting year).
+MAX_VINTAGE_WINDOW_YEARS = 10
+
+
+@dataclass(frozen=True)
+class MarketOptions:
+    """The market-based stage's options (docs/scope2.md), with their defaults."""
+
+    mode: Literal["auto", "off"] = "auto"
+    vintage_window_years: int = 0
+    sharing: Sharing = "facility_first"
+    #: MM-DD, the first day of each reporting year.
+    year_start: str = "01-01"
+
+
 @dataclass(frozen=True)
 class Orchestration:
     """Which scheduler's run this one is, recorded with it: the Airflow DAG and DAG run (from
@@ -385,6 +443,8 @@ class RunConfig:
     max_retire_share: float = DEFAULT_MAX_RETIRE_SHARE
     #: Compare every stored result's input fingerprint with its activity as it is now.
     recheck: bool = False
+    #: The Scope 2 market-based stage's options.
+    market: MarketOptions = field(default_factory=MarketOptions)
 
     @property
     def text_ids(self) -> bool:
@@ -528,6 +588,28 @@ def _check_sizes(options: Any) -> None:
         raise OptionsError(f"--write-batch-size must be at least 1, not {options.write_batch_size}")
 
 
+def _check_market(options: Any) -> MarketOptions:
+    """The market-based options within their bounds (``--year-start`` a real MM-DD)."""
+    window = getattr(options, "vintage_window_years", 0)
+    if not 0 <= window <= MAX_VINTAGE_WINDOW_YEARS:
+        raise OptionsError(
+            f"--vintage-window-years must be between 0 and {MAX_VINTAGE_WINDOW_YEARS}, not {window}"
+        )
+    year_start = getattr(options, "year_start", "01-01")
+    try:
+        first = datetime.date.fromisoformat(f"2001-{year_start}")
+    except (TypeError, ValueError):
+        first = None
+    if first is None or len(year_start) != 5:
+        raise OptionsError(f"--year-start must be MM-DD (01-01, 04-01), not {year_start!r}")
+    return MarketOptions(
+        mode=getattr(options, "market_based", "auto"),
+        vintage_window_years=window,
+        sharing=getattr(options, "sharing", "facility_first"),
+        year_start=year_start,
+    )
+
+
 def _check_pins(values: Sequence[str]) -> dict[str, str]:
     """``--factor-edition SET=EDITION`` (repeatable) as {set: edition}."""
     try:
@@ -587,6 +669,7 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
     pins = _check_pins(getattr(options, "factor_edition", None) or [])
     _check_seconds_and_retries(options)
     limits = _check_limits(options)
+    market = _check_market(options)
     max_retire_share = _check_retire_share(options)
     schema, found = _check_schema_and_sources(options)
     missing = [t for t in types if t not in found]
@@ -632,6 +715,7 @@ def validate(options: Any, database_url: str | None) -> RunConfig:
         orchestration=scheduled,
         max_retire_share=max_retire_share,
         recheck=bool(getattr(options, "recheck", False)),
+        market=market,
     )
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from pipeline import cli, editions, retry, tuning
+from pipeline import cli, editions, market_stage, retry, tuning
 from pipeline import summary as summaries
 from pipeline.metrics import redact as redact_push_url
 from pipeline.options import (
@@ -661,10 +661,13 @@ def calculate(args: list[str], stop: Stop) -> int:
                 engine, config.run_id, pending, config.progress_interval, config.schema
             ):
                 metrics = execute(args, config, ranges, stop)
+        market_based = market_stage.run_stage(engine, config, chosen, stop)
         stop.check()  # after this, every write is committed: the run records its outcome
         pipeline_s = time.monotonic() - started - setup_s
         summary = summarise_run(engine, config, runner, counts, metrics, retired, in_force, reading)
         summary["sources_sha256"] = chosen.sha256
+        if market_based is not None:
+            summary["market_based"] = market_based
         summary["timings"] = {
             "setup_s": round(setup_s, 3),
             "counts_s": round(counts_s, 3),

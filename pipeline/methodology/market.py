@@ -314,26 +314,30 @@ def allocate(
     supplier_rates: Iterable[SupplierRate],
     book: FactorBook,
     options: Options = Options(),
+    facilities: Mapping[str, str] | None = None,
 ) -> Allocation:
     """Every activity's market-based emissions, by the hierarchy (module docstring); the
-    instruments refused, each with its reason; and the MWh left of each usable instrument."""
+    instruments refused, each with its reason; and the MWh left of each usable instrument.
+    ``facilities``: each facility's market over all the consumption, when ``consumption`` is
+    one market boundary's only (an instrument retired for a facility of another market is
+    refused then too)."""
     items = sorted(
         consumption, key=lambda c: (c.year, c.market, c.facility or "", str(c.activity_id))
     )
     markets: dict[str, set[int]] = {}
-    facilities: dict[str, str] = {}
+    sites: dict[str, str] = dict(facilities or {})
     for c in items:
         markets.setdefault(c.market, set()).add(c.year)
         if c.facility is not None:
-            facilities.setdefault(c.facility, c.market)
+            sites.setdefault(c.facility, c.market)
     years = {m: frozenset(y) for m, y in markets.items()}
     refused: list[Refused] = []
     supplies: list[_Supply] = []
     claimed: set[str] = set()
     for cert in sorted(certificates, key=lambda c: str(c.id)):
-        _keep(_certificate(cert, years, facilities, claimed, options), supplies, refused)
+        _keep(_certificate(cert, years, sites, claimed, options), supplies, refused)
     for contract in sorted(contracts, key=lambda c: str(c.id)):
-        _keep(_contract(contract, years, facilities, options), supplies, refused)
+        _keep(_contract(contract, years, sites, options), supplies, refused)
     supplies.sort(key=lambda s: (min(s.years), str(s.instrument_id)))
     rates = _supplier_rates(supplier_rates, refused)
     need = [c.kwh for c in items]
@@ -364,6 +368,12 @@ def allocate(
         (s.kind, s.instrument_id): s.left / KWH_PER_MWH for s in supplies if s.left > 0
     }
     return Allocation(results, refused, unused)
+
+
+def boundary(market: str | None) -> str:
+    """The market boundary a market belongs to (docs/methodology.md §10.3): the unit the
+    allocation groups consumption and instruments by. Its market, upper-cased."""
+    return (market or "").strip().upper()
 
 
 def _keep(found: _Supply | Refused, supplies: list[_Supply], refused: list[Refused]) -> None:

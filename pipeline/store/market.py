@@ -90,3 +90,19 @@ def _rows(conn: psycopg2.extensions.connection, source: Source) -> list[tuple[An
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM ({}) i ORDER BY 1").format(relation(source)))
         return [tuple(row[:-1]) for row in cur.fetchall()]
+
+
+def read_kind(
+    conn: psycopg2.extensions.connection, kind: InstrumentKind, source: Source
+) -> list[Certificate] | list[Contract] | list[SupplierRate]:
+    """The instruments of one kind (``source`` checked), read-only."""
+    read_only(conn)
+    try:
+        rows = _rows(conn, source)
+    finally:
+        conn.rollback()
+    if kind == "certificates":
+        return [Certificate(*r) for r in rows]
+    if kind == "contracts":
+        return [Contract(*r) for r in rows]
+    return [SupplierRate(*r) for r in rows]

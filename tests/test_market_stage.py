@@ -1,0 +1,223 @@
+"""Scope 2 market-based, stored by a real run (issue 25, "Done when", through the Beam stage):
+the run computes the location-based results, then allocates the sources' instruments by
+market boundary and stores each line with what it used (``market_based_results``); refused
+instruments are dead letters of their own (``market_based_refused``); a change of
+instruments reallocates the year and market it touches, the superseded lines kept in
+history with a reason, and a rerun with nothing changed writes nothing. Figures by hand:
+1,000 MWh in eGRID RFCE in 2024, certificates of 600 MWh → 400,000 kWh × 0.5 kg/kWh."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops import admin
+from pipeline import run
+from pipeline.store import connections
+from tests.support import execute, scalar
+
+APP = """
+CREATE SCHEMA app;
+CREATE TABLE app.power (id bigint PRIMARY KEY, kwh float8, region text, used_on date,
+                        site text, tariff text);
+CREATE TABLE app.certs (cert_id text PRIMARY KEY, mwh float8, fuel text, gen_from date,
+                        gen_to date, market text, retired_as text, for_site text);
+"""
+SOURCES = """
+[electricity]
+table = "app.power"
+[electricity.fields]
+quantity = "kwh"
+unit = { value = "kWh" }
+region = "region"
+activity_date = "used_on"
+facility = "site"
+supplier = "tariff"
+
+[certificates]
+table = "app.certs"
+key = "cert_id"
+[certificates.fields]
+mwh = "mwh"
+energy_source = "fuel"
+vintage_start = "gen_from"
+vintage_end = "gen_to"
+market = "market"
+retirement_id = "retired_as"
+facility = "for_site"
+"""
+RESIDUAL = "market,year,kg_co2e_per_kwh,source,edition\nRFCE,2024,0.5,Test mixes,test 2025\n"
+LINES = (
+    "SELECT activity_id, basis, instrument_id, kwh, kg_co2e, grid_fallback "
+    "FROM emissions.market_based_results ORDER BY activity_id, line"
+)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path) -> tuple[str, Path]:
+    execute(database_url, APP)
+    path = tmp_path / "sources.toml"
+    path.write_text(SOURCES)
+    return database_url, path
+
+
+def rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    conn = connections.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return [tuple(r) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def calculate(url: str, sources: Path, capsys: pytest.CaptureFixture[str], *more: str) -> Any:
+    argv = ["--database-url", url, "--sources", str(sources), "--progress-interval", "0"]
+    code = run.main([*argv, *more])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)["market_based"]
+
+
+def load_residual(url: str, sources: Path, tmp_path: Path) -> None:
+    mixes = tmp_path / "residual.csv"
+    mixes.write_text(RESIDUAL)
+    load = ["load-factors", "--database-url", url, "--sources", str(sources)]
+    assert admin.main([*load, "--kind", "residual_mix", "--file", str(mixes)]) == 0
+
+
+def test_certificates_then_the_residual_mix_stored_with_what_each_line_used(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, sources = app
+    execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('GO-1', 600, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-1', 'a'), "
+        "('GO-2', 50, 'solar', '2024-01-01', '2024-06-30', 'DE', 'R-2', NULL)",
+    )
+    # No residual mix: the 400 MWh left are taken at the grid factor, flagged.
+    first = calculate(url, sources, capsys)
+    grid = scalar(url, "SELECT factor_value FROM emissions.emission_results")
+    assert rows(url, LINES) == [
+        ("1", "certificate", "GO-1", 600_000.0, 0.0, False),
+        ("1", "grid_fallback", None, 400_000.0, 400_000 * grid, True),
+    ]
+    assert first["lines"] == 2 and first["grid_fallback_kwh"] == 400_000
+    # The certificate from another market is refused, a dead letter of its own kind.
+    assert rows(
+        url,
+        "SELECT instrument_kind, instrument_id, boundary, reason_code "
+        "FROM emissions.market_based_refused WHERE retired_at IS NULL",
+    ) == [("certificates", "GO-2", "DE", "other_market")]
+    # A rerun with nothing changed writes nothing.
+    again = calculate(url, sources, capsys)
+    assert (again["lines"], again["moved"], again["refused"]) == (0, {}, 0)
+
+    # A residual mix loaded: the year is reallocated, the old lines kept in history.
+    load_residual(url, sources, tmp_path)
+    capsys.readouterr()
+    third = calculate(url, sources, capsys)
+    assert rows(url, LINES) == [
+        ("1", "certificate", "GO-1", 600_000.0, 0.0, False),
+        ("1", "residual_mix", None, 400_000.0, 200_000.0, False),
+    ]
+    assert third["kg_co2e"] == 200_000 and third["moved"] == {"reallocated": 2}
+    assert (
+        scalar(
+            url,
+            "SELECT f.edition FROM emissions.market_based_results m JOIN "
+            "emissions.emission_factors f ON f.id = m.factor_id WHERE m.basis = 'residual_mix'",
+        )
+        == "test 2025"
+    )
+
+    # A certificate corrected to 500 MWh: reallocated, for a reason of its own.
+    execute(url, "UPDATE app.certs SET mwh = 500 WHERE cert_id = 'GO-1'")
+    fourth = calculate(url, sources, capsys)
+    assert fourth["moved"] == {"instruments_changed": 2}
+    assert fourth["kg_co2e"] == 250_000
+    assert scalar(url, "SELECT count(*) FROM emissions.market_based_results_history") == 4
+    # The wrong-market certificate stays refused (one open dead letter, not one per run).
+    assert scalar(url, "SELECT count(*) FROM emissions.market_based_refused") == 1
+
+
+def test_two_facilities_share_one_pool_never_allocated_twice(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, sources = app
+    load_residual(url, sources, tmp_path)
+    execute(
+        url,
+        "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL), "
+        "(2, 1000000, 'RFCE', '2024-05-01', 'b', NULL), "
+        "(3, 1000000, 'CAMX', '2024-05-01', 'c', NULL)",
+    )
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('POOL', 1200, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-1', NULL), "
+        "('CA-1', 300, 'solar', '2024-01-01', '2024-12-31', 'CAMX', 'R-2', NULL)",
+    )
+    capsys.readouterr()
+    calculate(url, sources, capsys)
+    assert rows(url, LINES)[:4] == [
+        ("1", "certificate", "POOL", 1_000_000.0, 0.0, False),
+        ("2", "certificate", "POOL", 200_000.0, 0.0, False),
+        ("2", "residual_mix", None, 800_000.0, 400_000.0, False),
+        ("3", "certificate", "CA-1", 300_000.0, 0.0, False),
+    ]
+    assert (
+        scalar(
+            url,
+            "SELECT sum(kwh) FROM emissions.market_based_results WHERE instrument_id = 'POOL'",
+        )
+        == 1_200_000
+    )
+    # No residual mix for CAMX: the grid factor, flagged.
+    assert rows(url, LINES)[4][1:3] + rows(url, LINES)[4][5:] == ("grid_fallback", None, True)
+    rfce_run = scalar(
+        url,
+        "SELECT DISTINCT run_id::text FROM emissions.market_based_results WHERE boundary = 'RFCE'",
+    )
+    # A change in CAMX reallocates CAMX alone: RFCE's lines are those of the first run.
+    execute(url, "UPDATE app.certs SET mwh = 400 WHERE cert_id = 'CA-1'")
+    changed = calculate(url, sources, capsys, "--sharing", "facility_first")
+    assert changed["moved"] == {"instruments_changed": 2} and changed["lines"] == 2
+    assert (
+        scalar(
+            url,
+            "SELECT DISTINCT run_id::text FROM emissions.market_based_results "
+            "WHERE boundary = 'RFCE'",
+        )
+        == rfce_run
+    )
+    # Pro rata: the pool halved between the two facilities, still 1,200 MWh in all; the
+    # choice is stored on every line, so every line of both boundaries is reallocated.
+    shared = calculate(url, sources, capsys, "--sharing", "pro_rata")
+    assert shared["moved"] == {"reallocated": 5}
+    assert rows(
+        url,
+        "SELECT activity_id, kwh FROM emissions.market_based_results "
+        "WHERE instrument_id = 'POOL' ORDER BY 1",
+    ) == [("1", 600_000.0), ("2", 600_000.0)]
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (["--vintage-window-years", "11"], "--vintage-window-years must be between 0 and 10"),
+        (["--year-start", "13-01"], "--year-start must be MM-DD"),
+        (["--sharing", "evenly"], "--sharing"),
+    ],
+)
+def test_the_reporters_choices_are_checked_before_anything_runs(
+    given: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql://nobody@127.0.0.1:1/none"
+    assert run.main(["--database-url", url, *given]) == 2
+    assert said in capsys.readouterr().err

@@ -1,0 +1,394 @@
+"""AllocateMarketBased: Scope 2 market-based, a Beam stage after the location-based results.
+
+The electricity consumption (its stored location-based results, with facility and supplier)
+and the certificates and contracts are keyed by market boundary and grouped
+(``CoGroupByKey``), with the boundaries already stored, so that one whose consumption and
+instruments are gone is emptied too. Each boundary is allocated whole (every reporting year of
+it at once: an instrument may serve several years within the vintage window) by the pure
+``pipeline.methodology.market.allocate``, and written in one transaction holding the
+boundary's lock (``pipeline.store.market_results``): a year whose lines are unchanged is left
+alone. Supplier rates and the residual mixes reach every boundary as side inputs; the
+retirement ids claimed, over all certificates, too (an id claimed twice is refused in every
+boundary but that of its first certificate). An instrument already allocated in another
+boundary's stored lines is allocated at most what is left of it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import psycopg2.extensions
+from apache_beam.metrics import Metrics
+
+from pipeline.methodology import FactorBook
+from pipeline.methodology.market import (
+    KWH_PER_MWH,
+    RESIDUAL_MIX_SET,
+    MarketResult,
+    Options,
+    Refused,
+    allocate,
+    boundary,
+)
+from pipeline.model import Certificate, Consumption, Contract, FactorRow, InstrumentKind
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy, call
+from pipeline.store import connections, market, market_results, queries
+from pipeline.store.sources import Source
+
+#: Below this many kWh an instrument is spent (float sums of its parts).
+_SPENT_KWH = 1e-6
+_KIND = {"certificate": "certificates", "contract": "contracts", "supplier_rate": "supplier_rates"}
+
+
+def read_consumption(
+    conn: psycopg2.extensions.connection, source: Source, schema: str, year_start: str
+) -> list[Consumption]:
+    return market.read_consumption(conn, source, schema, year_start)
+
+
+def read_kind(
+    conn: psycopg2.extensions.connection, kind: InstrumentKind, source: Source
+) -> list[Any]:
+    return list(market.read_kind(conn, kind, source))
+
+
+def read_residual_mixes(conn: psycopg2.extensions.connection, schema: str) -> list[FactorRow]:
+    return [r for r in queries.read_factor_rows(conn, schema) if r.factor_set == RESIDUAL_MIX_SET]
+
+
+class ReadAllFn(beam.DoFn):
+    """Reads every row ``reader(conn, *args)`` returns, once (on a ``Create([None])``)."""
+
+    def __init__(self, url: str, policy: RetryPolicy, reader: Callable[..., list[Any]], *args: Any):
+        self.url, self.policy, self.reader, self.args = url, policy, reader, args
+
+    def process(self, _: Any) -> Iterator[Any]:
+        def read() -> list[Any]:
+            conn = connections.connect(self.url)
+            try:
+                return self.reader(conn, *self.args)
+            finally:
+                conn.close()
+
+        yield from call(read, what="reading the market-based inputs", policy=self.policy)
+
+
+def lines_of(
+    boundary: str,
+    results: Iterable[MarketResult],
+    who: Mapping[str, tuple[str | None, str | None]],
+    choices: market_results.Choices,
+) -> list[market_results.Line]:
+    """The lines of ``results`` (``who``: activity id as text → its facility and supplier)."""
+    found: list[market_results.Line] = []
+    for r in results:
+        ident = str(r.activity_id)
+        facility, supplier = who.get(ident, (None, None))
+        for n, p in enumerate(r.parts, start=1):
+            found.append(
+                market_results.Line(
+                    boundary,
+                    r.year,
+                    ident,
+                    n,
+                    r.market,
+                    facility,
+                    supplier,
+                    p.basis,
+                    _KIND.get(p.basis),
+                    None if p.instrument_id is None else str(p.instrument_id),
+                    p.factor_id,
+                    p.kwh,
+                    p.kg_per_kwh,
+                    p.kg_co2e,
+                    p.basis == "grid_fallback",
+                    p.year_mismatch,
+                    choices.year_start,
+                    choices.vintage_window_years,
+                    choices.sharing,
+                )
+            )
+    return found
+
+
+def dead_letters(refused: Iterable[Refused]) -> list[tuple[str, str, str, str]]:
+    return [(r.kind, str(r.instrument_id), r.code, r.message) for r in refused]
+
+
+def first_claim(ids: Iterable[str]) -> str:
+    return min(ids)
+
+
+def retirement_key(c: Certificate) -> str:
+    return (c.retirement_id or "").strip()
+
+
+class AllocateBoundaryFn(beam.DoFn):
+    """Allocates one boundary and writes it (module docstring); yields what it wrote."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        run_id: str,
+        choices: market_results.Choices,
+        policy: RetryPolicy,
+    ):
+        self.url, self.schema, self.run_id = url, schema, run_id
+        self.choices, self.policy = choices, policy
+        self.conn: psycopg2.extensions.connection | None = None
+        self.written = Metrics.counter("market_based", "lines_written")
+        self.refused = Metrics.counter("market_based", "instruments_refused")
+
+    def setup(self) -> None:
+        self.conn = None
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self.conn is None or self.conn.closed:
+            self.conn = connections.connect(self.url)
+        return self.conn
+
+    def teardown(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def process(
+        self,
+        element: tuple[str, Mapping[str, Iterable[Any]]],
+        rates: Sequence[Any],
+        mixes: Sequence[FactorRow],
+        sites: Sequence[tuple[str, str]],
+        claims: Mapping[str, str],
+    ) -> Iterator[tuple[str, market_results.Written]]:
+        key, groups = element
+        consumption = list(groups["consumption"])
+        certificates = sorted(groups["certificates"], key=lambda c: str(c.id))
+        contracts = sorted(groups["contracts"], key=lambda c: str(c.id))
+        refused: list[Refused] = []
+        kept: list[Certificate] = []
+        for c in certificates:
+            first = claims.get(retirement_key(c))
+            if first is not None and first != str(c.id):
+                message = f"retirement id {retirement_key(c)} is claimed by certificate {first}"
+                refused.append(Refused("certificates", c.id, "claimed_twice", message))
+            else:
+                kept.append(c)
+        markets = {c.market for c in consumption}
+        residual = [r for r in mixes if r.key in markets]
+        digests = (
+            market_results.digest([*certificates, *contracts, *rates]),
+            market_results.digest(consumption),
+        )
+        facilities: dict[str, str] = {}
+        for facility, where in sorted(sites):
+            facilities.setdefault(facility, where)
+
+        def write() -> market_results.Written:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    market_results.lock(cur, self.schema, key)
+                    certs, deals, over = self._left(cur, key, kept, contracts)
+                    done = allocate(
+                        consumption,
+                        certs,
+                        deals,
+                        rates,
+                        FactorBook.from_rows(residual),
+                        self._options(),
+                        facilities,
+                    )
+                    who = {str(c.activity_id): (c.facility, c.supplier) for c in consumption}
+                    lines = lines_of(key, done.results, who, self.choices)
+                    written = market_results.write_boundary(
+                        cur, self.schema, key, lines, digests, self.run_id
+                    )
+                    mine = [r for r in done.refused if r.kind != "supplier_rates"]
+                    market_results.write_refused(
+                        cur,
+                        self.schema,
+                        key,
+                        dead_letters([*refused, *over, *mine]),
+                        self.run_id,
+                        written,
+                    )
+                conn.commit()
+                return written
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+        written = call(write, what=f"writing market boundary {key!r}", policy=self.policy)
+        self.written.inc(written.lines)
+        self.refused.inc(written.refused)
+        yield key, written
+
+    def _options(self) -> Options:
+        month, day = (int(x) for x in self.choices.year_start.split("-"))
+        return Options(
+            vintage_window_years=self.choices.vintage_window_years,
+            sharing=self.choices.sharing,  # type: ignore[arg-type]
+            year_start=(month, day),
+        )
+
+    def _left(
+        self,
+        cur: psycopg2.extensions.cursor,
+        key: str,
+        certificates: list[Certificate],
+        contracts: list[Contract],
+    ) -> tuple[list[Certificate], list[Contract], list[Refused]]:
+        """The instruments with what other boundaries' stored lines already took of them
+        taken off; those with nothing left refused (``over_allocated``)."""
+        taken = market_results.taken_elsewhere(
+            cur,
+            self.schema,
+            key,
+            [("certificates", str(c.id)) for c in certificates]
+            + [("contracts", str(c.id)) for c in contracts],
+        )
+        over: list[Refused] = []
+
+        def left(kind: InstrumentKind, items: list[Any]) -> list[Any]:
+            kept = []
+            for item in items:
+                used = taken.get((kind, str(item.id)))
+                mwh = item.mwh
+                if used is None or mwh is None or not math.isfinite(mwh):
+                    kept.append(item)
+                    continue
+                rest = mwh * KWH_PER_MWH - used[0]
+                if rest <= _SPENT_KWH:
+                    where = ", ".join(used[1])
+                    over.append(
+                        Refused(
+                            kind,
+                            item.id,
+                            "over_allocated",
+                            f"its {mwh:g} MWh are all allocated in {where} already: correct its "
+                            "market there, or retire another",
+                        )
+                    )
+                else:
+                    kept.append(dataclasses.replace(item, mwh=rest / KWH_PER_MWH))
+            return kept
+
+        return left("certificates", certificates), left("contracts", contracts), over
+
+
+class RefuseRatesFn(beam.DoFn):
+    """The supplier rates refused (they serve every boundary: kept once, boundary NULL)."""
+
+    def __init__(self, url: str, schema: str, run_id: str, policy: RetryPolicy):
+        self.url, self.schema, self.run_id, self.policy = url, schema, run_id, policy
+
+    def process(self, _: Any, rates: Sequence[Any]) -> Iterator[tuple[str, Any]]:
+        refused = allocate([], [], [], rates, FactorBook.from_rows([])).refused
+
+        def write() -> market_results.Written:
+            conn = connections.connect(self.url)
+            try:
+                with conn.cursor() as cur:
+                    market_results.lock(cur, self.schema, market_results.RATES_BOUNDARY)
+                    done = market_results.write_refused(
+                        cur,
+                        self.schema,
+                        market_results.RATES_BOUNDARY,
+                        dead_letters(refused),
+                        self.run_id,
+                    )
+                conn.commit()
+                return done
+            finally:
+                conn.close()
+
+        yield "", call(write, what="writing the refused supplier rates", policy=self.policy)
+
+
+class AllocateMarketBased(beam.PTransform):
+    """The stage (module docstring): outputs (boundary, what its write did)."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        run_id: str,
+        electricity: Source,
+        instruments: Mapping[InstrumentKind, Source],
+        choices: market_results.Choices,
+        stored: Sequence[str],
+        policy: RetryPolicy = DEFAULT_POLICY,
+    ):
+        super().__init__()
+        self.url, self.schema, self.run_id = url, schema, run_id
+        self.electricity, self.instruments = electricity, dict(instruments)
+        self.choices, self.stored, self.policy = choices, list(stored), policy
+
+    def _read(self, p: beam.Pipeline, label: str, reader: Callable[..., Any], *args: Any) -> Any:
+        return (
+            p
+            | f"Start{label}" >> beam.Create([None])
+            | f"Read{label}" >> beam.ParDo(ReadAllFn(self.url, self.policy, reader, *args))
+        )
+
+    def _kind(self, p: beam.Pipeline, kind: InstrumentKind, label: str) -> Any:
+        source = self.instruments.get(kind)
+        if source is None:
+            return p | f"No{label}" >> beam.Create([])
+        return self._read(p, label, read_kind, kind, source)
+
+    def expand(self, p: beam.pvalue.PBegin) -> Any:
+        pipeline = p.pipeline
+        consumption = self._read(
+            pipeline,
+            "Consumption",
+            read_consumption,
+            self.electricity,
+            self.schema,
+            self.choices.year_start,
+        )
+        certificates = self._kind(pipeline, "certificates", "Certificates")
+        contracts = self._kind(pipeline, "contracts", "Contracts")
+        rates = beam.pvalue.AsList(self._kind(pipeline, "supplier_rates", "SupplierRates"))
+        mixes = self._read(pipeline, "ResidualMixes", read_residual_mixes, self.schema)
+        sites = (
+            consumption
+            | "WithFacility" >> beam.Filter(lambda c: c.facility is not None)
+            | "FacilityMarket" >> beam.Map(lambda c: (c.facility, c.market))
+            | "DistinctSites" >> beam.Distinct()
+        )
+        claims = (
+            certificates
+            | "WithRetirement" >> beam.Filter(lambda c: retirement_key(c) != "")
+            | "ByRetirement" >> beam.Map(lambda c: (retirement_key(c), str(c.id)))
+            | "FirstClaim" >> beam.CombinePerKey(first_claim)  # type: ignore[arg-type]
+        )
+        grouped = {
+            "consumption": consumption
+            | "ConsumptionByBoundary" >> beam.Map(lambda c: (boundary(c.market), c)),
+            "certificates": certificates
+            | "CertificatesByBoundary" >> beam.Map(lambda c: (boundary(c.market), c)),
+            "contracts": contracts
+            | "ContractsByBoundary" >> beam.Map(lambda c: (boundary(c.market), c)),
+            "stored": pipeline
+            | "StoredBoundaries" >> beam.Create([(b, None) for b in self.stored]),
+        } | "ByBoundary" >> beam.CoGroupByKey()
+        written = grouped | "AllocateAndWrite" >> beam.ParDo(
+            AllocateBoundaryFn(self.url, self.schema, self.run_id, self.choices, self.policy),
+            rates,
+            beam.pvalue.AsList(mixes),
+            beam.pvalue.AsList(sites),
+            beam.pvalue.AsDict(claims),
+        )
+        refused_rates = (
+            pipeline
+            | "StartRates" >> beam.Create([None])
+            | "RefuseRates"
+            >> beam.ParDo(RefuseRatesFn(self.url, self.schema, self.run_id, self.policy), rates)
+        )
+        return (written, refused_rates) | "Written" >> beam.Flatten()
