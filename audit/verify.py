@@ -23,6 +23,9 @@ a result does not reproduce:
 - ``refused``: the methodology now refuses the input;
 - ``not_reproduced``: same input, same factors, different numbers: the stored row was altered.
 
+Stored Scope 2 market-based lines are replayed too, a market boundary and year at a time
+(``audit.verify_market``), under ``market_based`` in the output.
+
 Exit status 0 when every examined result reproduces, 1 when any does not, 2 for bad options.
 """
 
@@ -44,6 +47,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg2 import sql
 
+from audit.verify_market import verify_market_based
 from pipeline import cli, editions, fingerprint
 from pipeline.methodology import FactorBook, calculate
 from pipeline.methodology.batch import activity_schema
@@ -391,16 +395,27 @@ def main(argv: list[str] | None = None) -> int:
         return cli.USAGE
 
     def check(target: cli.Target) -> int:
+        checked = cli.checked_sources(target)
         report = verify(
             target.engine,
             [t for t in ACTIVITY_TYPES if t in types],
             sample=None if args.all else args.sample,
             seed=args.seed,
             schema=target.schema,
-            sources=cli.checked_sources(target),
+            sources=checked,
         )
-        cli.print_json(report.as_dict(args.show))
-        return cli.OK if report.reproduced == report.examined else cli.FAILED
+        found = report.as_dict(args.show)
+        instruments = cli.checked_instruments(target, cli.target_instruments(args, target))
+        with connections.raw_connection(target.engine) as conn:
+            market = verify_market_based(
+                conn, target.schema, checked.get("electricity"), instruments, args.show
+            )
+        ok = report.reproduced == report.examined
+        if market is not None:  # Scope 2 market-based lines are stored: replayed too
+            found["market_based"] = market
+            ok = ok and market["reproduced"] == market["years"] and not market["over_allocated"]
+        cli.print_json(found)
+        return cli.OK if ok else cli.FAILED
 
     return cli.run(args, "verify", check, pool_size=1, max_overflow=0)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from audit import verify
 from ops import admin
 from pipeline import run
 from pipeline.store import connections
@@ -145,6 +146,26 @@ def test_certificates_then_the_residual_mix_stored_with_what_each_line_used(
     # The wrong-market certificate stays refused (one open dead letter, not one per run).
     assert scalar(url, "SELECT count(*) FROM emissions.market_based_refused") == 1
 
+    # audit.verify replays the stored lines from the stored inputs: they reproduce.
+    assert replay(url, sources, capsys) == (0, {"years": 1, "reproduced": 1, "by_status": {}})
+    # A certificate retired later, not yet reallocated: named as such.
+    execute(url, "UPDATE app.certs SET mwh = 700 WHERE cert_id = 'GO-1'")
+    assert replay(url, sources, capsys)[1]["by_status"] == {"instruments_changed": 1}
+    calculate(url, sources, capsys)
+    assert replay(url, sources, capsys)[0] == 0
+    # A stored line altered by hand: not reproduced.
+    execute(url, "UPDATE emissions.market_based_results SET kg_co2e = 1 WHERE line = 2")
+    assert replay(url, sources, capsys) == (
+        1,
+        {"years": 1, "reproduced": 0, "by_status": {"not_reproduced": 1}},
+    )
+
+
+def replay(url: str, sources: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    code = verify.main(["--database-url", url, "--sources", str(sources), "--all"])
+    found = json.loads(capsys.readouterr().out)["market_based"]
+    return code, {k: found[k] for k in ("years", "reproduced", "by_status")}
+
 
 def test_two_facilities_share_one_pool_never_allocated_twice(
     app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -221,3 +242,24 @@ def test_the_reporters_choices_are_checked_before_anything_runs(
     url = "postgresql://nobody@127.0.0.1:1/none"
     assert run.main(["--database-url", url, *given]) == 2
     assert said in capsys.readouterr().err
+
+
+def test_what_other_boundaries_hold_of_an_instrument_is_taken_off_it_first() -> None:
+    import datetime
+
+    from pipeline.market_allocation import Boundary, allocate_boundary
+    from pipeline.model import Certificate, Consumption
+    from pipeline.store.market_results import Choices
+
+    year = (datetime.date(2024, 1, 1), datetime.date(2024, 12, 31))
+    pool = Certificate("POOL", 1200, "wind", *year, "RFCE", "R-1", None, None)
+    use = [Consumption(1, 1_000_000.0, "RFCE", 2024, 0.4, 9)]
+    b = Boundary("RFCE", use, [pool], [], [], [], {}, {"R-1": "POOL"})
+    lines, refused = allocate_boundary(b, {("certificates", "POOL"): (1e6, ["CAMX"])}, Choices())
+    assert [(x.basis, x.instrument_id, x.kwh) for x in lines] == [
+        ("certificate", "POOL", 200_000.0),
+        ("grid_fallback", None, 800_000.0),
+    ]
+    lines, refused = allocate_boundary(b, {("certificates", "POOL"): (1.2e6, ["CAMX"])}, Choices())
+    assert [x.basis for x in lines] == ["grid_fallback"]
+    assert [(r[1], r[2]) for r in refused] == [("POOL", "over_allocated")]

@@ -10,13 +10,12 @@ boundary's lock (``pipeline.store.market_results``): a year whose lines are unch
 alone. Supplier rates and the residual mixes reach every boundary as side inputs; the
 retirement ids claimed, over all certificates, too (an id claimed twice is refused in every
 boundary but that of its first certificate). An instrument already allocated in another
-boundary's stored lines is allocated at most what is left of it here.
+boundary's stored lines is allocated at most what is left of it here. The boundary's
+allocation itself is ``pipeline.market_allocation``'s, which ``audit.verify`` replays.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,24 +23,18 @@ import apache_beam as beam
 import psycopg2.extensions
 from apache_beam.metrics import Metrics
 
-from pipeline.methodology import FactorBook
-from pipeline.methodology.market import (
-    KWH_PER_MWH,
-    RESIDUAL_MIX_SET,
-    MarketResult,
-    Options,
-    Refused,
-    allocate,
-    boundary,
+from pipeline.market_allocation import (
+    Boundary,
+    allocate_boundary,
+    facility_markets,
+    refused_rates,
+    retirement_key,
 )
-from pipeline.model import Certificate, Consumption, Contract, FactorRow, InstrumentKind
+from pipeline.methodology.market import RESIDUAL_MIX_SET, boundary
+from pipeline.model import Consumption, FactorRow, InstrumentKind
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy, call
 from pipeline.store import connections, market, market_results, queries
 from pipeline.store.sources import Source
-
-#: Below this many kWh an instrument is spent (float sums of its parts).
-_SPENT_KWH = 1e-6
-_KIND = {"certificate": "certificates", "contract": "contracts", "supplier_rate": "supplier_rates"}
 
 
 def read_consumption(
@@ -77,54 +70,8 @@ class ReadAllFn(beam.DoFn):
         yield from call(read, what="reading the market-based inputs", policy=self.policy)
 
 
-def lines_of(
-    boundary: str,
-    results: Iterable[MarketResult],
-    who: Mapping[str, tuple[str | None, str | None]],
-    choices: market_results.Choices,
-) -> list[market_results.Line]:
-    """The lines of ``results`` (``who``: activity id as text → its facility and supplier)."""
-    found: list[market_results.Line] = []
-    for r in results:
-        ident = str(r.activity_id)
-        facility, supplier = who.get(ident, (None, None))
-        for n, p in enumerate(r.parts, start=1):
-            found.append(
-                market_results.Line(
-                    boundary,
-                    r.year,
-                    ident,
-                    n,
-                    r.market,
-                    facility,
-                    supplier,
-                    p.basis,
-                    _KIND.get(p.basis),
-                    None if p.instrument_id is None else str(p.instrument_id),
-                    p.factor_id,
-                    p.kwh,
-                    p.kg_per_kwh,
-                    p.kg_co2e,
-                    p.basis == "grid_fallback",
-                    p.year_mismatch,
-                    choices.year_start,
-                    choices.vintage_window_years,
-                    choices.sharing,
-                )
-            )
-    return found
-
-
-def dead_letters(refused: Iterable[Refused]) -> list[tuple[str, str, str, str]]:
-    return [(r.kind, str(r.instrument_id), r.code, r.message) for r in refused]
-
-
 def first_claim(ids: Iterable[str]) -> str:
     return min(ids)
-
-
-def retirement_key(c: Certificate) -> str:
-    return (c.retirement_id or "").strip()
 
 
 class AllocateBoundaryFn(beam.DoFn):
@@ -165,56 +112,29 @@ class AllocateBoundaryFn(beam.DoFn):
         claims: Mapping[str, str],
     ) -> Iterator[tuple[str, market_results.Written]]:
         key, groups = element
-        consumption = list(groups["consumption"])
-        certificates = sorted(groups["certificates"], key=lambda c: str(c.id))
-        contracts = sorted(groups["contracts"], key=lambda c: str(c.id))
-        refused: list[Refused] = []
-        kept: list[Certificate] = []
-        for c in certificates:
-            first = claims.get(retirement_key(c))
-            if first is not None and first != str(c.id):
-                message = f"retirement id {retirement_key(c)} is claimed by certificate {first}"
-                refused.append(Refused("certificates", c.id, "claimed_twice", message))
-            else:
-                kept.append(c)
-        markets = {c.market for c in consumption}
-        residual = [r for r in mixes if r.key in markets]
-        digests = (
-            market_results.digest([*certificates, *contracts, *rates]),
-            market_results.digest(consumption),
+        b = Boundary(
+            key,
+            list(groups["consumption"]),
+            list(groups["certificates"]),
+            list(groups["contracts"]),
+            rates,
+            mixes,
+            facility_markets(sites),
+            claims,
         )
-        facilities: dict[str, str] = {}
-        for facility, where in sorted(sites):
-            facilities.setdefault(facility, where)
 
         def write() -> market_results.Written:
             conn = self._connection()
             try:
                 with conn.cursor() as cur:
                     market_results.lock(cur, self.schema, key)
-                    certs, deals, over = self._left(cur, key, kept, contracts)
-                    done = allocate(
-                        consumption,
-                        certs,
-                        deals,
-                        rates,
-                        FactorBook.from_rows(residual),
-                        self._options(),
-                        facilities,
-                    )
-                    who = {str(c.activity_id): (c.facility, c.supplier) for c in consumption}
-                    lines = lines_of(key, done.results, who, self.choices)
+                    taken = market_results.taken_elsewhere(cur, self.schema, key, b.instruments())
+                    lines, refused = allocate_boundary(b, taken, self.choices)
                     written = market_results.write_boundary(
-                        cur, self.schema, key, lines, digests, self.run_id
+                        cur, self.schema, key, lines, b.digests(), self.run_id
                     )
-                    mine = [r for r in done.refused if r.kind != "supplier_rates"]
                     market_results.write_refused(
-                        cur,
-                        self.schema,
-                        key,
-                        dead_letters([*refused, *over, *mine]),
-                        self.run_id,
-                        written,
+                        cur, self.schema, key, refused, self.run_id, written
                     )
                 conn.commit()
                 return written
@@ -228,58 +148,6 @@ class AllocateBoundaryFn(beam.DoFn):
         self.refused.inc(written.refused)
         yield key, written
 
-    def _options(self) -> Options:
-        month, day = (int(x) for x in self.choices.year_start.split("-"))
-        return Options(
-            vintage_window_years=self.choices.vintage_window_years,
-            sharing=self.choices.sharing,  # type: ignore[arg-type]
-            year_start=(month, day),
-        )
-
-    def _left(
-        self,
-        cur: psycopg2.extensions.cursor,
-        key: str,
-        certificates: list[Certificate],
-        contracts: list[Contract],
-    ) -> tuple[list[Certificate], list[Contract], list[Refused]]:
-        """The instruments with what other boundaries' stored lines already took of them
-        taken off; those with nothing left refused (``over_allocated``)."""
-        taken = market_results.taken_elsewhere(
-            cur,
-            self.schema,
-            key,
-            [("certificates", str(c.id)) for c in certificates]
-            + [("contracts", str(c.id)) for c in contracts],
-        )
-        over: list[Refused] = []
-
-        def left(kind: InstrumentKind, items: list[Any]) -> list[Any]:
-            kept = []
-            for item in items:
-                used = taken.get((kind, str(item.id)))
-                mwh = item.mwh
-                if used is None or mwh is None or not math.isfinite(mwh):
-                    kept.append(item)
-                    continue
-                rest = mwh * KWH_PER_MWH - used[0]
-                if rest <= _SPENT_KWH:
-                    where = ", ".join(used[1])
-                    over.append(
-                        Refused(
-                            kind,
-                            item.id,
-                            "over_allocated",
-                            f"its {mwh:g} MWh are all allocated in {where} already: correct its "
-                            "market there, or retire another",
-                        )
-                    )
-                else:
-                    kept.append(dataclasses.replace(item, mwh=rest / KWH_PER_MWH))
-            return kept
-
-        return left("certificates", certificates), left("contracts", contracts), over
-
 
 class RefuseRatesFn(beam.DoFn):
     """The supplier rates refused (they serve every boundary: kept once, boundary NULL)."""
@@ -288,7 +156,7 @@ class RefuseRatesFn(beam.DoFn):
         self.url, self.schema, self.run_id, self.policy = url, schema, run_id, policy
 
     def process(self, _: Any, rates: Sequence[Any]) -> Iterator[tuple[str, Any]]:
-        refused = allocate([], [], [], rates, FactorBook.from_rows([])).refused
+        refused = refused_rates(rates)
 
         def write() -> market_results.Written:
             conn = connections.connect(self.url)
@@ -299,7 +167,7 @@ class RefuseRatesFn(beam.DoFn):
                         cur,
                         self.schema,
                         market_results.RATES_BOUNDARY,
-                        dead_letters(refused),
+                        refused,
                         self.run_id,
                     )
                 conn.commit()
