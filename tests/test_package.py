@@ -141,3 +141,23 @@ def test_worker_sdist_holds_the_core_only(tmp_path: Path) -> None:
     full = sdist(tmp_path / "full")
     assert {"pipeline", "transforms", "audit", "ops", "emissions"} <= full
     assert not full & {"benchmarks", "tests"}
+
+
+def test_the_command_refuses_what_it_cannot_use_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from emissions import cli as command
+
+    for argv, said in (
+        (["rn"], "error: unknown subcommand 'rn' (did you mean run?)"),
+        (["--bogus"], "error: unknown option --bogus (see --help)"),
+        (["embedded", "halt"], "error: COMMAND: expected one of url, psql, stop, got 'halt'"),
+        (["status", "--stale-after", "x"], "error: --stale-after: expected a number, got 'x'"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            command.main(argv)
+        assert refused.value.code == 2
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", said + "\n"), argv
+    assert command.main([]) == 2  # the help, on stdout
+    assert "subcommands:" in capsys.readouterr().out
