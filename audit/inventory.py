@@ -15,6 +15,9 @@ Every kg CO2e figure is the database's ``sum(kg_co2e::numeric)`` over the year's
 results' own per-gas parts (CO2, CH4 and N2O, each in kg CO2e); ``not_split`` is the rest of
 the total: results whose factor has no split (the Ember country intensities) or a partial one
 (the eGRID US total has CO2 only), and the rounding of published splits.
+
+Scope 2 is given both ways (``scope_2``): location-based from the results, market-based from
+the lines a run stored (``market_based_results``, docs/scope2.md) for the same reporting years.
 """
 
 from __future__ import annotations
@@ -245,6 +248,93 @@ def read_cells(
     return years, undated
 
 
+#: How each basis of a market-based line counts in CDP's shares: instrument-specific or not.
+SPECIFIC_BASES = ("certificate", "contract", "supplier_rate")
+
+
+def read_market(engine: Any, year_start: str, schema: str) -> dict[str, Any]:
+    """The stored Scope 2 market-based lines (docs/scope2.md) per reporting year: their exact
+    kg, activities, and kWh by basis; only the lines allocated for ``year_start``'s years.
+    ``status``: ``computed`` when there are such lines, ``other_year_start`` when the lines are
+    for reporting years that start on another day, else ``not_computed``."""
+    table = tables.qualified(tables.MARKET_TABLE, schema)
+    found: dict[str, Any] = {"status": "not_computed", "years": {}, "year_starts": []}
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT to_regclass(%s)", (tables.qualified_text(tables.MARKET_TABLE, schema),)
+            )
+            row = cur.fetchone()
+            if row is None or row[0] is None:
+                conn.rollback()
+                return found
+            cur.execute(sql.SQL("SELECT DISTINCT year_start FROM {} ORDER BY 1").format(table))
+            found["year_starts"] = [r[0] for r in cur.fetchall()]
+            cur.execute(
+                sql.SQL(
+                    "SELECT reporting_year, basis, sum(kg_co2e::numeric), sum(kwh::numeric), "
+                    "count(DISTINCT activity_id) FROM {} WHERE year_start = %s GROUP BY 1, 2"
+                ).format(table),
+                (year_start,),
+            )
+            for year, basis, kg, kwh, _ in cur.fetchall():
+                by = found["years"].setdefault(int(year), {"by_basis": {}})["by_basis"]
+                by[basis] = (Decimal(kg), Decimal(kwh))
+            cur.execute(
+                sql.SQL(
+                    "SELECT reporting_year, count(DISTINCT activity_id) FROM {} "
+                    "WHERE year_start = %s GROUP BY 1"
+                ).format(table),
+                (year_start,),
+            )
+            for year, activities in cur.fetchall():
+                found["years"][int(year)]["activities"] = int(activities)
+        conn.rollback()
+    if year_start in found["year_starts"]:
+        found["status"] = "computed"
+    elif found["year_starts"]:
+        found["status"] = "other_year_start"
+    return found
+
+
+def _scope_2(location: Cell | None, market: dict[str, Any] | None, year: int) -> dict[str, Any]:
+    """Both Scope 2 methods side by side: market-based from the stored lines when a run has
+    allocated the team's instruments for these reporting years; else empty, never 0."""
+    found: dict[str, Any] = {
+        "location_based_kg": float(location.kg) if location is not None else 0.0,
+        "market_based_kg": None,
+        "market_based_status": "not_computed",
+    }
+    if market is None or market["status"] == "not_computed":
+        return found
+    if market["status"] == "other_year_start":
+        found["market_based_status"] = "other_year_start"
+        found["market_based_note"] = (
+            "the market-based lines are allocated for reporting years starting "
+            f"{', '.join(market['year_starts'])}: run pipeline.run with this --year-start"
+        )
+        return found
+    year_lines = market["years"].get(year, {"by_basis": {}, "activities": 0})
+    by = year_lines["by_basis"]
+    kwh = sum((v[1] for v in by.values()), Decimal(0))
+    found["market_based_kg"] = float(sum((v[0] for v in by.values()), Decimal(0)))
+    found["market_based_status"] = "computed"
+    found["market_based"] = {
+        "activities": year_lines.get("activities", 0),
+        "kwh": float(kwh),
+        "by_basis": {
+            b: {"kg_co2e": float(v[0]), "kwh": float(v[1])} for b, v in sorted(by.items())
+        },
+        "share_specific_kwh": float(
+            sum((by[b][1] for b in SPECIFIC_BASES if b in by), Decimal(0)) / kwh
+        )
+        if kwh
+        else 0.0,
+        "grid_fallback_kwh": float(by["grid_fallback"][1]) if "grid_fallback" in by else 0.0,
+    }
+    return found
+
+
 def database_label(url: str) -> str:
     """The database as the inventory and the report name it: host and database name, nothing
     else (no user, port, options or socket path)."""
@@ -277,7 +367,8 @@ def inventory(
     """The figures of the reporting year ``chosen``, read from the database now."""
     sources = sources or default_sources(schema)
     years, undated = read_cells(engine, chosen.year_start, schema, sources, chosen)
-    return _figures(chosen, years.get(chosen.year, {}), undated)
+    market = read_market(engine, chosen.year_start, schema)
+    return _figures(chosen, years.get(chosen.year, {}), undated, market)
 
 
 def inventories(
@@ -291,10 +382,13 @@ def inventories(
     period(2000, year_start)  # refuses a bad first day before reading anything
     sources = sources or default_sources(schema)
     years, undated = read_cells(engine, year_start, schema, sources)
-    return [_figures(period(y, year_start), years[y], undated) for y in sorted(years)]
+    market = read_market(engine, year_start, schema)
+    return [_figures(period(y, year_start), years[y], undated, market) for y in sorted(years)]
 
 
-def _figures(chosen: Period, cells: dict[Key, Cell], undated: int) -> dict[str, Any]:
+def _figures(
+    chosen: Period, cells: dict[Key, Cell], undated: int, market: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The figures of one year from its cells."""
     total = Cell()
     for cell in cells.values():
@@ -312,13 +406,7 @@ def _figures(chosen: Period, cells: dict[Key, Cell], undated: int) -> dict[str, 
             for s, c in sorted(categories, key=_sort_key)
         ],
         "by_gas": {g: float(total.gases[g]) for g in GASES},
-        # Both Scope 2 methods, side by side: market-based is not computed yet (it needs the
-        # team's contractual instruments), so it is empty and says so, never 0.
-        "scope_2": {
-            "location_based_kg": float(scopes[2].kg) if 2 in scopes else 0.0,
-            "market_based_kg": None,
-            "market_based_status": "not_computed",
-        },
+        "scope_2": _scope_2(scopes.get(2), market, chosen.year),
         "by_activity_type": [
             {"activity_type": t, **types[t].figure()}
             for t in sorted(types, key=ACTIVITY_TYPES.index)

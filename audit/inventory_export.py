@@ -3,9 +3,10 @@
 figure, so that an auditor can trace each down to its results.
 
 Figures the pipeline does not compute are present and empty, with a ``status`` and a ``note``
-that say so: gross Scope 1 (no Scope 1 activity type yet), Scope 2 market-based (it needs the
-team's contractual instruments: its column is filled once that method exists) and the Scope 3
-categories without an activity type. An empty cell is never a zero.
+that say so: gross Scope 1 (no Scope 1 activity type yet), Scope 2 market-based when no run
+has allocated the team's contractual instruments (docs/scope2.md; filled from the stored
+market-based lines once one has) and the Scope 3 categories without an activity type. An
+empty cell is never a zero.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ NOT_MARKET = (
     "Market-based Scope 2 needs the team's contractual instruments (certificates, contracts, "
     "supplier rates, residual mix): not computed yet, left empty."
 )
+MARKET_NOTE = (
+    "Market-based: certificates and contracts meeting the Scope 2 Quality Criteria, then "
+    "supplier rates, then the residual mix, then the grid average where no residual mix is "
+    "loaded (flagged: {fallback:,.0f} kWh); {specific:.1%} of kWh instrument- or "
+    "supplier-specific (docs/scope2.md)."
+)
+OTHER_YEARS = "Market-based Scope 2 is allocated for other reporting years: {}."
 NOT_CATEGORY = "No activity type of the pipeline falls in this category: not computed."
 #: Every factor the pipeline has is an average (grid, sector, route class): none is
 #: supplier-specific, so each computed figure is 100% average data.
@@ -140,6 +148,36 @@ def _empty(status: str, note: str) -> dict[str, Any]:
     }
 
 
+def _market_figure(figures: dict[str, Any], kg: float | None) -> dict[str, Any]:
+    """A market-based figure (``kg``: its kg CO2e), or empty saying why."""
+    scope_2 = figures["scope_2"]
+    if scope_2["market_based_status"] == "other_year_start":
+        return _empty("not_computed", OTHER_YEARS.format(scope_2["market_based_note"]))
+    if scope_2["market_based_status"] != "computed" or kg is None:
+        return _empty("not_computed", NOT_MARKET)
+    detail = scope_2["market_based"]
+    scopes = {f["scope"]: f for f in figures["by_scope"]}
+    return {
+        "kg_co2e": kg,
+        "t_co2e": kg / 1000.0,
+        "results": detail["activities"],
+        "dead_letters": _figure(scopes.get(2))["dead_letters"],
+        "status": "computed",
+        "note": MARKET_NOTE.format(
+            fallback=detail["grid_fallback_kwh"], specific=detail["share_specific_kwh"]
+        ),
+    }
+
+
+def market_total(figures: dict[str, Any]) -> float | None:
+    """Total GHG with Scope 2 market-based: the total less Scope 2 location-based, plus it."""
+    scope_2 = figures["scope_2"]
+    if scope_2["market_based_kg"] is None:
+        return None
+    kg: float = figures["total"]["kg_co2e"] - scope_2["location_based_kg"]
+    return kg + scope_2["market_based_kg"]
+
+
 def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
     """ESRS E1-6 (gross Scopes 1, 2 and 3 and total GHG emissions), one line per figure."""
     scopes = {f["scope"]: f for f in figures["by_scope"]}
@@ -169,7 +207,7 @@ def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
             scope=2,
             scope3_category=None,
             scope2_method="market-based",
-            **_empty("not_computed", NOT_MARKET),
+            **_market_figure(figures, figures["scope_2"]["market_based_kg"]),
         ),
         _line(
             chosen,
@@ -218,10 +256,32 @@ def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
             scope=None,
             scope3_category=None,
             scope2_method="market-based",
-            **_empty("not_computed", NOT_MARKET),
+            **_market_total(figures),
         )
     )
     return out
+
+
+def _market_total(figures: dict[str, Any]) -> dict[str, Any]:
+    found = _market_figure(figures, market_total(figures))
+    if found["status"] == "computed":
+        total = _figure(figures["total"])
+        found.update(results=total["results"], dead_letters=total["dead_letters"])
+        found["note"] = "Scope 2 market-based + Scope 3; Scope 1 not included (not computed)."
+    return found
+
+
+def _cdp_market(figures: dict[str, Any]) -> dict[str, Any]:
+    found = _market_figure(figures, figures["scope_2"]["market_based_kg"])
+    found.pop("dead_letters")
+    specific = None
+    if found["status"] == "computed":
+        specific = figures["scope_2"]["market_based"]["share_specific_kwh"]
+    return {
+        **found,
+        "share_supplier_specific": specific,
+        "share_average_data": None if specific is None else 1.0 - specific,
+    }
 
 
 def cdp_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
@@ -256,13 +316,7 @@ def cdp_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
             scope2_method="market-based",
             scope3_category=None,
             calculation_method="market-based",
-            kg_co2e=None,
-            t_co2e=None,
-            results=None,
-            share_supplier_specific=None,
-            share_average_data=None,
-            status="not_computed",
-            note=NOT_MARKET,
+            **_cdp_market(figures),
         ),
     ]
     for number, method in CDP_METHODS.items():

@@ -569,7 +569,10 @@ def render(f: dict[str, Any], database: str, now: datetime.datetime | None = Non
         f"<style>{_CSS}</style></head><body><h1>Emissions report</h1>"
         f"<p class='meta' data-database>Generated {_e(when)} from {_e(database)}. Tonnes of "
         "CO2e over 100 years, each factor set on the GWP set its source states (below); "
-        "location-based Scope 2 (market-based: not computed yet).</p>"
+        "Scope 2 two ways: location-based, at the average emission rate of the grids where "
+        "the electricity was used, and market-based, at the rates of the certificates, "
+        "contracts and supplier tariffs the company bought, with the residual mix for the rest "
+        "(where no run has allocated them, market-based is not computed).</p>"
         + report_years.verify_part(f["verify"])
         + years
         + report_years.base_year_part(f.get("base_years", []))

@@ -138,12 +138,29 @@ def _year_cards(year: dict[str, Any]) -> str:
     )
 
 
+def _scope_2_part(year: dict[str, Any]) -> str:
+    """Scope 2 both ways, when the year's market-based figure is computed."""
+    s2, y = year.get("scope_2", {}), year["period"]["year"]
+    if s2.get("market_based_status") != "computed":
+        return ""
+    loc, mkt = s2["location_based_kg"], s2["market_based_kg"]
+    fallback = s2["market_based"]["grid_fallback_kwh"]
+    flagged = (
+        f" ({fallback:,.0f} kWh at the grid average, no residual mix loaded)" if fallback else ""
+    )
+    return (
+        f'<p class="meta" data-figure="scope2-both" data-year="{y}" data-location-kg="{loc!r}" '
+        f'data-market-kg="{mkt!r}">Scope 2: {tonnes(loc)} t CO2e location-based, '
+        f"{tonnes(mkt)} t market-based{_e(flagged)}.</p>"
+    )
+
+
 def year_section(year: dict[str, Any], newest: bool = False) -> str:
     """One reporting year: its headline, and (folded but for the newest year) by scope and
     category, by activity type and by gas."""
     p = year["period"]
     y = p["year"]
-    cards = _year_cards(year)
+    cards = _year_cards(year) + _scope_2_part(year)
     scopes = [c for c in year["by_category"] if c["results"]]
     bars = [
         Bar(scope_label(c["scope"], c["category"]), c["kg_co2e"], f"{tonnes(c['kg_co2e'])} t")

@@ -263,3 +263,46 @@ def test_what_other_boundaries_hold_of_an_instrument_is_taken_off_it_first() -> 
     lines, refused = allocate_boundary(b, {("certificates", "POOL"): (1.2e6, ["CAMX"])}, Choices())
     assert [x.basis for x in lines] == ["grid_fallback"]
     assert [(r[1], r[2]) for r in refused] == [("POOL", "over_allocated")]
+
+
+def test_the_inventory_and_the_report_give_scope_2_both_ways(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    from audit import inventory, report
+
+    url, sources = app
+    load_residual(url, sources, tmp_path)
+    execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('GO-1', 600, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-1', 'a')",
+    )
+    capsys.readouterr()
+    calculate(url, sources, capsys)
+    location = scalar(url, "SELECT kg_co2e FROM emissions.emission_results")
+    argv = ["--database-url", url, "--sources", str(sources), "--year", "2024"]
+    assert inventory.main([*argv, "--export", str(tmp_path)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["scope_2"]["location_based_kg"] == pytest.approx(location, rel=1e-12)
+    assert found["scope_2"]["market_based_kg"] == 200_000
+    assert found["scope_2"]["market_based_status"] == "computed"
+    assert found["scope_2"]["market_based"]["share_specific_kwh"] == 0.6
+    with (tmp_path / "esrs_e1_6_2024.csv").open() as f:
+        esrs = {r["line"]: r for r in csv.DictReader(f)}
+    assert float(esrs["gross_scope_2_market_based"]["kg_co2e"]) == 200_000
+    assert esrs["gross_scope_2_market_based"]["status"] == "computed"
+    assert float(esrs["total_ghg_market_based"]["kg_co2e"]) == 200_000  # electricity only
+    with (tmp_path / "cdp_2024.csv").open() as f:
+        cdp = [r for r in csv.DictReader(f) if r["scope2_method"] == "market-based"]
+    assert [(float(r["kg_co2e"]), float(r["share_supplier_specific"])) for r in cdp] == [
+        (200_000, 0.6)
+    ]
+    page = tmp_path / "report.html"
+    assert report.main(["--database-url", url, "--sources", str(sources), "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "market-based, at the rates of the certificates" in html
+    assert 'data-figure="scope2-both" data-year="2024"' in html
+    assert 'data-market-kg="200000.0"' in html
