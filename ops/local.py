@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ops.seed import seed
+from ops.seed import seed, seed_instruments
 from pipeline import cli, options, run, stopping
 from pipeline.store import checks, connections, queries, sources, stored_sources, tables
 from pipeline.store.install import initialise
@@ -65,6 +65,8 @@ def prepare(target: cli.Target, seed_demo: bool, count: int, with_sources: bool)
         return
     added = seed(engine, count, schema=schema)
     _LOG.info("seeded %d demo activities into %s", sum(added.values()), schema)
+    instruments = seed_instruments(engine, schema)
+    _LOG.info("seeded demo Scope 2 instruments into %s: %s", schema, instruments)
 
 
 def _add_seed_demo(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@
 A realistic mix of the three activity types (real eGRID subregions and countries, real NAICS
 codes, real airport pairs) with about 1% bad rows of every kind the methodology refuses. The
 same ``--seed`` and starting ids give the same rows. Rows are streamed with ``COPY``, so a
-million takes seconds.
+million takes seconds. The command (and ``ops.local``'s demo) also adds a few Scope 2
+instruments and demo residual mixes (``seed_instruments``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import sqlalchemy as sa
 from psycopg2 import sql
 
 from pipeline import cli
-from pipeline.factors import DATA_DIR
-from pipeline.model import ActivityType, activity_fields
+from pipeline.factors import DATA_DIR, KG_PER_KWH, RESIDUAL_MIX_SET
+from pipeline.model import ActivityType, FactorRow, activity_fields
 from pipeline.store import connections, install, queries, sources, tables, writes
 
 SUBREGIONS = (
@@ -235,6 +236,66 @@ def seed(
     return added
 
 
+#: The demo's instruments (docs/scope2.md): certificates of 2024 for two eGRID subregions,
+#: one never retired (refused ``not_retired``), and a supplier rate; invented figures.
+DEMO_CERTIFICATES = (
+    ("DEMO-REC-RFCE-2024", 150.0, "wind", "2024-01-01", "2024-12-31", "RFCE", "DEMO-R-1"),
+    ("DEMO-REC-CAMX-2024", 80.0, "solar", "2024-01-01", "2024-12-31", "CAMX", "DEMO-R-2"),
+    ("DEMO-REC-UNRETIRED", 40.0, "wind", "2024-01-01", "2024-12-31", "RFCE", None),
+)
+DEMO_SUPPLIER_RATES = (("DEMO-TARIFF-2024", "Demo Green Tariff", 2024, 0.12, True),)
+#: Demo residual mixes (kg CO2e/kWh), every year of the demo: invented, not published mixes.
+DEMO_RESIDUAL_MIXES = {"RFCE": 0.45, "CAMX": 0.3}
+DEMO_RESIDUAL_SOURCE = "Demo residual mix (invented figures, not a published mix)"
+
+
+def seed_instruments(engine: sa.Engine, schema: str = tables.DEFAULT_SCHEMA) -> dict[str, int]:
+    """The demo's instruments in the pipeline's own instrument tables, and its residual mixes
+    as factor rows (``residual_mix``, edition ``demo``); rows already there are kept."""
+    certificates = tables.qualified(tables.INSTRUMENT_TABLES["certificates"], schema)
+    rates = tables.qualified(tables.INSTRUMENT_TABLES["supplier_rates"], schema)
+    added = {"certificates": 0, "supplier_rates": 0}
+    with connections.raw_connection(engine) as raw:
+        with raw.cursor() as cur:
+            for row in DEMO_CERTIFICATES:
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (id, mwh, energy_source, vintage_start, vintage_end, "
+                        "market, retirement_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING"
+                    ).format(certificates),
+                    row,
+                )
+                added["certificates"] += cur.rowcount
+            for rate in DEMO_SUPPLIER_RATES:
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (id, supplier, year, kg_co2e_per_kwh, "
+                        "accounts_for_sold_instruments) VALUES (%s, %s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING"
+                    ).format(rates),
+                    rate,
+                )
+                added["supplier_rates"] += cur.rowcount
+        raw.commit()
+    mixes = [
+        FactorRow(
+            factor_set=RESIDUAL_MIX_SET,
+            key=market,
+            year=year,
+            value=value,
+            unit=KG_PER_KWH,
+            source=DEMO_RESIDUAL_SOURCE,
+            edition="demo",
+            source_ref=f"ops.seed ({market} {year})",
+        )
+        for market, value in DEMO_RESIDUAL_MIXES.items()
+        for year in range(START.year, (START + datetime.timedelta(days=DAYS)).year + 1)
+    ]
+    added["residual_mix_rows"] = queries.insert_factors(engine, mixes, schema)
+    return added
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's options."""
     parser = cli.parser("ops.seed", __doc__)
@@ -247,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="if_empty",
         action="store_true",
         help="add rows only when there are no activities yet",
+    )
+    parser.add_argument(
+        "--no-instruments",
+        "--no_instruments",
+        dest="no_instruments",
+        action="store_true",
+        help="no demo certificates, supplier rate and residual mixes (docs/scope2.md)",
     )
     cli.add_log_level_option(parser)
     return parser
@@ -273,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 cli.print_json({"database": database, "seeded": {}})
                 return cli.OK
         added = seed(target.engine, args.count, args.seed, target.schema)
+        if not args.no_instruments:
+            added.update(seed_instruments(target.engine, target.schema))
         cli.print_json({"database": database, "schema": target.schema, "seeded": added})
         return cli.OK
 

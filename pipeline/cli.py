@@ -28,7 +28,15 @@ import sqlalchemy as sa
 
 from pipeline import retry
 from pipeline.model import ACTIVITY_TYPES, ActivityType, InstrumentKind
-from pipeline.store import checks, connections, install, sources, stored_sources, tables
+from pipeline.store import (
+    checks,
+    connections,
+    install,
+    market,
+    sources,
+    stored_sources,
+    tables,
+)
 
 #: Exit codes: the command did what it was asked / it failed / it was asked the wrong way.
 OK, FAILED, USAGE = 0, 1, 2
@@ -222,8 +230,9 @@ def target_instruments(
         return sources.load_instruments(path)
     with target.engine.connect() as conn:
         found = stored_sources.current(conn, target.schema)
-    if found is None:
-        return {}
+    if found is None:  # the pipeline's own tables: its own instrument tables holding a row
+        with connections.raw_connection(target.engine) as raw:
+            return market.own_instruments(raw, target.schema)
     where = f"the sources stored in {target.schema}.{tables.SOURCES_TABLE}"
     return stored_sources.parse_instruments_text(found.text, where)
 

@@ -2,7 +2,8 @@
 are written, the sources' instruments are allocated to the electricity consumption and the
 lines stored (``transforms.market.AllocateMarketBased``).
 
-It runs (``--market-based auto``, the default) when the sources map instruments, or when
+It runs (``--market-based auto``, the default) when the sources map instruments (without a
+sources file: when the pipeline's own instrument tables hold a row), or when
 market-based lines or refused instruments are stored (so that unmapping them empties what
 they made); never with ``--market-based off``. A run with neither never imports Beam for it.
 The stage runs in this process, on Beam's in-process runner, whatever the run's runner: it
@@ -21,7 +22,15 @@ from psycopg2 import sql
 from pipeline.model import InstrumentKind
 from pipeline.options import RunConfig
 from pipeline.stopping import Leftovers, Stop, run_until_done
-from pipeline.store import checks, connections, market_results, sources, stored_sources, tables
+from pipeline.store import (
+    checks,
+    connections,
+    market,
+    market_results,
+    sources,
+    stored_sources,
+    tables,
+)
 
 _LOG = logging.getLogger("pipeline.market_stage")
 
@@ -33,8 +42,9 @@ def instrument_sources(
     read-only against the database (``SourcesError`` naming every problem)."""
     if chosen.path is not None:
         found = sources.load_instruments(Path(chosen.path))
-    elif chosen.sha256 is None:
-        return {}
+    elif chosen.sha256 is None:  # the pipeline's own tables: its own instrument tables
+        with connections.raw_connection(engine) as conn:
+            found = market.own_instruments(conn, config.schema)
     else:
         with engine.connect() as conn:
             stored = stored_sources.current(conn, config.schema)

@@ -112,6 +112,7 @@ def test_a_release_0_1_0_database_is_upgraded_with_everything_kept(
         tables.MARKET_TABLE,  # revision 0009's, new
         tables.MARKET_HISTORY_TABLE,
         tables.MARKET_REFUSED_TABLE,
+        *tables.INSTRUMENT_TABLES.values(),  # revision 0010's, new
     }
     assert fingerprints(legacy, "emissions") == before
     assert admin.main(["init", "--database-url", legacy]) == 0  # twice is once
@@ -215,4 +216,4 @@ def test_a_role_that_may_not_create_the_schema_is_told_what_to_ask_for(
 
 
 def test_the_newest_revision_is_read_as_alembic_reads_it() -> None:
-    assert install.head_revision() == install.alembic_head() == "0009"
+    assert install.head_revision() == install.alembic_head() == "0010"

@@ -12,9 +12,23 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
-from pipeline.model import Certificate, Consumption, Contract, InstrumentKind, SupplierRate
+from pipeline.model import (
+    INSTRUMENT_KINDS,
+    Certificate,
+    Consumption,
+    Contract,
+    InstrumentKind,
+    SupplierRate,
+)
 from pipeline.store import tables
-from pipeline.store.sources import Source, market_relation, read_only, relation
+from pipeline.store.sources import (
+    Field,
+    Source,
+    field_types,
+    market_relation,
+    read_only,
+    relation,
+)
 
 #: The location-based method of an electricity result.
 LOCATION_BASED = "scope2_location_based"
@@ -106,3 +120,35 @@ def read_kind(
     if kind == "contracts":
         return [Contract(*r) for r in rows]
     return [SupplierRate(*r) for r in rows]
+
+
+def own_instruments(
+    conn: psycopg2.extensions.connection, schema: str = tables.DEFAULT_SCHEMA
+) -> dict[InstrumentKind, Source]:
+    """The pipeline's own instrument tables (revision 0010) that hold a row, as sources: what
+    the market-based method reads when no sources file is given. Read-only."""
+    found: dict[InstrumentKind, Source] = {}
+    try:
+        with conn.cursor() as cur:
+            for kind in INSTRUMENT_KINDS:
+                name = tables.INSTRUMENT_TABLES[kind]
+                cur.execute("SELECT to_regclass(%s)", (tables.qualified_text(name, schema),))
+                row = cur.fetchone()
+                if row is None or row[0] is None:
+                    continue
+                cur.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+                        tables.qualified(name, schema)
+                    )
+                )
+                held = cur.fetchone()
+                if held is not None and held[0]:
+                    found[kind] = Source(
+                        activity_type="electricity",
+                        table=(schema, name),
+                        fields=tuple((f, Field(column=f)) for f in field_types(kind)),
+                        instrument=kind,
+                    )
+    finally:
+        conn.rollback()
+    return found

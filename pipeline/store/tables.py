@@ -25,6 +25,7 @@ from pipeline.model import (
     ActivityType,
     EmissionResult,
     ErrorRecord,
+    InstrumentKind,
 )
 
 IdType = Literal["bigint", "uuid", "text"]
@@ -58,6 +59,12 @@ BASE_YEAR_TABLE = "base_year_results"
 MARKET_TABLE = "market_based_results"
 MARKET_HISTORY_TABLE = "market_based_results_history"
 MARKET_REFUSED_TABLE = "market_based_refused"
+#: The pipeline's own instrument tables (revision 0010), read when no sources file maps them.
+INSTRUMENT_TABLES: dict[InstrumentKind, str] = {
+    "certificates": "instrument_certificates",
+    "contracts": "instrument_contracts",
+    "supplier_rates": "instrument_supplier_rates",
+}
 #: Why a market-based line left ``market_based_results`` for its history.
 MARKET_HISTORY_REASONS = ("instruments_changed", "consumption_changed", "reallocated")
 #: Every connection the pipeline opens carries this name (see ``pg_stat_activity``).
@@ -352,6 +359,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         ),
     )
     _market_tables(md)
+    _instrument_tables(md)
     # The follow mode's marks (docs/follow.md): ``mark``, every change up to it is computed;
     # ``scanned``, read up to there; ``pending_mark``, the next mark, once every transaction
     # older than ``pending_xmax`` has ended. Keys of the source's ``follow_by``, as text.
@@ -443,6 +451,43 @@ def _market_line_columns() -> list[sa.Column[Any]]:
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     ]
+
+
+def _instrument_tables(md: sa.MetaData) -> None:
+    """Revision 0010: the pipeline's own instrument tables, a column per field."""
+    sa.Table(
+        INSTRUMENT_TABLES["certificates"],
+        md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("mwh", sa.Float(53)),
+        sa.Column("energy_source", sa.Text),
+        sa.Column("vintage_start", sa.Date),
+        sa.Column("vintage_end", sa.Date),
+        sa.Column("market", sa.Text),
+        sa.Column("retirement_id", sa.Text),
+        sa.Column("facility", sa.Text),
+        sa.Column("emission_rate", sa.Float(53)),
+    )
+    sa.Table(
+        INSTRUMENT_TABLES["contracts"],
+        md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("mwh", sa.Float(53)),
+        sa.Column("period_start", sa.Date),
+        sa.Column("period_end", sa.Date),
+        sa.Column("emission_rate", sa.Float(53)),
+        sa.Column("market", sa.Text),
+        sa.Column("facility", sa.Text),
+    )
+    sa.Table(
+        INSTRUMENT_TABLES["supplier_rates"],
+        md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("supplier", sa.Text),
+        sa.Column("year", sa.Integer),
+        sa.Column("kg_co2e_per_kwh", sa.Float(53)),
+        sa.Column("accounts_for_sold_instruments", sa.Boolean),
+    )
 
 
 def _market_tables(md: sa.MetaData) -> None:
