@@ -8,8 +8,8 @@ the residual mixes in force, allocates them (docs/methodology.md §10.3) and pri
 reporting year (calendar, or fiscal with --year-start), both totals, the kWh and kg at each
 level of the hierarchy, the kWh taken at the grid factor for want of a residual mix
 (flagged), the refused instruments with their reasons and the MWh left unused. It writes
-nothing: the results are not stored yet, and the inventory's market-based column stays empty
-(issue 25).
+nothing: the runs store the market-based lines (``pipeline.market_stage``, docs/scope2.md),
+which the inventory reads; this is the same allocation, on demand.
 """
 
 from __future__ import annotations

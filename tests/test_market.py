@@ -209,3 +209,20 @@ def test_fiscal_years_decide_which_vintage_serves_which_year() -> None:
     assert done.results[0].parts[0] == Part("certificate", 10_000, 0.0, instrument_id="X")
     calendar = allocate([site(1, 1000)], [q1], [], [], residual_book("RFCE"))
     assert [r.code for r in calendar.refused] == ["vintage_outside_window"]
+
+
+def test_us_market_boundaries_are_the_subregion_or_its_interconnect() -> None:
+    from pipeline.methodology.market import boundary, normalise_market, serves
+
+    assert [boundary(m) for m in ("rfce", "CAMX", "ERCT", "HIOA", "DE", "Eastern")] == [
+        "US-EASTERN",
+        "US-WESTERN",
+        "US-ERCOT",
+        "HIOA",
+        "DE",
+        "US-EASTERN",
+    ]
+    assert normalise_market("Western Interconnect") == "US-WESTERN"
+    assert normalise_market("us-ercot") == "US-ERCOT"
+    assert serves("US-EASTERN", "SRSO") and serves("RFCE", "RFCE")
+    assert not serves("RFCE", "SRSO") and not serves("US-WESTERN", "RFCE")

@@ -203,7 +203,8 @@ def test_two_facilities_share_one_pool_never_allocated_twice(
     assert rows(url, LINES)[4][1:3] + rows(url, LINES)[4][5:] == ("grid_fallback", None, True)
     rfce_run = scalar(
         url,
-        "SELECT DISTINCT run_id::text FROM emissions.market_based_results WHERE boundary = 'RFCE'",
+        "SELECT DISTINCT run_id::text FROM emissions.market_based_results "
+        "WHERE boundary = 'US-EASTERN'",
     )
     # A change in CAMX reallocates CAMX alone: RFCE's lines are those of the first run.
     execute(url, "UPDATE app.certs SET mwh = 400 WHERE cert_id = 'CA-1'")
@@ -213,7 +214,7 @@ def test_two_facilities_share_one_pool_never_allocated_twice(
         scalar(
             url,
             "SELECT DISTINCT run_id::text FROM emissions.market_based_results "
-            "WHERE boundary = 'RFCE'",
+            "WHERE boundary = 'US-EASTERN'",
         )
         == rfce_run
     )
@@ -373,3 +374,38 @@ def test_the_demo_data_inventory_matches_an_independent_sql_computation(
         == 0
     )
     assert verify.main(["--database-url", url, "--sample", "10"]) == 0
+
+
+def test_a_us_certificate_may_name_the_interconnect_of_the_subregions_it_serves(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, sources = app
+    execute(
+        url,
+        "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL), "
+        "(2, 1000000, 'SRSO', '2024-05-01', 'b', NULL)",
+    )
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('EAST', 1500, 'wind', '2024-01-01', '2024-12-31', 'Eastern', 'R-1', NULL), "
+        "('PJM', 300, 'solar', '2024-01-01', '2024-12-31', 'RFCE', 'R-2', NULL), "
+        "('WEST', 100, 'solar', '2024-01-01', '2024-12-31', 'WESTERN', 'R-3', NULL)",
+    )
+    calculate(url, sources, capsys)
+    # The subregion's own certificate first, then the interconnect's, over both subregions.
+    assert rows(
+        url,
+        "SELECT boundary, market, activity_id, basis, instrument_id, kwh "
+        "FROM emissions.market_based_results ORDER BY activity_id, line",
+    ) == [
+        ("US-EASTERN", "RFCE", "1", "certificate", "PJM", 300_000.0),
+        ("US-EASTERN", "RFCE", "1", "certificate", "EAST", 700_000.0),
+        ("US-EASTERN", "SRSO", "2", "certificate", "EAST", 800_000.0),
+        ("US-EASTERN", "SRSO", "2", "grid_fallback", None, 200_000.0),
+    ]
+    # The Western interconnect has no consumption: refused.
+    assert rows(
+        url,
+        "SELECT instrument_id, boundary, reason_code FROM emissions.market_based_refused",
+    ) == [("WEST", "US-WESTERN", "other_market")]

@@ -26,6 +26,20 @@ from pipeline.model import ActivityId, Certificate, Consumption, Contract, Suppl
 
 KWH_PER_MWH = 1000.0
 RESIDUAL_MIX_SET = "residual_mix"
+#: The US interconnects (Scope 2 Guidance, market boundaries for the US): each eGRID
+#: subregion of the contiguous US in one of them. Alaska, Hawaii and Puerto Rico (AKGD, AKMS,
+#: HIMS, HIOA, PRMS) are in none: their market is the subregion.
+INTERCONNECTS: dict[str, tuple[str, ...]] = {
+    "US-EASTERN": tuple(
+        "FRCC MROE MROW NEWE NYCW NYLI NYUP RFCE RFCM RFCW SPNO SPSO SRMV SRMW SRSO SRTV "
+        "SRVC".split()
+    ),
+    "US-WESTERN": ("AZNM", "CAMX", "NWPP", "RMPA"),
+    "US-ERCOT": ("ERCT",),
+}
+INTERCONNECT_OF: dict[str, str] = {m: i for i, ms in INTERCONNECTS.items() for m in ms}
+#: How an interconnect may be named (after ``US-`` and `` INTERCONNECT`` are dropped).
+INTERCONNECT_NAMES = {"EASTERN": "US-EASTERN", "WESTERN": "US-WESTERN", "ERCOT": "US-ERCOT"}
 
 #: How a pool of instruments (not retired for a facility) is shared among a market's
 #: facilities: in activity order, each taking what it needs (``facility_first``: instruments
@@ -168,17 +182,17 @@ def _certificate(
         rate = 0.0
     if not math.isfinite(rate) or rate < 0:
         return refused("invalid_emission_rate", f"its emission rate {rate} is not ≥ 0")
-    market = (c.market or "").strip().upper()
+    market = normalise_market(c.market)
     facility = (c.facility or "").strip() or None
     found = _market_check("certificates", c.id, market, facility, markets, facilities)
     if found is not None:
         return found
     years = _years(c.vintage_start, c.vintage_end, options)
-    if not years & markets[market]:
+    if not years & _served_years(market, markets):
         return refused(
             "vintage_outside_window",
             f"its vintage {c.vintage_start}..{c.vintage_end} serves no year with consumption "
-            f"in {market} ({_listed(markets[market])}; vintage window "
+            f"in {market} ({_listed(_served_years(market, markets))}; vintage window "
             f"{options.vintage_window_years} years)",
         )
     return _Supply("certificates", c.id, market, facility, years, rate, c.mwh * KWH_PER_MWH)
@@ -200,17 +214,17 @@ def _contract(
     rate = c.emission_rate
     if rate is None or not math.isfinite(rate) or rate < 0:
         return refused("invalid_emission_rate", f"its emission rate {rate} is not a number ≥ 0")
-    market = (c.market or "").strip().upper()
+    market = normalise_market(c.market)
     facility = (c.facility or "").strip() or None
     found = _market_check("contracts", c.id, market, facility, markets, facilities)
     if found is not None:
         return found
     years = _years(c.period_start, c.period_end, options)
-    if not years & markets[market]:
+    if not years & _served_years(market, markets):
         return refused(
             "vintage_outside_window",
             f"its delivery {c.period_start}..{c.period_end} serves no year with consumption "
-            f"in {market} ({_listed(markets[market])})",
+            f"in {market} ({_listed(_served_years(market, markets))})",
         )
     return _Supply("contracts", c.id, market, facility, years, rate, c.mwh * KWH_PER_MWH)
 
@@ -227,19 +241,28 @@ def _market_check(
     consumes in that market (Quality Criterion: same market boundary)."""
     if not market:
         return Refused(kind, ident, "no_market", "it names no market")
-    if facility is not None and facilities.get(facility, market) != market:
+    if facility is not None and not serves(market, facilities.get(facility, market)):
         return Refused(
             kind,
             ident,
             "other_market",
             f"it is from {market}, but facility {facility} consumes in {facilities[facility]}",
         )
-    if market not in markets:
+    if not any(serves(market, m) for m in markets):
         known = ", ".join(sorted(markets)) or "none"
         return Refused(
             kind, ident, "other_market", f"it is from {market}, where nothing is consumed ({known})"
         )
     return None
+
+
+def _served_years(market: str, markets: Mapping[str, frozenset[int]]) -> frozenset[int]:
+    """The years with consumption in the markets an instrument of ``market`` serves."""
+    found: set[int] = set()
+    for m, years in markets.items():
+        if serves(market, m):
+            found |= years
+    return frozenset(found)
 
 
 def _listed(years: Iterable[int]) -> str:
@@ -345,8 +368,14 @@ def allocate(
     groups: dict[tuple[int, str], list[int]] = {}
     for i, c in enumerate(items):
         groups.setdefault((c.year, c.market), []).append(i)
-    for (year, market), group in sorted(groups.items()):
-        for kind in ("certificates", "contracts"):
+    # Instruments of the consumption's own market first, then those of its interconnect
+    # (US, §10.3), over all the interconnect's markets at once; certificates before contracts.
+    wide: dict[tuple[int, str], list[int]] = {}
+    for i, c in enumerate(items):
+        if INTERCONNECT_OF.get(c.market) is not None:
+            wide.setdefault((c.year, INTERCONNECT_OF[c.market]), []).append(i)
+    for kind in ("certificates", "contracts"):
+        for (year, market), group in [*sorted(groups.items()), *sorted(wide.items())]:
             eligible = [
                 s for s in supplies if s.kind == kind and s.market == market and year in s.years
             ]
@@ -370,10 +399,28 @@ def allocate(
     return Allocation(results, refused, unused)
 
 
+def normalise_market(market: str | None) -> str:
+    """A market as instruments and consumption are matched by: upper-cased, and a US
+    interconnect by its one name (``EASTERN``, ``Eastern Interconnect`` → ``US-EASTERN``)."""
+    found = (market or "").strip().upper()
+    bare = found.removeprefix("US-").removeprefix("US ").removesuffix(" INTERCONNECT").strip()
+    return INTERCONNECT_NAMES.get(bare, found)
+
+
+def serves(instrument_market: str, consumption_market: str) -> bool:
+    """Whether an instrument of one market may cover consumption in another: the same
+    market, or (US) the interconnect of the consumption's eGRID subregion."""
+    return instrument_market == consumption_market or (
+        INTERCONNECT_OF.get(consumption_market) == instrument_market
+    )
+
+
 def boundary(market: str | None) -> str:
     """The market boundary a market belongs to (docs/methodology.md §10.3): the unit the
-    allocation groups consumption and instruments by. Its market, upper-cased."""
-    return (market or "").strip().upper()
+    allocation groups consumption and instruments by. A US eGRID subregion's interconnect
+    (its instruments may be of the subregion or of the interconnect), else the market."""
+    found = normalise_market(market)
+    return INTERCONNECT_OF.get(found, found)
 
 
 def _keep(found: _Supply | Refused, supplies: list[_Supply], refused: list[Refused]) -> None:
