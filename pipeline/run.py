@@ -496,10 +496,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def calculate(args: list[str], stop: Stop) -> int:
-    """Parse → validate → build → run → summarise, looking at ``stop`` between the steps."""
+    """Parse → validate → build → run → summarise, looking at ``stop`` between the steps:
+    ``prepare`` (before the run has a row), then ``RunSteps``, whose ``run`` reads as the
+    run's life: record, count and retire, execute, settle and finish, and the failure paths."""
     tuning.tune_process()
-    started = time.monotonic()
-    started_at = time.time()
+    prepared = prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    return RunSteps(prepared, args, stop).run()
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A command line parsed and checked, with the database it names: all a run needs before
+    its row is written."""
+
+    options: argparse.Namespace
+    beam_args: list[str]
+    config: RunConfig
+    url: str
+    started: float
+    started_at: float
+
+
+def prepare(args: list[str]) -> Prepared | int:
+    """Parses and validates the command line and sets up the logs; an exit code when the run
+    cannot begin (2: asked the wrong way, said in one line; 1: the database is unreachable)."""
+    started, started_at = time.monotonic(), time.time()
     try:
         options, beam_args = parse_run_args(args)
     except SystemExit:
@@ -524,81 +547,147 @@ def calculate(args: list[str], stop: Stop) -> int:
             file=sys.stderr,
         )
         return 1
-    runner = runner_name(beam_args)
-    engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
-    policy = config.retry_policy
-    shown = safe_options(options, beam_args)
-    if shown.get("pushgateway"):
-        shown["pushgateway"] = redact_push_url(shown["pushgateway"])
-    record = Record(
-        record_engine(url, config.run_id), config, runner, shown, config.orchestration.columns()
-    )
-    counts: dict[str, dict[str, int]] = {}
-    try:
-        # The run's row first: whatever fails from here on is recorded.
+    return Prepared(options, beam_args, config, url, started, started_at)
+
+
+class Refused(Exception):
+    """A run refused for what it was given (its sources, an edition, a mass retirement):
+    recorded failed with ``error``, ``said`` on stderr, exit 2 (``Record.refuse``)."""
+
+    def __init__(self, error: Exception, said: str) -> None:
+        super().__init__(said)
+        self.error, self.said = error, said
+
+
+class RunSteps:
+    """A run's life, one step a method, sharing what the steps learn (the config as it is
+    completed, the counts, the timings): ``run`` calls them in order."""
+
+    def __init__(self, prepared: Prepared, args: list[str], stop: Stop) -> None:
+        self.args, self.stop, self.options = args, stop, prepared.options
+        self.beam_args, self.config = prepared.beam_args, prepared.config
+        self.started, self.started_at = prepared.started, prepared.started_at
+        self.runner = runner_name(prepared.beam_args)
+        self.engine = connections.make_engine(self.config.database_url, pool_size=2, max_overflow=0)
+        self.policy = self.config.retry_policy
+        shown = safe_options(prepared.options, prepared.beam_args)
+        if shown.get("pushgateway"):
+            shown["pushgateway"] = redact_push_url(shown["pushgateway"])
+        self.record = Record(
+            record_engine(prepared.url, self.config.run_id),
+            self.config,
+            self.runner,
+            shown,
+            self.config.orchestration.columns(),
+        )
+        self.counts: dict[str, dict[str, int]] = {}
+        self.pending = 0
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> int:
+        """The steps in order; a refusal, a stop signal and a failure each end it their way."""
+        try:
+            if (code := self.record_run()) is not None:
+                return code
+            self.sweep_earlier_runs()
+            in_force = self.editions_in_force()
+            self.pending, retired = self.count_and_retire()
+            metrics, reading = self.execute_pipeline(self.pending)
+            market_based = market_stage.run_stage(self.engine, self.config, self.chosen, self.stop)
+            self.stop.check()  # after this, every write is committed: the run records its outcome
+            self.timings["pipeline_s"] = time.monotonic() - self.started - self.timings["setup_s"]
+            return self.settle_and_finish(metrics, reading, retired, in_force, market_based)
+        except Refused as refused:
+            return self.record.refuse(refused.error, refused.said)
+        except runs.RunIdTaken as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except Cancelled as stopped:
+            self.record.stop_beating()
+            exact = workers_in_process(self.beam_args)
+            end_cancelled(
+                self.engine, self.config, stopped, self.record.started, self.counts,
+                self.started, exact,
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
+            return self.failed(e)
+        finally:
+            self.record.stop_beating()
+            self.engine.dispose()
+            self.record.engine.dispose()
+
+    def call(self, what: str, step: Callable[[], Any]) -> Any:
+        """``step``, retried with the run's policy on transient database errors."""
+        return retry.call(step, what=what, policy=self.policy)
+
+    def record_run(self) -> int | None:
+        """The run's row first, so that whatever fails from here on is recorded; then the
+        sources (the file given or the schema's, checked against the database) and the schema
+        (migrated when an older release made it). An exit code when the run cannot go on."""
+        config, record = self.config, self.record
         if not record.start_if_ready():
-            missing = retry.call(
-                lambda: cli.not_initialised(record.engine, config.schema),
-                what="checking the schema",
-                policy=policy,
+            missing = self.call(
+                "checking the schema", lambda: cli.not_initialised(record.engine, config.schema)
             )
             if missing:  # a run never creates the schema: a mistyped --schema would "succeed"
                 print(f"error: {missing}", file=sys.stderr)
                 return 2
         try:
-            chosen = resolve_sources(engine, options, config)
-            config = with_sources(config, options, chosen.sources)
+            self.chosen = resolve_sources(self.engine, self.options, config)
+            config = with_sources(config, self.options, self.chosen.sources)
         except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
-            return record.refuse(e, f"error: {e}")
-        record.note(chosen.path, **recorded_options(config, chosen))
+            raise Refused(e, f"error: {e}") from None
+        record.note(self.chosen.path, **recorded_options(config, self.chosen))
         try:
-            checked = retry.call(
-                lambda: check_sources(engine, config), what="checking the sources", policy=policy
-            )
+            checked = self.call("checking the sources", lambda: check_sources(self.engine, config))
         except SourcesError as e:
-            return record.refuse(e, f"error: {e}")
-        config = dataclasses.replace(config, sources=checked)
+            raise Refused(e, f"error: {e}") from None
+        config = self.config = dataclasses.replace(config, sources=checked)
         id_type = checks.common_key_type(checked)
-        retry.call(
-            lambda: ensure_initialised(engine, config.schema, id_type),
-            what="checking the schema",
-            policy=policy,
+        self.call(
+            "checking the schema", lambda: ensure_initialised(self.engine, config.schema, id_type)
         )
         if not record.started:  # the schema has just been set up or brought up to date
             record.start()
-            record.note(chosen.path, **recorded_options(config, chosen))
-        # Runs whose heartbeat stopped long ago were killed: marked abandoned, and said.
-        marked = retry.call(
+            record.note(self.chosen.path, **recorded_options(config, self.chosen))
+        return None
+
+    def sweep_earlier_runs(self) -> None:
+        """Runs whose heartbeat stopped long ago were killed: marked abandoned, their sessions
+        ended and the claims of runs no longer running dropped; the abandoned ones since the
+        last success said in one warning."""
+        engine, schema, run_id = self.engine, self.config.schema, self.config.run_id
+        what = "checking earlier runs"
+        marked = self.call(
+            what,
             lambda: runs.mark_abandoned(
-                engine, runs.DEFAULT_STALE_AFTER, config.schema, by=f"run {config.run_id}"
+                engine, runs.DEFAULT_STALE_AFTER, schema, by=f"run {run_id}"
             ),
-            what="checking earlier runs",
-            policy=policy,
         )
-        # Their sessions are ended, and the claims of runs no longer running dropped.
-        retry.call(
-            lambda: claims.sweep(engine, marked, config.schema),
-            what="checking earlier runs",
-            policy=policy,
-        )
-        abandoned = retry.call(
-            lambda: runs.abandoned_since_success(engine, config.schema),
-            what="checking earlier runs",
-            policy=policy,
-        )
+        self.call(what, lambda: claims.sweep(engine, marked, schema))
+        abandoned = self.call(what, lambda: runs.abandoned_since_success(engine, schema))
         if abandoned:
             _LOG.warning("%s", summaries.abandoned_line(abandoned))
-        pins = dict(config.factor_pins)
+
+    def editions_in_force(self) -> Any:
+        """The factor editions the run uses (``Refused`` for a pin naming none)."""
+        pins = dict(self.config.factor_pins)
         try:
-            in_force = retry.call(
-                lambda: editions.current_editions(engine, pins, config.schema),
-                what="reading the factor editions",
-                policy=policy,
+            return self.call(
+                "reading the factor editions",
+                lambda: editions.current_editions(self.engine, pins, self.config.schema),
             )
         except editions.EditionError as e:
-            return record.refuse(e, f"error: --factor-edition: {e}")
+            raise Refused(e, f"error: --factor-edition: {e}") from None
+
+    def count_and_retire(self) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Counts what is pending (new, changed) and deleted per type, refuses a mass
+        retirement, and retires the results of deleted activities; the pending count and what
+        was retired."""
+        config, engine = self.config, self.engine
         counting = time.monotonic()
-        counts = retry.call(
+        self.counts = counts = self.call(
+            "counting pending activities",
             lambda: queries.count_activities(
                 engine,
                 config.activity_types,
@@ -610,103 +699,99 @@ def calculate(args: list[str], stop: Stop) -> int:
                 progress_interval=config.progress_interval,
                 recheck=config.recheck,
             ),
-            what="counting pending activities",
-            policy=policy,
         )
         pending = sum(c["pending"] for c in counts.values())
-        counts_s = time.monotonic() - counting
-        record.beat(engine)  # the counts are done: room in the pool
+        self.timings["counts_s"] = time.monotonic() - counting
+        self.record.beat(engine)  # the counts are done: room in the pool
         try:
-            retry.call(
-                lambda: check_retirement(engine, config, counts),
-                what="counting the results to retire",
-                policy=policy,
+            self.call(
+                "counting the results to retire", lambda: check_retirement(engine, config, counts)
             )
         except MassRetirement as e:
-            return record.refuse(e, f"error: {e}")
-        stop.check()
-        setup_s = time.monotonic() - started
+            raise Refused(e, f"error: {e}") from None
+        self.stop.check()
+        self.timings["setup_s"] = time.monotonic() - self.started
         _LOG.info(
             "run %s on %s: %d pending of %d activities (%d new, %d changed); %d deleted",
             config.run_id,
-            runner,
+            self.runner,
             pending,
-            sum(c["total"] for c in counts.values()),
-            sum(c["new"] for c in counts.values()),
-            sum(c["changed"] for c in counts.values()),
-            sum(c["deleted"] for c in counts.values()),
+            *(sum(c[k] for c in counts.values()) for k in ("total", "new", "changed", "deleted")),
         )
-        retired = retry.call(
-            lambda: retire(engine, config, counts),
-            what="retiring the results of deleted activities",
-            policy=policy,
+        retired = self.call(
+            "retiring the results of deleted activities", lambda: retire(engine, config, counts)
         )
-        stop.check()
-        metrics: dict[str, int] | None
-        plan_s = 0.0
-        reading = any(to_read(config, c) for c in counts.values())
+        self.stop.check()
+        return pending, retired
+
+    def execute_pipeline(self, pending: int) -> tuple[dict[str, int] | None, bool]:
+        """Plans the key ranges and runs the pipeline over them, when anything is to be read
+        (else no pipeline at all); its counters, and whether it read."""
+        self.timings["plan_s"] = 0.0
+        reading = any(to_read(self.config, c) for c in self.counts.values())
         if not reading:
-            metrics = {}  # nothing to do: no pipeline, nothing written
-        else:
-            # Planned here while Beam is still being imported (warm_up_beam): only the types
-            # with something pending are read at all.
-            planning = time.monotonic()
-            ranges = retry.call(
-                lambda: plan(engine, config, counts),
-                what="planning the key ranges",
-                policy=policy,
-            )
-            plan_s = time.monotonic() - planning
-            with summaries.Progress(
-                engine, config.run_id, pending, config.progress_interval, config.schema
-            ):
-                metrics = execute(args, config, ranges, stop)
-        market_based = market_stage.run_stage(engine, config, chosen, stop)
-        stop.check()  # after this, every write is committed: the run records its outcome
-        pipeline_s = time.monotonic() - started - setup_s
-        summary = summarise_run(engine, config, runner, counts, metrics, retired, in_force, reading)
-        summary["sources_sha256"] = chosen.sha256
+            return {}, False  # nothing to do: no pipeline, nothing written
+        # Planned here while Beam is still being imported (warm_up_beam): only the types
+        # with something pending are read at all.
+        planning = time.monotonic()
+        ranges = self.call(
+            "planning the key ranges", lambda: plan(self.engine, self.config, self.counts)
+        )
+        self.timings["plan_s"] = time.monotonic() - planning
+        config = self.config
+        with summaries.Progress(
+            self.engine, config.run_id, pending, config.progress_interval, config.schema
+        ):
+            return execute(self.args, config, ranges, self.stop), True
+
+    def settle_and_finish(
+        self,
+        metrics: dict[str, int] | None,
+        reading: bool,
+        retired: dict[str, tuple[int, int]],
+        in_force: Any,
+        market_based: Any,
+    ) -> int:
+        """The summary, built once and stored whole as the run's outcome; then housekeeping (a
+        run that changed a large share of the results leaves them vacuumed, so the next run
+        may start straight away; a stop signal meanwhile cancels the vacuum only), the
+        figures exported and the summary printed."""
+        config, engine = self.config, self.engine
+        summary = summarise_run(
+            engine, config, self.runner, self.counts, metrics, retired, in_force, reading
+        )
+        summary["sources_sha256"] = self.chosen.sha256
         if market_based is not None:
             summary["market_based"] = market_based
         summary["timings"] = {
-            "setup_s": round(setup_s, 3),
-            "counts_s": round(counts_s, 3),
-            "plan_s": round(plan_s, 3),
-            "pipeline_s": round(pipeline_s, 3),
+            **{k: round(self.timings[k], 3) for k in ("setup_s", "counts_s", "plan_s")},
+            "pipeline_s": round(self.timings["pipeline_s"], 3),
             **summaries.busy_seconds(metrics),
-            "total_s": round(time.monotonic() - started, 3),
+            "total_s": round(time.monotonic() - self.started, 3),
         }
-        record.stop_beating()  # the outcome is recorded next: no heartbeat after it
-        finished = record.finish(
-            status="succeeded",
-            **{column: summary[column] for column in SUMMARY_COLUMNS},
-        )
-        if not finished:
-            return record.overtaken(summary, started_at)
-        # Housekeeping once the outcome is recorded: a run that changed a large share of the
-        # results leaves them vacuumed, so the next run may start straight away, before
-        # autovacuum has come round. A stop signal meanwhile cancels the vacuum only.
-        changed = pending + sum(results for results, _ in retired.values())
+        self.record.stop_beating()  # the outcome is recorded next: no heartbeat after it
+        if not self.record.finish(outcome=runs.Outcome.of(summary, status="succeeded")):
+            return self.record.overtaken(summary, self.started_at)
+        changed = self.pending + sum(results for results, _ in retired.values())
         settling = time.monotonic()
         settle_after_writes(
             engine,
             changed,
             config.schema,
-            stopped=lambda: None if stop.signum is None else Cancelled(stop.signum).signal_name,
+            stopped=lambda: (
+                None if self.stop.signum is None else Cancelled(self.stop.signum).signal_name
+            ),
         )
         # Printed, not stored: the run's row was recorded before.
         summary["timings"]["settle_s"] = round(time.monotonic() - settling, 3)
-        summaries.export_metrics(record.engine, config, summary, started_at)
+        summaries.export_metrics(self.record.engine, config, summary, self.started_at)
         print(json.dumps(summary, indent=2))
         return 0
-    except runs.RunIdTaken as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Cancelled as stopped:
-        record.stop_beating()
-        exact = workers_in_process(beam_args)
-        end_cancelled(engine, config, stopped, record.started, counts, started, exact)
-    except Exception as e:  # noqa: BLE001 - recorded on the run, then a non-zero exit
+
+    def failed(self, e: Exception) -> int:
+        """A run that failed: recorded ``failed`` with its one line, its figures exported as
+        failed, the line said once on stderr; exit 1."""
+        config, record = self.config, self.record
         message = connections.scrub(failure_message(e), config.database_url)
         # Said once, by the error line below (a log line too would print it twice).
         _LOG.debug(
@@ -718,37 +803,15 @@ def calculate(args: list[str], stop: Stop) -> int:
         record.fail(message)
         failed = {
             "run_id": config.run_id,
-            "runner": runner,
+            "runner": self.runner,
             "status": "failed",
-            "timings": {"total_s": round(time.monotonic() - started, 3)},
-            "by_activity_type": summaries.counted(counts),
+            "timings": {"total_s": round(time.monotonic() - self.started, 3)},
+            "by_activity_type": summaries.counted(self.counts),
         }
-        summaries.export_metrics(record.engine, config, failed, started_at)
+        summaries.export_metrics(record.engine, config, failed, self.started_at)
         unrecorded = f" ({record.unready})" if record.unready else ""
         print(f"error: run {config.run_id} failed: {message}{unrecorded}", file=sys.stderr)
         return 1
-    finally:
-        record.stop_beating()
-        engine.dispose()
-        record.engine.dispose()
-
-
-#: The summary's figures stored in the run's row when it succeeds.
-SUMMARY_COLUMNS = (
-    "total_activities",
-    "skipped",
-    "pending",
-    "total_processed",
-    "errors",
-    "total_co2e_tonnes",
-    "by_activity_type",
-    "timings",
-    "metrics_source",
-    "quality",
-    "factor_pins",
-    "factor_editions",
-    "code_version",
-)
 
 
 def summarise_run(

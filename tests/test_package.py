@@ -11,8 +11,10 @@ with the checkout off ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,10 +40,28 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (purelib / "shared.pth").write_text(shared + "\n")
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps"]
-    subprocess.run(
-        [*pip, "--no-build-isolation", str(ROOT)], check=True, cwd=venv, env=_clean_env()
-    )
+    with _leaves_no_build_files():
+        subprocess.run(
+            [*pip, "--no-build-isolation", str(ROOT)], check=True, cwd=venv, env=_clean_env()
+        )
     yield venv / "bin"
+
+
+@contextlib.contextmanager
+def _leaves_no_build_files() -> Iterator[None]:
+    """setuptools builds in the checkout (``build/``, ``*.egg-info``): removed after, unless
+    they were there before."""
+    made = [
+        ROOT / "build",
+        *(ROOT / f"{n}.egg-info" for n in ("emissions_pipeline", "emissions_pipeline_core")),
+    ]
+    before = {path for path in made if path.exists()}
+    try:
+        yield
+    finally:
+        for path in made:
+            if path not in before:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _clean_env(**more: str) -> dict[str, str]:
@@ -135,10 +155,11 @@ def test_worker_sdist_holds_the_core_only(tmp_path: Path) -> None:
         with tarfile.open(made) as tar:
             return {n.split("/", 2)[1] for n in tar.getnames() if n.count("/") >= 2}
 
-    core = sdist(tmp_path / "core", EMISSIONS_PACKAGE="core")
+    with _leaves_no_build_files():
+        core = sdist(tmp_path / "core", EMISSIONS_PACKAGE="core")
+        full = sdist(tmp_path / "full")
     assert {"pipeline", "transforms"} <= core
     assert not core & {"audit", "ops", "emissions", "benchmarks", "tests"}
-    full = sdist(tmp_path / "full")
     assert {"pipeline", "transforms", "audit", "ops", "emissions"} <= full
     assert not full & {"benchmarks", "tests"}
 

@@ -20,8 +20,8 @@ import datetime
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,17 +115,52 @@ def start_run(
             raise _taken(conn, runs, run_id) or RunIdTaken(f"run id {run_id} is already recorded")
 
 
-def finish_run(engine: sa.Engine, run_id: str, schema: str = DEFAULT_SCHEMA, **fields: Any) -> bool:
-    """Store the outcome and summary of a run this process started; returns whether it did.
+@dataclass(frozen=True)
+class Outcome:
+    """What a run that succeeded stores in its row: its status and its summary's figures,
+    typed, stored whole by ``finish_run``."""
+
+    status: str
+    total_activities: int
+    skipped: int
+    pending: int
+    total_processed: int
+    errors: int
+    total_co2e_tonnes: float
+    by_activity_type: dict[str, Any]
+    timings: dict[str, Any]
+    metrics_source: str | None
+    quality: dict[str, Any]
+    factor_pins: dict[str, Any]
+    factor_editions: dict[str, Any]
+    code_version: str
+
+    @classmethod
+    def of(cls, summary: Mapping[str, Any], status: str) -> Outcome:
+        """The figures of a run summary (``pipeline.summary``) that its row stores."""
+        names = [f.name for f in fields(cls) if f.name != "status"]
+        return cls(status, **{name: summary[name] for name in names})
+
+
+def finish_run(
+    engine: sa.Engine,
+    run_id: str,
+    schema: str = DEFAULT_SCHEMA,
+    outcome: Outcome | None = None,
+    **values: Any,
+) -> bool:
+    """Store the outcome of a run this process started (``outcome`` whole, and ``values``:
+    the status and message of one that failed); returns whether it did.
 
     Only a row still ``running`` is updated: a finished run's record (the audit trail) is
     never rewritten, whatever goes wrong later in a process that happens to know its id."""
     runs = _runs_table(schema)
+    stored = {**(asdict(outcome) if outcome is not None else {}), **values}
     with engine.begin() as conn:
         updated = conn.execute(
             runs.update()
             .where(runs.c.run_id == run_id, runs.c.status == "running")
-            .values(finished_at=sa.func.now(), **fields)
+            .values(finished_at=sa.func.now(), **stored)
         )
         return bool(updated.rowcount == 1)
 
