@@ -137,3 +137,64 @@ def test_the_summaries_shown_are_a_real_runs(
     summary = reference.split("### The run summary", 1)[1]
     same_shape(json.loads(blocks(summary, "json")[0]), real)
     assert real["total_processed"] + real["errors"] == real["pending"] == 300
+
+
+#: The report behind docs/operations.md's example: a nightly Flink run killed, found by
+#: ``emissions status`` after its heartbeat went stale.
+STATUS_EXAMPLE: dict[str, Any] = {
+    "status": "failing",
+    "database": "postgresql://carbon:***@db/carbon",
+    "schema": "emissions",
+    "problems": [
+        "the last run, 6f1c2a0e-3b7d-4c55-9a43-8f0d2e6b1c7a, abandoned: stopped without "
+        "finishing: no heartbeat since 2026-12-01 02:14:05 UTC (marked by ops.status)"
+    ],
+    "abandoned_now": ["6f1c2a0e-3b7d-4c55-9a43-8f0d2e6b1c7a"],
+    "pending": {"electricity": 16492, "spend": 14430, "air_travel": 10308},
+    "pending_total": 41230,
+    "last_success": {
+        "run_id": "0b1297cc-5d2e-4f8a-b0a1-3c9e7d4f2a61",
+        "started_at": "2026-11-30T02:00:03+00:00",
+        "finished_at": "2026-11-30T02:13:51+00:00",
+    },
+    "runs": [
+        {
+            "run_id": "6f1c2a0e-3b7d-4c55-9a43-8f0d2e6b1c7a",
+            "status": "abandoned",
+            "runner": "FlinkRunner",
+            "started_at": "2026-12-01T02:00:02+00:00",
+            "duration_s": 843.2,
+            "processed": None,
+            "errors": None,
+            "co2e_tonnes": None,
+            "message": "stopped without finishing: no heartbeat since 2026-12-01 02:14:05 UTC "
+            "(marked by ops.status)",
+            "airflow": {
+                "dag_id": "emissions_nightly",
+                "dag_run_id": "scheduled__2026-11-30T02:00:00+00:00",
+                "data_interval_start": "2026-11-30T02:00:00+00:00",
+                "data_interval_end": "2026-12-01T02:00:00+00:00",
+            },
+        },
+        {
+            "run_id": "0b1297cc-5d2e-4f8a-b0a1-3c9e7d4f2a61",
+            "status": "succeeded",
+            "runner": "FlinkRunner",
+            "started_at": "2026-11-30T02:00:03+00:00",
+            "duration_s": 828.4,
+            "processed": 40913,
+            "errors": 412,
+            "co2e_tonnes": 289764.18,
+            "message": None,
+            "airflow": None,
+        },
+    ],
+}
+
+
+def test_the_status_example_is_what_status_prints() -> None:
+    from ops import status
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    (shown,) = [b for b in blocks(text, "") if b.startswith("$ emissions status\n")]
+    assert shown == "$ emissions status\n" + status.render(STATUS_EXAMPLE) + "\n"
