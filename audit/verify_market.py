@@ -66,6 +66,7 @@ def verify_market_based(
     groups: dict[tuple[str, int], list[tuple[Line, str, str]]] = defaultdict(list)
     for item in stored:
         groups[(item[0].boundary, item[0].reporting_year)].append(item)
+    digests: dict[str, tuple[str, str]] = {}
     found: dict[str, Any] = {
         "years": len(groups),
         "lines": len(stored),
@@ -76,18 +77,21 @@ def verify_market_based(
     }
     inputs = _inputs(conn, schema, electricity, instruments, {s[0].year_start for s in stored})
     held = _held(stored)
-    for (key, year), items in sorted(groups.items()):
-        first = items[0][0]
-        choices = Choices(first.year_start, first.vintage_window_years, first.sharing)
-        b = _boundary(key, inputs[first.year_start])
+    again: dict[tuple[str, int], list[Line]] = {}
+    for key, choices in sorted(_boundaries(groups).items()):
+        b = _boundary(key, inputs[choices.year_start])
         taken = {
             ident: (sum(kwh for where, kwh in by.items() if where != key), sorted(by))
             for ident, by in held.items()
             if any(where != key for where in by)
         }
         lines, _ = allocate_boundary(b, taken, choices)
-        again = sorted((x for x in lines if x.reporting_year == year), key=_order)
-        status = _status([i[0] for i in items], again, (items[0][1], items[0][2]), b.digests())
+        for x in lines:
+            again.setdefault((key, x.reporting_year), []).append(x)
+        digests[key] = b.digests()
+    for (key, year), items in sorted(groups.items()):
+        fresh = sorted(again.get((key, year), []), key=_order)
+        status = _status([i[0] for i in items], fresh, (items[0][1], items[0][2]), digests[key])
         if status is None:
             found["reproduced"] += 1
         else:
@@ -95,6 +99,17 @@ def verify_market_based(
             if len(found["mismatches"]) < show:
                 found["mismatches"].append({"boundary": key, "year": year, "status": status})
     found["over_allocated"] = _over(held, inputs)
+    return found
+
+
+def _boundaries(
+    groups: Mapping[tuple[str, int], list[tuple[Line, str, str]]],
+) -> dict[str, Choices]:
+    """Each stored boundary with the choices its lines were allocated with."""
+    found: dict[str, Choices] = {}
+    for (key, _), items in groups.items():
+        first = items[0][0]
+        found.setdefault(key, Choices(first.year_start, first.vintage_window_years, first.sharing))
     return found
 
 
@@ -170,16 +185,26 @@ def _inputs(
     return found
 
 
-def _boundary(key: str, got: Mapping[str, Any]) -> Boundary:
+def _boundary(key: str, got: dict[str, Any]) -> Boundary:
+    """The boundary's inputs (the inputs grouped by boundary once, kept in ``got``)."""
+    if "by_boundary" not in got:
+        by: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for kind in ("consumption", "certificates", "contracts"):
+            for item in got[kind]:
+                by[(kind, boundary(item.market))].append(item)
+        got["by_boundary"] = by
+        got["facilities"] = facility_markets(
+            (c.facility, c.market) for c in got["consumption"] if c.facility is not None
+        )
+        got["claims"] = first_claims(got["certificates"])
+    by = got["by_boundary"]
     return Boundary(
         key,
-        [c for c in got["consumption"] if boundary(c.market) == key],
-        [c for c in got["certificates"] if boundary(c.market) == key],
-        [c for c in got["contracts"] if boundary(c.market) == key],
+        by.get(("consumption", key), []),
+        by.get(("certificates", key), []),
+        by.get(("contracts", key), []),
         got["supplier_rates"],
         got["mixes"],
-        facility_markets(
-            (c.facility, c.market) for c in got["consumption"] if c.facility is not None
-        ),
-        first_claims(got["certificates"]),
+        got["facilities"],
+        got["claims"],
     )

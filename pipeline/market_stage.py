@@ -13,6 +13,7 @@ handles one element per market boundary.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def run_stage(
 
     from transforms.market import AllocateMarketBased
 
+    started = time.monotonic()
     choices = market_results.Choices(
         config.market.year_start, config.market.vintage_window_years, config.market.sharing
     )
@@ -93,7 +95,9 @@ def run_stage(
             config.retry_policy,
         )
         run_until_done(p, stop, in_process=True)
-    return written_by(engine, config.run_id, config.schema)
+    found = written_by(engine, config.run_id, config.schema)
+    found["seconds"] = round(time.monotonic() - started, 3)
+    return found
 
 
 def written_by(engine: sa.Engine, run_id: str, schema: str) -> dict[str, Any]:

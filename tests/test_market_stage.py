@@ -167,6 +167,37 @@ def replay(url: str, sources: Path, capsys: pytest.CaptureFixture[str]) -> tuple
     return code, {k: found[k] for k in ("years", "reproduced", "by_status")}
 
 
+def test_a_certificate_of_another_market_is_refused_and_its_mwh_taken_at_the_residual_mix(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, sources = app
+    load_residual(url, sources, tmp_path)
+    execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('GO-1', 600, 'wind', '2024-01-01', '2024-12-31', 'CAMX', 'R-1', NULL)",
+    )
+    capsys.readouterr()
+    done = calculate(url, sources, capsys)
+    assert rows(url, LINES) == [("1", "residual_mix", None, 1_000_000.0, 500_000.0, False)]
+    assert done["kg_co2e"] == 500_000 and done["refused"] == 1
+    assert rows(
+        url, "SELECT instrument_id, boundary, reason_code FROM emissions.market_based_refused"
+    ) == [("GO-1", "US-WESTERN", "other_market")]
+    # Corrected to the right market: the refusal is retired (kept), the year reallocated.
+    execute(url, "UPDATE app.certs SET market = 'RFCE' WHERE cert_id = 'GO-1'")
+    again = calculate(url, sources, capsys)
+    assert again["kg_co2e"] == 200_000 and again["refused_open"] == 0
+    assert again["moved"] == {"instruments_changed": 1}
+    assert (
+        scalar(
+            url, "SELECT count(*) FROM emissions.market_based_refused WHERE retired_at IS NOT NULL"
+        )
+        == 1
+    )
+
+
 def test_two_facilities_share_one_pool_never_allocated_twice(
     app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,6 +16,7 @@ allocation itself is ``pipeline.market_allocation``'s, which ``audit.verify`` re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,11 +37,19 @@ from pipeline.retry import DEFAULT_POLICY, RetryPolicy, call
 from pipeline.store import connections, market, market_results, queries
 from pipeline.store.sources import Source
 
+_FIELDS = [f.name for f in dataclasses.fields(Consumption)]
+#: Where a consumption tuple holds its market and facility.
+_MARKET, _FACILITY = _FIELDS.index("market"), _FIELDS.index("facility")
+
 
 def read_consumption(
     conn: psycopg2.extensions.connection, source: Source, schema: str, year_start: str
-) -> list[Consumption]:
-    return market.read_consumption(conn, source, schema, year_start)
+) -> list[tuple[Any, ...]]:
+    """The consumption as plain tuples (``Consumption``'s fields): Beam's coder encodes them
+    without pickling each element."""
+    return [
+        dataclasses.astuple(c) for c in market.read_consumption(conn, source, schema, year_start)
+    ]
 
 
 def read_kind(
@@ -114,7 +123,7 @@ class AllocateBoundaryFn(beam.DoFn):
         key, groups = element
         b = Boundary(
             key,
-            list(groups["consumption"]),
+            [Consumption(*c) for c in groups["consumption"]],
             list(groups["certificates"]),
             list(groups["contracts"]),
             rates,
@@ -226,8 +235,8 @@ class AllocateMarketBased(beam.PTransform):
         mixes = self._read(pipeline, "ResidualMixes", read_residual_mixes, self.schema)
         sites = (
             consumption
-            | "WithFacility" >> beam.Filter(lambda c: c.facility is not None)
-            | "FacilityMarket" >> beam.Map(lambda c: (c.facility, c.market))
+            | "WithFacility" >> beam.Filter(lambda c: c[_FACILITY] is not None)
+            | "FacilityMarket" >> beam.Map(lambda c: (c[_FACILITY], c[_MARKET]))
             | "DistinctSites" >> beam.Distinct()
         )
         claims = (
@@ -238,7 +247,7 @@ class AllocateMarketBased(beam.PTransform):
         )
         grouped = {
             "consumption": consumption
-            | "ConsumptionByBoundary" >> beam.Map(lambda c: (boundary(c.market), c)),
+            | "ConsumptionByBoundary" >> beam.Map(lambda c: (boundary(c[_MARKET]), c)),
             "certificates": certificates
             | "CertificatesByBoundary" >> beam.Map(lambda c: (boundary(c.market), c)),
             "contracts": contracts
