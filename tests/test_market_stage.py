@@ -196,6 +196,10 @@ def test_a_certificate_of_another_market_is_refused_and_its_mwh_taken_at_the_res
         )
         == 1
     )
+    # --market-based off: the stage does not run (the summary has no market_based entry).
+    argv = ["--database-url", url, "--sources", str(sources), "--progress-interval", "0"]
+    assert run.main([*argv, "--market-based", "off"]) == 0
+    assert "market_based" not in json.loads(capsys.readouterr().out)
 
 
 def test_two_facilities_share_one_pool_never_allocated_twice(
