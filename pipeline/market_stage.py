@@ -7,11 +7,14 @@ sources file: when the pipeline's own instrument tables hold a row), or when
 market-based lines or refused instruments are stored (so that unmapping them empties what
 they made); never with ``--market-based off``. A run with neither never imports Beam for it.
 The stage runs in this process, on Beam's in-process runner, whatever the run's runner: it
-handles one element per market boundary.
+handles one element per market boundary. It is skipped when the digest of everything it reads
+equals that of the last complete allocation (``inputs_digest``, ``market_based_inputs``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -20,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg2 import sql
 
+from pipeline import editions
+from pipeline.methodology.market import RESIDUAL_MIX_SET
 from pipeline.model import InstrumentKind
 from pipeline.options import RunConfig
 from pipeline.stopping import Leftovers, Stop, run_until_done
@@ -71,13 +76,36 @@ def run_stage(
         stored = market_results.stored_boundaries(conn, config.schema)
     if not instruments and not stored:
         return None
+    started = time.monotonic()
+    inputs = inputs_digest(engine, config, instruments)
+    last = last_allocation(engine, config.schema)
+    if last is not None and last[0] == inputs and not config.recheck:
+        # Nothing it reads changed since that run allocated every boundary: the lines stored
+        # are what allocating again would store (``audit.verify`` replays them).
+        found = written_by(engine, config.run_id, config.schema)
+        found["inputs_unchanged_since_run"] = last[1]
+        found["seconds"] = round(time.monotonic() - started, 3)
+        return found
+    allocate(config, instruments, stored, stop)
+    record_allocation(engine, config, inputs)
+    found = written_by(engine, config.run_id, config.schema)
+    found["seconds"] = round(time.monotonic() - started, 3)
+    return found
+
+
+def allocate(
+    config: RunConfig,
+    instruments: dict[InstrumentKind, sources.Source],
+    stored: list[str],
+    stop: Stop,
+) -> None:
+    """Allocates every boundary (``transforms.market.AllocateMarketBased``), in this process."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     from transforms.market import AllocateMarketBased
 
-    started = time.monotonic()
     choices = market_results.Choices(
         config.market.year_start, config.market.vintage_window_years, config.market.sharing
     )
@@ -95,9 +123,55 @@ def run_stage(
             config.retry_policy,
         )
         run_until_done(p, stop, in_process=True)
-    found = written_by(engine, config.run_id, config.schema)
-    found["seconds"] = round(time.monotonic() - started, 3)
-    return found
+
+
+def inputs_digest(
+    engine: sa.Engine, config: RunConfig, instruments: dict[InstrumentKind, sources.Source]
+) -> str:
+    """What an allocation depends on, as one digest: the database's inputs
+    (``market.inputs_digest``), the reporter's choices, where the instruments are read and
+    the code that allocates. Taken before the stage reads anything, so that a change made
+    while it runs makes the next run's digest differ."""
+    with connections.raw_connection(engine) as conn:
+        stored = market.inputs_digest(
+            conn, config.sources["electricity"], instruments, config.schema, RESIDUAL_MIX_SET
+        )
+    given = [
+        stored,
+        repr(dataclasses.astuple(config.market)),
+        repr(sorted((k, repr(v)) for k, v in instruments.items())),
+        editions.code_version(),
+    ]
+    return hashlib.sha256("\n".join(given).encode()).hexdigest()
+
+
+def last_allocation(engine: sa.Engine, schema: str) -> tuple[str, str] | None:
+    """The digest of the last complete allocation's inputs, and its run; None if none."""
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT inputs_digest, run_id FROM {} WHERE id = 1").format(
+                    tables.qualified(tables.MARKET_INPUTS_TABLE, schema)
+                )
+            )
+            row = cur.fetchone()
+        conn.rollback()
+    return (row[0], str(row[1])) if row else None
+
+
+def record_allocation(engine: sa.Engine, config: RunConfig, inputs: str) -> None:
+    """Every boundary allocated from ``inputs``: the next run with the same skips the stage."""
+    with connections.raw_connection(engine) as conn:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (id, inputs_digest, run_id) VALUES (1, %s, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET inputs_digest = EXCLUDED.inputs_digest, "
+                    "run_id = EXCLUDED.run_id, allocated_at = now()"
+                ).format(tables.qualified(tables.MARKET_INPUTS_TABLE, config.schema)),
+                (inputs, config.run_id),
+            )
+        conn.commit()
 
 
 def written_by(engine: sa.Engine, run_id: str, schema: str) -> dict[str, Any]:

@@ -118,11 +118,15 @@ def test_certificates_then_the_residual_mix_stored_with_what_each_line_used(
     # A rerun with nothing changed writes nothing.
     again = calculate(url, sources, capsys)
     assert (again["lines"], again["moved"], again["refused"]) == (0, {}, 0)
+    assert again["inputs_unchanged_since_run"] == scalar(
+        url, "SELECT run_id::text FROM emissions.market_based_results LIMIT 1"
+    )
 
     # A residual mix loaded: the year is reallocated, the old lines kept in history.
     load_residual(url, sources, tmp_path)
     capsys.readouterr()
     third = calculate(url, sources, capsys)
+    assert "inputs_unchanged_since_run" not in third  # the residual mixes are inputs too
     assert rows(url, LINES) == [
         ("1", "certificate", "GO-1", 600_000.0, 0.0, False),
         ("1", "residual_mix", None, 400_000.0, 200_000.0, False),
@@ -444,3 +448,42 @@ def test_a_us_certificate_may_name_the_interconnect_of_the_subregions_it_serves(
         url,
         "SELECT instrument_id, boundary, reason_code FROM emissions.market_based_refused",
     ) == [("WEST", "US-WESTERN", "other_market")]
+
+
+def test_a_run_skips_the_allocation_only_while_nothing_it_reads_has_changed(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage is skipped when the digest of its inputs (consumption with its results,
+    instruments, residual mixes, choices, code) equals that of the last complete allocation:
+    every change of one of them allocates again, and --recheck always does."""
+    url, sources = app
+    execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('GO-1', 600, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-1', 'a')",
+    )
+    load_residual(url, sources, tmp_path)
+    capsys.readouterr()
+    first = calculate(url, sources, capsys)
+    assert first["lines"] == 2 and first["kg_co2e"] == 200_000
+    assert "inputs_unchanged_since_run" in calculate(url, sources, capsys)
+
+    # The consumption corrected (a new location-based result): allocated again.
+    execute(url, "UPDATE app.power SET kwh = 800000 WHERE id = 1")
+    changed = calculate(url, sources, capsys)
+    assert "inputs_unchanged_since_run" not in changed
+    assert changed["moved"] == {"consumption_changed": 2} and changed["kg_co2e"] == 100_000
+    # A facility or supplier changed is an input too, though no result changes.
+    execute(url, "UPDATE app.power SET tariff = 'green' WHERE id = 1")
+    assert "inputs_unchanged_since_run" not in calculate(url, sources, capsys)
+    assert "inputs_unchanged_since_run" in calculate(url, sources, capsys)
+    # Another choice of the reporter's: allocated again; --recheck: always.
+    wider = calculate(url, sources, capsys, "--vintage-window-years", "1")
+    assert "inputs_unchanged_since_run" not in wider
+    assert "inputs_unchanged_since_run" in calculate(
+        url, sources, capsys, "--vintage-window-years", "1"
+    )
+    forced = calculate(url, sources, capsys, "--vintage-window-years", "1", "--recheck")
+    assert "inputs_unchanged_since_run" not in forced and forced["lines"] == 0
+    assert scalar(url, "SELECT sum(kg_co2e) FROM emissions.market_based_results") == 100_000

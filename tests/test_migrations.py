@@ -113,6 +113,7 @@ def test_a_release_0_1_0_database_is_upgraded_with_everything_kept(
         tables.MARKET_HISTORY_TABLE,
         tables.MARKET_REFUSED_TABLE,
         *tables.INSTRUMENT_TABLES.values(),  # revision 0010's, new
+        tables.MARKET_INPUTS_TABLE,  # revision 0011's, new
     }
     assert fingerprints(legacy, "emissions") == before
     assert admin.main(["init", "--database-url", legacy]) == 0  # twice is once

@@ -57,18 +57,9 @@ def read_consumption(
         "SELECT r.activity_id, r.activity_amount, upper(trim(a.region)), "
         "extract(year FROM a.activity_date)::int "
         "- (to_char(a.activity_date, 'MM-DD') < {year_start})::int, r.factor_value, r.factor_id, "
-        "nullif(trim(m.facility), ''), nullif(trim(m.supplier), '') "
-        "FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
-        "JOIN ({market}) m ON m.id = r.activity_id "
-        "WHERE r.activity_type = 'electricity' AND r.method = {method} "
-        "AND a.activity_date IS NOT NULL AND a.region IS NOT NULL ORDER BY r.activity_id"
-    ).format(
-        results=tables.qualified(tables.RESULTS_TABLE, schema),
-        activities=relation(electricity),
-        market=market_relation(electricity),
-        method=sql.Literal(LOCATION_BASED),
-        year_start=sql.Literal(year_start),
-    )
+        "nullif(trim(m.facility), ''), nullif(trim(m.supplier), '') {consumed} "
+        "ORDER BY r.activity_id"
+    ).format(year_start=sql.Literal(year_start), consumed=_consumed(electricity, schema))
     read_only(conn)
     try:
         with conn.cursor() as cur:
@@ -76,6 +67,65 @@ def read_consumption(
             return [Consumption(*row) for row in cur.fetchall()]
     finally:
         conn.rollback()
+
+
+def _consumed(electricity: Source, schema: str) -> sql.Composed:
+    """``FROM … WHERE …``: the electricity activities with a location-based result."""
+    return sql.SQL(
+        "FROM {results} r JOIN ({activities}) a ON a.id = r.activity_id "
+        "JOIN ({market}) m ON m.id = r.activity_id "
+        "WHERE r.activity_type = 'electricity' AND r.method = {method} "
+        "AND a.activity_date IS NOT NULL AND a.region IS NOT NULL"
+    ).format(
+        results=tables.qualified(tables.RESULTS_TABLE, schema),
+        activities=relation(electricity),
+        market=market_relation(electricity),
+        method=sql.Literal(LOCATION_BASED),
+    )
+
+
+def inputs_digest(
+    conn: psycopg2.extensions.connection,
+    electricity: Source,
+    checked: Mapping[InstrumentKind, Source],
+    schema: str,
+    residual_mix_set: str,
+) -> str:
+    """A digest of everything the allocation reads, computed in the database (one pass over
+    the consumption, no row leaves it): each row's text hashed (``hashtextextended``) and the
+    hashes summed, with the row counts, for the consumption (as ``read_consumption`` reads
+    it), each kind of instrument and the residual mixes. Any change to any of them changes it
+    (a sum of 64-bit hashes: equal sums of different rows are a 2⁻⁶⁴ chance)."""
+    parts: list[sql.Composable] = [
+        sql.SQL(
+            "SELECT count(*)::text || ':' || coalesce(sum(hashtextextended(concat_ws('|', "
+            "r.activity_id, r.activity_amount, a.region, a.activity_date, r.factor_value, "
+            "r.factor_id, m.facility, m.supplier), 0)::numeric), 0)::text {}"
+        ).format(_consumed(electricity, schema))
+    ]
+    for kind in sorted(checked):
+        parts.append(
+            sql.SQL(
+                "SELECT {} || ':' || count(*)::text || ':' "
+                "|| coalesce(sum(hashtextextended(i::text, 0)::numeric), 0)::text FROM ({}) i"
+            ).format(sql.Literal(kind), relation(checked[kind]))
+        )
+    parts.append(
+        sql.SQL(
+            "SELECT count(*)::text || ':' || coalesce(sum(hashtextextended(f::text, 0)"
+            "::numeric), 0)::text FROM {} f WHERE factor_set = {}"
+        ).format(tables.qualified(tables.FACTORS_TABLE, schema), sql.Literal(residual_mix_set))
+    )
+    read_only(conn)
+    try:
+        with conn.cursor() as cur:
+            found = []
+            for part in parts:
+                cur.execute(part)
+                found.append(str(cur.fetchone()[0]))
+    finally:
+        conn.rollback()
+    return "|".join(found)
 
 
 def read_instruments(

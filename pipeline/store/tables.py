@@ -59,6 +59,8 @@ BASE_YEAR_TABLE = "base_year_results"
 MARKET_TABLE = "market_based_results"
 MARKET_HISTORY_TABLE = "market_based_results_history"
 MARKET_REFUSED_TABLE = "market_based_refused"
+#: What the last complete market-based allocation was computed from (revision 0011).
+MARKET_INPUTS_TABLE = "market_based_inputs"
 #: The pipeline's own instrument tables (revision 0010), read when no sources file maps them.
 INSTRUMENT_TABLES: dict[InstrumentKind, str] = {
     "certificates": "instrument_certificates",
@@ -524,6 +526,14 @@ def _market_tables(md: sa.MetaData) -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.Column("retired_at", sa.DateTime(timezone=True)),
         sa.Index("ix_market_based_refused_boundary", "boundary"),
+    )
+    sa.Table(
+        MARKET_INPUTS_TABLE,
+        md,
+        sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("inputs_digest", sa.Text, nullable=False),
+        sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
+        sa.Column("allocated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
 
 
