@@ -217,4 +217,4 @@ def test_a_role_that_may_not_create_the_schema_is_told_what_to_ask_for(
 
 
 def test_the_newest_revision_is_read_as_alembic_reads_it() -> None:
-    assert install.head_revision() == install.alembic_head() == "0010"
+    assert install.head_revision() == install.alembic_head() == "0011"
