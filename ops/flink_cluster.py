@@ -2,61 +2,50 @@
 
 ``python -m ops.flink_cluster fetch|start|stop|status|args`` (see ``--help``).
 
-What it needs is fetched once into a cache (``.cache/flink`` in the project, or
-``$EMISSIONS_FLINK_CACHE``) from the package registries only:
-
-* the Flink distribution, assembled from PyPI: ``apache-flink-libraries`` holds ``lib/`` (the
-  ``flink-dist`` jar and friends), ``apache-flink`` holds ``bin/`` and ``conf/``. Both are only
-  downloaded and unpacked, never installed: apache-flink pins an old apache-beam.
-* the Beam Flink job server jar, built by Maven from Beam's published modules with
-  ``flink/jobserver/pom.xml`` (Beam's ready-made ``beam-runners-flink-*-job-server`` jar is not
-  served by the Maven repository this project can reach; see docs/flink.md).
-
-The cluster binds JobManager, TaskManager and REST to 127.0.0.1 on free ports, keeps its
-configuration, logs and pid files in its own directory (so it never touches another Flink on
-the machine), and is stopped by the pids it wrote. Standard library only: nothing here imports
-Beam or the pipeline.
+What it needs is fetched once into a cache (``ops.flink_fetch``). The cluster binds
+JobManager, TaskManagers and REST to 127.0.0.1 on free ports, keeps its configuration, logs
+and pid files in its own directory (so it never touches another Flink on the machine), and is
+stopped by the pids it wrote. Each TaskManager starts the Python workers itself
+(``ops.flink_worker``). Standard library only: nothing here imports Beam or the pipeline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-import zipfile
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.flink_fetch import (  # noqa: F401 - the fetch's names, as they always were here
+    BEAM_JOB_SERVER_VERSION,
+    CACHE_ENV,
+    FLINK_MINOR,
+    FLINK_VERSION,
+    POM,
+    PROGRESS_INTERVAL_S,
+    PROJECT_ROOT,
+    FlinkSetupError,
+    _run,
+    cache_dir,
+    fetch,
+    fetch_flink,
+    fetch_job_server,
+    folder_mb,
+    job_server_jar_path,
+    maven_downloads,
+    say,
+)
 from pipeline import cli
 
-# The combination tests/test_flink.py proves; docs/flink.md has the matrix.
-FLINK_VERSION = "1.19.3"
-FLINK_MINOR = "1.19"  # Beam's --flink_version
-BEAM_JOB_SERVER_VERSION = "2.62.0"  # keep in step with flink/jobserver/pom.xml
 DEFAULT_PARALLELISM = 2
-
-# What a first fetch costs, measured (docs/flink.md): the Flink download, the Flink home it
-# unpacks to, what Maven fetches to build the job server, and the jar.
-_LIBRARIES_MB = 233
-_FLINK_HOME_MB = 246
-_MAVEN_MB = 182
-_JAR_MB = 157
-
-CACHE_ENV = "EMISSIONS_FLINK_CACHE"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-POM = PROJECT_ROOT / "flink" / "jobserver" / "pom.xml"
 
 # Flink 1.19's own defaults for running on Java 17 (from the distribution's config.yaml).
 _JAVA_OPTS = " ".join(
@@ -85,234 +74,26 @@ _JAVA_OPTS = " ".join(
 )
 
 
-class FlinkSetupError(RuntimeError):
-    """Fetching, starting or reaching the cluster failed; the message says what and where."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or PROJECT_ROOT / ".cache" / "flink").resolve()
-
-
-#: Seconds between the lines that say a long fetch is still going.
-PROGRESS_INTERVAL_S = 10.0
-
-
-def say(line: str) -> None:
-    """A progress line, on stderr: stdout carries what ``args`` prints for scripts."""
-    print(line, file=sys.stderr, flush=True)
-
-
-def _run(
-    cmd: Sequence[str],
-    what: str,
-    log: Path,
-    progress: Callable[[], str] | None = None,
-    **kw: object,
-) -> None:
-    """Run ``cmd``, output to ``log``; on failure raise with the log's tail. With
-    ``progress``, every ``PROGRESS_INTERVAL_S`` a line says how long it has run and what
-    ``progress()`` says (how much is downloaded so far), so that a fetch of minutes is never
-    silent."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    done = threading.Event()
-
-    def tick() -> None:
-        while not done.wait(PROGRESS_INTERVAL_S):
-            extra = progress() if progress else ""
-            say(f"  ... {what}: {time.monotonic() - started:.0f} s{extra}")
-
-    ticker = threading.Thread(target=tick, name="fetch-progress", daemon=True)
-    ticker.start()
-    try:
-        with log.open("w") as out:
-            proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
-    finally:
-        done.set()
-        ticker.join()
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise FlinkSetupError(
-            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\nlog: {log}\n{tail}"
-        )
-
-
-def folder_mb(*folders: Path) -> float:
-    """Megabytes of the files under ``folders`` (those that exist)."""
-    total = 0
-    for folder in folders:
-        for path in folder.rglob("*") if folder.is_dir() else ():
-            try:
-                total += path.stat().st_size if path.is_file() else 0
-            except OSError:
-                pass  # moved or removed meanwhile
-    return total / 1e6
-
-
-#: What Maven logs for each artifact it has fetched: "Downloaded from central: URL (12 kB at …)".
-_MAVEN_DOWNLOADED = re.compile(r"Downloaded from \S+: \S+ \(([\d.,]+) (B|kB|MB|GB)")
-_UNITS = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}
-
-
-def maven_downloads(log: Path) -> tuple[int, float]:
-    """(artifacts, megabytes) Maven's log says it has downloaded so far."""
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return 0, 0.0
-    found = _MAVEN_DOWNLOADED.findall(text)
-    return len(found), sum(float(n.replace(",", "")) * _UNITS[u] for n, u in found)
-
-
-def fetch_flink(cache: Path | None = None) -> Path:
-    """The Flink home (``bin/``, ``lib/``, ``conf/``), assembled from PyPI if missing."""
-    cache = cache or cache_dir()
-    home = cache / f"flink-{FLINK_VERSION}"
-    if (home / "lib" / f"flink-dist-{FLINK_VERSION}.jar").is_file():
-        return home
-    downloads = cache / "downloads"
-    # pip's own temp (where the download grows) under the cache, so that progress can see it.
-    pip_temp = cache / "pip-tmp"
-    pip_temp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(pip_temp)}
-    started = time.monotonic()
-    say(
-        f"fetching Flink {FLINK_VERSION} from PyPI into {cache} (once: a {_LIBRARIES_MB} MB "
-        f"download, {_FLINK_HOME_MB} MB unpacked)"
-    )
-
-    def downloaded() -> str:
-        return f", {folder_mb(downloads, pip_temp):.0f} MB on disk so far"
-
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    try:
-        _run(
-            pip + ["-d", str(downloads), f"apache-flink-libraries=={FLINK_VERSION}"],
-            "downloading apache-flink-libraries from PyPI",
-            cache / "logs" / "pip-libraries.log",
-            progress=downloaded,
-            env=env,
-        )
-        # bin/ and conf/ are the same in every wheel: take one for a fixed platform, whatever
-        # Python runs this, so no sdist has to be built.
-        _run(
-            pip
-            + ["-d", str(downloads), "--only-binary=:all:", "--python-version=3.11"]
-            + ["--implementation=cp", "--platform=manylinux2014_x86_64"]
-            + [f"apache-flink=={FLINK_VERSION}"],
-            "downloading apache-flink from PyPI",
-            cache / "logs" / "pip-flink.log",
-            progress=downloaded,
-            env=env,
-        )
-    finally:
-        shutil.rmtree(pip_temp, ignore_errors=True)
-    libraries = next(downloads.glob(f"apache[-_]flink[-_]libraries-{FLINK_VERSION}*"), None)
-    wheel = next(downloads.glob(f"apache_flink-{FLINK_VERSION}-*.whl"), None)
-    if libraries is None or wheel is None:
-        raise FlinkSetupError(f"Flink {FLINK_VERSION} downloads not found in {downloads}")
-    staging = Path(tempfile.mkdtemp(prefix="flink-home-", dir=cache))
-    try:
-        unpacked = staging / "unpacked"
-        if libraries.suffix == ".whl":
-            with zipfile.ZipFile(libraries) as z:
-                z.extractall(unpacked)
-        else:
-            with tarfile.open(libraries) as t:
-                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
-                    t.extractall(unpacked, filter="data")
-                else:
-                    t.extractall(unpacked)
-        deps = next(unpacked.glob("**/deps/lib")).parent
-        new_home = staging / "home"
-        for part in ("lib", "opt", "plugins", "licenses"):
-            if (deps / part).is_dir():
-                shutil.copytree(deps / part, new_home / part)
-        (new_home / "bin").mkdir()
-        for jar in (deps / "bin").glob("*"):
-            shutil.copy2(jar, new_home / "bin" / jar.name)
-        with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
-                top, _, rest = name.partition("/")
-                folder, _, leaf = rest.partition("/")
-                if top == "pyflink" and folder in ("bin", "conf") and leaf and "/" not in leaf:
-                    (new_home / folder).mkdir(exist_ok=True)
-                    (new_home / folder / leaf).write_bytes(z.read(name))
-        for script in (new_home / "bin").iterdir():
-            if script.suffix in (".sh", "") and script.is_file():
-                script.chmod(0o755)
-        if not (new_home / "bin" / "start-cluster.sh").is_file():
-            raise FlinkSetupError(f"{wheel.name} has no pyflink/bin/start-cluster.sh")
-        if home.exists():
-            shutil.rmtree(home)
-        new_home.rename(home)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(downloads, ignore_errors=True)  # unpacked: the archives are not needed again
-    say(f"Flink {FLINK_VERSION} ready in {home} ({time.monotonic() - started:.0f} s)")
-    return home
-
-
-def job_server_jar_path(cache: Path | None = None) -> Path:
-    cache = cache or cache_dir()
-    return cache / f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_JOB_SERVER_VERSION}.jar"
-
-
-def fetch_job_server(cache: Path | None = None) -> Path:
-    """The Beam Flink job server jar, built with Maven from Beam's modules if missing."""
-    cache = cache or cache_dir()
-    jar = job_server_jar_path(cache)
-    if jar.is_file():
-        return jar
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise FlinkSetupError("Maven (mvn) is needed to build the Beam Flink job server jar")
-    if not POM.is_file():
-        raise FlinkSetupError(f"{POM} is missing: run from a checkout of the project")
-    build = cache / "jobserver-build"
-    log = cache / "logs" / "mvn-jobserver.log"
-    started = time.monotonic()
-    say(
-        f"building the Beam {BEAM_JOB_SERVER_VERSION} Flink job server jar with Maven (once: "
-        f"{_MAVEN_MB} MB of Beam's modules into Maven's local repository, a {_JAR_MB} MB jar)"
-    )
-
-    def fetched() -> str:
-        count, mb = maven_downloads(log)
-        return f", {count} artifacts ({mb:.0f} MB) downloaded so far"
-
-    _run(
-        [mvn, "-B", "-f", str(POM), f"-Djobserver.build.directory={build}", "package"],
-        "building the Beam Flink job server jar with Maven",
-        log,
-        progress=fetched,
-    )
-    built = build / "beam-flink-job-server.jar"
-    if not built.is_file():
-        raise FlinkSetupError(f"Maven finished but {built} is missing")
-    tmp = jar.with_suffix(".jar.tmp")
-    shutil.copy2(built, tmp)
-    tmp.rename(jar)
-    shutil.rmtree(build, ignore_errors=True)
-    say(f"job server jar ready: {jar} ({time.monotonic() - started:.0f} s)")
-    return jar
-
-
-def fetch(cache: Path | None = None) -> tuple[Path, Path]:
-    """Everything the cluster and the job server need: (Flink home, job server jar)."""
-    return fetch_flink(cache), fetch_job_server(cache)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+#: Seconds a TaskManager keeps a finished job's blobs (the 157 MB job server jar each job
+#: uploads): Flink's default, an hour, let 20 jobs pile up 3 GB.
+BLOB_CLEANUP_S = 5
+
+
 def config_yaml(rest_port: int, rpc_port: int, slots: int, workdir: Path) -> str:
-    """Flink's ``config.yaml``: everything on 127.0.0.1, ``slots`` task slots, files in workdir."""
+    """Flink's ``config.yaml``: everything on 127.0.0.1, ``slots`` task slots per TaskManager,
+    files in workdir, a finished job's blobs removed within seconds."""
     return f"""\
-# Written by pipeline/flink_cluster.py for a local session cluster.
+# Written by ops/flink_cluster.py for a local session cluster.
+blob:
+  service:
+    cleanup:
+      interval: {BLOB_CLEANUP_S}
 env:
   java:
     opts:
@@ -352,19 +133,25 @@ rest:
 
 @dataclass
 class LocalFlinkCluster:
-    """A Flink session cluster on 127.0.0.1 whose files all live under ``workdir``."""
+    """A Flink session cluster on 127.0.0.1 whose files all live under ``workdir``:
+    ``taskmanagers`` TaskManagers of ``slots`` task slots each."""
 
     home: Path
     workdir: Path
     rest_port: int
     rpc_port: int
     slots: int = DEFAULT_PARALLELISM
+    taskmanagers: int = 1
 
     @classmethod
     def create(
-        cls, home: Path, workdir: Path, slots: int = DEFAULT_PARALLELISM
+        cls, home: Path, workdir: Path, slots: int = DEFAULT_PARALLELISM, taskmanagers: int = 1
     ) -> LocalFlinkCluster:
-        return cls(home, workdir.resolve(), free_port(), free_port(), slots)
+        return cls(home, workdir.resolve(), free_port(), free_port(), slots, taskmanagers)
+
+    @property
+    def total_slots(self) -> int:
+        return self.slots * self.taskmanagers
 
     @property
     def master(self) -> str:
@@ -404,7 +191,7 @@ class LocalFlinkCluster:
 
     def healthy(self) -> bool:
         o = self.overview()
-        return bool(o) and int(o.get("slots-total", 0)) >= self.slots  # type: ignore[union-attr, arg-type]
+        return bool(o) and int(o.get("slots-total", 0)) >= self.total_slots  # type: ignore[union-attr, arg-type]
 
     def start(self, timeout: float = 180.0) -> None:
         """Write the configuration, run ``bin/start-cluster.sh`` and wait for all slots."""
@@ -419,7 +206,7 @@ class LocalFlinkCluster:
         )
         (conf / "flink-conf.yaml").unlink(missing_ok=True)
         (conf / "masters").write_text(f"localhost:{self.rest_port}\n")
-        (conf / "workers").write_text("localhost\n")
+        (conf / "workers").write_text("localhost\n" * self.taskmanagers)
         for sub in ("log", "tmp"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         if self._alive_pids():
@@ -437,13 +224,13 @@ class LocalFlinkCluster:
         while time.monotonic() - started < timeout:
             if self.healthy():
                 return
-            if time.monotonic() - started > 20 and len(self._alive_pids()) < 2:
+            if time.monotonic() - started > 20 and len(self._alive_pids()) < 1 + self.taskmanagers:
                 break  # a daemon died: its log says why
             time.sleep(1)
         details = self._log_tail()
         self.stop()
         raise FlinkSetupError(
-            f"Flink did not offer {self.slots} task slots on {self.master} "
+            f"Flink did not offer {self.total_slots} task slots on {self.master} "
             f"within {timeout:.0f}s; logs in {self.workdir / 'log'}\n{details}"
         )
 
@@ -468,16 +255,19 @@ class LocalFlinkCluster:
         return "\n".join(out)
 
     def stop(self, timeout: float = 30.0) -> tuple[int, int]:
-        """Stop the daemons this cluster started, by the pids they wrote, and any Beam job
-        server still submitting to it (a run killed outright leaves its own behind): TERM,
-        then KILL. Returns (daemons, job servers) stopped.
+        """Stop the daemons this cluster started, by the pids they wrote, the Python workers
+        they started, and any Beam job server still submitting to it (a run killed outright
+        leaves its own behind): TERM, then KILL. Returns (daemons, job servers) stopped.
 
         This is what ``bin/stop-cluster.sh`` does, without its seconds of config parsing, and
         it can only ever reach this cluster's own processes.
         """
         servers = job_servers_of(self.master)
         pids = self._alive_pids()
-        _terminate(servers + pids, timeout)
+        # The Python workers its TaskManagers started (PROCESS): they end with their job, but
+        # a TaskManager killed outright cannot stop them.
+        workers = children_of(pids)
+        _terminate(servers + pids + workers, timeout)
         for f in self._pid_files():
             f.unlink(missing_ok=True)
         return len(pids), len(servers)
@@ -498,6 +288,7 @@ class LocalFlinkCluster:
                     "rest_port": self.rest_port,
                     "rpc_port": self.rpc_port,
                     "slots": self.slots,
+                    "taskmanagers": self.taskmanagers,
                 }
             )
         )
@@ -505,7 +296,14 @@ class LocalFlinkCluster:
     @classmethod
     def load(cls, path: Path) -> LocalFlinkCluster:
         d = json.loads(path.read_text())
-        return cls(Path(d["home"]), Path(d["workdir"]), d["rest_port"], d["rpc_port"], d["slots"])
+        return cls(
+            Path(d["home"]),
+            Path(d["workdir"]),
+            d["rest_port"],
+            d["rpc_port"],
+            d["slots"],
+            d.get("taskmanagers", 1),
+        )
 
 
 def _is_flink(pid: int) -> bool:
@@ -562,6 +360,23 @@ def job_servers_of(master: str) -> list[int]:
     return found
 
 
+def children_of(parents: list[int]) -> list[int]:
+    """The live processes whose parent is one of ``parents`` (from ``/proc``; none without)."""
+    found: list[int] = []
+    try:
+        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) in parents and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie has ended: only its parent has yet to reap it)."""
     try:
@@ -578,15 +393,24 @@ def beam_args(
     master: str,
     job_server_jar: Path | str,
     parallelism: int = DEFAULT_PARALLELISM,
-    environment: str = "LOOPBACK",
+    environment: str = "PROCESS",
     environment_config: str | None = None,
+    worker_parallelism: int = 1,
 ) -> list[str]:
     """The Beam options that submit the pipeline to the Flink cluster at ``master``.
 
-    LOOPBACK runs the Python SDK harness inside the submitting process (one host); EXTERNAL
-    points Flink at a worker pool (``apache_beam.runners.worker.worker_pool_main``) running
-    beside each TaskManager, with ``environment_config`` its ``host:port``.
+    PROCESS (the default) has each TaskManager start the Python workers itself, one process per
+    job environment, with ``flink/worker-boot`` of this checkout (the same path on every
+    TaskManager host): ``worker_parallelism`` (``--sdk_worker_parallelism``) processes per job
+    on each TaskManager, one per task slot. The job carries the submitter's code identity, which
+    the workers check (``ops.flink_worker``). LOOPBACK runs the workers inside the submitting
+    process (one host only); EXTERNAL points Flink at a worker pool
+    (``apache_beam.runners.worker.worker_pool_main``) with ``environment_config`` its
+    ``host:port``. The code is never staged (no ``--setup_file``): workers run what is installed
+    beside them.
     """
+    from ops import flink_worker
+
     args = [
         "--runner=FlinkRunner",
         f"--flink_master={master}",
@@ -594,8 +418,13 @@ def beam_args(
         f"--flink_job_server_jar={job_server_jar}",
         f"--environment_type={environment}",
         f"--parallelism={parallelism}",
-        f"--setup_file={PROJECT_ROOT / 'setup.py'}",
     ]
+    if environment == "PROCESS":
+        args += [
+            f"--environment_options=process_command={flink_worker.BOOT}",
+            f"--sdk_worker_parallelism={worker_parallelism}",
+            f"--experiments={flink_worker.EXPERIMENT}{flink_worker.code_identity()}",
+        ]
     if environment_config:
         args.append(f"--environment_config={environment_config}")
     return args
@@ -640,12 +469,30 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download Flink and build the job server jar, if missing")
     start = sub.add_parser("start", help="fetch, then start the local session cluster")
-    start.add_argument("--slots", type=int, default=DEFAULT_PARALLELISM)
+    start.add_argument("--slots", type=int, default=DEFAULT_PARALLELISM, help="per TaskManager")
+    start.add_argument("--taskmanagers", type=int, default=1)
     sub.add_parser("stop", help="stop the local session cluster")
     sub.add_parser("status", help="print the cluster's /overview, exit 1 when it is down")
     args_p = sub.add_parser("args", help="print the Beam options for the running cluster")
     args_p.add_argument("--flink-master", default=None, help="host:port of another cluster")
-    args_p.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM)
+    args_p.add_argument(
+        "--parallelism", type=int, default=None, help="default: the local cluster's task slots"
+    )
+    args_p.add_argument(
+        "--environment",
+        choices=("PROCESS", "EXTERNAL", "LOOPBACK"),
+        default="PROCESS",
+        help="where the Python workers run (docs/flink.md); default PROCESS, beside each "
+        "TaskManager",
+    )
+    args_p.add_argument("--environment-config", default=None, help="EXTERNAL: the pool's host:port")
+    args_p.add_argument(
+        "--worker-parallelism",
+        type=int,
+        default=None,
+        help="Python workers per job on each TaskManager: its task slots (default: the local "
+        "cluster's, else 1)",
+    )
     args = parser.parse_args(argv)
     state = _state_file()
     try:
@@ -657,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"already running: --flink_master={LocalFlinkCluster.load(state).master}")
                 return 0
             home, _ = fetch()
-            cluster = LocalFlinkCluster.create(home, state.parent, args.slots)
+            cluster = LocalFlinkCluster.create(home, state.parent, args.slots, args.taskmanagers)
             cluster.start()
             cluster.save(state)
             print(f"Flink {FLINK_VERSION} running: --flink_master={cluster.master}")
@@ -676,12 +523,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(overview) if overview else "not running")
             return 0 if overview else 1
         elif args.command == "args":
-            master = args.flink_master
+            master, slots, total = args.flink_master, 1, DEFAULT_PARALLELISM
             if master is None:
                 if not state.is_file():
                     raise FlinkSetupError("no local cluster: run 'start' or pass --flink-master")
-                master = LocalFlinkCluster.load(state).master
-            print(" ".join(beam_args(master, fetch_job_server(), args.parallelism)))
+                local = LocalFlinkCluster.load(state)
+                master, slots, total = local.master, local.slots, local.total_slots
+            chosen = beam_args(
+                master,
+                fetch_job_server(),
+                args.parallelism or total,
+                args.environment,
+                args.environment_config,
+                args.worker_parallelism or slots,
+            )
+            print(" ".join(chosen))
     except FlinkSetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

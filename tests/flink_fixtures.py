@@ -39,8 +39,11 @@ def flink_home() -> Path:
 def local_flink(
     tmp_path_factory: pytest.TempPathFactory, flink_home: Path, flink_job_server_jar: Path
 ) -> Iterator[LocalFlinkCluster]:
-    """A Flink session cluster on 127.0.0.1 with two task slots, for the whole session."""
-    cluster = LocalFlinkCluster.create(flink_home, tmp_path_factory.mktemp("flink"), slots=2)
+    """A Flink session cluster on 127.0.0.1 for the whole session: two TaskManagers of one task
+    slot each, as two hosts would be, each starting its own Python workers (PROCESS)."""
+    cluster = LocalFlinkCluster.create(
+        flink_home, tmp_path_factory.mktemp("flink"), slots=1, taskmanagers=2
+    )
     try:
         cluster.start()
     except FlinkSetupError as e:
@@ -72,5 +75,8 @@ def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 @pytest.fixture
 def flink_args(local_flink: LocalFlinkCluster, flink_job_server_jar: Path) -> list[str]:
-    """The Beam options that submit to the session cluster (LOOPBACK, parallelism 2)."""
-    return flink_cluster.beam_args(local_flink.master, flink_job_server_jar, parallelism=2)
+    """The Beam options that submit to the session cluster: parallelism 2, the Python workers
+    beside each TaskManager (PROCESS, one per slot)."""
+    return flink_cluster.beam_args(
+        local_flink.master, flink_job_server_jar, parallelism=2, worker_parallelism=1
+    )
