@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PortableOptions
+from apache_beam.runners.portability.portable_runner import PortableRunner
 
 from pipeline.options import RunConfig
 from pipeline.ranges import KeyRange
+from pipeline.store.connections import without_password
 from transforms.calculate import ERRORS, CalculateEmissions, ReadFactorsFn
 from transforms.follow import ReadChanges
 from transforms.read import ReadPendingActivities
@@ -24,6 +28,7 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
     stage, tables stream from the read to the writes, and the workers share the ranges of all
     types (one stage per type would leave a worker idle at the end of each).
     """
+    config = for_workers(p, config)
     activities = p | "ReadPending" >> ReadPendingActivities(
         config.database_url,
         ranges,
@@ -50,6 +55,7 @@ def build_follow(
     time), the windows of new and changed activities → read → calculate → write, the same
     calculation and writes as ``build``. Each poll's results are written as soon as they are
     calculated (a write per element, not per batch): the point is their latency."""
+    config = for_workers(p, config)
     activities = p | "ReadChanges" >> ReadChanges(
         config.database_url,
         config.sources,
@@ -63,6 +69,17 @@ def build_follow(
         config.run_id,
     )
     return _calculate_and_write(p, activities, config, batch_size=1)
+
+
+def for_workers(p: beam.Pipeline, config: RunConfig) -> RunConfig:
+    """``config`` as the job carries it to its workers: on a portable runner (Flink) whose
+    workers run on the cluster's hosts, the database URL without its password (docs/flink.md:
+    they read it from libpq's variables or files there). LOOPBACK workers run in this process
+    and keep it; the in-process runners never ship the job."""
+    env = p.options.view_as(PortableOptions).environment_type
+    if not isinstance(p.runner, PortableRunner) or str(env).upper() == "LOOPBACK":
+        return config
+    return dataclasses.replace(config, database_url=without_password(config.database_url))
 
 
 def _calculate_and_write(

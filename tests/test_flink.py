@@ -6,22 +6,31 @@ The local Flink cluster, its job server jar and the worker pool come from
 
 from __future__ import annotations
 
+import base64
+import bz2
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import pytest
 import sqlalchemy as sa
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from ops import flink_cluster
+from ops import flink_cluster, flink_fetch, flink_worker
 from ops.flink_cluster import LocalFlinkCluster
 from ops.seed import seed
-from pipeline import run
+from pipeline import graph, run
+from pipeline.beam_options import EmissionsOptions
+from pipeline.options import validate
+from pipeline.ranges import plan_int_ranges
 from pipeline.store import connections, tables
 from tests.support import wait_for
 
@@ -171,10 +180,21 @@ def test_beam_args_submit_to_the_given_cluster(tmp_path: Path) -> None:
     assert "--flink_master=flink-jm:8081" in args
     assert f"--flink_version={flink_cluster.FLINK_MINOR}" in args
     assert "--parallelism=4" in args
-    assert any(a.startswith("--setup_file=") and a.endswith("setup.py") for a in args)
+    # The workers start beside each TaskManager, one per slot, and check the submitter's code;
+    # nothing is staged (they run what is installed there).
+    assert "--environment_type=PROCESS" in args
+    boot = flink_cluster.PROJECT_ROOT / "flink" / "worker-boot"
+    assert f"--environment_options=process_command={boot}" in args
+    assert os.access(boot, os.X_OK)
+    assert "--sdk_worker_parallelism=1" in args
+    assert f"--experiments=emissions_code={flink_worker.code_identity()}" in args
+    assert not any(a.startswith("--setup_file") for a in args)
+    four = flink_cluster.beam_args("m:1", "j.jar", 8, worker_parallelism=4)
+    assert "--sdk_worker_parallelism=4" in four
     external = flink_cluster.beam_args("m:1", "j.jar", 2, "EXTERNAL", "127.0.0.1:50000")
     assert "--environment_type=EXTERNAL" in external
     assert "--environment_config=127.0.0.1:50000" in external
+    assert not any("process_command" in a or "sdk_worker" in a for a in external)
 
 
 def test_pom_builds_the_pinned_job_server() -> None:
@@ -191,6 +211,7 @@ def test_config_binds_everything_to_loopback(tmp_path: Path) -> None:
     assert "localhost" not in text and "0.0.0.0" not in text
     assert text.count("127.0.0.1") == 6
     assert f"dir: {tmp_path}" in text  # pid files stay with this cluster
+    assert f"interval: {flink_cluster.BLOB_CLEANUP_S}\n" in text  # a job's blobs do not linger
 
 
 def script(
@@ -314,7 +335,7 @@ def test_stop_also_stops_a_job_server_a_killed_run_left(
 def test_a_long_fetch_says_how_it_is_going(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flink_cluster, "PROGRESS_INTERVAL_S", 0.2)
+    monkeypatch.setattr(flink_fetch, "PROGRESS_INTERVAL_S", 0.2)
     flink_cluster._run(
         ["sleep", "0.7"], "waiting", tmp_path / "log", progress=lambda: ", 12 MB so far"
     )
@@ -391,3 +412,57 @@ def test_the_scripting_steps_work_as_documented(
     assert out.rstrip().endswith("stopped: the local Flink cluster (2 daemon(s))")
     assert flink_cluster.job_servers_of(master) == []
     assert not (cache / "cluster" / "cluster.json").exists()
+
+
+def unpacked(serialized: bytes) -> Iterator[bytes]:
+    """The pickled objects inside a serialized pipeline (the DoFns, which Beam's pickler
+    stores as base64 of bz2 or zlib inside the transforms' payloads), unpacked."""
+    for chunk in re.findall(rb"[A-Za-z0-9+/]{40,}={0,2}", serialized):
+        try:
+            packed = base64.b64decode(chunk)
+        except ValueError:
+            continue
+        for unpack in (bz2.decompress, zlib.decompress):
+            try:
+                yield unpack(packed)
+            except (OSError, ValueError, zlib.error):
+                pass
+
+
+def test_the_job_sent_to_flink_carries_no_password(tmp_path: Path) -> None:
+    """What a Flink submission ships (the pipeline proto with its pickled DoFns, and the
+    options) holds no password: the workers read it from libpq's variables or files on their
+    hosts. With LOOPBACK (the workers in this process) it stays, which shows the check sees it."""
+    secret = "s3cr3t-Pa55"
+    url = f"postgresql://emissions:{secret}@db.example:5432/emissions?password={secret}"
+
+    def shipped(environment: str, follow: bool) -> bytes:
+        argv = [
+            *flink_cluster.beam_args(
+                "127.0.0.1:1",
+                tmp_path / "js.jar",
+                2,
+                environment,
+                "127.0.0.1:2" if environment == "EXTERNAL" else None,
+            ),
+            "--partitions=4",
+        ]
+        options = PipelineOptions(argv)
+        config = validate(options.view_as(EmissionsOptions), url)
+        assert secret in config.database_url
+        p = beam.Pipeline(options=options)
+        if follow:
+            graph.build_follow(p, config, 1.0, 2.0**40, 1000, 4)
+        else:
+            graph.build(p, config, plan_int_ranges("spend", 1, 1000, 4))
+        proto = p.to_runner_api()
+        serialized = proto.SerializeToString()
+        blob = b"".join(unpacked(serialized)) + serialized
+        return blob + json.dumps(options.get_all_options(), default=str).encode()
+
+    for follow in (False, True):
+        assert secret.encode() not in shipped("PROCESS", follow)
+        assert secret.encode() not in shipped("EXTERNAL", follow)
+        assert secret.encode() in shipped("LOOPBACK", follow)
+    assert connections.without_password(url) == ("postgresql://emissions@db.example:5432/emissions")
+    assert connections.without_password("postgresql:///x?host=/s") == "postgresql:///x?host=/s"

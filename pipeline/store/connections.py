@@ -51,6 +51,18 @@ def for_run(url: str, run_id: str) -> str:
     return str(named.render_as_string(hide_password=False))
 
 
+def without_password(url: str) -> str:
+    """``url`` without its password (in the userinfo or a ``password`` parameter): what a job
+    run by workers on other hosts carries. They read it from libpq's own variables or files on
+    their host (``PGPASSWORD``, ``PGPASSFILE``, ``~/.pgpass``)."""
+    u = sa.make_url(url)
+    if u.password is None and "password" not in u.query:
+        return url
+    query = {k: v for k, v in u.query.items() if k != "password"}
+    bare = sa.engine.URL.create(u.drivername, u.username, None, u.host, u.port, u.database, query)
+    return str(bare.render_as_string(hide_password=False))
+
+
 def with_timeouts(url: str, statement_s: float, lock_s: float) -> str:
     """``url`` with libpq ``options`` that bound every statement and every wait for a lock
     (0: none), so that nothing hangs silently: a statement cancelled by them fails with
