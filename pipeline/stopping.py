@@ -188,6 +188,7 @@ def run_until_done(p: beam.Pipeline, stop: Stop, in_process: bool = True) -> dic
     if not in_process:
         stop.check()
         result = p.run()
+        result.flink_rest = flink_rest(p)  # type: ignore[attr-defined]  # for cancel_job
         stop.reclaim()
         from apache_beam.runners.runner import PipelineState
 
@@ -234,13 +235,58 @@ def run_until_done(p: beam.Pipeline, stop: Stop, in_process: bool = True) -> dic
 
 def cancel_job(result: Any) -> None:
     """Asks a runner that runs the job elsewhere (Flink, Dataflow) to cancel it; the
-    in-process runner has no job to cancel (``p.run()`` returns when it is done)."""
+    in-process runner has no job to cancel (``p.run()`` returns when it is done).
+
+    Beam's Flink job server cancels its invocation, not the Flink job: one whose workers run
+    beside the TaskManagers would run on. So on Flink the job is also cancelled through the
+    cluster's REST API, and awaited (CANCELED), before the run is recorded."""
     if result is None:
         return
     try:
         result.cancel()
     except Exception:  # noqa: BLE001 - best effort: not every runner can cancel
         _LOG.debug("the runner could not cancel the job", exc_info=True)
+    rest = getattr(result, "flink_rest", None)
+    job_id = str(getattr(result, "_job_id", ""))
+    if rest and job_id:
+        cancel_flink_job(rest, job_id.rsplit("_", 1)[0])
+
+
+def flink_rest(p: beam.Pipeline) -> str | None:
+    """The REST address of the Flink cluster ``p`` runs on (``http://host:port``), if any."""
+    if type(p.runner).__name__ != "FlinkRunner":
+        return None
+    master = str(p.options.get_all_options().get("flink_master") or "")
+    if not master or master.startswith("["):  # [auto], [local]: an embedded cluster
+        return None
+    return master if "://" in master else f"http://{master}"
+
+
+def cancel_flink_job(rest: str, name: str, timeout: float = 60.0) -> list[str]:
+    """Cancels the running Flink jobs named ``name`` (Beam names the Flink job after its
+    ``job_name``) on the cluster at ``rest`` and waits until they have ended; returns their
+    ids. Best effort: a cluster that does not answer is logged, not raised."""
+    import json
+    import urllib.request
+
+    def running() -> list[str]:
+        with urllib.request.urlopen(f"{rest}/jobs/overview", timeout=10) as resp:
+            jobs = json.load(resp).get("jobs", [])
+        ended = ("FINISHED", "FAILED", "CANCELED")
+        return [str(j["jid"]) for j in jobs if j.get("name") == name and j["state"] not in ended]
+
+    try:
+        found = running()
+        for jid in found:
+            request = urllib.request.Request(f"{rest}/jobs/{jid}?mode=cancel", method="PATCH")
+            urllib.request.urlopen(request, timeout=10).close()
+        deadline = time.monotonic() + timeout
+        while found and running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return found
+    except (OSError, ValueError, KeyError):
+        _LOG.warning("could not cancel Flink job %s at %s", name, rest, exc_info=True)
+        return []
 
 
 def child_processes() -> dict[int, str]:

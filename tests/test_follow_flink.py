@@ -6,7 +6,10 @@ its own, recorded, with exactly those two results."""
 
 from __future__ import annotations
 
+import json
+import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,3 +118,50 @@ def _jobs_finished(cluster: LocalFlinkCluster) -> int:
     overview = cluster.overview()
     assert overview is not None, "the local Flink cluster does not answer"
     return int(str(overview["jobs-finished"]))
+
+
+def test_sigterm_cancels_the_follow_job_on_flink_and_records_it_cancelled(
+    make_database: Callable[..., str],
+    local_flink: LocalFlinkCluster,
+    flink_args: list[str],
+    tmp_path: Path,
+) -> None:
+    url = make_database("bigint")
+    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        seed(engine, 50, seed_value=5)
+    finally:
+        engine.dispose()
+    before = _jobs(local_flink)
+    proc = start_follow(url, tmp_path, *flink_args, "--stop-after", "600")
+    try:
+        following(url, proc)
+        wait_for(
+            lambda: "RUNNING" in _new_states(local_flink, before),
+            timeout=60,
+            what="the follow job running on Flink",
+        )
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, proc.stderr[-3000:]
+    finally:
+        proc.kill()
+    assert "cancelled by SIGTERM" in proc.stderr
+    wait_for(
+        lambda: _new_states(local_flink, before) == ["CANCELED"],
+        timeout=60,
+        what=f"the follow job CANCELED on Flink (now {_new_states(local_flink, before)})",
+    )
+    status = scalar(url, "SELECT status FROM emissions.calculation_runs")
+    assert status == "cancelled"
+    overview = local_flink.overview() or {}
+    assert overview.get("slots-available") == overview.get("slots-total"), overview
+
+
+def _jobs(cluster: LocalFlinkCluster) -> dict[str, str]:
+    """Job id → status of every job the cluster knows."""
+    with urllib.request.urlopen(f"http://{cluster.master}/jobs", timeout=5) as resp:
+        return {j["id"]: j["status"] for j in json.load(resp)["jobs"]}
+
+
+def _new_states(cluster: LocalFlinkCluster, before: dict[str, str]) -> list[str]:
+    return [s for i, s in _jobs(cluster).items() if i not in before]
