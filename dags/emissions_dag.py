@@ -14,9 +14,10 @@ Deployment-specific settings live outside this file (see docs/airflow.md):
   virtualenv where the project is installed (``pip install -r requirements.txt -e .``);
 * the runner and its options: DAG params, which a manual trigger may override. On
   ``FlinkRunner`` the task adds the options of the project's own Flink job server
-  (``--flink_version``, ``--flink_job_server_jar``, ``--setup_file``, with ``LOOPBACK`` and a
-  parallelism of 2 unless told otherwise), as ``python -m ops.flink_cluster args`` gives them
-  in the project's checkout: without them Beam would download a job server jar from the
+  (``--flink_version``, ``--flink_job_server_jar``, with the Python workers started by each
+  TaskManager, ``PROCESS``, and a parallelism of 2 unless told otherwise), as ``python -m
+  ops.flink_cluster args`` gives them in the project's checkout (for its local cluster when
+  no ``flink_master`` is given): without them Beam would download a job server jar from the
   internet;
 * retries: 2, ten minutes apart, unless Airflow's config section ``[emissions]`` says otherwise
   (``retries``, ``retry_delay_seconds``).

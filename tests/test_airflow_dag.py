@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from psycopg2 import sql
 
-from ops import flink_cluster
+from ops import flink_cluster, flink_worker
 from ops.flink_cluster import LocalFlinkCluster
 from ops.seed import seed
 from pipeline.options import add_arguments, validate
@@ -212,9 +212,11 @@ def test_rendered_task_with_params_passes_flags_and_runner_options(
         "--flink_master=localhost:8081",
         f"--flink_version={flink_cluster.FLINK_MINOR}",
         f"--flink_job_server_jar={flink_job_server_jar}",
-        "--environment_type=LOOPBACK",
+        "--environment_type=PROCESS",
         "--parallelism=4",
-        f"--setup_file={ROOT / 'setup.py'}",
+        f"--environment_options=process_command={ROOT / 'flink' / 'worker-boot'}",
+        "--sdk_worker_parallelism=1",
+        f"--experiments=emissions_code={flink_worker.code_identity()}",
         "--date-from=2025-03-04",
         "--date-to=2025-03-05",
         "--partitions=4",
