@@ -86,6 +86,7 @@ def run_stage(
         found["inputs_unchanged_since_run"] = last[1]
         found["seconds"] = round(time.monotonic() - started, 3)
         return found
+    record_allocation(engine, config, None)  # a stage cut short leaves no digest behind
     allocate(config, instruments, stored, stop)
     record_allocation(engine, config, inputs)
     found = written_by(engine, config.run_id, config.schema)
@@ -159,16 +160,23 @@ def last_allocation(engine: sa.Engine, schema: str) -> tuple[str, str] | None:
     return (row[0], str(row[1])) if row else None
 
 
-def record_allocation(engine: sa.Engine, config: RunConfig, inputs: str) -> None:
-    """Every boundary allocated from ``inputs``: the next run with the same skips the stage."""
+def record_allocation(engine: sa.Engine, config: RunConfig, inputs: str | None) -> None:
+    """Every boundary allocated from ``inputs``: the next run with the same skips the stage.
+    None: an allocation is starting, and until it ends no digest stands (one cut short wrote
+    some boundaries only, whatever the inputs are by the next run)."""
+    table = tables.qualified(tables.MARKET_INPUTS_TABLE, config.schema)
     with connections.raw_connection(engine) as conn:
         with conn.cursor() as cur:
+            if inputs is None:
+                cur.execute(sql.SQL("DELETE FROM {}").format(table))
+                conn.commit()
+                return
             cur.execute(
                 sql.SQL(
                     "INSERT INTO {} (id, inputs_digest, run_id) VALUES (1, %s, %s) "
                     "ON CONFLICT (id) DO UPDATE SET inputs_digest = EXCLUDED.inputs_digest, "
                     "run_id = EXCLUDED.run_id, allocated_at = now()"
-                ).format(tables.qualified(tables.MARKET_INPUTS_TABLE, config.schema)),
+                ).format(table),
                 (inputs, config.run_id),
             )
         conn.commit()

@@ -487,3 +487,44 @@ def test_a_run_skips_the_allocation_only_while_nothing_it_reads_has_changed(
     forced = calculate(url, sources, capsys, "--vintage-window-years", "1", "--recheck")
     assert "inputs_unchanged_since_run" not in forced and forced["lines"] == 0
     assert scalar(url, "SELECT sum(kg_co2e) FROM emissions.market_based_results") == 100_000
+
+
+def test_an_allocation_cut_short_leaves_no_digest_to_skip_by(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stage that fails part-way may have written some boundaries only: the digest of the
+    last complete allocation is gone from the moment it starts, so the next run allocates,
+    even when the inputs are back to what that allocation read."""
+    url, sources = app
+    execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('GO-1', 600, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-1', 'a')",
+    )
+    load_residual(url, sources, tmp_path)
+    capsys.readouterr()
+    assert calculate(url, sources, capsys)["kg_co2e"] == 200_000
+    digest = "SELECT count(*) FROM emissions.market_based_inputs"
+    assert scalar(url, digest) == 1
+    # A certificate the stage cannot store (the test's constraint): the run fails in the stage.
+    execute(
+        url,
+        "ALTER TABLE emissions.market_based_results ADD CONSTRAINT test_refuses "
+        "CHECK (instrument_id IS DISTINCT FROM 'GO-9'); "
+        "INSERT INTO app.certs VALUES "
+        "('GO-9', 100, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-9', 'a')",
+    )
+    argv = ["--database-url", url, "--sources", str(sources), "--progress-interval", "0"]
+    assert run.main(argv) == 1
+    capsys.readouterr()
+    assert scalar(url, digest) == 0
+    # The inputs as the last complete allocation read them: allocated again all the same.
+    execute(
+        url,
+        "DELETE FROM app.certs WHERE cert_id = 'GO-9'; "
+        "ALTER TABLE emissions.market_based_results DROP CONSTRAINT test_refuses",
+    )
+    again = calculate(url, sources, capsys)
+    assert "inputs_unchanged_since_run" not in again and again["kg_co2e"] == 200_000
+    assert scalar(url, digest) == 1
