@@ -210,114 +210,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def follow(args: list[str], stop: Stop) -> int:
+    """Parse → check → record → follow until stopped → summarise, each failure recorded."""
     tuning.tune_process()
     started = time.monotonic()
-    try:
-        options, beam_args = parse_run_args(args, add_follow_arguments, prog="pipeline.follow")
-    except SystemExit:
-        return 2  # said in one line: an unknown option (not even Beam's), or a bad value
-    cli.setup_logging(options.log_level, stream=real_stderr())
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(TracebacksAtDebug())
-    url = None
-    try:
-        if options.poll_interval <= 0 or options.rows_per_window < 1:
-            raise OptionsError("--poll-interval and --rows-per-window must be positive")
-        if getattr(options, "recheck", False):
-            raise OptionsError(
-                "--recheck is pipeline.run's: follow computes the rows its follow_by column "
-                "says changed; run python -m pipeline.run --recheck for the others"
-            )
-        url = connections.resolve_database_url(options.database_url)
-        config = validate(options, url)
-    except (OptionsError, connections.UrlError) as e:
-        cli.error(str(e))
-        return 2
-    except Exception as e:  # noqa: BLE001 - one line, then a non-zero exit
-        cli.error(f"could not reach the database: {retry.describe(e)}", url)
-        return 1
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    options, beam_args, config, url = prepared
     runner = runner_name(beam_args)
     engine = connections.make_engine(config.database_url, pool_size=2, max_overflow=0)
     shown = safe_options(options, beam_args)
     shown["follow"] = True
     record = Record(record_engine(url, config.run_id), config, runner, shown, {})
-    policy = config.retry_policy
     try:
-        # The run's row first: whatever fails from here on is recorded.
-        if not record.start_if_ready():
-            missing = retry.call(
-                lambda: cli.not_initialised(record.engine, config.schema),
-                what="checking the schema",
-                policy=policy,
-            )
-            if missing:  # never creates the schema: a mistyped --schema would follow nothing
-                cli.error(missing)
-                return 2
-        try:
-            chosen = resolve_sources(engine, options, config)
-            config = with_sources(config, options, chosen.sources)
-        except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
-            return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
-        record.note(chosen.path, **recorded_options(config, chosen))
-        try:
-            checked = _checked_sources(engine, config)
-            sources = {t: checked[t] for t in config.activity_types if t in checked}
-            id_type = checks.common_key_type(checked)
-            retry.call(
-                lambda: ensure_initialised(engine, config.schema, id_type),
-                what="checking the schema",
-                policy=policy,
-            )
-            if not any(s.follow_type for s in sources.values()):
-                # The pipeline's own tables get their follow_by column from revision 0004,
-                # which ensure_initialised may have just applied: look again.
-                checked = _checked_sources(engine, config)
-                sources = {t: checked[t] for t in config.activity_types if t in checked}
-            if not record.started:  # the schema has just been set up or brought up to date
-                record.start()
-                record.note(chosen.path, **recorded_options(config, chosen))
-            retry.call(
-                lambda: followable(engine, sources),
-                what="checking the sources' indexes",
-                policy=policy,
-            )
-        except (SourcesError, NotFollowable) as e:
-            return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
-        config = _with_sources(config, checked)
-        stop_at = time.time() + options.stop_after if options.stop_after else 2.0**40
-        _LOG.info(
-            "run %s follows %s on %s, every %g s%s",
-            config.run_id,
-            ", ".join(s.name for s in sources.values()),
-            runner,
-            options.poll_interval,
-            f", for {options.stop_after:g} s" if options.stop_after else ", until stopped",
+        begun = _begin(engine, record, options, config)
+        if isinstance(begun, int):
+            return begun
+        config, sources = begun
+        return _follow_until_stopped(
+            engine, record, options, beam_args, config, sources, stop, started
         )
-        record.beat(engine)  # within the run's pool from here, as the pipeline's connections
-        # Marked abandoned while it was frozen: it stops at once (its writes are refused).
-        stop.watch_record(record.no_longer_running)
-        with (
-            Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)),
-            _service(options, config, record, stop, runner, started),
-        ):
-            metrics = _execute(beam_args, config, options, stop_at, stop)
-        coverage = runs.run_coverage(engine, config.run_id, config.schema)
-        summary = _summary(engine, config, runner, coverage, metrics, started)
-        record.stop_beating()  # the outcome is recorded next: no heartbeat after it
-        finished = record.finish(
-            status="succeeded",
-            total_processed=summary["total_processed"],
-            errors=summary["errors"],
-            total_co2e_tonnes=summary["total_co2e_tonnes"],
-            quality=coverage,
-            timings=summary["timings"],
-            metrics_source="database",
-            code_version=editions.code_version(),
-        )
-        if not finished:
-            return record.overtaken(summary, time.time() - (time.monotonic() - started))
-        cli.print_json(summary)
-        return 0
     except runs.RunIdTaken as e:
         cli.error(str(e))
         return 2
@@ -338,6 +250,133 @@ def follow(args: list[str], stop: Stop) -> int:
         record.stop_beating()
         engine.dispose()
         record.engine.dispose()
+
+
+def _prepare(args: list[str]) -> tuple[Any, list[str], RunConfig, str] | int:
+    """The options, Beam's arguments, the run's configuration and the database URL; or the
+    exit code, said in one line (2: a bad option; 1: the database could not be reached)."""
+    try:
+        options, beam_args = parse_run_args(args, add_follow_arguments, prog="pipeline.follow")
+    except SystemExit:
+        return 2  # said in one line: an unknown option (not even Beam's), or a bad value
+    cli.setup_logging(options.log_level, stream=real_stderr())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TracebacksAtDebug())
+    url = None
+    try:
+        if options.poll_interval <= 0 or options.rows_per_window < 1:
+            raise OptionsError("--poll-interval and --rows-per-window must be positive")
+        if getattr(options, "recheck", False):
+            raise OptionsError(
+                "--recheck is pipeline.run's: follow computes the rows its follow_by column "
+                "says changed; run python -m pipeline.run --recheck for the others"
+            )
+        url = connections.resolve_database_url(options.database_url)
+        return options, beam_args, validate(options, url), url
+    except (OptionsError, connections.UrlError) as e:
+        cli.error(str(e))
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line, then a non-zero exit
+        cli.error(f"could not reach the database: {retry.describe(e)}", url)
+        return 1
+
+
+def _begin(
+    engine: sa.Engine, record: Record, options: Any, config: RunConfig
+) -> tuple[RunConfig, Sources] | int:
+    """The run's row (first: whatever fails from here on is recorded), its sources checked
+    and followable; the configuration with them and the sources followed, or the exit code
+    of a refusal (recorded)."""
+    policy = config.retry_policy
+    if not record.start_if_ready():
+        missing = retry.call(
+            lambda: cli.not_initialised(record.engine, config.schema),
+            what="checking the schema",
+            policy=policy,
+        )
+        if missing:  # never creates the schema: a mistyped --schema would follow nothing
+            cli.error(missing)
+            return 2
+    try:
+        chosen = resolve_sources(engine, options, config)
+        config = with_sources(config, options, chosen.sources)
+    except (stored_sources.SourcesChanged, SourcesError, OptionsError) as e:
+        return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
+    record.note(chosen.path, **recorded_options(config, chosen))
+    try:
+        checked = _checked_sources(engine, config)
+        sources = {t: checked[t] for t in config.activity_types if t in checked}
+        id_type = checks.common_key_type(checked)
+        retry.call(
+            lambda: ensure_initialised(engine, config.schema, id_type),
+            what="checking the schema",
+            policy=policy,
+        )
+        if not any(s.follow_type for s in sources.values()):
+            # The pipeline's own tables get their follow_by column from revision 0004,
+            # which ensure_initialised may have just applied: look again.
+            checked = _checked_sources(engine, config)
+            sources = {t: checked[t] for t in config.activity_types if t in checked}
+        if not record.started:  # the schema has just been set up or brought up to date
+            record.start()
+            record.note(chosen.path, **recorded_options(config, chosen))
+        retry.call(
+            lambda: followable(engine, sources),
+            what="checking the sources' indexes",
+            policy=policy,
+        )
+    except (SourcesError, NotFollowable) as e:
+        return record.refuse(e, f"error: {connections.scrub(str(e), config.database_url)}")
+    return _with_sources(config, checked), sources
+
+
+def _follow_until_stopped(
+    engine: sa.Engine,
+    record: Record,
+    options: Any,
+    beam_args: list[str],
+    config: RunConfig,
+    sources: Sources,
+    stop: Stop,
+    started: float,
+) -> int:
+    """Follows the sources until ``--stop-after`` (or a signal: ``Cancelled``), then records
+    the run's outcome and prints its summary."""
+    runner = runner_name(beam_args)
+    stop_at = time.time() + options.stop_after if options.stop_after else 2.0**40
+    _LOG.info(
+        "run %s follows %s on %s, every %g s%s",
+        config.run_id,
+        ", ".join(s.name for s in sources.values()),
+        runner,
+        options.poll_interval,
+        f", for {options.stop_after:g} s" if options.stop_after else ", until stopped",
+    )
+    record.beat(engine)  # within the run's pool from here, as the pipeline's connections
+    # Marked abandoned while it was frozen: it stops at once (its writes are refused).
+    stop.watch_record(record.no_longer_running)
+    with (
+        Activity(engine, config.run_id, config.schema, max(config.progress_interval, 30.0)),
+        _service(options, config, record, stop, runner, started),
+    ):
+        metrics = _execute(beam_args, config, options, stop_at, stop)
+    coverage = runs.run_coverage(engine, config.run_id, config.schema)
+    summary = _summary(engine, config, runner, coverage, metrics, started)
+    record.stop_beating()  # the outcome is recorded next: no heartbeat after it
+    finished = record.finish(
+        status="succeeded",
+        total_processed=summary["total_processed"],
+        errors=summary["errors"],
+        total_co2e_tonnes=summary["total_co2e_tonnes"],
+        quality=coverage,
+        timings=summary["timings"],
+        metrics_source="database",
+        code_version=editions.code_version(),
+    )
+    if not finished:
+        return record.overtaken(summary, time.time() - (time.monotonic() - started))
+    cli.print_json(summary)
+    return 0
 
 
 def _summary(
