@@ -541,13 +541,16 @@ def test_password_stays_out_of_the_logs_and_the_metadata(runs: Runs) -> None:
 def test_dag_runs_on_flink_with_the_documented_options(
     airflow_env: dict[str, str],
     local_flink: LocalFlinkCluster,
+    flink_home: Path,
     pg_server_url: str,
     database_template: Callable[[tables.IdType], str],
     tmp_path: Path,
 ) -> None:
-    """``{"flink_master": ...}`` is all a trigger gives (docs/airflow.md): the DAG adds the job
-    server's options, the run computes the interval on the cluster exactly as the DirectRunner
-    does on a copy of the data, and no job server outlives it."""
+    """docs/airflow.md's Flink recipe as written: ``{"runner": "FlinkRunner"}`` is all the
+    trigger gives, the DAG finds the local cluster from its state file (here the session's
+    cluster, saved where ``ops.flink_cluster start`` saves it) and adds the job server's
+    options; the run computes the interval on the cluster exactly as the DirectRunner does on
+    a copy of the data, and no job server outlives it."""
     suffix = uuid.uuid4().hex[:10]
     on_flink, direct = f"emissions_afflink_{suffix}", f"emissions_afdirect_{suffix}"
     try:
@@ -560,7 +563,16 @@ def test_dag_runs_on_flink_with_the_documented_options(
         direct_url = _create_database(pg_server_url, direct, on_flink)
         day = _busiest_day(url)
         next_day = day + datetime.timedelta(days=1)
-        conf = {"runner": "FlinkRunner", "runner_options": {"flink_master": local_flink.master}}
+        conf = {"runner": "FlinkRunner"}
+        doc = (ROOT / "docs" / "airflow.md").read_text()
+        assert f"--conf '{json.dumps(conf)}'" in doc
+        assert "AIRFLOW__EMISSIONS__RETRIES=0 .venv-airflow/bin/airflow dags test" in doc
+        cache = tmp_path / "flink-cache"
+        (cache / "cluster").mkdir(parents=True)
+        (cache / flink_home.name).symlink_to(flink_home)
+        jar = flink_cluster.job_server_jar_path()
+        (cache / jar.name).symlink_to(jar)
+        local_flink.save(cache / "cluster" / "cluster.json")
         before = int((local_flink.overview() or {}).get("jobs-finished", 0))  # type: ignore[call-overload]
         proc = _airflow(
             airflow_env,
@@ -571,12 +583,18 @@ def test_dag_runs_on_flink_with_the_documented_options(
             "--conf",
             json.dumps(conf),
             cwd=tmp_path,
-            extra_env={"AIRFLOW_CONN_EMISSIONS_DB": url, "AIRFLOW__EMISSIONS__RETRIES": "0"},
+            extra_env={
+                "AIRFLOW_CONN_EMISSIONS_DB": url,
+                "AIRFLOW__EMISSIONS__RETRIES": "0",
+                flink_cluster.CACHE_ENV: str(cache),
+            },
         )
         assert proc.returncode == 0, _log(proc)[-5000:]
         command = next(line for line in _log(proc).splitlines() if "Running command: " in line)
         assert "--runner=FlinkRunner" in command
-        assert f"--flink_job_server_jar={flink_cluster.job_server_jar_path()}" in command
+        assert f"--flink_master={local_flink.master}" in command
+        assert f"--flink_job_server_jar={cache / jar.name}" in command
+        assert "--environment_type=PROCESS" in command
         overview = local_flink.overview() or {}
         assert int(overview.get("jobs-finished", 0)) == before + 1, overview  # type: ignore[call-overload]
         assert flink_cluster.job_servers_of(local_flink.master) == []
