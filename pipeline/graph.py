@@ -29,6 +29,8 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
     types (one stage per type would leave a worker idle at the end of each).
     """
     config = for_workers(p, config)
+    # The read takes the factor book and hands it on with each table: read → calculate →
+    # write stay one operator chain on Flink too (``ReadPendingActivities._side``).
     activities = p | "ReadPending" >> ReadPendingActivities(
         config.database_url,
         ranges,
@@ -39,8 +41,9 @@ def build(p: beam.Pipeline, config: RunConfig, ranges: Sequence[KeyRange]) -> An
         schema=config.schema,
         run_id=config.run_id,
         recheck=config.recheck,
+        factors=_factors(p, config),
     )
-    return _calculate_and_write(p, activities, config, config.write_batch_size)
+    return _calculate_and_write(activities, config, config.write_batch_size, None)
 
 
 def build_follow(
@@ -68,7 +71,7 @@ def build_follow(
         config.activity_types,
         config.run_id,
     )
-    return _calculate_and_write(p, activities, config, batch_size=1)
+    return _calculate_and_write(activities, config, 1, _factors(p, config))
 
 
 def for_workers(p: beam.Pipeline, config: RunConfig) -> RunConfig:
@@ -82,10 +85,9 @@ def for_workers(p: beam.Pipeline, config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, database_url=without_password(config.database_url))
 
 
-def _calculate_and_write(
-    p: beam.Pipeline, activities: Any, config: RunConfig, batch_size: int
-) -> Any:
-    factors = (
+def _factors(p: beam.Pipeline, config: RunConfig) -> Any:
+    """The run's factor book, read once (one element: ``calculate.pack_book``)."""
+    return (
         p
         | "Factors" >> beam.Create([None])
         | "ReadFactors"
@@ -98,6 +100,11 @@ def _calculate_and_write(
             )
         )
     )
+
+
+def _calculate_and_write(activities: Any, config: RunConfig, batch_size: int, factors: Any) -> Any:
+    """``factors``: the book as the calculation's side input, or None when the tables carry
+    it."""
     calculated = activities | "Calculate" >> CalculateEmissions(
         factors, config.radiative_forcing, config.limits
     )

@@ -165,7 +165,7 @@ class CalculateFn(beam.DoFn):
         self, element: ActivityTable, packed: bytes
     ) -> tuple[pa.Table | None, list[Any]]:
         """The results table (None when every row was refused) and the dead letters."""
-        activity_type, activities = element
+        activity_type, activities = element.activity_type, element.table
         book, probes, factor_fps = self._unpack(packed, activity_type)
         # The row versions (and whether a result is to be replaced) travel beside the
         # calculation, onto the results and the dead letters.
@@ -211,6 +211,16 @@ class CalculateFn(beam.DoFn):
         ]
 
 
+@beam.typehints.with_input_types(ActivityTable)
+@beam.typehints.with_output_types(pa.Table)
+class CalculateCarriedFn(CalculateFn):
+    """``CalculateFn`` for tables that carry the factor book (``ActivityTable.factors``)."""
+
+    def process(self, element: ActivityTable) -> Iterator[Any]:  # type: ignore[override]
+        assert element.factors is not None, "the read hands the factor book on"
+        yield from super().process(element, element.factors)
+
+
 class CalculateEmissions(beam.PTransform):
     """``ActivityTable`` elements → results tables (main) and dead letters (``errors``)."""
 
@@ -223,7 +233,13 @@ class CalculateEmissions(beam.PTransform):
         self._limits = limits
 
     def expand(self, activities: Any) -> Any:
-        return activities | "Calculate" >> beam.ParDo(
-            CalculateFn(self._radiative_forcing, self._limits),
-            beam.pvalue.AsSingleton(self._factors),
-        ).with_outputs(ERRORS, main="results")
+        # factors None: each table carries the book (the read took it as its side input).
+        if self._factors is None:
+            fn: CalculateFn = CalculateCarriedFn(self._radiative_forcing, self._limits)
+            side = []
+        else:
+            fn = CalculateFn(self._radiative_forcing, self._limits)
+            side = [beam.pvalue.AsSingleton(self._factors)]
+        return activities | "Calculate" >> beam.ParDo(fn, *side).with_outputs(
+            ERRORS, main="results"
+        )

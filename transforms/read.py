@@ -33,6 +33,9 @@ class ActivityTable(NamedTuple):
 
     activity_type: ActivityType
     table: pa.Table
+    #: The run's factor book (``calculate.pack_book``) when the read carries it to the
+    #: calculation (``ReadPendingActivities(factors=…)``), so that it needs no side input.
+    factors: bytes | None = None
 
 
 @beam.typehints.with_input_types(KeyRange)
@@ -178,6 +181,16 @@ class ReadRangeFn(beam.DoFn):
             self._conn = None
 
 
+@beam.typehints.with_input_types(KeyRange, bytes)
+@beam.typehints.with_output_types(ActivityTable)
+class ReadRangeWithFactorsFn(ReadRangeFn):
+    """``ReadRangeFn`` that hands the factor book (its side input) on with each table."""
+
+    def process(self, key_range: KeyRange, factors: bytes) -> Iterator[ActivityTable]:  # type: ignore[override]
+        for read in super().process(key_range):
+            yield read._replace(factors=factors)
+
+
 class ReadPendingActivities(beam.PTransform):
     """Pending activities (no row in ``emission_results`` yet) of planned key ranges, as
     ``ActivityTable`` elements: plan (done by the driver) → ``Reshuffle`` → read. The
@@ -194,10 +207,13 @@ class ReadPendingActivities(beam.PTransform):
         schema: str = tables.DEFAULT_SCHEMA,
         run_id: str | None = None,
         recheck: bool = False,
+        factors: Any = None,
     ) -> None:
         super().__init__()
         self._ranges = list(ranges)
-        self._read = ReadRangeFn(
+        self._factors = factors
+        read = ReadRangeFn if factors is None else ReadRangeWithFactorsFn
+        self._read = read(
             database_url, date_from, date_to, retry_policy, sources, schema, run_id, recheck
         )
 
@@ -206,5 +222,13 @@ class ReadPendingActivities(beam.PTransform):
             pbegin
             | "Ranges" >> beam.Create(self._ranges, reshuffle=False)
             | "Reshuffle" >> beam.Reshuffle()
-            | "ReadRange" >> beam.ParDo(self._read)
+            | "ReadRange" >> beam.ParDo(self._read, *self._side())
         )
+
+    def _side(self) -> list[Any]:
+        """The factor book as the read's side input, when given: the read, which begins a
+        stage after the ``Reshuffle`` anyway, hands it to the calculation with each table.
+        Beam's Java fuser (Flink) never fuses a ParDo with side inputs into an existing stage,
+        so a calculation taking it itself would be a stage of its own, the tables encoded and
+        sent to it; this way read → calculate → write are one operator chain."""
+        return [] if self._factors is None else [beam.pvalue.AsSingleton(self._factors)]
