@@ -11,6 +11,7 @@ closing note gives a run of 10).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import tempfile
 import time
@@ -227,7 +228,11 @@ def test_the_code_identity_changes_with_any_file_the_workers_run(tmp_path: Path)
     assert flink_worker.code_fingerprint(tmp_path) == first  # caches and tools do not count
     (tmp_path / "transforms" / "sub" / "a.py").write_text("x = 2\n")
     assert flink_worker.code_fingerprint(tmp_path) != first
-    assert flink_worker.code_identity().startswith("0.1.0+")
+    # The version is the installed distribution's, the one setup.py says.
+    setup = (flink_worker.PROJECT_ROOT / "setup.py").read_text()
+    shipped = re.search(r'^VERSION = "(.+)"$', setup, re.M)
+    assert shipped is not None
+    assert flink_worker.code_identity().startswith(f"{shipped[1]}+")
 
 
 def test_a_worker_takes_only_a_job_of_its_own_code() -> None:
