@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import threading
 import urllib.request
@@ -470,6 +471,8 @@ def test_the_job_sent_to_flink_carries_no_password(tmp_path: Path) -> None:
         else:
             graph.build(p, config, plan_int_ranges("spend", 1, 1000, 4))
         proto = p.to_runner_api()
+        # Its temp folder, which only running the pipeline removes: this test's own.
+        shutil.rmtree(p.local_tempdir, ignore_errors=True)
         serialized = proto.SerializeToString()
         blob = b"".join(unpacked(serialized)) + serialized
         return blob + json.dumps(options.get_all_options(), default=str).encode()
