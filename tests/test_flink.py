@@ -151,7 +151,9 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
 
     # A rerun on Flink, after some refused rows were corrected, computes exactly those and
     # rewrites nothing: rows already stored are skipped, unchanged refused rows are not read
-    # again. It runs the Python code in an EXTERNAL worker pool, as a multi-host deployment does.
+    # again. It runs the Python code in an EXTERNAL worker pool, at parallelism 1: two
+    # TaskManagers sharing one pool give both workers the id "1-1", and the first environment
+    # to close kills the other's worker (docs/flink.md; PROCESS, the default, has no pool).
     results_before = raw_rows(flink_url, tables.RESULTS_TABLE)
     errors_before = raw_rows(flink_url, tables.ERRORS_TABLE)
     engine = connections.make_engine(flink_url, poolclass=sa.pool.NullPool)
@@ -169,7 +171,7 @@ def test_flink_run_equals_direct_run_and_rerun_writes_nothing(
     assert corrected > 0
     pool_address, pool_log = worker_pool
     external_args = flink_cluster.beam_args(
-        local_flink.master, flink_job_server_jar, 2, "EXTERNAL", pool_address
+        local_flink.master, flink_job_server_jar, 1, "EXTERNAL", pool_address
     )
     again = run_pipeline(capsys, flink_url, external_args, local_flink)
     assert "Starting worker" in pool_log.read_text(), "the worker pool ran no SDK worker"

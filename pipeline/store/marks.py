@@ -107,8 +107,10 @@ def poll_windows(
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (lock,))
-            marks = _stored_marks(cur, source, marks_table)
+            marks = _stored_marks(cur, source, marks_table, still_running)
             conn.commit()
+            if marks is None:
+                return []  # its run is no longer running, and the type has no marks yet
             read_only(conn)
             windows, stored = _windows(cur, source, marks, rows_per_window, max_windows, schema)
             conn.commit()
@@ -150,14 +152,17 @@ def _unlock(conn: psycopg2.extensions.connection, lock: int) -> None:
         pass
 
 
-def _stored_marks(cur: Any, source: Source, marks_table: sql.Composed) -> Marks:
-    """The type's marks (a row made for it when it has none); none when the source changed."""
+def _stored_marks(
+    cur: Any, source: Source, marks_table: sql.Composed, still_running: sql.Composable
+) -> Marks | None:
+    """The type's marks (a row made for it when it has none, only while the run is running:
+    None when it is not and there is none); empty marks when the source changed."""
     t = source.activity_type
     cur.execute(
         sql.SQL(
-            "INSERT INTO {} (activity_type, source) VALUES (%s, %s) "
+            "INSERT INTO {} (activity_type, source) SELECT %s, %s WHERE {} "
             "ON CONFLICT (activity_type) DO NOTHING"
-        ).format(marks_table),
+        ).format(marks_table, still_running),
         (t, source.name),
     )
     cur.execute(
@@ -167,7 +172,10 @@ def _stored_marks(cur: Any, source: Source, marks_table: sql.Composed) -> Marks:
         ).format(marks_table),
         (t,),
     )
-    stored_source, *values = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        return None
+    stored_source, *values = row
     if stored_source != source.name:
         _LOG.info(
             "%s: following %s now (was %s): starting from its first row",
