@@ -309,7 +309,7 @@ def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
         help="Also compare every activity that has a result with the input it was computed "
         "from (its input fingerprint) and compute again those that differ: for an application "
         "that may change a row without changing its version column. Reads every activity in "
-        "scope.",
+        "scope. Also allocates Scope 2 market-based again when its inputs seem unchanged.",
     )
     parser.add_argument(
         "--max-retire-share",

@@ -450,12 +450,10 @@ def test_a_us_certificate_may_name_the_interconnect_of_the_subregions_it_serves(
     ) == [("WEST", "US-WESTERN", "other_market")]
 
 
-def test_a_run_skips_the_allocation_only_while_nothing_it_reads_has_changed(
+def one_facility(
     app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The stage is skipped when the digest of its inputs (consumption with its results,
-    instruments, residual mixes, choices, code) equals that of the last complete allocation:
-    every change of one of them allocates again, and --recheck always does."""
+) -> tuple[str, Path]:
+    """1,000 MWh in RFCE in 2024, a 600 MWh certificate for it, the residual mix loaded."""
     url, sources = app
     execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
     execute(
@@ -465,6 +463,16 @@ def test_a_run_skips_the_allocation_only_while_nothing_it_reads_has_changed(
     )
     load_residual(url, sources, tmp_path)
     capsys.readouterr()
+    return url, sources
+
+
+def test_a_run_skips_the_allocation_only_while_nothing_it_reads_has_changed(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage is skipped when the digest of its inputs (consumption with its results,
+    instruments, residual mixes, choices, code) equals that of the last complete allocation:
+    every change of one of them allocates again, and --recheck always does."""
+    url, sources = one_facility(app, tmp_path, capsys)
     first = calculate(url, sources, capsys)
     assert first["lines"] == 2 and first["kg_co2e"] == 200_000
     assert "inputs_unchanged_since_run" in calculate(url, sources, capsys)
@@ -495,15 +503,7 @@ def test_an_allocation_cut_short_leaves_no_digest_to_skip_by(
     """A stage that fails part-way may have written some boundaries only: the digest of the
     last complete allocation is gone from the moment it starts, so the next run allocates,
     even when the inputs are back to what that allocation read."""
-    url, sources = app
-    execute(url, "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL)")
-    execute(
-        url,
-        "INSERT INTO app.certs VALUES "
-        "('GO-1', 600, 'wind', '2024-01-01', '2024-12-31', 'RFCE', 'R-1', 'a')",
-    )
-    load_residual(url, sources, tmp_path)
-    capsys.readouterr()
+    url, sources = one_facility(app, tmp_path, capsys)
     assert calculate(url, sources, capsys)["kg_co2e"] == 200_000
     digest = "SELECT count(*) FROM emissions.market_based_inputs"
     assert scalar(url, digest) == 1
