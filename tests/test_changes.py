@@ -415,6 +415,11 @@ def test_a_run_that_writes_most_of_the_results_leaves_them_vacuumed(
 ) -> None:
     # 12,000 activities, all new: more than the floor (10,000) and than a fifth of the table.
     seed(engine, 12_000, seed_value=5)
+    # An autovacuum ANALYZE of another table of this database holds a snapshot (PostgreSQL 14+
+    # no longer exempts it from the horizon), and the run's vacuum then cannot mark the pages
+    # written after it all-visible (a fresh-clone CI saw 353 of 370). Autovacuum is off here.
+    for (table,) in rows(engine, "SELECT tablename FROM pg_tables WHERE schemaname = 'emissions'"):
+        execute(engine, f"ALTER TABLE emissions.{table} SET (autovacuum_enabled = false)")
     assert vacuums(engine) == 0
     first = run_pipeline(database_url, capsys)
     written = first["total_processed"]
