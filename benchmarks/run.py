@@ -25,6 +25,7 @@ The figures are printed, written to ``benchmarks/results/latest.json`` and drawn
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -429,7 +430,11 @@ def chart(figures: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.parser("benchmarks.run", __doc__)
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--done-share", type=float, default=0.3)
@@ -453,25 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    server = args.database_url or server_url(ROOT / ".pgdata")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {"count": args.count, "cores": os.cpu_count()}
+    return args
 
-    def say(text: str) -> None:
-        print(text, flush=True)
 
-    if args.scale_only:
-        scaled = scale(server, say, args.scale_top)
-        (RESULTS_DIR / "scale.json").write_text(json.dumps(scaled, indent=2))
-        return 0
-
-    say(f"seeding {args.count:,} activities, {args.done_share:.0%} already computed …")
-    url = seeded(server, "emissions_bench", args.count, args.done_share)
-
+def against_sql(url: str, repeat: int, figures: dict[str, Any]) -> str:
+    """Steps 2 to 4: the SQL baseline and the pipeline, alternated; returns the run whose
+    results are stored."""
     # Alternated, and the median of each: both see the same noise of a shared machine.
     sql_times: list[float] = []
     runs: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         if runs:
             reset(url, runs[-1]["summary"]["run_id"])
         sql_s, sql_rows = baseline(url)
@@ -484,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     sql_s = statistics.median(sql_times)
     one = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # the median run
-    run_id = runs[-1]["summary"]["run_id"]  # the one whose results are stored
+    run_id: str = runs[-1]["summary"]["run_id"]  # the one whose results are stored
     check = compare(url, run_id)
     figures.update(pending=sql_rows, sql_s=sql_s, sql_s_all=sql_times)
     figures.update(pipeline=one, pipeline_wall_s_all=[r["wall_s"] for r in runs], check=check)
@@ -494,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [r["wall_s"] / s for r, s in zip(runs, sql_times, strict=True)]
     figures["ratio_per_pair"] = pairs
     say(
-        f"median of {args.repeat}: SQL {sql_s:.2f} s; pipeline {one['wall_s']:.2f} s wall, "
+        f"median of {repeat}: SQL {sql_s:.2f} s; pipeline {one['wall_s']:.2f} s wall, "
         f"{one['summary']['total_processed'] / one['wall_s']:,.0f}/s, peak RSS "
         f"{max(r['peak_rss_mb'] for r in runs):.0f} MB; pipeline / SQL = {ratio:.2f} "
         "(target ≤ 1.25; stretch ≤ 1.0)"
@@ -504,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{p:.2f}" for p in pairs)
         + f" (median {statistics.median(pairs):.2f})"
     )
+    return run_id
+
+
+def against_write_floor(url: str, run_id: str, figures: dict[str, Any]) -> None:
+    """The median run against loading its rows alone, and where its time went."""
+    one = figures["pipeline"]
     floor = write_floor(url, run_id)
     figures["write_floor"] = floor
     figures["ratio_pipeline_over_write_floor"] = one["wall_s"] / floor["s"]
@@ -516,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     steps = breakdown_line(figures["breakdown"])
     say(f"where the median run's {one['wall_s']:.2f} s went: {steps}")
+
+
+def say_check(check: dict[str, Any]) -> None:
     say(
         f"same rows as the SQL: {check['same']} ({check['only_in_baseline']} only in SQL, "
         f"{check['only_in_pipeline']} only in the pipeline, total relative difference "
@@ -523,8 +528,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{check['max_row_relative_difference']:.2e})"
     )
 
+
+def against_anti_join(url: str, repeat: int, figures: dict[str, Any]) -> None:
+    """Step 5: a rerun with nothing pending against the SQL anti-join count."""
     reruns = []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         rerun = run_pipeline(url)
         count_s = anti_join_count(url)
         reruns.append((rerun["summary"]["timings"]["total_s"] / count_s, rerun, count_s))
@@ -540,12 +548,15 @@ def main(argv: list[str] | None = None) -> int:
         "pending": rerun["summary"]["pending"],
     }
     say(
-        f"rerun with nothing pending (median of {args.repeat}): {own_s:.2f} s in the run "
+        f"rerun with nothing pending (median of {repeat}): {own_s:.2f} s in the run "
         f"({rerun['wall_s']:.2f} s with interpreter start-up) vs {count_s:.2f} s for the SQL "
         f"anti-join count: {ratio_rerun:.2f}× (target ≤ 1.5)"
     )
 
-    reset(url, run_id)
+
+def one_worker(url: str, figures: dict[str, Any]) -> None:
+    """The pipeline again, on one worker."""
+    sql_s = figures["sql_s"]
     single = run_pipeline(url, "--direct_num_workers=1")
     figures["pipeline_1_worker"] = single
     figures["ratio_1_worker_over_sql"] = single["wall_s"] / sql_s
@@ -554,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{single['peak_rss_mb']:.0f} MB; / SQL = {single['wall_s'] / sql_s:.2f}"
     )
 
-    reset(url, single["summary"]["run_id"])
+
+def two_runs(url: str, figures: dict[str, Any]) -> None:
+    """Two runs started together against one run alone; then removes what they wrote."""
+    one = figures["pipeline"]
     pair = two_at_once(url)
     figures["two_runs_at_once"] = pair
     say(
@@ -567,27 +581,33 @@ def main(argv: list[str] | None = None) -> int:
     for summary in pair["summaries"]:
         reset(url, summary["run_id"])
 
-    legacy_url = seeded(server, "emissions_bench_legacy", args.legacy_count, args.done_share)
+
+def against_legacy(server: str, count: int, done_share: float, figures: dict[str, Any]) -> None:
+    """Step 6: the approach this project replaces, next to the pipeline on the same data."""
+    legacy_url = seeded(server, "emissions_bench_legacy", count, done_share)
     started = time.perf_counter()
     legacy_counts = run_legacy(legacy_url)
     legacy_s = time.perf_counter() - started
     legacy_done = legacy_counts["computed"] + legacy_counts["errors"]
-    small_url = seeded(server, "emissions_bench_small", args.legacy_count, args.done_share)
+    small_url = seeded(server, "emissions_bench_small", count, done_share)
     small = run_pipeline(small_url)
     figures["legacy"] = {
-        "count": args.legacy_count,
+        "count": count,
         "pending": legacy_done,
         "legacy_s": legacy_s,
         "pipeline_s": small["wall_s"],
         "legacy_rows_per_s": legacy_done / legacy_s,
     }
     say(
-        f"old approach (ORM, 100 a page, commit per page) on {args.legacy_count:,} activities: "
+        f"old approach (ORM, 100 a page, commit per page) on {count:,} activities: "
         f"{legacy_s:.1f} s ({legacy_done / legacy_s:,.0f}/s; OFFSET paging makes it "
         f"slower per row as tables grow); the pipeline on the same data: {small['wall_s']:.1f} s"
     )
 
-    figures["balance"] = balance(server, args.balance_rows, 8, DEFAULT_ROWS_PER_RANGE)
+
+def range_balance(server: str, rows: int, figures: dict[str, Any]) -> None:
+    """Step 7: how balanced the read ranges are on clustered integer keys and UUID keys."""
+    figures["balance"] = balance(server, rows, 8, DEFAULT_ROWS_PER_RANGE)
     for label, b in figures["balance"].items():
         say(
             f"ranges on {label} keys ({b['rows']:,} rows, {b['ranges']} ranges): largest/mean "
@@ -595,14 +615,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{b['bounds_planner_largest_over_mean']:.2f} by key bounds (target ≤ 2)"
         )
 
-    if args.scale:
-        figures["scale"] = scale(server, say, args.scale_top)
 
+def save(figures: dict[str, Any]) -> None:
+    """Throughputs; the figures written to ``latest.json`` and drawn in ``latest.png``."""
+    one, single, legacy = figures["pipeline"], figures["pipeline_1_worker"], figures["legacy"]
     figures["throughput_rows_per_s"] = {
-        "in-database SQL": sql_rows / sql_s,
+        "in-database SQL": figures["pending"] / figures["sql_s"],
         "pipeline (2 threads, default)": one["summary"]["total_processed"] / one["wall_s"],
         "pipeline, 1 worker": single["summary"]["total_processed"] / single["wall_s"],
-        "old ORM approach": legacy_done / legacy_s,
+        "old ORM approach": legacy["pending"] / legacy["legacy_s"],
     }
     out = RESULTS_DIR / "latest.json"
     out.write_text(json.dumps(figures, indent=2, default=str))
@@ -610,6 +631,33 @@ def main(argv: list[str] | None = None) -> int:
     say(
         f"figures: {out.relative_to(ROOT)}, chart: {(RESULTS_DIR / 'latest.png').relative_to(ROOT)}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    server = args.database_url or server_url(ROOT / ".pgdata")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    if args.scale_only:
+        scaled = scale(server, say, args.scale_top)
+        (RESULTS_DIR / "scale.json").write_text(json.dumps(scaled, indent=2))
+        return 0
+
+    figures: dict[str, Any] = {"count": args.count, "cores": os.cpu_count()}
+    say(f"seeding {args.count:,} activities, {args.done_share:.0%} already computed …")
+    url = seeded(server, "emissions_bench", args.count, args.done_share)
+    run_id = against_sql(url, args.repeat, figures)
+    against_write_floor(url, run_id, figures)
+    say_check(figures["check"])
+    against_anti_join(url, args.repeat, figures)
+    reset(url, run_id)
+    one_worker(url, figures)
+    reset(url, figures["pipeline_1_worker"]["summary"]["run_id"])
+    two_runs(url, figures)
+    against_legacy(server, args.legacy_count, args.done_share, figures)
+    range_balance(server, args.balance_rows, figures)
+    if args.scale:
+        figures["scale"] = scale(server, say, args.scale_top)
+    save(figures)
     return 0
 
 
