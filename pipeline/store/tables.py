@@ -129,23 +129,41 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
     if id_type not in ID_TYPES:
         raise ValueError(f"id type must be one of {', '.join(ID_TYPES)}, not {id_type!r}")
     md = sa.MetaData(schema=validate_schema(schema))
+    # In this order: it is the order of ``md.tables``, which some callers walk.
+    _activity_tables(md, id_type)
+    _factors_table(md)
+    _result_tables(md, id_type)
+    _run_write_tables(md, id_type)
+    _base_year_table(md)
+    _market_tables(md)
+    _instrument_tables(md)
+    _marks_table(md)
+    _run_tables(md)
+    return md
 
-    def activity_id(name: str = "id", **kw: Any) -> sa.Column[Any]:
-        col_type: Any = {"bigint": sa.BigInteger(), "uuid": postgresql.UUID(as_uuid=False)}.get(
-            id_type, sa.Text()
-        )
-        return sa.Column(name, col_type, **kw)
 
-    def change_seq() -> sa.Column[Any]:
-        # Numbers every insert (this default) and update (a trigger, migration 0004): what the
-        # follow mode finds changes by, through its index.
-        return sa.Column(
-            CHANGE_COLUMN,
-            sa.BigInteger,
-            server_default=sa.Sequence(CHANGE_SEQUENCE, schema=schema).next_value(),
-            index=True,
-        )
+def _key_column(id_type: IdType, name: str = "id", **kw: Any) -> sa.Column[Any]:
+    """A column holding an activity's key, of the sources' key type."""
+    col_type: Any = {"bigint": sa.BigInteger(), "uuid": postgresql.UUID(as_uuid=False)}.get(
+        id_type, sa.Text()
+    )
+    return sa.Column(name, col_type, **kw)
 
+
+def _change_seq(schema: str | None) -> sa.Column[Any]:
+    # Numbers every insert (this default) and update (a trigger, migration 0004): what the
+    # follow mode finds changes by, through its index.
+    return sa.Column(
+        CHANGE_COLUMN,
+        sa.BigInteger,
+        server_default=sa.Sequence(CHANGE_SEQUENCE, schema=schema).next_value(),
+        index=True,
+    )
+
+
+def _activity_tables(md: sa.MetaData, id_type: IdType) -> None:
+    """The pipeline's own activity tables (when no sources file points elsewhere)."""
+    activity_id = functools.partial(_key_column, id_type)
     sa.Table(
         ACTIVITY_TABLES["electricity"],
         md,
@@ -155,7 +173,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("region", sa.Text),
         sa.Column("country", sa.Text),
         sa.Column("activity_date", sa.Date),
-        change_seq(),
+        _change_seq(md.schema),
     )
     sa.Table(
         ACTIVITY_TABLES["spend"],
@@ -165,7 +183,7 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("currency", sa.Text),
         sa.Column("naics_code", sa.Text),
         sa.Column("activity_date", sa.Date),
-        change_seq(),
+        _change_seq(md.schema),
     )
     sa.Table(
         ACTIVITY_TABLES["air_travel"],
@@ -178,8 +196,12 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("return_trip", sa.Boolean),
         sa.Column("activity_date", sa.Date),
         sa.Column("distance_km", sa.Float(53)),
-        change_seq(),
+        _change_seq(md.schema),
     )
+
+
+def _factors_table(md: sa.MetaData) -> None:
+    """The emission factors, append-only: one row per factor set, edition, key and year."""
     sa.Table(
         FACTORS_TABLE,
         md,
@@ -201,6 +223,11 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.UniqueConstraint("factor_set", "edition", "key", "year", name="uq_factor_identity"),
         sa.CheckConstraint("value >= 0", name="ck_factor_value_non_negative"),
     )
+
+
+def _result_tables(md: sa.MetaData, id_type: IdType) -> None:
+    """The results, the results they superseded, and the restatements that moved them."""
+    activity_id = functools.partial(_key_column, id_type)
     result_cols: list[Any] = [
         sa.Column("activity_type", sa.Text, primary_key=True),
         activity_id("activity_id", primary_key=True),
@@ -288,6 +315,11 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         # Activities whose input changed after the restatement read them (migration 0007).
         sa.Column("left_to_next_run", sa.BigInteger),
     )
+
+
+def _run_write_tables(md: sa.MetaData, id_type: IdType) -> None:
+    """What runs write beside their results: dead letters, a row per flush, range claims."""
+    activity_id = functools.partial(_key_column, id_type)
     sa.Table(
         ERRORS_TABLE,
         md,
@@ -339,6 +371,9 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("claimed_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("activity_type", "range_key", name="range_claims_pkey"),
     )
+
+
+def _base_year_table(md: sa.MetaData) -> None:
     # Revision 0008: a base year's results as first reported (``audit.base_year``); the
     # activity's key as text, whatever its type.
     sa.Table(
@@ -360,8 +395,9 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
             name="base_year_results_pkey",
         ),
     )
-    _market_tables(md)
-    _instrument_tables(md)
+
+
+def _marks_table(md: sa.MetaData) -> None:
     # The follow mode's marks (docs/follow.md): ``mark``, every change up to it is computed;
     # ``scanned``, read up to there; ``pending_mark``, the next mark, once every transaction
     # older than ``pending_xmax`` has ended. Keys of the source's ``follow_by``, as text.
@@ -376,6 +412,10 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("pending_mark", sa.Text),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
+
+
+def _run_tables(md: sa.MetaData) -> None:
+    """One row per run, and the schema's sources file, one row per change."""
     sa.Table(
         RUNS_TABLE,
         md,
@@ -423,7 +463,6 @@ def build_metadata(id_type: IdType = "bigint", schema: str = DEFAULT_SCHEMA) -> 
         sa.Column("changed_by", sa.Text, nullable=False, server_default=sa.text("CURRENT_USER")),
         sa.Column("previous_sha256", sa.Text),
     )
-    return md
 
 
 def _market_line_columns() -> list[sa.Column[Any]]:
