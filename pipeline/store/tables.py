@@ -225,12 +225,11 @@ def _factors_table(md: sa.MetaData) -> None:
     )
 
 
-def _result_tables(md: sa.MetaData, id_type: IdType) -> None:
-    """The results, the results they superseded, and the restatements that moved them."""
-    activity_id = functools.partial(_key_column, id_type)
-    result_cols: list[Any] = [
+def _result_columns(id_type: IdType) -> list[Any]:
+    """A result's columns: the value, how it was computed, and from what."""
+    return [
         sa.Column("activity_type", sa.Text, primary_key=True),
-        activity_id("activity_id", primary_key=True),
+        _key_column(id_type, "activity_id", primary_key=True),
         sa.Column("scope", sa.SmallInteger, nullable=False),
         sa.Column("category", sa.SmallInteger),
         sa.Column("kg_co2e", sa.Float(53), nullable=False),
@@ -264,6 +263,11 @@ def _result_tables(md: sa.MetaData, id_type: IdType) -> None:
         sa.Column("run_id", postgresql.UUID(as_uuid=False), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     ]
+
+
+def _result_tables(md: sa.MetaData, id_type: IdType) -> None:
+    """The results, the results they superseded, and the restatements that moved them."""
+    result_cols = _result_columns(id_type)
     # One row per activity: the primary key is what makes every write idempotent. The factor
     # ids are not foreign keys: factor rows are never deleted (the table is append-only), and
     # four per-row constraint triggers would cost more than the rest of the insert together.
