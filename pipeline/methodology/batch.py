@@ -448,17 +448,37 @@ def calculate_batch(
         schema = pa.schema([schema.field(f) for f in schema.names if f in set(fields)])
     if table.num_rows == 0:
         return BatchOutcome(schema.empty_table(), [])
-    kind = _KINDS[activity_type]
+    results, slow = _fast_path(activity_type, table, probes, limits, schema)
+    # The per-row path: whatever the fast path could not vouch for.
+    slow_results, errors = _per_row(
+        activity_type, table, np.flatnonzero(slow), book, radiative_forcing, limits
+    )
+    if slow_results:
+        extra = pa.Table.from_pylist([_as_row(r) for r in slow_results], schema=schema)
+        results = pa.concat_tables([results, extra])
+    return BatchOutcome(results, errors)
+
+
+@dataclass
+class _Probed:
+    """The rows whose every context was answered (``rows``) and, per axis, each row's index
+    into that axis' answers (``axis_rows``) and the answers (``axis_answers``)."""
+
+    rows: np.ndarray
+    axis_rows: list[np.ndarray]
+    axis_answers: list[list[_Answer | None]]
+
+
+def _probe(kind: _Kind, table: pa.Table, probes: Probes) -> _Probed:
+    """Per axis: each row's context, probed once per distinct context."""
     date_text = _col(table, "activity_date")
     parsed = pc.strptime(date_text, format="%Y-%m-%d", unit="s", error_is_null=True)
     years = pc.year(parsed)
     bad_date = pc.is_valid(date_text).to_numpy(zero_copy_only=False) & ~pc.is_valid(
         parsed
     ).to_numpy(zero_copy_only=False)
-
-    # Per axis: each row's context, probed once per distinct context.
     fast = kind.usable(table) & ~bad_date
-    axis_rows: list[np.ndarray] = []  # per axis: each row's index into that axis' answers
+    axis_rows: list[np.ndarray] = []
     axis_answers: list[list[_Answer | None]] = []
     for axis in kind.axes:
         row_ctx, distinct = _contexts(axis.columns(table, years))
@@ -466,16 +486,31 @@ def calculate_batch(
         fast &= np.array([a is not None for a in answers], dtype=bool)[row_ctx]
         axis_rows.append(row_ctx)
         axis_answers.append(answers)
-    rows = np.flatnonzero(fast)
+    return _Probed(np.flatnonzero(fast), axis_rows, axis_answers)
+
+
+def _fast_path(
+    activity_type: ActivityType,
+    table: pa.Table,
+    probes: Probes,
+    limits: Limits,
+    schema: pa.Schema,
+) -> tuple[pa.Table, np.ndarray]:
+    """The results of the rows the probes vouch for, computed as columns; and a mask of the
+    rows left to the per-row path."""
+    kind = _KINDS[activity_type]
+    probed = _probe(kind, table, probes)
+    rows = probed.rows
 
     def per_context(field: str, values: Callable[[_Answer], float] | None = None) -> np.ndarray:
         """A field of each fast row's context, from the axis that gives it."""
         a = _axis_of(kind, field)
         pick = values or (lambda ans: getattr(ans.result, field))
         table_ = np.array(
-            [math.nan if ans is None else pick(ans) for ans in axis_answers[a]], dtype=np.float64
+            [math.nan if ans is None else pick(ans) for ans in probed.axis_answers[a]],
+            dtype=np.float64,
         )
-        return table_[axis_rows[a][rows]]
+        return table_[probed.axis_rows[a][rows]]
 
     with np.errstate(over="ignore", invalid="ignore"):
         amount, given_distance = _amounts(activity_type, table, rows, per_context)
@@ -491,44 +526,59 @@ def calculate_batch(
     keep = np.flatnonzero(finite)
     slow = np.ones(table.num_rows, dtype=bool)
     slow[rows[keep]] = False
+    if not len(keep):
+        return schema.empty_table(), slow
+    columns = _context_columns(kind, probed, rows[keep], schema)
+    columns["activity_id"] = table.column("id").take(pa.array(rows[keep])).combine_chunks()
+    columns["kg_co2e"] = pa.array(kg[keep], type=pa.float64())
+    columns["activity_amount"] = pa.array(amount[keep], type=pa.float64())
+    for field, (values, present) in gases.items():
+        columns[field] = _nullable(values[keep], present[keep])
+    if given_distance is not None:
+        probe_distance = columns["distance_km"].to_numpy(zero_copy_only=False)
+        given_kept = given_distance[keep]
+        chosen = np.where(np.isnan(given_kept), probe_distance, given_kept)
+        columns["distance_km"] = pa.array(chosen, type=pa.float64())
+    results = pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
+    return results, slow
 
-    results = schema.empty_table()
-    if len(keep):
-        kept_rows = rows[keep]
-        columns: dict[str, pa.Array] = {}
-        for a, axis in enumerate(kind.axes):
-            row_contexts = axis_rows[a][kept_rows]
-            used, take = np.unique(row_contexts, return_inverse=True)
-            given = [
-                n for n in (axis.fields or schema.names) if n in schema.names and n != "activity_id"
-            ]
-            # Columns are built per batch, for the contexts it uses (kept across a run, they
-            # would be the cache's largest part), a column at a time: no dict per context.
-            used_results = [_answered(axis_answers[a][c]).result for c in used.tolist()]
-            indices = pa.array(take.reshape(-1))
-            for name in given:
-                values = [getattr(r, name) for r in used_results]
-                columns[name] = pa.array(values, schema.field(name).type).take(indices)
-        columns["activity_id"] = table.column("id").take(pa.array(kept_rows)).combine_chunks()
-        columns["kg_co2e"] = pa.array(kg[keep], type=pa.float64())
-        columns["activity_amount"] = pa.array(amount[keep], type=pa.float64())
-        for field, (values, present) in gases.items():
-            columns[field] = _nullable(values[keep], present[keep])
-        if given_distance is not None:
-            probe_distance = columns["distance_km"].to_numpy(zero_copy_only=False)
-            given_kept = given_distance[keep]
-            chosen = np.where(np.isnan(given_kept), probe_distance, given_kept)
-            columns["distance_km"] = pa.array(chosen, type=pa.float64())
-        results = pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
 
-    # The per-row path: whatever the fast path could not vouch for.
+def _context_columns(
+    kind: _Kind, probed: _Probed, kept_rows: np.ndarray, schema: pa.Schema
+) -> dict[str, pa.Array]:
+    """The result columns each axis' answers give, for ``kept_rows``."""
+    columns: dict[str, pa.Array] = {}
+    for a, axis in enumerate(kind.axes):
+        row_contexts = probed.axis_rows[a][kept_rows]
+        used, take = np.unique(row_contexts, return_inverse=True)
+        given = [
+            n for n in (axis.fields or schema.names) if n in schema.names and n != "activity_id"
+        ]
+        # Columns are built per batch, for the contexts it uses (kept across a run, they
+        # would be the cache's largest part), a column at a time: no dict per context.
+        used_results = [_answered(probed.axis_answers[a][c]).result for c in used.tolist()]
+        indices = pa.array(take.reshape(-1))
+        for name in given:
+            values = [getattr(r, name) for r in used_results]
+            columns[name] = pa.array(values, schema.field(name).type).take(indices)
+    return columns
+
+
+def _per_row(
+    activity_type: ActivityType,
+    table: pa.Table,
+    slow_rows: np.ndarray,
+    book: FactorBook,
+    radiative_forcing: bool,
+    limits: Limits,
+) -> tuple[list[EmissionResult], list[ErrorRecord]]:
+    """Results and dead letters of ``slow_rows``, one row at a time (``calculate_one``)."""
     slow_results: list[EmissionResult] = []
     errors: list[ErrorRecord] = []
+    if not len(slow_rows):
+        return slow_results, errors
     cls = ACTIVITY_CLASSES[activity_type]
-    slow_rows = np.flatnonzero(slow)
-    if len(slow_rows):
-        subset = table.take(pa.array(slow_rows)).to_pylist()
-    for values in subset if len(slow_rows) else []:
+    for values in table.take(pa.array(slow_rows)).to_pylist():
         text = values["activity_date"]
         date = None if text is None else _iso_date(text)
         if text is not None and date is None:
@@ -549,10 +599,7 @@ def calculate_batch(
             slow_results.append(outcome)
         else:
             errors.append(outcome)
-    if slow_results:
-        extra = pa.Table.from_pylist([_as_row(r) for r in slow_results], schema=schema)
-        results = pa.concat_tables([results, extra])
-    return BatchOutcome(results, errors)
+    return slow_results, errors
 
 
 def _answered(answer: _Answer | None) -> _Answer:
