@@ -22,7 +22,7 @@ from ops.seed import seed
 from pipeline.store import checks, connections, runs
 from pipeline.store import marks as marks_store
 from pipeline.store.sources import default_sources
-from tests.support import duplicate_counts, scalar, wait_for
+from tests.support import RunProcess, duplicate_counts, scalar, wait_for
 from tests.test_claims import rows_of, sessions_of, status_report
 from tests.test_end_to_end import run_pipeline
 from tests.test_follow import execute, matches_reference, result_of, start_follow
@@ -72,50 +72,16 @@ def test_a_resumed_abandoned_follow_run_stops_at_once_and_the_next_computes_its_
     seed(engine, 300, seed_value=12)
     run_pipeline(url, capsys)
     frozen_id = str(uuid.uuid4())
-    frozen = start_follow(url, tmp_path, "--run-id", frozen_id, name="frozen")
+    frozen = _start_and_freeze(url, tmp_path, frozen_id)
     try:
-        insert_electricity(url, 900000, 10.0, "kWh")  # it works: a result within seconds
-        wait_for(lambda: result_of(url, "electricity", 900000) is not None, 60, what="a result")
-        os.killpg(frozen.proc.pid, signal.SIGSTOP)
-    except BaseException:
-        frozen.kill()
-        raise
-    try:
-        wait_for(lambda: heartbeat_older_than(url, frozen_id, 1.5), 30, what="an old heartbeat")
-        code, report = status_report(url, "--stale-after", "1")
-        assert report["abandoned_now"] == [frozen_id], report
-        wait_for(lambda: sessions_of(url, frozen_id) == 0, 10, what="its sessions ended")
-        for activity_id, quantity, unit in INSERTED:
-            insert_electricity(url, activity_id, quantity, unit)
-        corrected = [
-            int(i)
-            for (i,) in engine.connect().execute(
-                sa.text(
-                    "SELECT activity_id FROM emissions.emission_results WHERE activity_type = "
-                    "'electricity' AND activity_id < 900000 ORDER BY activity_id LIMIT 3"
-                )
-            )
-        ]
-        execute(
-            url,
-            "UPDATE emissions.electricity_activities SET quantity = quantity * 2 "
-            "WHERE id = ANY(%s)",
-            (corrected,),
-        )
+        _declare_abandoned(url, frozen_id)
+        corrected = _change_while_frozen(url, engine)
         before = marks(url)
         stored = {t: rows_of(url, t, frozen_id) for t in ("emission_results", "emission_errors")}
         resumed = time.monotonic()
     finally:
         os.killpg(frozen.proc.pid, signal.SIGCONT)
-    try:
-        assert frozen.wait(timeout=30) == 1, frozen.stderr[-2000:]
-    finally:
-        frozen.kill()
-    assert time.monotonic() - resumed < 15
-    said = [line for line in frozen.stderr.splitlines() if line.startswith("error:")]
-    assert len(said) == 1 and said[0].startswith(
-        f"error: run {frozen_id} was recorded abandoned by another process"
-    ), said
+    _assert_stops_at_once(frozen, frozen_id, resumed)
     # It wrote nothing, and its marks stayed below what changed while it was frozen.
     assert {t: rows_of(url, t, frozen_id) for t in stored} == stored
     assert marks(url) == before
@@ -126,12 +92,75 @@ def test_a_resumed_abandoned_follow_run_stops_at_once_and_the_next_computes_its_
 
     # The next follow run computes each change once.
     after_id = str(uuid.uuid4())
-    after = start_follow(url, tmp_path, "--run-id", after_id, name="after")
+    after = _follow_until_sigterm(url, tmp_path, after_id)
+    _assert_each_change_computed_once(url, after, after_id, corrected)
+    engine.dispose()
+
+
+def _start_and_freeze(url: str, tmp_path: Path, frozen_id: str) -> RunProcess:
+    """A follow run that works (a result within seconds), then stopped by SIGSTOP."""
+    frozen = start_follow(url, tmp_path, "--run-id", frozen_id, name="frozen")
+    try:
+        insert_electricity(url, 900000, 10.0, "kWh")
+        wait_for(lambda: result_of(url, "electricity", 900000) is not None, 60, what="a result")
+        os.killpg(frozen.proc.pid, signal.SIGSTOP)
+    except BaseException:
+        frozen.kill()
+        raise
+    return frozen
+
+
+def _declare_abandoned(url: str, frozen_id: str) -> None:
+    """``ops.status --stale-after 1`` records the frozen run abandoned and ends its sessions."""
+    wait_for(lambda: heartbeat_older_than(url, frozen_id, 1.5), 30, what="an old heartbeat")
+    code, report = status_report(url, "--stale-after", "1")
+    assert report["abandoned_now"] == [frozen_id], report
+    wait_for(lambda: sessions_of(url, frozen_id) == 0, 10, what="its sessions ended")
+
+
+def _change_while_frozen(url: str, engine: sa.Engine) -> list[int]:
+    """Inserts ``INSERTED`` and doubles the quantity of three computed activities (returned)."""
+    for activity_id, quantity, unit in INSERTED:
+        insert_electricity(url, activity_id, quantity, unit)
+    corrected = [
+        int(i)
+        for (i,) in engine.connect().execute(
+            sa.text(
+                "SELECT activity_id FROM emissions.emission_results WHERE activity_type = "
+                "'electricity' AND activity_id < 900000 ORDER BY activity_id LIMIT 3"
+            )
+        )
+    ]
+    execute(
+        url,
+        "UPDATE emissions.electricity_activities SET quantity = quantity * 2 WHERE id = ANY(%s)",
+        (corrected,),
+    )
+    return corrected
+
+
+def _assert_stops_at_once(frozen: RunProcess, frozen_id: str, resumed: float) -> None:
+    """Resumed at ``resumed``, the run exits 1 within 15 s, saying once that it was abandoned."""
+    try:
+        assert frozen.wait(timeout=30) == 1, frozen.stderr[-2000:]
+    finally:
+        frozen.kill()
+    assert time.monotonic() - resumed < 15
+    said = [line for line in frozen.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and said[0].startswith(
+        f"error: run {frozen_id} was recorded abandoned by another process"
+    ), said
+
+
+def _follow_until_sigterm(url: str, tmp_path: Path, run_id: str) -> RunProcess:
+    """A follow run until it has stored the 5 results and 1 dead letter (and a few polls
+    more), then stopped by SIGTERM."""
+    after = start_follow(url, tmp_path, "--run-id", run_id, name="after")
     try:
         wait_for(
             lambda: (
-                rows_of(url, "emission_results", after_id) == 5
-                and rows_of(url, "emission_errors", after_id) == 1
+                rows_of(url, "emission_results", run_id) == 5
+                and rows_of(url, "emission_errors", run_id) == 1
             ),
             60,
             what="the changes computed by the next follow run",
@@ -141,6 +170,12 @@ def test_a_resumed_abandoned_follow_run_stops_at_once_and_the_next_computes_its_
         assert after.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         after.kill()
+    return after
+
+
+def _assert_each_change_computed_once(
+    url: str, after: RunProcess, after_id: str, corrected: list[int]
+) -> None:
     assert recorded_counts(url, after_id) == (5, 1)
     assert "cancelled by SIGTERM after 5 results were stored" in after.stderr
     assert (
@@ -167,7 +202,6 @@ def test_a_resumed_abandoned_follow_run_stops_at_once_and_the_next_computes_its_
     )
     matches_reference(url)
     assert duplicate_counts(url) == (0, 0)
-    engine.dispose()
 
 
 def _follow_id(url: str, other_than: str) -> str:
