@@ -25,7 +25,7 @@ from ops import status
 from ops.seed import seed
 from pipeline import run
 from pipeline.store import connections, runs
-from tests.support import ROOT, results_count, scalar, start_run, wait_for
+from tests.support import ROOT, RunProcess, results_count, scalar, start_run, wait_for
 
 COUNT = 150_000
 SMALL_COMMITS = ("--rows-per-range", "1000", "--write-batch-size", "500", "--partitions", "4")
@@ -140,6 +140,46 @@ def test_a_sigkilled_run_is_reported_and_marked_abandoned_then_the_next_run_says
     seed(engine, COUNT, seed_value=11)
     engine.dispose()
     run_id = str(uuid.uuid4())
+    _kill_part_way(url, tmp_path, run_id)
+    before = run_row(url, run_id)
+    assert before["status"] == "running"
+
+    # Within --stale-after a run that has stopped beating may be alive still: left running.
+    waiting = status_process(url, "--json")
+    assert waiting.returncode == 3, waiting.stderr  # pending, and no run has succeeded yet
+    assert json.loads(waiting.stdout)["abandoned_now"] == []
+    assert run_row(url, run_id)["status"] == "running"
+
+    wait_for(lambda: heartbeat_older_than(url, run_id, 1.5), timeout=30, what="an old heartbeat")
+    after, pending = _assert_marked_abandoned(url, run_id, before)
+    assert 1_000 <= COUNT - sum(pending.values())  # what it committed stays
+    # Marked once: a second look marks nothing more, and still says the last run was abandoned.
+    again = status_process(url, "--json", "--stale-after", "1")
+    assert again.returncode == 1
+    assert json.loads(again.stdout)["abandoned_now"] == []
+
+    # The next run says so in one line, computes the rest, and the status is healthy again.
+    second = start_run(url, tmp_path, "--partitions", "4", name="second")
+    assert second.wait(timeout=240) == 0, second.stderr[-3000:]
+    _assert_warned_once(second, run_id, before["started_at"], after["heartbeat_at"])
+    healthy = status_process(url, "--json")
+    assert healthy.returncode == 0, healthy.stdout
+    report = json.loads(healthy.stdout)
+    assert report["problems"] == [] and report["pending_total"] == 0
+    assert [r["status"] for r in report["runs"]] == ["succeeded", "abandoned"]
+    print(
+        f"\nabandoned: killed with {COUNT - sum(pending.values()):,} of {COUNT:,} done, "
+        f"its last heartbeat {(after['heartbeat_at'] - after['started_at']).total_seconds():.1f} "
+        f"s after its start; the next run computed {second.summary()['total_processed']:,}"
+    )
+    # Once a run has succeeded since, the abandoned one is no longer news.
+    third = start_run(url, tmp_path, name="third")
+    assert third.wait(timeout=120) == 0
+    assert " WARNING " not in third.stderr
+
+
+def _kill_part_way(url: str, tmp_path: Path, run_id: str) -> None:
+    """Starts run ``run_id`` and SIGKILLs it once it has committed some and beat again."""
     # One worker, small commits; once it has committed some, its next commit waits for a lock
     # the test holds on the write log: far from done when its second heartbeat is written, 5 s
     # in (the heartbeat does not wait for that lock).
@@ -169,16 +209,13 @@ def test_a_sigkilled_run_is_reported_and_marked_abandoned_then_the_next_run_says
         killed.kill()
         holder.rollback()
         holder.close()
-    before = run_row(url, run_id)
-    assert before["status"] == "running"
 
-    # Within --stale-after a run that has stopped beating may be alive still: left running.
-    waiting = status_process(url, "--json")
-    assert waiting.returncode == 3, waiting.stderr  # pending, and no run has succeeded yet
-    assert json.loads(waiting.stdout)["abandoned_now"] == []
-    assert run_row(url, run_id)["status"] == "running"
 
-    wait_for(lambda: heartbeat_older_than(url, run_id, 1.5), timeout=30, what="an old heartbeat")
+def _assert_marked_abandoned(
+    url: str, run_id: str, before: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """``ops.status --stale-after 1`` marks the killed run abandoned and reports exactly it;
+    returns the run's row after and the pending activities per type."""
     checked = status_process(url, "--json", "--stale-after", "1")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert checked.stderr == ""
@@ -213,16 +250,14 @@ def test_a_sigkilled_run_is_reported_and_marked_abandoned_then_the_next_run_says
         "pending_total": sum(pending.values()),
         "runs": [killed_run],
     }
-    assert 1_000 <= COUNT - sum(pending.values())  # what it committed stays
-    # Marked once: a second look marks nothing more, and still says the last run was abandoned.
-    again = status_process(url, "--json", "--stale-after", "1")
-    assert again.returncode == 1
-    assert json.loads(again.stdout)["abandoned_now"] == []
+    return after, pending
 
-    # The next run says so in one line, computes the rest, and the status is healthy again.
-    second = start_run(url, tmp_path, "--partitions", "4", name="second")
-    assert second.wait(timeout=240) == 0, second.stderr[-3000:]
-    started = before["started_at"].astimezone(datetime.timezone.utc)
+
+def _assert_warned_once(
+    second: RunProcess, run_id: str, started_at: datetime.datetime, beat: datetime.datetime
+) -> None:
+    """The next run's one warning names the abandoned run, its start and last heartbeat."""
+    started = started_at.astimezone(datetime.timezone.utc)
     warning = (
         f"WARNING pipeline.run 1 run stopped without finishing since the last successful run, "
         f"marked abandoned in calculation_runs: {run_id} (started {started:%Y-%m-%d %H:%M:%S} "
@@ -231,20 +266,6 @@ def test_a_sigkilled_run_is_reported_and_marked_abandoned_then_the_next_run_says
     )
     warned = [line for line in second.stderr.splitlines() if " WARNING " in line]
     assert len(warned) == 1 and warned[0].endswith(warning), second.stderr
-    healthy = status_process(url, "--json")
-    assert healthy.returncode == 0, healthy.stdout
-    report = json.loads(healthy.stdout)
-    assert report["problems"] == [] and report["pending_total"] == 0
-    assert [r["status"] for r in report["runs"]] == ["succeeded", "abandoned"]
-    print(
-        f"\nabandoned: killed with {COUNT - sum(pending.values()):,} of {COUNT:,} done, "
-        f"its last heartbeat {(beat - after['started_at']).total_seconds():.1f} s after its "
-        f"start; the next run computed {second.summary()['total_processed']:,}"
-    )
-    # Once a run has succeeded since, the abandoned one is no longer news.
-    third = start_run(url, tmp_path, name="third")
-    assert third.wait(timeout=120) == 0
-    assert " WARNING " not in third.stderr
 
 
 def test_a_healthy_database_exits_0_and_the_json_is_exactly_the_runs(
