@@ -34,14 +34,12 @@ from pipeline.methodology.book import FactorBook
 from pipeline.methodology.common import (
     LONGEST_CODE,
     activity_year,
+    amount_times_factor,
     at_most,
     clean_code,
     country_alpha3,
-    factor_reference,
-    finite_result,
     non_negative,
     quoted,
-    scaled,
     select,
     shown,
 )
@@ -205,24 +203,13 @@ def calculate_air_travel(
     row, mismatch = select(book, AIR_SET, key, year)
 
     passenger_km = distance * passengers * (2 if activity.return_trip else 1)
-    kg = passenger_km * row.value
-    kg_co2 = scaled(passenger_km, row.kg_co2)
-    kg_ch4 = scaled(passenger_km, row.kg_ch4_co2e)
-    kg_n2o = scaled(passenger_km, row.kg_n2o_co2e)
-    finite_result(passenger_km, kg, kg_co2, kg_ch4, kg_n2o)
     return EmissionResult(
         activity_type="air_travel",
         activity_id=activity.id,
         scope=3,
         category=6,
-        kg_co2e=kg,
-        kg_co2=kg_co2,
-        kg_ch4_co2e=kg_ch4,
-        kg_n2o_co2e=kg_n2o,
         method=METHOD,
-        activity_amount=passenger_km,
-        activity_unit="passenger.km",
-        **factor_reference(row),
+        **amount_times_factor(passenger_km, "passenger.km", row),
         year_mismatch=mismatch,
         class_substituted=substituted,
         distance_km=distance,

@@ -122,6 +122,26 @@ def scaled(amount: float, factor: float | None) -> float | None:
     return None if factor is None else amount * factor
 
 
+def amount_times_factor(amount: float, unit: str, row: FactorRow) -> dict[str, Any]:
+    """The result fields of ``amount`` (in ``unit``, the factor's) × ``row``: kg CO2e, kg per
+    gas where the row gives them, the amount and the factor's reference. Refuses a product
+    that overflowed (``finite_result``)."""
+    kg = amount * row.value
+    kg_co2 = scaled(amount, row.kg_co2)
+    kg_ch4 = scaled(amount, row.kg_ch4_co2e)
+    kg_n2o = scaled(amount, row.kg_n2o_co2e)
+    finite_result(amount, kg, kg_co2, kg_ch4, kg_n2o)
+    return {
+        "kg_co2e": kg,
+        "kg_co2": kg_co2,
+        "kg_ch4_co2e": kg_ch4,
+        "kg_n2o_co2e": kg_n2o,
+        "activity_amount": amount,
+        "activity_unit": unit,
+        **factor_reference(row),
+    }
+
+
 def clean_code(value: str | None) -> str | None:
     """A code as typed by a person: stripped and upper-cased; None if empty. A text longer than
     ``LONGEST_CODE`` is only stripped: it matches no code either way."""

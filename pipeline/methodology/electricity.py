@@ -22,14 +22,12 @@ from pipeline.methodology.book import FactorBook
 from pipeline.methodology.common import (
     LONGEST_CODE,
     activity_year,
+    amount_times_factor,
     at_most,
     clean_code,
     country_alpha3,
-    factor_reference,
-    finite_result,
     non_negative,
     quoted,
-    scaled,
     select,
     shown,
 )
@@ -117,24 +115,13 @@ def calculate_electricity(
         row, mismatch = _country_factor(book, iso3, year)
         level = "country"
 
-    kg = kwh * row.value
-    kg_co2 = scaled(kwh, row.kg_co2)
-    kg_ch4 = scaled(kwh, row.kg_ch4_co2e)
-    kg_n2o = scaled(kwh, row.kg_n2o_co2e)
-    finite_result(kg, kg_co2, kg_ch4, kg_n2o)
     return EmissionResult(
         activity_type="electricity",
         activity_id=activity.id,
         scope=2,
         category=None,
-        kg_co2e=kg,
-        kg_co2=kg_co2,
-        kg_ch4_co2e=kg_ch4,
-        kg_n2o_co2e=kg_n2o,
         method=METHOD,
-        activity_amount=kwh,
-        activity_unit="kWh",
-        **factor_reference(row),
+        **amount_times_factor(kwh, "kWh", row),
         basis=row.basis,
         region_level=level,
         fallback=fallback,

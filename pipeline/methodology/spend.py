@@ -23,13 +23,11 @@ from __future__ import annotations
 from pipeline.methodology.book import FactorBook
 from pipeline.methodology.common import (
     activity_year,
+    amount_times_factor,
     at_most,
     clean_code,
-    factor_reference,
-    finite_result,
     non_negative,
     quoted,
-    scaled,
     select,
     shown,
 )
@@ -114,24 +112,13 @@ def calculate_spend(
             "(--max-spend-usd)."
         ),
     )
-    kg = usd_2022 * sef.value
-    kg_co2 = scaled(usd_2022, sef.kg_co2)
-    kg_ch4 = scaled(usd_2022, sef.kg_ch4_co2e)
-    kg_n2o = scaled(usd_2022, sef.kg_n2o_co2e)
-    finite_result(usd_2022, kg, kg_co2, kg_ch4, kg_n2o)
     return EmissionResult(
         activity_type="spend",
         activity_id=activity.id,
         scope=3,
         category=1,
-        kg_co2e=kg,
-        kg_co2=kg_co2,
-        kg_ch4_co2e=kg_ch4,
-        kg_n2o_co2e=kg_n2o,
         method=METHOD,
-        activity_amount=usd_2022,
-        activity_unit=f"{SEF_DOLLAR_YEAR} USD",
-        **factor_reference(sef),
+        **amount_times_factor(usd_2022, f"{SEF_DOLLAR_YEAR} USD", sef),
         year_mismatch=fx_mismatch or cpi_mismatch,
         exchange_rate=fx.value,
         fx_factor_id=fx.id,
