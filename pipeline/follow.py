@@ -54,11 +54,11 @@ from pipeline.stopping import (
     Overtaken,
     Stop,
     TracebacksAtDebug,
-    WorkerStderr,
     cancel_job,
     end_cancelled,
     exit_now,
     real_stderr,
+    stoppable,
 )
 from pipeline.store import checks, connections, marks, runs, stored_sources
 from pipeline.store.install import ensure_initialised
@@ -197,16 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         add_arguments(parser)
         parser.print_help()
         return 0
-    stop = Stop()
-    stop.install()
-    stderr = sys.stderr
-    if not isinstance(stderr, WorkerStderr):
-        sys.stderr = WorkerStderr(stderr)
-    try:
-        return follow(args, stop)
-    finally:
-        stop.restore()
-        sys.stderr = stderr
+    return stoppable(follow, args)
 
 
 def follow(args: list[str], stop: Stop) -> int:

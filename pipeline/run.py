@@ -54,6 +54,7 @@ from pipeline.stopping import (
     exit_now,
     real_stderr,
     run_until_done,
+    stoppable,
 )
 from pipeline.store import (
     checks,
@@ -476,23 +477,13 @@ def print_help() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command; returns its exit code (a stopped run ends the process itself, see
-    ``end_cancelled``). The stop signals are handled from the start, so that none of them
-    arrives as a ``KeyboardInterrupt`` or an abrupt end, and stderr is a ``WorkerStderr``;
-    both are as before once it returns (unless the process set the latter for its life)."""
+    ``end_cancelled``). The stop signals are handled from the start, and stderr is a
+    ``WorkerStderr`` (``stoppable``)."""
     args = argv if argv is not None else sys.argv[1:]
     if "-h" in args or "--help" in args:
         print_help()
         return 0
-    stop = Stop()
-    stop.install()
-    stderr = sys.stderr
-    if not isinstance(stderr, WorkerStderr):
-        sys.stderr = WorkerStderr(stderr)
-    try:
-        return calculate(args, stop)
-    finally:
-        stop.restore()
-        sys.stderr = stderr
+    return stoppable(calculate, args)
 
 
 def calculate(args: list[str], stop: Stop) -> int:

@@ -175,6 +175,22 @@ class Stop:
             raise Cancelled(self.signum)
 
 
+def stoppable(command: Callable[[list[str], Stop], int], args: list[str]) -> int:
+    """``command(args, stop)`` with the stop signals handled from the start, so that none of
+    them arrives as a ``KeyboardInterrupt`` or an abrupt end, and stderr a ``WorkerStderr``;
+    both are as before once it returns (unless the process set the latter for its life)."""
+    stop = Stop()
+    stop.install()
+    stderr = sys.stderr
+    if not isinstance(stderr, WorkerStderr):
+        sys.stderr = WorkerStderr(stderr)
+    try:
+        return command(args, stop)
+    finally:
+        stop.restore()
+        sys.stderr = stderr
+
+
 def run_until_done(p: beam.Pipeline, stop: Stop, in_process: bool = True) -> dict[str, int] | None:
     """Runs the pipeline while the main thread watches for a stop signal; returns its
     counters, or raises what it raised, or ``Cancelled``.
