@@ -19,37 +19,17 @@ from ops import admin
 from pipeline import run
 from pipeline.store import connections
 from tests.support import execute, scalar
+from tests.test_instruments import CERTIFICATES, ELECTRICITY
 
 APP = """
 CREATE SCHEMA app;
 CREATE TABLE app.power (id bigint PRIMARY KEY, kwh float8, region text, used_on date,
                         site text, tariff text);
 CREATE TABLE app.certs (cert_id text PRIMARY KEY, mwh float8, fuel text, gen_from date,
-                        gen_to date, market text, retired_as text, for_site text);
+                        gen_to date, country text, retired_as text, for_site text);
 """
-SOURCES = """
-[electricity]
-table = "app.power"
-[electricity.fields]
-quantity = "kwh"
-unit = { value = "kWh" }
-region = "region"
-activity_date = "used_on"
-facility = "site"
-supplier = "tariff"
-
-[certificates]
-table = "app.certs"
-key = "cert_id"
-[certificates.fields]
-mwh = "mwh"
-energy_source = "fuel"
-vintage_start = "gen_from"
-vintage_end = "gen_to"
-market = "market"
-retirement_id = "retired_as"
-facility = "for_site"
-"""
+#: The electricity and certificates of test_instruments' sources file.
+SOURCES = ELECTRICITY + CERTIFICATES
 RESIDUAL = "market,year,kg_co2e_per_kwh,source,edition\nRFCE,2024,0.5,Test mixes,test 2025\n"
 LINES = (
     "SELECT activity_id, basis, instrument_id, kwh, kg_co2e, grid_fallback "
@@ -190,7 +170,7 @@ def test_a_certificate_of_another_market_is_refused_and_its_mwh_taken_at_the_res
         url, "SELECT instrument_id, boundary, reason_code FROM emissions.market_based_refused"
     ) == [("GO-1", "US-WESTERN", "other_market")]
     # Corrected to the right market: the refusal is retired (kept), the year reallocated.
-    execute(url, "UPDATE app.certs SET market = 'RFCE' WHERE cert_id = 'GO-1'")
+    execute(url, "UPDATE app.certs SET country = 'RFCE' WHERE cert_id = 'GO-1'")
     again = calculate(url, sources, capsys)
     assert again["kg_co2e"] == 200_000 and again["refused_open"] == 0
     assert again["moved"] == {"instruments_changed": 1}
