@@ -182,20 +182,11 @@ def _certificate(
         rate = 0.0
     if not math.isfinite(rate) or rate < 0:
         return refused("invalid_emission_rate", f"its emission rate {rate} is not ≥ 0")
-    market = normalise_market(c.market)
-    facility = (c.facility or "").strip() or None
-    found = _market_check("certificates", c.id, market, facility, markets, facilities)
-    if found is not None:
-        return found
-    years = _years(c.vintage_start, c.vintage_end, options)
-    if not years & _served_years(market, markets):
-        return refused(
-            "vintage_outside_window",
-            f"its vintage {c.vintage_start}..{c.vintage_end} serves no year with consumption "
-            f"in {market} ({_listed(_served_years(market, markets))}; vintage window "
-            f"{options.vintage_window_years} years)",
-        )
-    return _Supply("certificates", c.id, market, facility, years, rate, c.mwh * KWH_PER_MWH)
+    window = f"; vintage window {options.vintage_window_years} years"
+    period = ("vintage", c.vintage_start, c.vintage_end, window)
+    return _usable(
+        "certificates", c, period, rate, c.mwh * KWH_PER_MWH, markets, facilities, options
+    )
 
 
 def _contract(
@@ -214,19 +205,39 @@ def _contract(
     rate = c.emission_rate
     if rate is None or not math.isfinite(rate) or rate < 0:
         return refused("invalid_emission_rate", f"its emission rate {rate} is not a number ≥ 0")
+    period = ("delivery", c.period_start, c.period_end, "")
+    return _usable("contracts", c, period, rate, c.mwh * KWH_PER_MWH, markets, facilities, options)
+
+
+def _usable(
+    kind: Literal["certificates", "contracts"],
+    c: Certificate | Contract,
+    period: tuple[str, datetime.date | None, datetime.date | None, str],
+    rate: float,
+    kwh: float,
+    markets: Mapping[str, frozenset[int]],
+    facilities: Mapping[str, str],
+    options: Options,
+) -> _Supply | Refused:
+    """An instrument whose own fields are valid, made usable: refused unless its market
+    boundary has consumption (``_market_check``) and its ``period`` (what it is called, its
+    start and end, and a note for the refusal) serves a year with consumption there."""
     market = normalise_market(c.market)
     facility = (c.facility or "").strip() or None
-    found = _market_check("contracts", c.id, market, facility, markets, facilities)
+    found = _market_check(kind, c.id, market, facility, markets, facilities)
     if found is not None:
         return found
-    years = _years(c.period_start, c.period_end, options)
+    what, start, end, note = period
+    years = _years(start, end, options)
     if not years & _served_years(market, markets):
-        return refused(
+        return Refused(
+            kind,
+            c.id,
             "vintage_outside_window",
-            f"its delivery {c.period_start}..{c.period_end} serves no year with consumption "
-            f"in {market} ({_listed(_served_years(market, markets))})",
+            f"its {what} {start}..{end} serves no year with consumption "
+            f"in {market} ({_listed(_served_years(market, markets))}{note})",
         )
-    return _Supply("contracts", c.id, market, facility, years, rate, c.mwh * KWH_PER_MWH)
+    return _Supply(kind, c.id, market, facility, years, rate, kwh)
 
 
 def _market_check(
