@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg2.extensions
-from psycopg2 import sql
 
 from pipeline.market_allocation import (
     Boundary,
@@ -30,8 +29,8 @@ from pipeline.market_allocation import (
 )
 from pipeline.methodology.market import KWH_PER_MWH, RESIDUAL_MIX_SET, boundary
 from pipeline.model import InstrumentKind
-from pipeline.store import market, queries, tables
-from pipeline.store.market_results import DIGEST_COLUMNS, LINE_COLUMNS, Choices, Line
+from pipeline.store import market, queries
+from pipeline.store.market_results import Choices, Line, stored_lines
 from pipeline.store.sources import Source
 
 #: Slack on an instrument's MWh (float sums of its lines), in kWh.
@@ -40,14 +39,7 @@ _SLACK_KWH = 1e-6
 
 def _stored(conn: psycopg2.extensions.connection, schema: str) -> list[tuple[Line, str, str]]:
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("SELECT {}, {} FROM {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, LINE_COLUMNS)),
-                sql.SQL(", ").join(map(sql.Identifier, DIGEST_COLUMNS)),
-                tables.qualified(tables.MARKET_TABLE, schema),
-            )
-        )
-        found = [(Line(*r[: len(LINE_COLUMNS)]), r[-2], r[-1]) for r in cur.fetchall()]
+        found = [(line, *digests) for line, digests in stored_lines(cur, schema)]
     conn.rollback()
     return found
 

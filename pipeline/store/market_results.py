@@ -110,22 +110,34 @@ def taken_elsewhere(
     return {(k, i): (float(kwh), sorted(b)) for k, i, kwh, b in cur.fetchall()}
 
 
+def stored_lines(
+    cur: psycopg2.extensions.cursor,
+    schema: str,
+    where: sql.Composable | None = None,
+    params: Sequence[Any] = (),
+) -> list[tuple[Line, tuple[str, str]]]:
+    """The stored lines (``where`` and what follows it in the statement: the condition and
+    the order), each with the digests it was written with."""
+    cur.execute(
+        sql.SQL("SELECT {}, {} FROM {}{}").format(
+            sql.SQL(", ").join(map(sql.Identifier, LINE_COLUMNS)),
+            sql.SQL(", ").join(map(sql.Identifier, DIGEST_COLUMNS)),
+            tables.qualified(tables.MARKET_TABLE, schema),
+            where or sql.SQL(""),
+        ),
+        params,
+    )
+    return [(Line(*row[: len(LINE_COLUMNS)]), (row[-2], row[-1])) for row in cur.fetchall()]
+
+
 def _stored(
     cur: psycopg2.extensions.cursor, schema: str, boundary: str
 ) -> dict[int, tuple[list[Line], tuple[str, str]]]:
     """The boundary's stored lines by year, with the digests they were written with."""
-    cur.execute(
-        sql.SQL("SELECT {}, {} FROM {} WHERE boundary = %s ORDER BY reporting_year, 3, 4").format(
-            sql.SQL(", ").join(map(sql.Identifier, LINE_COLUMNS)),
-            sql.SQL(", ").join(map(sql.Identifier, DIGEST_COLUMNS)),
-            tables.qualified(tables.MARKET_TABLE, schema),
-        ),
-        (boundary,),
-    )
+    where = sql.SQL(" WHERE boundary = %s ORDER BY reporting_year, 3, 4")
     found: dict[int, tuple[list[Line], tuple[str, str]]] = {}
-    for row in cur.fetchall():
-        line = Line(*row[: len(LINE_COLUMNS)])
-        year = found.setdefault(line.reporting_year, ([], (row[-2], row[-1])))
+    for line, digests in stored_lines(cur, schema, where, (boundary,)):
+        year = found.setdefault(line.reporting_year, ([], digests))
         year[0].append(line)
     return found
 
