@@ -165,6 +165,12 @@ def parser(prog: str, doc: str | None, **kw: Any) -> Parser:
     return Parser(prog=shown, description=plain(doc), formatter_class=Formatter, **kw)
 
 
+def add_option(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """Option ``name`` (its ``dest``) as ``--name-with-dashes`` and, as Beam spells its own,
+    ``--name_with_underscores``."""
+    parser.add_argument("--" + name.replace("_", "-"), f"--{name}", dest=name, **kw)
+
+
 def add_database_option(parser: argparse.ArgumentParser) -> None:
     """``--database-url`` (also ``--database_url``, Beam's spelling), ``--schema`` and
     ``--sources``: which database, which schema of it is the pipeline's, where the activities

@@ -78,50 +78,44 @@ class NotFollowable(ValueError):
 
 
 def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--poll-interval",
-        "--poll_interval",
-        dest="poll_interval",
+    cli.add_option(
+        parser,
+        "poll_interval",
         type=float,
         default=2.0,
         help="seconds between two looks for new and changed activities",
     )
-    parser.add_argument(
-        "--stop-after",
-        "--stop_after",
-        dest="stop_after",
+    cli.add_option(
+        parser,
+        "stop_after",
         type=float,
         default=None,
         help="end after this many seconds (default: run until SIGTERM or SIGINT)",
     )
-    parser.add_argument(
-        "--rows-per-window",
-        "--rows_per_window",
-        dest="rows_per_window",
+    cli.add_option(
+        parser,
+        "rows_per_window",
         type=int,
         default=ROWS_PER_WINDOW,
         help="the most rows read at once (a backlog is read in windows of this size)",
     )
-    parser.add_argument(
-        "--http-port",
-        "--http_port",
-        dest="http_port",
+    cli.add_option(
+        parser,
+        "http_port",
         type=int,
         default=None,
         help="serve /healthz, /readyz, /metrics and /status on this port (default: no "
         "server; docs/follow.md)",
     )
-    parser.add_argument(
-        "--http-host",
-        "--http_host",
-        dest="http_host",
+    cli.add_option(
+        parser,
+        "http_host",
         default=service.DEFAULT_HOST,
         help="the address the --http-port server listens on",
     )
-    parser.add_argument(
-        "--ready-max-lag",
-        "--ready_max_lag",
-        dest="ready_max_lag",
+    cli.add_option(
+        parser,
+        "ready_max_lag",
         type=float,
         default=None,
         help="/readyz answers 503 when a followed type was last polled longer ago than this "

@@ -85,10 +85,9 @@ def parse_run_args(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares the calculation's options (Beam's own are accepted alongside)."""
     cli.add_database_option(parser)
-    parser.add_argument(
-        "--run-id",
-        "--run_id",
-        dest="run_id",
+    cli.add_option(
+        parser,
+        "run_id",
         default=None,
         help="UUID identifying this run (default: a new random one).",
     )
@@ -105,20 +104,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_market_arguments(parser: argparse.ArgumentParser) -> None:
     """The Scope 2 market-based stage (docs/scope2.md) and the reporter's choices."""
-    parser.add_argument(
-        "--market-based",
-        "--market_based",
-        dest="market_based",
+    cli.add_option(
+        parser,
+        "market_based",
         choices=MARKET_MODES,
         default="auto",
         help="Allocate the sources' instruments to electricity after the location-based "
         "results (auto: when the sources map instruments or market-based results are "
         "stored; off: never). Default: auto.",
     )
-    parser.add_argument(
-        "--vintage-window-years",
-        "--vintage_window_years",
-        dest="vintage_window_years",
+    cli.add_option(
+        parser,
+        "vintage_window_years",
         type=int,
         default=0,
         help="Years after a certificate's vintage (or a contract's delivery) ends that it may "
@@ -131,10 +128,9 @@ def _add_market_arguments(parser: argparse.ArgumentParser) -> None:
         help="How instruments not retired for a facility are shared among a market's "
         "consumption: in activity order (facility_first) or pro_rata. Default: facility_first.",
     )
-    parser.add_argument(
-        "--year-start",
-        "--year_start",
-        dest="year_start",
+    cli.add_option(
+        parser,
+        "year_start",
         default="01-01",
         metavar="MM-DD",
         help="First day of each reporting year the market-based allocation is made for "
@@ -151,27 +147,24 @@ def _add_range_arguments(parser: argparse.ArgumentParser) -> None:
         help="Fewest key ranges per activity table (default: 8); more when the table "
         "holds more than --partitions × --rows-per-range rows.",
     )
-    parser.add_argument(
-        "--rows-per-range",
-        "--rows_per_range",
-        dest="rows_per_range",
+    cli.add_option(
+        parser,
+        "rows_per_range",
         type=int,
         default=DEFAULT_ROWS_PER_RANGE,
         help="Most rows one read range holds; bounds memory per worker (default: 20000).",
     )
-    parser.add_argument(
-        "--range-planner",
-        "--range_planner",
-        dest="range_planner",
+    cli.add_option(
+        parser,
+        "range_planner",
         choices=["rows", "bounds"],
         default="rows",
         help="rows: equal row counts per range, however keys are spread (default); "
         "bounds: --partitions equal slices of the key span.",
     )
-    parser.add_argument(
-        "--write-batch-size",
-        "--write_batch_size",
-        dest="write_batch_size",
+    cli.add_option(
+        parser,
+        "write_batch_size",
         type=int,
         default=DEFAULT_WRITE_BATCH_SIZE,
         help="Rows per bulk write transaction (default: 20000, one range's results).",
@@ -188,17 +181,15 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="Use DESNZ air factors without radiative forcing (default: with RF).",
     )
-    parser.add_argument(
-        "--date-from",
-        "--date_from",
-        dest="date_from",
+    cli.add_option(
+        parser,
+        "date_from",
         default=None,
         help="Only activities dated on or after this day (YYYY-MM-DD).",
     )
-    parser.add_argument(
-        "--date-to",
-        "--date_to",
-        dest="date_to",
+    cli.add_option(
+        parser,
+        "date_to",
         default=None,
         help="Only activities dated before this day (YYYY-MM-DD).",
     )
@@ -206,10 +197,9 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_retry_arguments(parser: argparse.ArgumentParser) -> None:
     """How transient database failures are retried, and the connections a run may hold."""
-    parser.add_argument(
-        "--retry-attempts",
-        "--retry_attempts",
-        dest="retry_attempts",
+    cli.add_option(
+        parser,
+        "retry_attempts",
         type=int,
         default=8,
         help=(
@@ -217,10 +207,9 @@ def _add_retry_arguments(parser: argparse.ArgumentParser) -> None:
             "restart, serialization failure, deadlock) before the run fails (default: 8)."
         ),
     )
-    parser.add_argument(
-        "--retry-base-delay",
-        "--retry_base_delay",
-        dest="retry_base_delay",
+    cli.add_option(
+        parser,
+        "retry_base_delay",
         type=float,
         default=0.5,
         help=(
@@ -228,10 +217,9 @@ def _add_retry_arguments(parser: argparse.ArgumentParser) -> None:
             "(default: 0.5, so 8 tries wait at most about 35 s)."
         ),
     )
-    parser.add_argument(
-        "--max-connections",
-        "--max_connections",
-        dest="max_connections",
+    cli.add_option(
+        parser,
+        "max_connections",
         type=int,
         default=None,
         help=(
@@ -245,20 +233,18 @@ def _add_retry_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_calculation_arguments(parser: argparse.ArgumentParser) -> None:
     """Pinned factor editions, progress lines, and the plausibility bounds."""
-    parser.add_argument(
-        "--factor-edition",
-        "--factor_edition",
-        dest="factor_edition",
+    cli.add_option(
+        parser,
+        "factor_edition",
         action="append",
         default=None,
         metavar="SET=EDITION",
         help="Use only this edition of a factor set, e.g. 'desnz_air=2025 flat file' "
         "(repeatable; default: the newest loaded row per set, key and year).",
     )
-    parser.add_argument(
-        "--progress-interval",
-        "--progress_interval",
-        dest="progress_interval",
+    cli.add_option(
+        parser,
+        "progress_interval",
         type=float,
         default=5.0,
         help="Seconds between progress lines while the pipeline runs (0: none).",
@@ -279,20 +265,18 @@ def _add_calculation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_timeout_arguments(parser: argparse.ArgumentParser) -> None:
     """How long a statement may run, or wait for a lock, before the run fails."""
-    parser.add_argument(
-        "--statement-timeout",
-        "--statement_timeout",
-        dest="statement_timeout",
+    cli.add_option(
+        parser,
+        "statement_timeout",
         type=float,
         default=DEFAULT_STATEMENT_TIMEOUT,
         help="Seconds any one statement may run before PostgreSQL cancels it and the run "
         "fails saying so (0: no limit); the longest are the counts, seconds per 10 million "
         "activities.",
     )
-    parser.add_argument(
-        "--lock-timeout",
-        "--lock_timeout",
-        dest="lock_timeout",
+    cli.add_option(
+        parser,
+        "lock_timeout",
         type=float,
         default=DEFAULT_LOCK_TIMEOUT,
         help="Seconds a statement may wait for a lock another session holds before the run "
@@ -311,10 +295,9 @@ def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
         "that may change a row without changing its version column. Reads every activity in "
         "scope. Also allocates Scope 2 market-based again when its inputs seem unchanged.",
     )
-    parser.add_argument(
-        "--max-retire-share",
-        "--max_retire_share",
-        dest="max_retire_share",
+    cli.add_option(
+        parser,
+        "max_retire_share",
         type=float,
         default=DEFAULT_MAX_RETIRE_SHARE,
         metavar="SHARE",
@@ -322,10 +305,9 @@ def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
         "of an activity type's results as deleted (0 to 1; default: 0.1): a wrong sources "
         "mapping looks like every activity deleted. 1 allows any share.",
     )
-    parser.add_argument(
-        "--allow-retire",
-        "--allow_retire",
-        dest="allow_retire",
+    cli.add_option(
+        parser,
+        "allow_retire",
         action="store_true",
         default=False,
         help="Retire the results of deleted activities whatever their share (as "
@@ -335,10 +317,9 @@ def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_reporting_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the run's figures go, the scheduler's data interval, and the log level."""
-    parser.add_argument(
-        "--metrics-file",
-        "--metrics_file",
-        dest="metrics_file",
+    cli.add_option(
+        parser,
+        "metrics_file",
         default=None,
         metavar="PATH",
         help="Write the run's figures (rows read and written, dead letters, rates, durations) "
@@ -352,19 +333,17 @@ def _add_reporting_arguments(parser: argparse.ArgumentParser) -> None:
         help="Push the same figures to this Prometheus Pushgateway (http://host:9091), job "
         f"{METRICS_JOB!r}, grouped by schema. Default: none.",
     )
-    parser.add_argument(
-        "--data-interval-start",
-        "--data_interval_start",
-        dest="data_interval_start",
+    cli.add_option(
+        parser,
+        "data_interval_start",
         default=None,
         metavar="TIMESTAMP",
         help="The scheduler's data interval this run is for (ISO 8601), recorded with the "
         "run. Default: under Airflow ($AIRFLOW_CTX_DAG_RUN_ID set), --date-from.",
     )
-    parser.add_argument(
-        "--data-interval-end",
-        "--data_interval_end",
-        dest="data_interval_end",
+    cli.add_option(
+        parser,
+        "data_interval_end",
         default=None,
         metavar="TIMESTAMP",
         help="The end of that data interval. Default: under Airflow, --date-to.",
