@@ -107,51 +107,10 @@ def figures(
     years begin on ``year_start``; ``audit.verify`` runs on ``verify_sample`` results per
     type (0: not at all)."""
     install.ensure_initialised(engine, schema)  # an older database gains the audit tables
-    restatements = tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)
     sources = sources or default_sources(schema)
-    try:
-        sums = _sums(engine, schema, sources, exact=False)
-    except (sa.exc.DBAPIError, psycopg2.Error) as error:
-        if not coverage.overflowed(error):
-            raise
-        sums = _sums(engine, schema, sources, exact=True)
-    total, scopes, by_type, months, top_sources = sums
-    runs = _rows(
-        engine,
-        # A restatement's own calculation_runs row is shown with the restatements.
-        "SELECT run_id, status, runner, finished_at, total_processed, errors, "
-        "total_co2e_tonnes, "
-        "(SELECT sum((v->>'new')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
-        "(SELECT sum((v->>'changed')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
-        "(SELECT sum((v->>'retired')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
-        "message "
-        f"FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} c WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {restatements} s WHERE s.restatement_id = c.run_id) "
-        "ORDER BY started_at DESC LIMIT 8",
-    )
-    recent_restatements = _rows(
-        engine,
-        "SELECT restatement_id, status, pins, finished_at, examined, changed, refused, "
-        "(diff->>'old_kg')::float8, (diff->>'new_kg')::float8 "
-        f"FROM {restatements} ORDER BY started_at DESC LIMIT 8",
-    )
-    if restatement_id is None:
-        chosen = _rows(
-            engine,
-            "SELECT restatement_id, finished_at, pins, changed, diff "
-            f"FROM {restatements} "
-            "WHERE status = 'succeeded' AND changed > 0 ORDER BY finished_at DESC LIMIT 1",
-        )
-    else:
-        chosen = _rows(
-            engine,
-            "SELECT restatement_id, finished_at, pins, changed, diff "
-            f"FROM {restatements} "
-            "WHERE restatement_id = :r",
-            r=restatement_id,
-        )
-        if not chosen:
-            raise ValueError(f"no restatement {restatement_id}")
+    total, scopes, by_type, months, top_sources = _checked_sums(engine, schema, sources)
+    runs = _recent_runs(engine, schema)
+    recent_restatements, chosen = _restatements(engine, schema, restatement_id)
     quality = coverage.coverage(engine, schema=schema)
     used = _editions_used(engine, schema)
     in_use = {(s, e) for s, e, _ in used}
@@ -179,6 +138,66 @@ def figures(
 
 
 Rows = list[tuple[Any, ...]]
+
+
+def _checked_sums(
+    engine: sa.Engine, schema: str, sources: Sources
+) -> tuple[tuple[Any, ...], Rows, Rows, Rows, Rows]:
+    """``_sums``, exact (in numeric) when a float8 sum overflowed."""
+    try:
+        return _sums(engine, schema, sources, exact=False)
+    except (sa.exc.DBAPIError, psycopg2.Error) as error:
+        if not coverage.overflowed(error):
+            raise
+        return _sums(engine, schema, sources, exact=True)
+
+
+def _recent_runs(engine: sa.Engine, schema: str) -> Rows:
+    """The last 8 runs, with what they computed new, changed and retired."""
+    restatements = tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)
+    return _rows(
+        engine,
+        # A restatement's own calculation_runs row is shown with the restatements.
+        "SELECT run_id, status, runner, finished_at, total_processed, errors, "
+        "total_co2e_tonnes, "
+        "(SELECT sum((v->>'new')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
+        "(SELECT sum((v->>'changed')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
+        "(SELECT sum((v->>'retired')::bigint) FROM jsonb_each(by_activity_type) x(k, v)), "
+        "message "
+        f"FROM {tables.qualified_text(tables.RUNS_TABLE, schema)} c WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {restatements} s WHERE s.restatement_id = c.run_id) "
+        "ORDER BY started_at DESC LIMIT 8",
+    )
+
+
+def _restatements(engine: sa.Engine, schema: str, restatement_id: str | None) -> tuple[Rows, Rows]:
+    """The last 8 restatements, and the one shown: ``restatement_id``, or the last that
+    succeeded and changed something (none when there is no such one)."""
+    restatements = tables.qualified_text(tables.RESTATEMENTS_TABLE, schema)
+    recent = _rows(
+        engine,
+        "SELECT restatement_id, status, pins, finished_at, examined, changed, refused, "
+        "(diff->>'old_kg')::float8, (diff->>'new_kg')::float8 "
+        f"FROM {restatements} ORDER BY started_at DESC LIMIT 8",
+    )
+    if restatement_id is None:
+        chosen = _rows(
+            engine,
+            "SELECT restatement_id, finished_at, pins, changed, diff "
+            f"FROM {restatements} "
+            "WHERE status = 'succeeded' AND changed > 0 ORDER BY finished_at DESC LIMIT 1",
+        )
+    else:
+        chosen = _rows(
+            engine,
+            "SELECT restatement_id, finished_at, pins, changed, diff "
+            f"FROM {restatements} "
+            "WHERE restatement_id = :r",
+            r=restatement_id,
+        )
+        if not chosen:
+            raise ValueError(f"no restatement {restatement_id}")
+    return recent, chosen
 
 
 def _editions_used(engine: sa.Engine, schema: str) -> list[tuple[str, str, int]]:
