@@ -15,7 +15,7 @@ from ops import admin
 from pipeline.store import connections, sources
 from pipeline.store.checks import check_instruments
 from pipeline.store.sources import SourcesError, load_instruments, load_sources, relation
-from tests.support import scalar
+from tests.support import execute, scalar
 
 APP = """
 CREATE SCHEMA app;
@@ -87,13 +87,7 @@ ALL = ELECTRICITY + CERTIFICATES + CONTRACTS + SUPPLIER_RATES
 
 @pytest.fixture
 def app_url(database_url: str) -> str:
-    conn = connections.connect(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(APP)
-        conn.commit()
-    finally:
-        conn.close()
+    execute(database_url, APP)
     return database_url
 
 

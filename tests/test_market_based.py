@@ -15,8 +15,7 @@ import pytest
 from audit import market_based
 from ops import admin
 from pipeline import run
-from pipeline.store import connections
-from tests.support import scalar
+from tests.support import execute, scalar
 from tests.test_instruments import APP, CERTIFICATES, ELECTRICITY
 
 RESIDUAL = "market,year,kg_co2e_per_kwh,source,edition\nRFCE,2024,0.5,Test mixes,test 2025\n"
@@ -24,13 +23,7 @@ RESIDUAL = "market,year,kg_co2e_per_kwh,source,edition\nRFCE,2024,0.5,Test mixes
 
 @pytest.fixture
 def app_url(database_url: str) -> str:
-    conn = connections.connect(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(APP)
-        conn.commit()
-    finally:
-        conn.close()
+    execute(database_url, APP)
     return database_url
 
 

@@ -30,7 +30,7 @@ from pipeline.ranges import plan_ranges
 from pipeline.store import bulk, connections, marks, queries, writes
 from pipeline.store.checks import check_sources
 from pipeline.store.sources import Source, load_sources, read_only_within
-from tests.support import scalar
+from tests.support import execute, scalar
 
 APP = """
 CREATE SCHEMA app;
@@ -67,13 +67,7 @@ def touched(url: str) -> int:
 
 @pytest.fixture
 def app_url(database_url: str) -> str:
-    conn = connections.connect(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(APP)
-        conn.commit()
-    finally:
-        conn.close()
+    execute(database_url, APP)
     return database_url
 
 
