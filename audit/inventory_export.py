@@ -180,9 +180,17 @@ def market_total(figures: dict[str, Any]) -> float | None:
 
 def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
     """ESRS E1-6 (gross Scopes 1, 2 and 3 and total GHG emissions), one line per figure."""
+    return [
+        *_esrs_scope_lines(figures, chosen),
+        *_esrs_category_lines(figures, chosen),
+        *_esrs_total_lines(figures, chosen),
+    ]
+
+
+def _esrs_scope_lines(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
+    """Gross Scope 1, Scope 2 (location- and market-based) and Scope 3."""
     scopes = {f["scope"]: f for f in figures["by_scope"]}
-    categories = {f["category"]: f for f in figures["by_category"] if f["scope"] == 3}
-    out = [
+    return [
         _line(
             chosen,
             line="gross_scope_1",
@@ -220,6 +228,12 @@ def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
             note="The sum of the categories computed below.",
         ),
     ]
+
+
+def _esrs_category_lines(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
+    """Each Scope 3 category: computed, or said not to be."""
+    categories = {f["category"]: f for f in figures["by_category"] if f["scope"] == 3}
+    out = []
     for number, name in SCOPE3_CATEGORIES.items():
         computed = number in CDP_METHODS
         out.append(
@@ -236,20 +250,22 @@ def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
                 ),
             )
         )
-    total = figures["total"]
-    out.append(
+    return out
+
+
+def _esrs_total_lines(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
+    """The total GHG emissions, location- and market-based."""
+    return [
         _line(
             chosen,
             line="total_ghg_location_based",
             scope=None,
             scope3_category=None,
             scope2_method="location-based",
-            **_figure(total),
+            **_figure(figures["total"]),
             status="computed",
             note="Scope 2 location-based + Scope 3; Scope 1 not included (not computed).",
-        )
-    )
-    out.append(
+        ),
         _line(
             chosen,
             line="total_ghg_market_based",
@@ -257,9 +273,8 @@ def esrs_table(figures: dict[str, Any], chosen: Period) -> list[dict[str, Any]]:
             scope3_category=None,
             scope2_method="market-based",
             **_market_total(figures),
-        )
-    )
-    return out
+        ),
+    ]
 
 
 def _market_total(figures: dict[str, Any]) -> dict[str, Any]:
