@@ -11,7 +11,9 @@ endpoints, then run Beam's SDK harness (``sdk_worker_main``) in this process.
 It runs only the code installed beside it: the job's staged packages are not installed. So it
 first compares the job's code (``--experiments=emissions_code=<version>+<fingerprint>``, which
 ``ops.flink_cluster args`` adds) with its own, and refuses a job from other code in one line
-naming both. Standard library and Beam only; the fingerprint reads the sources, imports none.
+naming both: the harness then fails every bundle with that line before it loads any of the
+job's code, so that the runner hands it to the submitter as the job's error. Standard library
+and Beam only; the fingerprint reads the sources, imports none.
 """
 
 from __future__ import annotations
@@ -84,9 +86,26 @@ def refusal(experiments: Iterable[str], here: str) -> str | None:
         )
     return (
         f"refused: the job was submitted from {DISTRIBUTION} {submitted}, this worker runs "
-        f"{here} ({PROJECT_ROOT}); install the same code on the submitting machine and every "
-        "TaskManager host"
+        f"{here}; install the same code on the submitting machine and every TaskManager host "
+        f"(this one's: {PROJECT_ROOT})"
     )
+
+
+class JobRefused(RuntimeError):
+    """A worker's refusal of a job from other code, as the job's error."""
+
+
+def refuse_every_bundle(line: str) -> None:
+    """Makes this process's SDK harness fail every bundle with ``line``, before it loads any
+    of the job's code (a bundle's DoFns are unpickled when it is processed, not when it is
+    registered). The runner fails the job with the harness's error, which reaches the
+    submitter; a worker that only exited would leave it "Process died with exit code 3"."""
+    from apache_beam.runners.worker import sdk_worker
+
+    def refuse(self: object, request: object, instruction_id: str) -> object:
+        raise JobRefused(line)
+
+    sdk_worker.SdkWorker.process_bundle = refuse  # type: ignore[method-assign,assignment]
 
 
 def provision_info(endpoint: str, worker_id: str) -> object:
@@ -156,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     why = refusal(experiments_of(env["PIPELINE_OPTIONS"]), code_identity())
     if why:
         report(info, f"worker {args.id} {why}")
-        return 3
+        refuse_every_bundle(f"worker {args.id} {why}")
     os.environ.update(env)
     from apache_beam.runners.worker import sdk_worker_main
 

@@ -204,10 +204,15 @@ def test_a_worker_refuses_a_job_from_other_code_in_one_line(
     )
     line = (
         f"refused: the job was submitted from {flink_worker.DISTRIBUTION} {other}, this worker "
-        f"runs {here} ({flink_worker.PROJECT_ROOT}); install the same code on the submitting "
-        "machine and every TaskManager host"
+        f"runs {here}; install the same code on the submitting machine and every TaskManager "
+        f"host (this one's: {flink_worker.PROJECT_ROOT})"
     )
     assert line in logs
+    # The submitter reads it too, in its one error line (not "Process died with exit code 3").
+    said = [ln for ln in out.err.splitlines() if ln.startswith("error: run ")]
+    assert len(said) == 1, out.err[-3000:]
+    assert re.search(r"failed: JobRefused: worker [\w-]+ refused: the job was submitted", said[0])
+    assert line[: line.index(" (this one's")] in said[0]
     assert (
         scalar(
             url, "SELECT status FROM emissions.calculation_runs ORDER BY started_at DESC LIMIT 1"
