@@ -13,12 +13,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from ops.flink_cluster import LocalFlinkCluster
-from ops.seed import seed
-from pipeline.store import connections
 from tests.support import scalar, wait_for
+from tests.test_flink_scale import seeded
 from tests.test_follow import execute, following, matches_reference, result_of, start_follow
 
 pytest_plugins = ["tests.flink_fixtures"]
@@ -30,12 +27,7 @@ def test_the_follow_mode_runs_as_a_flink_streaming_job_for_a_bounded_life(
     flink_args: list[str],
     tmp_path: Path,
 ) -> None:
-    url = make_database("bigint")
-    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        seed(engine, 200, seed_value=11)
-    finally:
-        engine.dispose()
+    url = seeded(make_database, 200, 11)
     finished_before = _jobs_finished(local_flink)
     proc = start_follow(url, tmp_path, *flink_args, "--stop-after", "75")
     try:
@@ -126,12 +118,7 @@ def test_sigterm_cancels_the_follow_job_on_flink_and_records_it_cancelled(
     flink_args: list[str],
     tmp_path: Path,
 ) -> None:
-    url = make_database("bigint")
-    engine = connections.make_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        seed(engine, 50, seed_value=5)
-    finally:
-        engine.dispose()
+    url = seeded(make_database, 50, 5)
     before = _jobs(local_flink)
     proc = start_follow(url, tmp_path, *flink_args, "--stop-after", "600")
     try:
