@@ -26,6 +26,8 @@ from pipeline.market_allocation import (
     allocate_boundary,
     facility_markets,
     first_claims,
+    holders,
+    taken_elsewhere,
 )
 from pipeline.methodology.market import KWH_PER_MWH, RESIDUAL_MIX_SET, boundary
 from pipeline.model import InstrumentKind
@@ -71,13 +73,9 @@ def verify_market_based(
     held = _held(stored)
     again: dict[tuple[str, int], list[Line]] = {}
     for key, choices in sorted(_boundaries(groups).items()):
-        b = _boundary(key, inputs[choices.year_start])
-        taken = {
-            ident: (sum(kwh for where, kwh in by.items() if where != key), sorted(by))
-            for ident, by in held.items()
-            if any(where != key for where in by)
-        }
-        lines, _ = allocate_boundary(b, taken, choices)
+        got = inputs[choices.year_start]
+        b = _boundary(key, got)
+        lines, _ = allocate_boundary(b, taken_elsewhere(key, held, got["holders"]), choices)
         for x in lines:
             again.setdefault((key, x.reporting_year), []).append(x)
         digests[key] = b.digests()
@@ -189,6 +187,7 @@ def _boundary(key: str, got: dict[str, Any]) -> Boundary:
             (c.facility, c.market) for c in got["consumption"] if c.facility is not None
         )
         got["claims"] = first_claims(got["certificates"])
+        got["holders"] = holders(got["certificates"], got["contracts"])
     by = got["by_boundary"]
     return Boundary(
         key,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipeline.methodology.market import (
     Options,
     Refused,
     allocate,
+    boundary,
 )
 from pipeline.model import Certificate, Consumption, Contract, FactorRow, InstrumentKind
 from pipeline.store.market_results import Choices, Line, digest
@@ -29,6 +31,8 @@ _SPENT_KWH = 1e-6
 _KIND = {"certificate": "certificates", "contract": "contracts", "supplier_rate": "supplier_rates"}
 #: What other boundaries' stored lines hold: (kind, id) → (kWh, those boundaries).
 Taken = Mapping[tuple[str, str], tuple[float, list[str]]]
+#: The boundaries an instrument is of in a run's inputs (its market's): (kind, id) → keys.
+Holders = Mapping[tuple[str, str], Collection[str]]
 
 
 @dataclass
@@ -53,6 +57,35 @@ class Boundary:
         return [("certificates", str(c.id)) for c in self.certificates] + [
             ("contracts", str(c.id)) for c in self.contracts
         ]
+
+
+def holders(
+    certificates: Iterable[Certificate], contracts: Iterable[Contract]
+) -> dict[tuple[str, str], list[str]]:
+    """The boundaries each instrument is of in these inputs (one, unless its id repeats)."""
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for c in certificates:
+        found[("certificates", str(c.id))].add(boundary(c.market))
+    for d in contracts:
+        found[("contracts", str(d.id))].add(boundary(d.market))
+    return {ident: sorted(keys) for ident, keys in found.items()}
+
+
+def taken_elsewhere(
+    key: str, held: Mapping[tuple[str, str], Mapping[str, float]], of: Holders
+) -> dict[tuple[str, str], tuple[float, list[str]]]:
+    """What the stored lines of boundaries other than ``key`` hold of each instrument
+    (``held``: kWh by boundary), counting only a boundary the instrument is still of in this
+    run's inputs (``of``). One it has left (its market corrected) holds it only until this
+    same run rewrites that boundary: counting it would refuse the instrument in its new
+    boundary as allocated already, while the old one drops it, leaving it allocated nowhere."""
+    taken = {}
+    for ident, by in held.items():
+        counted = of.get(ident, ())
+        still = {where: kwh for where, kwh in by.items() if where != key and where in counted}
+        if still:
+            taken[ident] = (sum(still.values()), sorted(still))
+    return taken
 
 
 def retirement_key(c: Certificate) -> str:

@@ -508,3 +508,40 @@ def test_an_allocation_cut_short_leaves_no_digest_to_skip_by(
     again = calculate(url, sources, capsys)
     assert "inputs_unchanged_since_run" not in again and again["kg_co2e"] == 200_000
     assert scalar(url, digest) == 1
+
+
+def test_a_certificate_whose_market_is_corrected_moves_to_its_new_boundary_whole(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its old boundary's stored lines still hold it when the run allocates the new one: they
+    are this run's to rewrite, not another's claim. Moved one way, then back (the runner
+    allocates the two boundaries in its own order: one of the two ways has the new boundary
+    first)."""
+    url, sources = app
+    load_residual(url, sources, tmp_path)
+    execute(
+        url,
+        "INSERT INTO app.power VALUES (1, 1000000, 'RFCE', '2024-03-01', 'a', NULL), "
+        "(3, 500000, 'CAMX', '2024-03-01', 'c', NULL)",
+    )
+    execute(
+        url,
+        "INSERT INTO app.certs VALUES "
+        "('MOVER', 300, 'wind', '2024-01-01', '2024-12-31', 'CAMX', 'R-9', NULL)",
+    )
+    held = (
+        "SELECT boundary, activity_id, kwh FROM emissions.market_based_results "
+        "WHERE instrument_id = 'MOVER'"
+    )
+    refused = "SELECT count(*) FROM emissions.market_based_refused WHERE retired_at IS NULL"
+    capsys.readouterr()
+    calculate(url, sources, capsys)
+    assert rows(url, held) == [("US-WESTERN", "3", 300_000.0)]
+    for market, where, used in (("RFCE", "US-EASTERN", "1"), ("CAMX", "US-WESTERN", "3")):
+        execute(url, f"UPDATE app.certs SET country = '{market}' WHERE cert_id = 'MOVER'")
+        calculate(url, sources, capsys)
+        assert rows(url, held) == [(where, used, 300_000.0)], market
+        assert scalar(url, refused) == 0, market
+        # The replay, which takes off what other boundaries hold by the same rule, agrees.
+        code, found = replay(url, sources, capsys)
+        assert code == 0 and found["reproduced"] == found["years"] == 2, found

@@ -26,10 +26,12 @@ from apache_beam.metrics import Metrics
 
 from pipeline.market_allocation import (
     Boundary,
+    Holders,
     allocate_boundary,
     facility_markets,
     refused_rates,
     retirement_key,
+    taken_elsewhere,
 )
 from pipeline.methodology.market import RESIDUAL_MIX_SET, boundary
 from pipeline.model import Consumption, FactorRow, InstrumentKind
@@ -83,6 +85,11 @@ def first_claim(ids: Iterable[str]) -> str:
     return min(ids)
 
 
+def holder_keys(markets: Iterable[str | None]) -> list[str]:
+    """The boundaries of an instrument's markets (one, unless its id repeats)."""
+    return sorted({boundary(m) for m in markets})
+
+
 class AllocateBoundaryFn(beam.DoFn):
     """Allocates one boundary and writes it (module docstring); yields what it wrote."""
 
@@ -119,6 +126,7 @@ class AllocateBoundaryFn(beam.DoFn):
         mixes: Sequence[FactorRow],
         sites: Sequence[tuple[str, str]],
         claims: Mapping[str, str],
+        of: Holders,
     ) -> Iterator[tuple[str, market_results.Written]]:
         key, groups = element
         b = Boundary(
@@ -137,7 +145,8 @@ class AllocateBoundaryFn(beam.DoFn):
             try:
                 with conn.cursor() as cur:
                     market_results.lock(cur, self.schema, key)
-                    taken = market_results.taken_elsewhere(cur, self.schema, key, b.instruments())
+                    held = market_results.held_elsewhere(cur, self.schema, key, b.instruments())
+                    taken = taken_elsewhere(key, held, of)
                     lines, refused = allocate_boundary(b, taken, self.choices)
                     written = market_results.write_boundary(
                         cur, self.schema, key, lines, b.digests(), self.run_id
@@ -245,6 +254,17 @@ class AllocateMarketBased(beam.PTransform):
             | "ByRetirement" >> beam.Map(lambda c: (retirement_key(c), str(c.id)))
             | "FirstClaim" >> beam.CombinePerKey(first_claim)  # type: ignore[arg-type]
         )
+        of = (
+            (
+                certificates
+                | "CertificateOf" >> beam.Map(lambda c: (("certificates", str(c.id)), c.market)),
+                contracts
+                | "ContractOf" >> beam.Map(lambda c: (("contracts", str(c.id)), c.market)),
+            )
+            | "Instruments" >> beam.Flatten()
+            | "InstrumentMarkets" >> beam.GroupByKey()
+            | "Holders" >> beam.MapTuple(lambda ident, markets: (ident, holder_keys(markets)))
+        )
         grouped = {
             "consumption": consumption
             | "ConsumptionByBoundary" >> beam.Map(lambda c: (boundary(c[_MARKET]), c)),
@@ -261,6 +281,7 @@ class AllocateMarketBased(beam.PTransform):
             beam.pvalue.AsList(mixes),
             beam.pvalue.AsList(sites),
             beam.pvalue.AsDict(claims),
+            beam.pvalue.AsDict(of),
         )
         refused_rates = (
             pipeline

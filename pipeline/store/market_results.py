@@ -89,25 +89,28 @@ def lock(cur: psycopg2.extensions.cursor, schema: str, boundary: str | None) -> 
     cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK, f"{schema}|{boundary}"))
 
 
-def taken_elsewhere(
+def held_elsewhere(
     cur: psycopg2.extensions.cursor,
     schema: str,
     boundary: str,
     instruments: Iterable[tuple[str, str]],
-) -> dict[tuple[str, str], tuple[float, list[str]]]:
-    """kWh of each (kind, id) stored as allocated in other boundaries, and which."""
+) -> dict[tuple[str, str], dict[str, float]]:
+    """kWh of each (kind, id) stored as allocated in other boundaries, by boundary."""
     wanted = sorted(set(instruments))
     if not wanted:
         return {}
     cur.execute(
         sql.SQL(
-            "SELECT instrument_kind, instrument_id, sum(kwh), array_agg(DISTINCT boundary) "
-            "FROM {} WHERE boundary <> %s AND (instrument_kind, instrument_id) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::text[])) GROUP BY 1, 2"
+            "SELECT instrument_kind, instrument_id, boundary, sum(kwh) FROM {} "
+            "WHERE boundary <> %s AND (instrument_kind, instrument_id) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[])) GROUP BY 1, 2, 3"
         ).format(tables.qualified(tables.MARKET_TABLE, schema)),
         (boundary, [k for k, _ in wanted], [i for _, i in wanted]),
     )
-    return {(k, i): (float(kwh), sorted(b)) for k, i, kwh, b in cur.fetchall()}
+    held: dict[tuple[str, str], dict[str, float]] = {}
+    for kind, ident, where, kwh in cur.fetchall():
+        held.setdefault((kind, ident), {})[where] = float(kwh)
+    return held
 
 
 def stored_lines(
