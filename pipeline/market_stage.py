@@ -9,14 +9,17 @@ they made); never with ``--market-based off``. A run with neither never imports 
 The stage runs in this process, on Beam's in-process runner, whatever the run's runner: it
 handles one element per market boundary. It is skipped when the digest of everything it reads
 equals that of the last complete allocation (``inputs_digest``, ``market_based_inputs``).
+Two runs' stages take turns whole (``taking_turns``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ from pipeline.store import (
 )
 
 _LOG = logging.getLogger("pipeline.market_stage")
+#: How often a stage waiting for another's says so.
+WAIT_SAID_EVERY_S = 60.0
 
 
 def instrument_sources(
@@ -72,10 +77,50 @@ def run_stage(
     if config.market.mode == "off" or "electricity" not in config.sources:
         return None
     instruments = instrument_sources(engine, config, chosen)
-    with connections.raw_connection(engine) as conn:
-        stored = market_results.stored_boundaries(conn, config.schema)
-    if not instruments and not stored:
-        return None
+    with taking_turns(config, stop):
+        with connections.raw_connection(engine) as conn:
+            stored = market_results.stored_boundaries(conn, config.schema)
+        if not instruments and not stored:
+            return None
+        return allocate_unless_unchanged(engine, config, instruments, stored, stop)
+
+
+@contextlib.contextmanager
+def taking_turns(config: RunConfig, stop: Stop) -> Iterator[None]:
+    """Holds the schema's stage lock (``market_results.STAGE_LOCK``) on a connection of its
+    own while the stage reads and writes: two runs' stages take turns whole. Without it, a
+    run that read the instruments before another run's correction could write a boundary
+    after that run, and leave lines of the old inputs behind the newer digest, which every
+    later run would skip by. Waits, saying so once; a stop signal ends the wait."""
+    conn = connections.connect(config.database_url)
+    try:
+        conn.autocommit = True
+        started = time.monotonic()
+        said = started - WAIT_SAID_EVERY_S
+        while not market_results.try_stage_lock(conn, config.schema):
+            if time.monotonic() - said >= WAIT_SAID_EVERY_S:
+                _LOG.info(
+                    "waiting for another run's Scope 2 market-based allocation to end "
+                    "(%.0f s so far)",
+                    time.monotonic() - started,
+                )
+                said = time.monotonic()
+            stop.check()
+            time.sleep(0.2)
+        yield
+    finally:
+        conn.close()  # and the lock with it
+
+
+def allocate_unless_unchanged(
+    engine: sa.Engine,
+    config: RunConfig,
+    instruments: dict[InstrumentKind, sources.Source],
+    stored: list[str],
+    stop: Stop,
+) -> dict[str, Any]:
+    """Allocates every boundary, unless nothing the stage reads changed since the last
+    complete allocation (and ``--recheck`` was not given)."""
     started = time.monotonic()
     inputs = inputs_digest(engine, config, instruments)
     last = last_allocation(engine, config.schema)

@@ -17,8 +17,8 @@ import pytest
 from audit import verify
 from ops import admin
 from pipeline import run
-from pipeline.store import connections
-from tests.support import execute, scalar
+from pipeline.store import connections, market_results
+from tests.support import execute, scalar, start_run, wait_for
 from tests.test_instruments import CERTIFICATES, ELECTRICITY
 
 APP = """
@@ -545,3 +545,35 @@ def test_a_certificate_whose_market_is_corrected_moves_to_its_new_boundary_whole
         # The replay, which takes off what other boundaries hold by the same rule, agrees.
         code, found = replay(url, sources, capsys)
         assert code == 0 and found["reproduced"] == found["years"] == 2, found
+
+
+def test_two_runs_stages_take_turns_and_the_later_reads_what_the_earlier_left(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's stage holds the schema's allocation lock from before it reads its inputs until
+    its digest is recorded: one that read the instruments before another run's correction
+    can no longer write a boundary after that run (its old lines left behind the newer
+    digest, which the next run would skip by). Here the lock is held as another stage holds
+    it; the run waits, saying so, and allocates the certificate as corrected meanwhile."""
+    url, sources = one_facility(app, tmp_path, capsys)
+    other = connections.connect(url)
+    other.autocommit = True
+    with other.cursor() as cur:
+        cur.execute(
+            "SELECT pg_advisory_lock(%s, hashtext('emissions'))", (market_results.STAGE_LOCK,)
+        )
+    proc = start_run(url, tmp_path, "--sources", str(sources))
+    try:
+        wait_for(
+            lambda: "waiting for another run's Scope 2 market-based allocation" in proc.stderr,
+            timeout=60,
+            what="the run to wait for the other stage",
+        )
+        assert scalar(url, "SELECT count(*) FROM emissions.market_based_results") == 0
+        execute(url, "UPDATE app.certs SET mwh = 800 WHERE cert_id = 'GO-1'")
+        other.close()  # the other stage ends
+        assert proc.wait(timeout=120) == 0, proc.stderr[-3000:]
+    finally:
+        other.close()
+        proc.kill()
+    assert proc.summary()["market_based"]["kg_co2e"] == 100_000  # 200,000 kWh × 0.5

@@ -10,7 +10,8 @@ boundary's lock (``pipeline.store.market_results``): a year whose lines are unch
 alone. Supplier rates and the residual mixes reach every boundary as side inputs; the
 retirement ids claimed, over all certificates, too (an id claimed twice is refused in every
 boundary but that of its first certificate). An instrument already allocated in another
-boundary's stored lines is allocated at most what is left of it here. The boundary's
+boundary's stored lines, one it is still of in these inputs (its id repeated), is allocated
+at most what is left of it here. The boundary's
 allocation itself is ``pipeline.market_allocation``'s, which ``audit.verify`` replays.
 """
 

@@ -23,6 +23,9 @@ from pipeline.store import tables
 
 #: The boundary locks' class (``pg_advisory_xact_lock(class, hashtext(schema|boundary))``).
 _LOCK = 7355612
+#: The stage lock's class (``pg_advisory_lock(class, hashtext(schema))``): held by a run's
+#: whole stage, from before it reads its inputs until their digest is recorded.
+STAGE_LOCK = 7355613
 #: The boundary the refused supplier rates are kept under (they serve every boundary).
 RATES_BOUNDARY: str | None = None
 
@@ -87,6 +90,14 @@ def digest(records: Iterable[Any]) -> str:
 def lock(cur: psycopg2.extensions.cursor, schema: str, boundary: str | None) -> None:
     """Holds the boundary's lock until the transaction ends: two runs take turns on it."""
     cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK, f"{schema}|{boundary}"))
+
+
+def try_stage_lock(conn: psycopg2.extensions.connection, schema: str) -> bool:
+    """Takes the schema's stage lock for ``conn``'s session, unless another session holds it."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (STAGE_LOCK, schema))
+        row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def held_elsewhere(
