@@ -27,6 +27,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: The packages whose code the workers run (setup.py ships these): what the fingerprint covers.
@@ -99,13 +100,24 @@ def refuse_every_bundle(line: str) -> None:
     """Makes this process's SDK harness fail every bundle with ``line``, before it loads any
     of the job's code (a bundle's DoFns are unpickled when it is processed, not when it is
     registered). The runner fails the job with the harness's error, which reaches the
-    submitter; a worker that only exited would leave it "Process died with exit code 3"."""
-    from apache_beam.runners.worker import sdk_worker
+    submitter; a worker that only exited would leave it "Process died with exit code 3".
+    The bundle's data streams are opened first: the runner waits for them (3 minutes) before
+    it reads the bundle's answer."""
+    from apache_beam.portability.api import beam_fn_api_pb2
+    from apache_beam.runners.worker import bundle_processor, sdk_worker
 
-    def refuse(self: object, request: object, instruction_id: str) -> object:
+    data_urns = (bundle_processor.DATA_INPUT_URN, bundle_processor.DATA_OUTPUT_URN)
+
+    def refuse(self: sdk_worker.SdkWorker, request: Any, instruction_id: str) -> Any:
+        cache = self.bundle_processor_cache
+        descriptor = cache.fns[request.process_bundle_descriptor_id]
+        for transform in descriptor.transforms.values():
+            if transform.spec.urn in data_urns:
+                port = beam_fn_api_pb2.RemoteGrpcPort.FromString(transform.spec.payload)
+                cache.data_channel_factory.create_data_channel(port)
         raise JobRefused(line)
 
-    sdk_worker.SdkWorker.process_bundle = refuse  # type: ignore[method-assign,assignment]
+    sdk_worker.SdkWorker.process_bundle = refuse  # type: ignore[method-assign]
 
 
 def provision_info(endpoint: str, worker_id: str) -> object:

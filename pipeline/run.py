@@ -164,12 +164,9 @@ def execute(
     # each other's half-made modules. Let the warm-up finish first.
     for thread in _WARM_UP:
         thread.join()
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipeline import beam_options, graph
 
-    options = PipelineOptions(with_local_defaults(argv))
-    options.view_as(beam_options.EmissionsOptions)  # registers the calculation's options
+    options = runner_options(argv)
     os.environ[beam_options.PACKAGE_ENV] = "core"  # --setup_file's sdist: the core (setup.py)
     elsewhere = runner_name(argv) in REMOTE_RUNNERS
     if build is not None and elsewhere:
@@ -184,6 +181,34 @@ def execute(
         else:
             build(p)
         return run_until_done(p, stop or Stop(), in_process=not elsewhere)
+
+
+def runner_options(argv: list[str]) -> PipelineOptions:
+    """The pipeline's options from the run's arguments (``shipped_args``), the calculation's
+    own registered."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import beam_options
+
+    options = PipelineOptions(with_local_defaults(shipped_args(argv)))
+    options.view_as(beam_options.EmissionsOptions)
+    return options
+
+
+def shipped_args(argv: list[str]) -> list[str]:
+    """``argv`` as the pipeline's options carry it: to the runner, and on Flink or Dataflow
+    in the job, to every worker. A database URL given (``--database-url``, however spelled)
+    goes without its password: the DoFns carry their own URL (``RunConfig``), and workers
+    elsewhere read the password on their host."""
+    shipped = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if arg.startswith("postgres"):
+            arg = connections.without_password(arg)
+        elif eq and name.startswith("--") and value.startswith("postgres"):
+            arg = f"{name}={connections.without_password(value)}"
+        shipped.append(arg)
+    return shipped
 
 
 #: Runners that run the job elsewhere, submitted by ``p.run()`` (whose job server takes the

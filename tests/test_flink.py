@@ -24,7 +24,6 @@ from typing import Any
 import apache_beam as beam
 import pytest
 import sqlalchemy as sa
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from ops import flink_cluster, flink_fetch, flink_worker
 from ops.flink_cluster import LocalFlinkCluster
@@ -463,8 +462,11 @@ def test_the_job_sent_to_flink_carries_no_password(tmp_path: Path) -> None:
                 "127.0.0.1:2" if environment == "EXTERNAL" else None,
             ),
             "--partitions=4",
+            "--database-url",
+            url,
+            f"--database_url={url}",
         ]
-        options = PipelineOptions(argv)
+        options = run.runner_options(argv)  # as the run makes them
         config = validate(options.view_as(EmissionsOptions), url)
         assert secret in config.database_url
         p = beam.Pipeline(options=options)

@@ -174,5 +174,5 @@ def test_the_documented_taskmanager_unit_runs_a_job_whose_workers_read_the_passw
         scalar(
             url, "SELECT status FROM emissions.calculation_runs ORDER BY started_at DESC LIMIT 1"
         )
-        == "completed"
+        == "succeeded"
     )
