@@ -252,12 +252,25 @@ def read_cells(
 SPECIFIC_BASES = ("certificate", "contract", "supplier_rate")
 
 
+#: Per reporting year, the activities of the market-based lines whose location-based result
+#: is gone or has another kWh now (corrected, or deleted, since the lines were allocated).
+_CHANGED_SINCE = sql.SQL(
+    "SELECT m.reporting_year, count(*) FROM (SELECT reporting_year, activity_id, sum(kwh) AS kwh "
+    "FROM {market} WHERE year_start = %s GROUP BY 1, 2) m LEFT JOIN {results} r "
+    "ON r.activity_type = 'electricity' AND r.activity_id::text = m.activity_id "
+    "WHERE r.activity_id IS NULL OR abs(r.activity_amount - m.kwh) > "
+    "1e-9 * greatest(abs(r.activity_amount), 1) GROUP BY 1"
+)
+
+
 def read_market(engine: Any, year_start: str, schema: str) -> dict[str, Any]:
     """The stored Scope 2 market-based lines (docs/scope2.md) per reporting year: their exact
-    kg, activities, and kWh by basis; only the lines allocated for ``year_start``'s years.
+    kg, activities, kWh by basis, and how many of their activities' results changed since;
+    only the lines allocated for ``year_start``'s years.
     ``status``: ``computed`` when there are such lines, ``other_year_start`` when the lines are
     for reporting years that start on another day, else ``not_computed``."""
     table = tables.qualified(tables.MARKET_TABLE, schema)
+    results = tables.qualified(tables.RESULTS_TABLE, schema)
     found: dict[str, Any] = {"status": "not_computed", "years": {}, "year_starts": []}
     with connections.raw_connection(engine) as conn:
         with conn.cursor() as cur:
@@ -289,6 +302,9 @@ def read_market(engine: Any, year_start: str, schema: str) -> dict[str, Any]:
             )
             for year, activities in cur.fetchall():
                 found["years"][int(year)]["activities"] = int(activities)
+            cur.execute(_CHANGED_SINCE.format(market=table, results=results), (year_start,))
+            for year, changed in cur.fetchall():
+                found["years"][int(year)]["changed"] = int(changed)
         conn.rollback()
     if year_start in found["year_starts"]:
         found["status"] = "computed"
@@ -315,6 +331,11 @@ def _scope_2(location: Cell | None, market: dict[str, Any] | None, year: int) ->
         )
         return found
     year_lines = market["years"].get(year, {"by_basis": {}, "activities": 0})
+    lagging = _behind(location, year_lines)
+    if lagging:
+        found["market_based_status"] = "behind"
+        found["market_based_note"] = lagging
+        return found
     by = year_lines["by_basis"]
     kwh = sum((v[1] for v in by.values()), Decimal(0))
     found["market_based_kg"] = float(sum((v[0] for v in by.values()), Decimal(0)))
@@ -333,6 +354,20 @@ def _scope_2(location: Cell | None, market: dict[str, Any] | None, year: int) ->
         "grid_fallback_kwh": float(by["grid_fallback"][1]) if "grid_fallback" in by else 0.0,
     }
     return found
+
+
+def _behind(location: Cell | None, year_lines: dict[str, Any]) -> str | None:
+    """Why the year's market-based lines do not cover its location-based electricity as it is
+    now (computed since they were allocated: ``pipeline.follow``, ``--market-based off``; or
+    corrected or deleted since), or None when they do."""
+    now = location.results if location is not None else 0
+    covered = year_lines.get("activities", 0) - year_lines.get("changed", 0)
+    if covered == now and not year_lines.get("changed", 0):
+        return None
+    return (
+        f"the market-based lines cover {covered} of the {now} electricity activities with a "
+        "location-based result as it is now: run pipeline.run to allocate them again"
+    )
 
 
 def database_label(url: str) -> str:

@@ -113,6 +113,7 @@ MARKET_NOTE = (
     "supplier-specific (docs/scope2.md)."
 )
 OTHER_YEARS = "Market-based Scope 2 is allocated for other reporting years: {}."
+BEHIND = "Market-based Scope 2 is behind the location-based results: {}; left empty."
 NOT_CATEGORY = "No activity type of the pipeline falls in this category: not computed."
 #: Every factor the pipeline has is an average (grid, sector, route class): none is
 #: supplier-specific, so each computed figure is 100% average data.
@@ -153,6 +154,8 @@ def _market_figure(figures: dict[str, Any], kg: float | None) -> dict[str, Any]:
     scope_2 = figures["scope_2"]
     if scope_2["market_based_status"] == "other_year_start":
         return _empty("not_computed", OTHER_YEARS.format(scope_2["market_based_note"]))
+    if scope_2["market_based_status"] == "behind":
+        return _empty("behind", BEHIND.format(scope_2["market_based_note"]))
     if scope_2["market_based_status"] != "computed" or kg is None:
         return _empty("not_computed", NOT_MARKET)
     detail = scope_2["market_based"]

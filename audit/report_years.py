@@ -141,6 +141,11 @@ def _year_cards(year: dict[str, Any]) -> str:
 def _scope_2_part(year: dict[str, Any]) -> str:
     """Scope 2 both ways, when the year's market-based figure is computed."""
     s2, y = year.get("scope_2", {}), year["period"]["year"]
+    if s2.get("market_based_status") == "behind":
+        return (
+            f'<p class="meta" data-figure="scope2-behind" data-year="{y}">Scope 2 market-based: '
+            f"not given, {_e(s2['market_based_note'])}.</p>"
+        )
     if s2.get("market_based_status") != "computed":
         return ""
     loc, mkt = s2["location_based_kg"], s2["market_based_kg"]

@@ -577,3 +577,51 @@ def test_two_runs_stages_take_turns_and_the_later_reads_what_the_earlier_left(
         other.close()
         proc.kill()
     assert proc.summary()["market_based"]["kg_co2e"] == 100_000  # 200,000 kWh × 0.5
+
+
+def test_the_inventory_gives_no_market_based_figure_from_lines_behind_the_results(
+    app: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Electricity computed since the last allocation (``pipeline.follow``, or a run with
+    ``--market-based off``) is in the location-based figure but in no market-based line: the
+    inventory then says the lines are behind and gives no market-based figure, rather than
+    one that leaves that electricity out; once a run allocates again, it gives it."""
+    import csv
+
+    from audit import inventory, report
+
+    url, sources = one_facility(app, tmp_path, capsys)
+    assert calculate(url, sources, capsys)["kg_co2e"] == 200_000
+    argv = ["--database-url", url, "--sources", str(sources), "--year", "2024"]
+
+    def scope_2() -> dict[str, Any]:
+        assert inventory.main(argv) == 0
+        return dict(json.loads(capsys.readouterr().out)["scope_2"])
+
+    assert scope_2()["market_based_kg"] == 200_000
+    # A second meter of 500 MWh, computed location-based only; then the first one corrected.
+    execute(url, "INSERT INTO app.power VALUES (2, 500000, 'RFCE', '2024-05-01', 'b', NULL)")
+    location_only = ["--database-url", url, "--sources", str(sources), "--market-based", "off"]
+    assert run.main(location_only) == 0
+    capsys.readouterr()
+    behind = scope_2()
+    assert behind["market_based_kg"] is None
+    assert behind["market_based_status"] == "behind"
+    assert "1 of the 2 electricity activities" in behind["market_based_note"]
+    assert inventory.main([*argv, "--export", str(tmp_path)]) == 0
+    capsys.readouterr()
+    with (tmp_path / "esrs_e1_6_2024.csv").open() as f:
+        esrs = {r["line"]: r for r in csv.DictReader(f)}
+    line = esrs["gross_scope_2_market_based"]
+    assert (line["kg_co2e"], line["status"]) == ("", "behind")
+    page = tmp_path / "report.html"
+    assert report.main(["--database-url", url, "--sources", str(sources), "--out", str(page)]) == 0
+    assert 'data-figure="scope2-behind" data-year="2024"' in page.read_text()
+    execute(url, "UPDATE app.power SET kwh = 800000 WHERE id = 1")
+    assert run.main(location_only) == 0
+    capsys.readouterr()
+    assert scope_2()["market_based_status"] == "behind"
+    # Allocated again: 1,300 MWh less 600 MWh of certificates, at 0.5 kg/kWh.
+    assert calculate(url, sources, capsys)["kg_co2e"] == 350_000
+    again = scope_2()
+    assert again["market_based_status"] == "computed" and again["market_based_kg"] == 350_000
