@@ -203,12 +203,19 @@ def shipped_args(argv: list[str]) -> list[str]:
     shipped = []
     for arg in argv:
         name, eq, value = arg.partition("=")
-        if arg.startswith("postgres"):
+        if _database_url(arg):
             arg = connections.without_password(arg)
-        elif eq and name.startswith("--") and value.startswith("postgres"):
+        elif eq and name.startswith("--") and _database_url(value):
             arg = f"{name}={connections.without_password(value)}"
         shipped.append(arg)
     return shipped
+
+
+def _database_url(value: str) -> bool:
+    """Whether ``value`` is a PostgreSQL URL (``postgresql://``, ``postgres://``,
+    ``postgresql+driver://``), not merely a name that starts like one."""
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme.split("+")[0] in ("postgresql", "postgres")
 
 
 #: Runners that run the job elsewhere, submitted by ``p.run()`` (whose job server takes the

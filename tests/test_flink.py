@@ -487,3 +487,24 @@ def test_the_job_sent_to_flink_carries_no_password(tmp_path: Path) -> None:
         assert secret.encode() in shipped("LOOPBACK", follow)
     assert connections.without_password(url) == ("postgresql://emissions@db.example:5432/emissions")
     assert connections.without_password("postgresql:///x?host=/s") == "postgresql:///x?host=/s"
+
+
+def test_only_database_urls_lose_their_password_in_the_options() -> None:
+    """Other values that start like a URL's scheme (a schema or file named ``postgres…``)
+    pass as given: the run must not fail parsing them as URLs."""
+    given = [
+        "--schema",
+        "postgres_emissions",
+        "--sources=postgres.toml",
+        "--database-url",
+        "postgresql://u:pw@db.example/x",
+        "--database_url=postgres://u:pw@db.example/x?sslmode=require",
+    ]
+    assert run.shipped_args(given) == [
+        "--schema",
+        "postgres_emissions",
+        "--sources=postgres.toml",
+        "--database-url",
+        "postgresql://u@db.example/x",
+        "--database_url=postgres://u@db.example/x?sslmode=require",
+    ]
