@@ -415,9 +415,7 @@ def test_a_run_that_writes_most_of_the_results_leaves_them_vacuumed(
 ) -> None:
     # 12,000 activities, all new: more than the floor (10,000) and than a fifth of the table.
     seed(engine, 12_000, seed_value=5)
-    # An autovacuum ANALYZE of another table of this database holds a snapshot (PostgreSQL 14+
-    # no longer exempts it from the horizon), and the run's vacuum then cannot mark the pages
-    # written after it all-visible (a fresh-clone CI saw 353 of 370). Autovacuum is off here.
+    # Autovacuum is off here: only the run's vacuum can mark the results' pages all-visible.
     for (table,) in rows(engine, "SELECT tablename FROM pg_tables WHERE schemaname = 'emissions'"):
         execute(engine, f"ALTER TABLE emissions.{table} SET (autovacuum_enabled = false)")
     assert vacuums(engine) == 0
@@ -430,7 +428,11 @@ def test_a_run_that_writes_most_of_the_results_leaves_them_vacuumed(
         "SELECT relallvisible, relpages FROM pg_class WHERE oid = "
         "'emissions.emission_results'::regclass",
     )[0]
-    assert pages > 0 and visible == pages  # every page is known visible: index-only reads
+    # Every page known visible (index-only reads), but for the newest few when a snapshot
+    # older than their rows is open elsewhere in the database while the run vacuums (two
+    # fresh-clone CI runs saw 353 of 370, with autovacuum on and off): the next vacuum marks
+    # those. Without the run's vacuum, none would be (autovacuum is off).
+    assert pages > 0 and visible >= 0.9 * pages, (visible, pages)
     assert (
         scalar(
             engine,
