@@ -91,7 +91,8 @@ def taking_turns(config: RunConfig, stop: Stop) -> Iterator[None]:
     own while the stage reads and writes: two runs' stages take turns whole. Without it, a
     run that read the instruments before another run's correction could write a boundary
     after that run, and leave lines of the old inputs behind the newer digest, which every
-    later run would skip by. Waits, saying so once; a stop signal ends the wait."""
+    later run would skip by. Waits, saying so every minute (``WAIT_SAID_EVERY_S``); a stop
+    signal ends the wait."""
     conn = connections.connect(config.database_url)
     try:
         conn.autocommit = True
