@@ -120,6 +120,9 @@ _NEW = sql.SQL(
     "WHERE e.activity_type = %(activity_type)s AND e.activity_id = a.id{e_range} "
     "AND e.activity_version = a.activity_version AND e.retired_at IS NULL)"
 )
+#: ``_NEW`` in the counts' full join: there, the open dead letters are joined once (hashed),
+#: where a condition per row would look each of the source's rows up in their index.
+_COUNTED_NEW = sql.SQL("r.activity_id IS NULL AND refused.activity_id IS NULL")
 #: A changed activity, perhaps: its version is not the one its result was computed from. (The
 #: reader compares the input fingerprints: a new version with the same content is no change.)
 _CHANGED = sql.SQL(
@@ -289,10 +292,13 @@ def count_query(
         "AND e.retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM ({relation}) d "
         "WHERE d.id = e.activity_id OFFSET 0)) "
         "FROM ({relation}) a FULL JOIN (SELECT activity_id, activity_version FROM {r} "
-        "WHERE activity_type = %(activity_type)s) r ON r.activity_id = a.id"
+        "WHERE activity_type = %(activity_type)s) r ON r.activity_id = a.id "
+        "LEFT JOIN (SELECT DISTINCT activity_id, activity_version FROM {e} "
+        "WHERE activity_type = %(activity_type)s AND retired_at IS NULL) refused "
+        "ON refused.activity_id = a.id AND refused.activity_version = a.activity_version"
     ).format(
         scope=in_scope,
-        new=_new(schema),
+        new=_COUNTED_NEW,
         changed=_STORED if recheck else _CHANGED,
         relation=relation(source),
         r=qualified(RESULTS_TABLE, schema),
