@@ -65,6 +65,7 @@ def test_the_counts_find_what_the_read_finds_whatever_the_dead_letters(
     found = counted(engine)
     assert (found["pending"], found["new"], found["changed"]) == (5, 5, 0)
     assert read_pending(database_url) == 5
-    assert found["total"] == rows(
-        engine, "SELECT count(*) FROM emissions.electricity_activities"
-    )[0][0]
+    assert (
+        found["total"]
+        == rows(engine, "SELECT count(*) FROM emissions.electricity_activities")[0][0]
+    )
