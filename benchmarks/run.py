@@ -16,7 +16,8 @@ In one run, on one database server (the embedded one unless a URL is given):
 6. times the approach this project replaces (ORM, 100 rows a page, a commit per page) on a
    smaller dataset (``--legacy-count``), next to the pipeline on the same data;
 7. measures how balanced the read ranges are on clustered integer keys and on UUID keys;
-8. with ``--scale``, the pipeline's peak RSS at 500,000 and 5,000,000 activities.
+8. with ``--scale``, the pipeline at 500,000, 1,000,000 and 5,000,000 activities and
+   ``--scale-top`` (e.g. 10,000,000): peak RSS flat, time linear.
 
 Machines are noisy: every figure that matters is a ratio of two timings taken in the same run.
 The figures are printed, written to ``benchmarks/results/latest.json`` and drawn in
@@ -373,14 +374,20 @@ def _largest_over_mean(conn: Any, ranges: list[Any]) -> float:
 
 
 def scale(server: str, say: Any, top: int = 5_000_000) -> dict[str, Any]:
-    """The pipeline's peak RSS at 500,000 and at ``top`` activities (all pending); then, at
-    ``top``, a run with nothing new, changed or deleted against the SQL anti-join count."""
-    rss = {}
-    for n in (500_000, top):
+    """The pipeline at 500,000, 1,000,000, 5,000,000 and ``top`` activities (all pending; the
+    sizes up to ``top``): peak RSS, flat from 500,000 to 5,000,000 (or ``top`` if smaller); wall
+    time per activity at ``top`` against 1,000,000, linear; then, at ``top``, a run with nothing
+    new, changed or deleted against the SQL anti-join count."""
+    sizes = sorted({n for n in (500_000, 1_000_000, 5_000_000) if n <= top} | {top})
+    runs: dict[int, dict[str, Any]] = {}
+    for n in sizes:
         say(f"scale: seeding {n:,} …")
         scale_url = seeded(server, "emissions_bench_scale", n, 0.0)
-        rss[n] = run_pipeline(scale_url)["peak_rss_mb"]
-        say(f"scale: {n:,} activities, peak RSS {rss[n]:.0f} MB")
+        runs[n] = run_pipeline(scale_url)
+        say(
+            f"scale: {n:,} activities in {runs[n]['wall_s']:.1f} s "
+            f"({n / runs[n]['wall_s']:,.0f}/s), peak RSS {runs[n]['peak_rss_mb']:.0f} MB"
+        )
     vacuum(scale_url)
     reruns = []
     for _ in range(2):
@@ -391,14 +398,32 @@ def scale(server: str, say: Any, top: int = 5_000_000) -> dict[str, Any]:
         f"{min(reruns):.2f} (runs: {', '.join(f'{r:.2f}' for r in reruns)}; target ≤ 1.5)"
     )
     fresh_database(server, "emissions_bench_scale")  # leave it empty
-    say(f"peak RSS {top:,} / 500K = {rss[top] / rss[500_000]:.2f} (target ≤ 1.10)")
-    return {
-        "peak_rss_mb": {str(k): v for k, v in rss.items()},
-        "ratio_5m_over_500k": rss[top] / rss[500_000],
+    return _scaled(runs, top, reruns, say)
+
+
+def _scaled(
+    runs: dict[int, dict[str, Any]], top: int, reruns: list[float], say: Any
+) -> dict[str, Any]:
+    """The --scale figures from its runs, said."""
+    rss = {n: r["peak_rss_mb"] for n, r in runs.items()}
+    flat_top = max(n for n in rss if n <= 5_000_000)
+    figures: dict[str, Any] = {
+        "peak_rss_mb": {str(n): v for n, v in rss.items()},
+        "wall_s": {str(n): r["wall_s"] for n, r in runs.items()},
+        "ratio_5m_over_500k": rss[flat_top] / rss[500_000],
         "top": top,
         "rerun_over_count_at_top": min(reruns),
         "rerun_over_count_at_top_all": reruns,
     }
+    say(f"peak RSS {flat_top:,} / 500K = {figures['ratio_5m_over_500k']:.2f} (target ≤ 1.10)")
+    if top > 1_000_000:
+        per = {n: runs[n]["wall_s"] / n for n in (1_000_000, top)}
+        figures["time_per_activity_top_over_1m"] = per[top] / per[1_000_000]
+        say(
+            f"time per activity, {top:,} / 1M = {figures['time_per_activity_top_over_1m']:.2f} "
+            "(linear: target ≤ 1.10)"
+        )
+    return figures
 
 
 # --- Report --------------------------------------------------------------------------------
@@ -446,7 +471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scale",
         action="store_true",
-        help="peak RSS at 500,000 and --scale-top activities, and a rerun there",
+        help="peak RSS and time at 500,000 up to --scale-top activities, and a rerun there",
     )
     parser.add_argument("--scale-top", type=int, default=5_000_000, help="the larger --scale size")
     parser.add_argument("--scale-only", action="store_true", help="only the --scale part")
