@@ -120,9 +120,6 @@ _NEW = sql.SQL(
     "WHERE e.activity_type = %(activity_type)s AND e.activity_id = a.id{e_range} "
     "AND e.activity_version = a.activity_version AND e.retired_at IS NULL)"
 )
-#: ``_NEW`` in the counts' full join: there, the open dead letters are joined once (hashed),
-#: where a condition per row would look each of the source's rows up in their index.
-_COUNTED_NEW = sql.SQL("r.activity_id IS NULL AND refused.activity_id IS NULL")
 #: A changed activity, perhaps: its version is not the one its result was computed from. (The
 #: reader compares the input fingerprints: a new version with the same content is no change.)
 _CHANGED = sql.SQL(
@@ -278,27 +275,32 @@ def count_query(
     recheck: bool = False,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """One pass over a source and its results (a full join: hashed or merged, never a loop
-    per row): activities in scope, new ones, those whose version changed (``recheck``: every
-    one with a result, to compare), and results whose activity no longer exists (whatever the
-    date window: a deletion is not dated)."""
+    per row): activities in scope, those without a result, those whose version changed
+    (``recheck``: every one with a result, to compare), results and open dead letters whose
+    activity no longer exists (whatever the date window: a deletion is not dated), and the
+    activities without a result refused in their current version (not new: ``_NEW``), found
+    from the open dead letters rather than by looking each row up in them."""
     source = as_source(source, schema)
     conditions, params = _in_scope(source, None, None, date_from, date_to)
     in_scope = sql.SQL("a.id IS NOT NULL AND ") + sql.SQL(" AND ").join(conditions)
     query = sql.SQL(
-        "SELECT count(*) FILTER (WHERE {scope}), count(*) FILTER (WHERE {scope} AND {new}), "
+        "SELECT count(*) FILTER (WHERE {scope}), "
+        "count(*) FILTER (WHERE {scope} AND r.activity_id IS NULL), "
         "count(*) FILTER (WHERE {scope} AND {changed}), "
         "count(*) FILTER (WHERE a.id IS NULL), "
         "(SELECT count(*) FROM {e} e WHERE e.activity_type = %(activity_type)s "
         "AND e.retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM ({relation}) d "
-        "WHERE d.id = e.activity_id OFFSET 0)) "
+        "WHERE d.id = e.activity_id OFFSET 0)), "
+        "(SELECT count(DISTINCT e.activity_id) FROM {e} e "
+        "WHERE e.activity_type = %(activity_type)s AND e.retired_at IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM {r} r WHERE r.activity_type = %(activity_type)s "
+        "AND r.activity_id = e.activity_id) AND EXISTS (SELECT 1 FROM ({relation}) a "
+        "WHERE a.id = e.activity_id AND a.activity_version = e.activity_version AND {scope} "
+        "OFFSET 0)) "
         "FROM ({relation}) a FULL JOIN (SELECT activity_id, activity_version FROM {r} "
-        "WHERE activity_type = %(activity_type)s) r ON r.activity_id = a.id "
-        "LEFT JOIN (SELECT DISTINCT activity_id, activity_version FROM {e} "
-        "WHERE activity_type = %(activity_type)s AND retired_at IS NULL) refused "
-        "ON refused.activity_id = a.id AND refused.activity_version = a.activity_version"
+        "WHERE activity_type = %(activity_type)s) r ON r.activity_id = a.id"
     ).format(
         scope=in_scope,
-        new=_COUNTED_NEW,
         changed=_STORED if recheck else _CHANGED,
         relation=relation(source),
         r=qualified(RESULTS_TABLE, schema),
@@ -339,8 +341,13 @@ def count_activities(
         with raw_connection(engine) as raw:
             read_only(raw)
             with raw.cursor() as cur:
+                # The counts already take a connection per table, two at once: parallel
+                # workers for each would only queue for the same cores.
+                cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
                 cur.execute(*query)
-                total, new, changed, deleted, orphaned = (int(n) for n in cur.fetchone())
+                found = [int(n) for n in cur.fetchone()]
+            total, unresulted, changed, deleted, orphaned, refused = found
+            new = unresulted - refused
             raw.commit()
         if (new or changed) and on_pending is not None:
             with lock:
