@@ -50,7 +50,6 @@ from pipeline.model import FactorRow
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 _CANONICAL_NAN = np.uint64(0x7FF8000000000000)
-_BYTE = np.uint64(0xFF)
 
 #: The factor row fields a factor fingerprint covers, in order.
 FACTOR_FIELDS = (
@@ -106,9 +105,11 @@ def fnv1a(words: Sequence[np.ndarray], length: int) -> np.ndarray:
     h = np.full(length, FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for word in words:
-            for shift in range(0, 64, 8):
-                h ^= (word >> np.uint64(shift)) & _BYTE
-                h *= FNV_PRIME
+            # Row i's bytes, least significant first, as column i of 8 rows (one per byte).
+            octets = np.ascontiguousarray(word, dtype="<u8").view(np.uint8).reshape(length, 8)
+            for byte in octets.T.astype(np.uint64):
+                np.bitwise_xor(h, byte, out=h)
+                np.multiply(h, FNV_PRIME, out=h)
     return h
 
 
