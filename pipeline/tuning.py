@@ -64,7 +64,7 @@ def release_arrow_memory_promptly() -> None:
     new table per range, that shows as memory growing with the number of ranges. It hands
     memory back after ``ARROW_DECAY_MS`` instead: long enough that the next batch reuses the
     pages the last one freed (handing them back at once cost a page fault for every page of
-    every batch: a third of a run's system time), short enough that the footprint stays flat."""
+    every batch: a fifth of a run's system time), short enough that the footprint stays flat."""
     import pyarrow as pa
 
     try:

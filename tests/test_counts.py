@@ -1,6 +1,7 @@
 """The counts a run starts with say what its reads will find: an activity refused in this very
 version is not pending, one refused in an older version or whose dead letter was retired is.
-(The counts join the open dead letters once instead of looking each row up: issue 28.)"""
+(The counts find those refused in their current version from the open dead letters, instead
+of looking each row up in them: issue 28.)"""
 
 from __future__ import annotations
 
